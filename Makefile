@@ -1,0 +1,35 @@
+# yiyun: `make demo` shows it working, `make test` checks everything.
+SHELL := /bin/bash
+# One target directory shared by every work tree and CI run on this machine.
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/yiyun/target
+
+.PHONY: test lint unit e2e crds demo demo-down cluster-binaries
+
+## test: format check, clippy (warnings denied), unit tests, then e2e tests on a fresh local cluster
+test: lint unit e2e
+
+lint:
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets --locked -- -D warnings
+
+unit:
+	cargo test --workspace --exclude yiyun-e2e --locked
+
+## e2e: brings up a local cluster of its own, runs the e2e tests, and always takes it down
+e2e: cluster-binaries
+	cargo build -p yiyun --locked
+	e2e/with-cluster e2e-$$$$ cargo test -p yiyun-e2e --locked -- --test-threads 2
+
+cluster-binaries:
+	e2e/build-binaries.sh
+
+## crds: regenerate the checked-in CRD YAML from the Rust types
+crds:
+	cargo run -q -p yiyun --locked -- crd > charts/yiyun/crds/crds.yaml
+
+## demo: local cluster (unless KUBECONFIG is set), CRDs, yiyun, examples/, and a summary
+demo:
+	e2e/demo
+
+demo-down:
+	e2e/cluster down demo

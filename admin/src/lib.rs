@@ -1,0 +1,209 @@
+//! The admin server of a yiyun component: `/healthz` (the process is alive), `/readyz` (it can do
+//! its job: the component decides when) and `/metrics` (Prometheus text format).
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{Router, extract::State, http::StatusCode, http::header, response::IntoResponse, routing::get};
+use prometheus_client::{metrics::info::Info, registry::Registry};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Errors of the admin server.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("admin server failed: {0}")]
+    Serve(#[source] std::io::Error),
+    #[error("admin server task ended abnormally: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+impl Error {
+    /// A stable label for metrics and logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Error::Bind { .. } => "admin_bind",
+            Error::Serve(_) => "admin_serve",
+            Error::Join(_) => "admin_join",
+        }
+    }
+}
+
+/// Readiness shared between a component and its admin server. Starts not ready.
+#[derive(Clone, Debug, Default)]
+pub struct Readiness(Arc<AtomicBool>);
+
+impl Readiness {
+    pub fn set(&self, ready: bool) {
+        self.0.store(ready, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Calls `probe` every `interval` until it succeeds, then marks ready. Each failure is logged
+    /// with `waiting_for`, which tells the operator what is missing. Returns early on `shutdown`.
+    pub async fn probe_until_ready<P, Fut, T, E>(
+        &self,
+        waiting_for: &str,
+        interval: Duration,
+        shutdown: &CancellationToken,
+        mut probe: P,
+    ) where
+        P: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: std::fmt::Display,
+    {
+        loop {
+            match probe().await {
+                Ok(_) => {
+                    tracing::info!("ready");
+                    self.set(true);
+                    return;
+                }
+                Err(err) => tracing::warn!(error = %err, "not ready: waiting for {waiting_for}"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(interval) => {}
+                () = shutdown.cancelled() => return,
+            }
+        }
+    }
+}
+
+/// A bound, not yet serving, admin server.
+pub struct AdminServer {
+    listener: TcpListener,
+}
+
+impl AdminServer {
+    /// Binds the address first, so a port in use is reported before the component starts work.
+    pub async fn bind(addr: SocketAddr) -> Result<Self, Error> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Bind { addr, source })?;
+        Ok(Self { listener })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown` is cancelled.
+    pub async fn serve(
+        self,
+        readiness: Readiness,
+        registry: Registry,
+        shutdown: CancellationToken,
+    ) -> Result<(), Error> {
+        let state = Arc::new(AdminState { readiness, registry });
+        let router = Router::new()
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/livez", get(|| async { "ok" }))
+            .route("/readyz", get(readyz))
+            .route("/metrics", get(metrics))
+            .with_state(state);
+        tracing::info!(addr = %self.local_addr(), "admin server listening");
+        axum::serve(self.listener, router)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+            .map_err(Error::Serve)
+    }
+}
+
+/// A metrics registry for `component`, prefixed `yiyun_<component>_`, holding its build info.
+pub fn registry(component: &str, version: &str) -> Registry {
+    let mut registry = Registry::with_prefix(format!("yiyun_{component}"));
+    registry.register(
+        "build",
+        "Version of the running yiyun build",
+        Info::new(vec![("version", version.to_string())]),
+    );
+    registry
+}
+
+/// Runs a component's `work` beside its admin server: binds `addr`, serves health, readiness
+/// and `registry` until `shutdown`, and stops the server when the work ends for any reason.
+/// The work receives the readiness to set once it can do its job.
+pub async fn run_with_admin<W, Fut, E>(
+    addr: SocketAddr,
+    registry: Registry,
+    shutdown: CancellationToken,
+    work: W,
+) -> Result<(), E>
+where
+    W: FnOnce(Readiness) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: From<Error>,
+{
+    let server = AdminServer::bind(addr).await?;
+    let readiness = Readiness::default();
+    let admin = tokio::spawn(server.serve(readiness.clone(), registry, shutdown.clone()));
+    let worked = work(readiness).await;
+    shutdown.cancel();
+    let served = admin.await.map_err(Error::from)?;
+    worked?;
+    Ok(served?)
+}
+
+struct AdminState {
+    readiness: Readiness,
+    registry: Registry,
+}
+
+async fn readyz(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
+    if state.readiness.get() {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    }
+}
+
+async fn metrics(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
+    let mut body = String::new();
+    match prometheus_client::encoding::text::encode(&mut body, &state.registry) {
+        Ok(()) => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        ),
+        Err(err) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            format!("cannot encode metrics: {err}"),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_starts_false_and_is_shared_between_clones() {
+        let readiness = Readiness::default();
+        let seen_by_server = readiness.clone();
+        assert!(!seen_by_server.get());
+        readiness.set(true);
+        assert!(seen_by_server.get());
+    }
+}

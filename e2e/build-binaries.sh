@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# Builds the local cluster's binaries from the Go module proxy and caches them under
+# $YIYUN_CACHE/bin/<component>-<version>. Already-cached binaries are skipped, so a warm run
+# returns at once. A cold run takes roughly 25-40 minutes on 2 cores (Kubernetes dominates).
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=versions.env
+source "$here/versions.env"
+cache=${YIYUN_CACHE:-$HOME/.cache/yiyun}
+bin=$cache/bin
+mkdir -p "$bin" "$cache/src"
+export CGO_ENABLED=0 GOFLAGS=-buildvcs=false
+
+log() { printf '[build %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+# Prints a progress line every 100 packages compiled, from `go build -v` output on stdin.
+progress() {
+  awk -v what="$1" '{ n++; if (n % 100 == 0) { printf "[build] %s: %d packages compiled\n", what, n; fflush() } }
+    END { printf "[build] %s: %d packages compiled in total\n", what, n }' >&2
+}
+
+have() { for c in "$@"; do [ -x "$bin/$c" ] || return 1; done; }
+
+build_kubernetes() {
+  local v=$KUBERNETES_VERSION
+  local staging_version=v0.${v#v1.}
+  local minor=${v#v1.}; minor=${minor%%.*}
+  if have "kube-apiserver-$v" "kube-controller-manager-$v" "kube-scheduler-$v" "kubectl-$v"; then
+    return
+  fi
+  log "Kubernetes $v: kube-apiserver, kube-controller-manager, kube-scheduler, kubectl"
+  log "  cold: about 20-30 min and ~2 GB of module and build cache on 2 cores; cached afterwards"
+  local dir=$cache/src/kubernetes-$v
+  rm -rf "$dir" && mkdir -p "$dir" && cd "$dir"
+  go mod init yiyun.local/kubernetes-build >/dev/null 2>&1
+  # k8s.io/kubernetes requires its staging modules at v0.0.0 and replaces them with ./staging;
+  # a consumer must replace each with its published tag (v1.X.Y -> v0.X.Y). Read the list from
+  # the release's own go.mod instead of hard-coding it.
+  local gomod
+  gomod=$(go mod download -json "k8s.io/kubernetes@$v" | sed -n 's/.*"GoMod": "\(.*\)",/\1/p')
+  local staging
+  staging=$(sed -n 's#^[[:space:]]*\(k8s.io/[a-z0-9-]*\) => ./staging/.*#\1#p' "$gomod")
+  [ -n "$staging" ] || { log "no staging modules found in $gomod"; exit 1; }
+  local args=()
+  for m in $staging; do args+=("-replace=$m=$m@$staging_version"); done
+  go mod edit "${args[@]}" "-require=k8s.io/kubernetes@$v"
+  local cmds=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+  for c in "${cmds[@]}"; do go get -tool "k8s.io/kubernetes/cmd/$c@$v" 2>&1 | tail -n 3 >&2; done
+  local ld="-s -w"
+  for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ld+=" -X $p.gitVersion=$v -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
+  done
+  mkdir -p out
+  go build -v -ldflags "$ld" -o out/ "${cmds[@]/#/k8s.io/kubernetes/cmd/}" 2>&1 | progress "kubernetes $v"
+  for c in "${cmds[@]}"; do
+    [ -x "out/$c" ] || { log "build of $c failed"; exit 1; }
+    mv "out/$c" "$bin/$c-$v"
+  done
+  log "Kubernetes $v ready"
+}
+
+build_etcd() {
+  local v=$ETCD_VERSION
+  if have "etcd-$v" "etcdctl-$v"; then return; fi
+  log "etcd $v (about 3-5 min cold)"
+  local dir=$cache/src/etcd-$v
+  rm -rf "$dir" && mkdir -p "$dir" && cd "$dir"
+  # A wrapper module of its own, apart from Kubernetes, so their dependency versions don't mix.
+  go mod init yiyun.local/etcd-build >/dev/null 2>&1
+  go get -tool "go.etcd.io/etcd/server/v3@$v" "go.etcd.io/etcd/etcdctl/v3@$v" 2>&1 | tail -n 3 >&2
+  mkdir -p out
+  go build -v -ldflags "-s -w" -o out/ go.etcd.io/etcd/server/v3 go.etcd.io/etcd/etcdctl/v3 2>&1 | progress "etcd $v"
+  mv out/v3 "$bin/etcd-$v" 2>/dev/null || mv out/server "$bin/etcd-$v"
+  mv out/etcdctl "$bin/etcdctl-$v" 2>/dev/null || true
+  [ -x "$bin/etcdctl-$v" ] || { ls out >&2; log "etcdctl build failed"; exit 1; }
+  log "etcd $v ready"
+}
+
+build_kwok() {
+  local v=$KWOK_VERSION
+  if have "kwok-$v" && [ -f "$cache/kwok-stages-$v.yaml" ]; then return; fi
+  log "kwok $v (about 2-4 min cold)"
+  local dir=$cache/src/kwok-$v
+  rm -rf "$dir" && mkdir -p "$dir"
+  if ! have "kwok-$v"; then
+    GOBIN=$dir go install -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$v"
+    mv "$dir/kwok" "$bin/kwok-$v"
+  fi
+  # The default stages (node initialise and lease heartbeat, pod ready/complete/delete) ship
+  # inside the module; kwok reads them as one multi-document config file.
+  local moddir
+  moddir=$(go mod download -json "sigs.k8s.io/kwok@$v" | sed -n 's/.*"Dir": "\(.*\)",/\1/p')
+  local stage=$moddir/kustomize/stage
+  for f in "$stage"/node/fast/node-initialize.yaml "$stage"/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml \
+    "$stage"/pod/fast/pod-*.yaml; do
+    echo "---"; cat "$f"
+  done >"$cache/kwok-stages-$v.yaml"
+  log "kwok $v ready"
+}
+
+if [ "${1:-}" = "--check" ]; then
+  # Exit 0 when every binary is cached already, 1 when a build is needed.
+  have "etcd-$ETCD_VERSION" "etcdctl-$ETCD_VERSION" "kwok-$KWOK_VERSION" \
+    "kube-apiserver-$KUBERNETES_VERSION" "kube-controller-manager-$KUBERNETES_VERSION" \
+    "kube-scheduler-$KUBERNETES_VERSION" "kubectl-$KUBERNETES_VERSION" &&
+    [ -f "$cache/kwok-stages-$KWOK_VERSION.yaml" ]
+  exit
+fi
+
+start=$(date +%s)
+build_etcd
+build_kwok
+build_kubernetes
+log "all binaries cached in $bin ($(( $(date +%s) - start ))s)"

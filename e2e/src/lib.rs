@@ -1,0 +1,181 @@
+//! Helpers for end-to-end tests against a real cluster (`e2e/cluster up`, then `KUBECONFIG`).
+//!
+//! Each test gets its own namespace and names, so tests run in parallel against one cluster.
+
+use std::{
+    future::Future,
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::PathBuf,
+    process::{Command, Output},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use k8s_openapi::{
+    api::core::v1::{Namespace, ServiceAccount},
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+};
+use kube::{
+    Api, Client,
+    api::{DeleteParams, Patch, PatchParams, PostParams},
+    runtime::wait::{await_condition, conditions},
+};
+
+/// Field manager of everything the tests apply.
+pub const FIELD_MANAGER: &str = "yiyun-e2e";
+
+/// A client for the cluster `KUBECONFIG` points at. These tests need a real cluster: run them
+/// through `make test` or `make e2e`, which start one.
+pub async fn client() -> Client {
+    assert!(
+        std::env::var_os("KUBECONFIG").is_some(),
+        "KUBECONFIG is not set: run the e2e tests with `make e2e`, which starts a local cluster"
+    );
+    Client::try_default().await.expect("a client for KUBECONFIG")
+}
+
+/// A name no other test (or earlier run) uses: `prefix-<time><counter>`.
+pub fn unique(prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{prefix}-{:x}{}", nanos, COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Installs (or updates) every yiyun CRD by server-side apply and waits until each is served.
+pub async fn install_crds(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in yiyun_crds::crds() {
+        let name = crd.metadata.name.clone().expect("generated CRDs have names");
+        crds.patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap_or_else(|err| panic!("the apiserver refused CRD {name}: {err}"));
+        within(
+            Duration::from_secs(30),
+            await_condition(crds.clone(), &name, conditions::is_crd_established()),
+        )
+        .await
+        .unwrap_or_else(|| panic!("CRD {name} was not established within 30s"))
+        .expect("watching the CRD");
+    }
+}
+
+/// A namespace of the test's own, with its default ServiceAccount (pods need it). Delete it
+/// with [`TestNamespace::delete`] at the end of the test.
+pub struct TestNamespace {
+    pub name: String,
+    client: Client,
+}
+
+impl TestNamespace {
+    pub async fn create(client: &Client, prefix: &str) -> Self {
+        let name = unique(prefix);
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "labels": {"yiyun.io/e2e": "true"}}
+        }))
+        .expect("a valid namespace");
+        namespaces
+            .create(&PostParams::default(), &ns)
+            .await
+            .expect("create the test namespace");
+        let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &name);
+        eventually(
+            Duration::from_secs(30),
+            "the namespace's default ServiceAccount",
+            || async { accounts.get_opt("default").await.ok().flatten() },
+        )
+        .await;
+        Self {
+            name,
+            client: client.clone(),
+        }
+    }
+
+    pub async fn delete(self) {
+        let namespaces: Api<Namespace> = Api::all(self.client);
+        let _ = namespaces.delete(&self.name, &DeleteParams::default()).await;
+    }
+}
+
+/// Polls `check` until it returns `Some`, or panics naming `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Runs `future` with a time limit; `None` when it ran out.
+pub async fn within<T>(limit: Duration, future: impl Future<Output = T>) -> Option<T> {
+    tokio::time::timeout(limit, future).await.ok()
+}
+
+/// Runs `kubectl` (from PATH, as `e2e/cluster env` sets it) against `KUBECONFIG`.
+pub fn kubectl(args: &[&str]) -> Output {
+    Command::new("kubectl")
+        .args(args)
+        .output()
+        .expect("kubectl on PATH (see `e2e/cluster env`)")
+}
+
+/// The `yiyun` binary of this build: `$YIYUN_BIN`, or `yiyun` next to the test binary's
+/// directory (`cargo build -p yiyun` puts it there; `make e2e` does so first).
+pub fn yiyun_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("YIYUN_BIN") {
+        return path.into();
+    }
+    let test_exe = std::env::current_exe().expect("the test binary's path");
+    let bin = test_exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|profile| profile.join("yiyun"))
+        .expect("the test binary lives in target/<profile>/deps");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p yiyun` first",
+        bin.display()
+    );
+    bin
+}
+
+/// A loopback port free right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A plain HTTP/1.0 GET; `None` when nothing answers. Returns the status code and the body.
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}

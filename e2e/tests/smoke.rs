@@ -1,0 +1,308 @@
+//! Smoke tests of the foundation against the real local cluster.
+
+use std::{
+    net::SocketAddr,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::{
+    Api,
+    api::{DeleteParams, PostParams},
+    runtime::wait::{await_condition, conditions},
+};
+use yiyun_crds::Tenant;
+use yiyun_e2e::{
+    FIELD_MANAGER, TestNamespace, client, eventually, free_port, http_get, install_crds, kubectl, unique,
+    within, yiyun_bin,
+};
+
+#[tokio::test]
+async fn generated_crds_install_and_are_served() {
+    let client = client().await;
+    install_crds(&client).await;
+    let tenants: Api<Tenant> = Api::all(client);
+    tenants
+        .list(&Default::default())
+        .await
+        .expect("the Tenant API is served");
+}
+
+#[tokio::test]
+async fn kubectl_explain_shows_the_tenant_descriptions() {
+    let client = client().await;
+    install_crds(&client).await;
+    // The apiserver publishes a new CRD's OpenAPI a moment after it is established.
+    let explained = eventually(Duration::from_secs(30), "kubectl explain tenant.spec", || async {
+        let out = kubectl(&["explain", "tenant.spec"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (out.status.success() && text.contains("displayName")).then_some(text)
+    })
+    .await;
+    assert!(
+        explained.contains("Human-readable name of the unit"),
+        "{explained}"
+    );
+    assert!(
+        explained.contains("province > city > county > department"),
+        "{explained}"
+    );
+    let short = kubectl(&["get", "tnt"]);
+    assert!(
+        short.status.success(),
+        "the short name tnt works: {}",
+        String::from_utf8_lossy(&short.stderr)
+    );
+}
+
+/// Creates a Tenant from JSON and returns the apiserver's refusal message.
+async fn rejection(tenants: &Api<Tenant>, spec: serde_json::Value) -> String {
+    let name = unique("invalid");
+    let tenant: Tenant = serde_json::from_value(serde_json::json!({
+        "apiVersion": "yiyun.io/v1alpha1", "kind": "Tenant", "metadata": {"name": name}, "spec": spec
+    }))
+    .expect("the test's Tenant deserializes");
+    match tenants
+        .create(
+            &PostParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..Default::default()
+            },
+            &tenant,
+        )
+        .await
+    {
+        Ok(_) => {
+            let _ = tenants.delete(&name, &DeleteParams::default()).await;
+            panic!("the apiserver accepted an invalid Tenant: {spec}")
+        }
+        Err(kube::Error::Api(status)) => {
+            assert_eq!(status.code, 422, "an invalid object is Unprocessable: {status:?}");
+            status.message
+        }
+        Err(other) => panic!("unexpected error: {other}"),
+    }
+}
+
+#[tokio::test]
+async fn invalid_tenants_are_rejected_with_readable_messages() {
+    let client = client().await;
+    install_crds(&client).await;
+    let tenants: Api<Tenant> = Api::all(client);
+
+    let msg = rejection(
+        &tenants,
+        serde_json::json!({
+            "displayName": "芜湖市", "parent": "anhui", "level": "city",
+            "quota": {"guaranteed": {"cpu": "8"}, "max": {"cpu": 4}}
+        }),
+    )
+    .await;
+    assert!(
+        msg.contains("quota.guaranteed[cpu] (8) must not exceed quota.max[cpu] (4)"),
+        "{msg}"
+    );
+
+    let msg = rejection(
+        &tenants,
+        serde_json::json!({"displayName": "芜湖市", "level": "city"}),
+    )
+    .await;
+    assert!(
+        msg.contains("spec.parent is required for every level below province"),
+        "{msg}"
+    );
+
+    let msg = rejection(
+        &tenants,
+        serde_json::json!({
+            "displayName": "安徽省", "level": "province", "securityLevel": 5
+        }),
+    )
+    .await;
+    assert!(
+        msg.contains("spec.securityLevel") && msg.contains("less than or equal to 4"),
+        "{msg}"
+    );
+
+    let msg = rejection(
+        &tenants,
+        serde_json::json!({
+            "displayName": "安徽省", "level": "province", "quota": {"max": {"memory": "lots"}}
+        }),
+    )
+    .await;
+    assert!(
+        msg.contains("must be a non-negative quantity such as 500m, 4 or 16Gi"),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn level_names_are_checked_by_the_schema() {
+    let client = client().await;
+    install_crds(&client).await;
+    // A level outside the enum cannot even be expressed in the Rust type: post raw JSON.
+    let name = unique("badlevel");
+    let out = kubectl_apply_json(&serde_json::json!({
+        "apiVersion": "yiyun.io/v1alpha1", "kind": "Tenant", "metadata": {"name": name},
+        "spec": {"displayName": "x", "level": "village", "parent": "p"}
+    }));
+    assert!(!out.status.success(), "a Tenant of level village was accepted");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("spec.level") && stderr.contains("Unsupported value: \"village\""),
+        "{stderr}"
+    );
+}
+
+fn kubectl_apply_json(object: &serde_json::Value) -> std::process::Output {
+    let mut child = Command::new("kubectl")
+        .args(["apply", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl on PATH");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(object.to_string().as_bytes())
+        .expect("write to kubectl");
+    child.wait_with_output().expect("kubectl finishes")
+}
+
+#[tokio::test]
+async fn kwok_node_becomes_ready_and_a_pod_bound_to_it_runs() {
+    let client = client().await;
+    let ns = TestNamespace::create(&client, "smoke").await;
+    let node_name = unique("kwok-smoke");
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node: Node = serde_json::from_value(serde_json::json!({
+        "metadata": {
+            "name": node_name,
+            "annotations": {"kwok.x-k8s.io/node": "fake"},
+            "labels": {"type": "kwok", "kubernetes.io/hostname": node_name}
+        },
+        "spec": {"taints": [{"key": "kwok.x-k8s.io/node", "value": "fake", "effect": "NoSchedule"}]},
+        "status": {
+            "capacity": {"cpu": "32", "memory": "256Gi", "pods": "110"},
+            "allocatable": {"cpu": "32", "memory": "256Gi", "pods": "110"}
+        }
+    }))
+    .expect("a valid node");
+    nodes
+        .create(&PostParams::default(), &node)
+        .await
+        .expect("create the kwok node");
+
+    eventually(
+        Duration::from_secs(60),
+        "the kwok node to become Ready",
+        || async {
+            let node = nodes.get(&node_name).await.ok()?;
+            let ready = node
+                .status?
+                .conditions?
+                .into_iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            ready.then_some(())
+        },
+    )
+    .await;
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "bound"},
+        "spec": {
+            "nodeName": node_name,
+            "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}],
+            "containers": [{"name": "app", "image": "registry.invalid/fake:1"}]
+        }
+    }))
+    .expect("a valid pod");
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .expect("create the pod");
+    within(
+        Duration::from_secs(60),
+        await_condition(pods.clone(), "bound", conditions::is_pod_running()),
+    )
+    .await
+    .expect("the pod bound to the kwok node runs within 60s")
+    .expect("watching the pod");
+
+    ns.delete().await;
+    nodes
+        .delete(&node_name, &DeleteParams::default())
+        .await
+        .expect("delete the kwok node");
+}
+
+/// Starts `yiyun <component>`, checks its admin endpoints, sends SIGTERM and expects a clean exit.
+async fn component_serves_admin_endpoints_and_stops_on_sigterm(component: &str, metric: &str) {
+    let client = client().await;
+    install_crds(&client).await;
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("an address");
+    let mut child = Command::new(yiyun_bin())
+        .args([component, "--admin-addr", &addr.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start yiyun");
+
+    let healthz = eventually(Duration::from_secs(30), "/healthz", || async {
+        http_get(addr, "/healthz")
+    })
+    .await;
+    assert_eq!(healthz, (200, "ok".to_string()));
+    eventually(Duration::from_secs(30), "/readyz to answer 200", || async {
+        http_get(addr, "/readyz").filter(|(status, _)| *status == 200)
+    })
+    .await;
+    let (status, metrics) = http_get(addr, "/metrics").expect("/metrics answers");
+    assert_eq!(status, 200);
+    assert!(metrics.contains(metric), "{metrics}");
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let exit = loop {
+        if let Some(exit) = child.try_wait().expect("poll the child") {
+            break exit;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("yiyun {component} did not stop within 20s of SIGTERM");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+        .expect("read stderr");
+    assert!(
+        exit.success(),
+        "yiyun {component} exited with {exit} after SIGTERM:\n{stderr}"
+    );
+    assert!(stderr.contains("SIGTERM received"), "{stderr}");
+    assert!(
+        http_get(addr, "/healthz").is_none(),
+        "the admin port is closed after exit"
+    );
+}
+
+#[tokio::test]
+async fn controller_answers_healthz_and_stops_on_sigterm() {
+    component_serves_admin_endpoints_and_stops_on_sigterm("controller", "yiyun_controller_build_info").await;
+}
+
+#[tokio::test]
+async fn scheduler_answers_healthz_and_stops_on_sigterm() {
+    component_serves_admin_endpoints_and_stops_on_sigterm("scheduler", "yiyun_scheduler_build_info").await;
+}

@@ -1,0 +1,98 @@
+//! `yiyun`: parses configuration, starts telemetry and runs one component.
+
+mod telemetry;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "yiyun",
+    version,
+    about = "Control plane of the provincial government one cloud"
+)]
+struct Cli {
+    #[command(flatten)]
+    telemetry: telemetry::Config,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print every yiyun CustomResourceDefinition as YAML (pipe to `kubectl apply -f -`).
+    Crd,
+    /// Run the controllers (tenancy, sites, node pools, replication, metering).
+    Controller(yiyun_controller::Config),
+    /// Run the scheduler.
+    Scheduler(yiyun_scheduler::Config),
+    /// Print the version.
+    Version,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Crd => {
+            print!(
+                "{}",
+                yiyun_crds::crds_yaml().context("cannot render the CRDs as YAML")?
+            );
+            Ok(())
+        }
+        Command::Version => {
+            println!("yiyun {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        Command::Controller(config) => serve(&cli.telemetry, "yiyun-controller", |shutdown| async move {
+            yiyun_controller::run(config, shutdown)
+                .await
+                .map_err(|err| anyhow::anyhow!(err).context("controller failed"))
+        }),
+        Command::Scheduler(config) => serve(&cli.telemetry, "yiyun-scheduler", |shutdown| async move {
+            yiyun_scheduler::run(config, shutdown)
+                .await
+                .map_err(|err| anyhow::anyhow!(err).context("scheduler failed"))
+        }),
+    }
+}
+
+/// Runs a long-lived component on a multi-threaded runtime with telemetry, until SIGTERM or
+/// Ctrl-C cancels its shutdown token.
+fn serve<F, Fut>(telemetry: &telemetry::Config, service: &'static str, component: F) -> anyhow::Result<()>
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let guard = telemetry::init(telemetry, service)?;
+        let shutdown = CancellationToken::new();
+        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        let result = component(shutdown).await;
+        guard.shutdown();
+        result
+    })
+}
+
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot listen for SIGTERM; only Ctrl-C stops the process");
+            let _ = tokio::signal::ctrl_c().await;
+            shutdown.cancel();
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received: shutting down"),
+    }
+    shutdown.cancel();
+}
