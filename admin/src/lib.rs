@@ -20,10 +20,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: SocketAddr, source: std::io::Error },
     #[error("admin server failed: {0}")]
     Serve(#[source] std::io::Error),
     #[error("admin server task ended abnormally: {0}")]
@@ -53,33 +50,29 @@ impl Readiness {
     pub fn get(&self) -> bool {
         self.0.load(Ordering::Relaxed)
     }
+}
 
-    /// Calls `probe` every `interval` until it succeeds, then marks ready. Each failure is logged
-    /// with `waiting_for`, which tells the operator what is missing. Returns early on `shutdown`.
-    pub async fn probe_until_ready<P, Fut, T, E>(
-        &self,
-        waiting_for: &str,
-        interval: Duration,
-        shutdown: &CancellationToken,
-        mut probe: P,
-    ) where
-        P: FnMut() -> Fut,
-        Fut: Future<Output = Result<T, E>>,
-        E: std::fmt::Display,
-    {
-        loop {
-            match probe().await {
-                Ok(_) => {
-                    tracing::info!("ready");
-                    self.set(true);
-                    return;
-                }
-                Err(err) => tracing::warn!(error = %err, "not ready: waiting for {waiting_for}"),
-            }
-            tokio::select! {
-                () = tokio::time::sleep(interval) => {}
-                () = shutdown.cancelled() => return,
-            }
+/// Calls `probe` every `interval` until it succeeds (`true`) or `shutdown` comes first (`false`).
+/// Each failure is logged with `waiting_for`, which tells the operator what is missing.
+pub async fn wait_for<P, Fut, T, E>(
+    waiting_for: &str,
+    interval: Duration,
+    shutdown: &CancellationToken,
+    mut probe: P,
+) -> bool
+where
+    P: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    loop {
+        match probe().await {
+            Ok(_) => return true,
+            Err(err) => tracing::warn!(error = %err, "waiting for {waiting_for}"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = shutdown.cancelled() => return false,
         }
     }
 }
@@ -92,17 +85,13 @@ pub struct AdminServer {
 impl AdminServer {
     /// Binds the address first, so a port in use is reported before the component starts work.
     pub async fn bind(addr: SocketAddr) -> Result<Self, Error> {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| Error::Bind { addr, source })?;
+        let listener = TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, source })?;
         Ok(Self { listener })
     }
 
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("a bound listener has an address")
+        self.listener.local_addr().expect("a bound listener has an address")
     }
 
     /// Serves until `shutdown` is cancelled.
@@ -180,10 +169,7 @@ async fn metrics(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
     match prometheus_client::encoding::text::encode(&mut body, &state.registry) {
         Ok(()) => (
             StatusCode::OK,
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
+            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
             body,
         ),
         Err(err) => (

@@ -1,5 +1,9 @@
-//! yiyun's controllers. `run` starts them beside the admin server; later issues add the tenancy,
-//! site, node-pool, replication and metering reconcilers.
+//! yiyun's controllers. `run` starts them beside the admin server: now the tenancy controller;
+//! later issues add sites, node pools, replication and metering.
+
+mod apply;
+mod metrics;
+mod tenancy;
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -26,41 +30,55 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error(transparent)]
     Admin(#[from] yiyun_admin::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("a watch stopped before it had listed")]
+    WatchStopped,
+    #[error("tenant {tenant} waits for its children to be deleted: {}", children.join(", "))]
+    HasChildren { tenant: String, children: Vec<String> },
 }
 
 impl Error {
     /// A stable label for metrics and logs.
     pub fn label(&self) -> &'static str {
+        use kube::runtime::finalizer::Error as Finalizer;
         match self {
             Error::Kube(_) => "kube",
             Error::Admin(err) => err.label(),
+            Error::Finalizer(err) => match err.as_ref() {
+                Finalizer::ApplyFailed(inner) | Finalizer::CleanupFailed(inner) => inner.label(),
+                Finalizer::AddFinalizer(_) | Finalizer::RemoveFinalizer(_) => "finalizer_patch",
+                Finalizer::UnnamedObject | Finalizer::InvalidFinalizer => "finalizer",
+            },
+            Error::WatchStopped => "watch_stopped",
+            Error::HasChildren { .. } => "has_children",
         }
+    }
+
+    /// Whether the error only means "not yet" (deletion waiting for children), not a failure.
+    pub fn is_waiting(&self) -> bool {
+        self.label() == "has_children"
     }
 }
 
 /// Runs the controllers until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
     let client = Client::try_default().await?;
-    let registry = yiyun_admin::registry("controller", env!("CARGO_PKG_VERSION"));
-    yiyun_admin::run_with_admin(
-        config.admin_addr,
-        registry,
-        shutdown.clone(),
-        |readiness| async move {
-            // Ready once the apiserver answers and serves the yiyun CRDs.
-            let tenants: Api<Tenant> = Api::all(client.clone());
-            let one = ListParams::default().limit(1);
-            let waiting_for =
-                "the apiserver and the yiyun CRDs (install them: `yiyun crd | kubectl apply -f -`)";
-            readiness
-                .probe_until_ready(waiting_for, PROBE_INTERVAL, &shutdown, || {
-                    tenants.list_metadata(&one)
-                })
-                .await;
-            shutdown.cancelled().await;
-            info!("controller stopped");
-            Ok(())
-        },
-    )
+    let mut registry = yiyun_admin::registry("controller", env!("CARGO_PKG_VERSION"));
+    let metrics = metrics::Metrics::register(&mut registry);
+    yiyun_admin::run_with_admin(config.admin_addr, registry, shutdown.clone(), |readiness| async move {
+        // The watches need the CRDs installed.
+        let tenants: Api<Tenant> = Api::all(client.clone());
+        let one = ListParams::default().limit(1);
+        let waiting_for = "the apiserver and the yiyun CRDs (install them: `yiyun crd | kubectl apply -f -`)";
+        if !yiyun_admin::wait_for(waiting_for, PROBE_INTERVAL, &shutdown, || tenants.list_metadata(&one))
+            .await
+        {
+            return Ok(());
+        }
+        tenancy::run(client, metrics, readiness, shutdown).await?;
+        info!("controller stopped");
+        Ok(())
+    })
     .await
 }

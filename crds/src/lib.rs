@@ -3,6 +3,7 @@
 //! The checked-in `charts/yiyun/crds/crds.yaml` is `yiyun crd`'s output; a test fails when they
 //! drift apart.
 
+pub mod labels;
 mod tenant;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -51,24 +52,9 @@ mod tests {
         let crd = Tenant::crd();
         assert_eq!(crd.spec.names.short_names, Some(vec!["tnt".to_string()]));
         let version = &crd.spec.versions[0];
-        let columns: Vec<_> = version
-            .additional_printer_columns
-            .iter()
-            .flatten()
-            .map(|c| c.name.as_str())
-            .collect();
-        assert_eq!(
-            columns,
-            [
-                "Level",
-                "Parent",
-                "Ready",
-                "CPU Used",
-                "CPU Max",
-                "Display Name",
-                "Age"
-            ]
-        );
+        let columns: Vec<_> =
+            version.additional_printer_columns.iter().flatten().map(|c| c.name.as_str()).collect();
+        assert_eq!(columns, ["Level", "Parent", "Ready", "CPU Used", "CPU Max", "Display Name", "Age"]);
         let schema = serde_json::to_value(&version.schema).unwrap();
         let spec = &schema["openAPIV3Schema"]["properties"]["spec"];
         assert!(

@@ -38,10 +38,7 @@ pub async fn client() -> Client {
 /// A name no other test (or earlier run) uses: `prefix-<time><counter>`.
 pub fn unique(prefix: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     format!("{prefix}-{:x}{}", nanos, COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
@@ -50,13 +47,9 @@ pub async fn install_crds(client: &Client) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for crd in yiyun_crds::crds() {
         let name = crd.metadata.name.clone().expect("generated CRDs have names");
-        crds.patch(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .unwrap_or_else(|err| panic!("the apiserver refused CRD {name}: {err}"));
+        crds.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&crd))
+            .await
+            .unwrap_or_else(|err| panic!("the apiserver refused CRD {name}: {err}"));
         within(
             Duration::from_secs(30),
             await_condition(crds.clone(), &name, conditions::is_crd_established()),
@@ -82,21 +75,13 @@ impl TestNamespace {
             "metadata": {"name": name, "labels": {"yiyun.io/e2e": "true"}}
         }))
         .expect("a valid namespace");
-        namespaces
-            .create(&PostParams::default(), &ns)
-            .await
-            .expect("create the test namespace");
+        namespaces.create(&PostParams::default(), &ns).await.expect("create the test namespace");
         let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &name);
-        eventually(
-            Duration::from_secs(30),
-            "the namespace's default ServiceAccount",
-            || async { accounts.get_opt("default").await.ok().flatten() },
-        )
+        eventually(Duration::from_secs(30), "the namespace's default ServiceAccount", || async {
+            accounts.get_opt("default").await.ok().flatten()
+        })
         .await;
-        Self {
-            name,
-            client: client.clone(),
-        }
+        Self { name, client: client.clone() }
     }
 
     pub async fn delete(self) {
@@ -116,10 +101,7 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -131,10 +113,7 @@ pub async fn within<T>(limit: Duration, future: impl Future<Output = T>) -> Opti
 
 /// Runs `kubectl` (from PATH, as `e2e/cluster env` sets it) against `KUBECONFIG`.
 pub fn kubectl(args: &[&str]) -> Output {
-    Command::new("kubectl")
-        .args(args)
-        .output()
-        .expect("kubectl on PATH (see `e2e/cluster env`)")
+    Command::new("kubectl").args(args).output().expect("kubectl on PATH (see `e2e/cluster env`)")
 }
 
 /// The `yiyun` binary of this build: `$YIYUN_BIN`, or `yiyun` next to the test binary's
@@ -149,20 +128,13 @@ pub fn yiyun_bin() -> PathBuf {
         .and_then(|deps| deps.parent())
         .map(|profile| profile.join("yiyun"))
         .expect("the test binary lives in target/<profile>/deps");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build -p yiyun` first",
-        bin.display()
-    );
+    assert!(bin.exists(), "{} is missing: run `cargo build -p yiyun` first", bin.display());
     bin
 }
 
 /// A loopback port free right now.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
 }
 
 /// A plain HTTP/1.0 GET; `None` when nothing answers. Returns the status code and the body.
@@ -173,9 +145,6 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default();
+    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default();
     Some((status, body))
 }

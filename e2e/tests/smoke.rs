@@ -23,10 +23,7 @@ async fn generated_crds_install_and_are_served() {
     let client = client().await;
     install_crds(&client).await;
     let tenants: Api<Tenant> = Api::all(client);
-    tenants
-        .list(&Default::default())
-        .await
-        .expect("the Tenant API is served");
+    tenants.list(&Default::default()).await.expect("the Tenant API is served");
 }
 
 #[tokio::test]
@@ -40,20 +37,10 @@ async fn kubectl_explain_shows_the_tenant_descriptions() {
         (out.status.success() && text.contains("displayName")).then_some(text)
     })
     .await;
-    assert!(
-        explained.contains("Human-readable name of the unit"),
-        "{explained}"
-    );
-    assert!(
-        explained.contains("province > city > county > department"),
-        "{explained}"
-    );
+    assert!(explained.contains("Human-readable name of the unit"), "{explained}");
+    assert!(explained.contains("province > city > county > department"), "{explained}");
     let short = kubectl(&["get", "tnt"]);
-    assert!(
-        short.status.success(),
-        "the short name tnt works: {}",
-        String::from_utf8_lossy(&short.stderr)
-    );
+    assert!(short.status.success(), "the short name tnt works: {}", String::from_utf8_lossy(&short.stderr));
 }
 
 /// Creates a Tenant from JSON and returns the apiserver's refusal message.
@@ -64,13 +51,7 @@ async fn rejection(tenants: &Api<Tenant>, spec: serde_json::Value) -> String {
     }))
     .expect("the test's Tenant deserializes");
     match tenants
-        .create(
-            &PostParams {
-                field_manager: Some(FIELD_MANAGER.into()),
-                ..Default::default()
-            },
-            &tenant,
-        )
+        .create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, &tenant)
         .await
     {
         Ok(_) => {
@@ -99,20 +80,10 @@ async fn invalid_tenants_are_rejected_with_readable_messages() {
         }),
     )
     .await;
-    assert!(
-        msg.contains("quota.guaranteed[cpu] (8) must not exceed quota.max[cpu] (4)"),
-        "{msg}"
-    );
+    assert!(msg.contains("quota.guaranteed[cpu] (8) must not exceed quota.max[cpu] (4)"), "{msg}");
 
-    let msg = rejection(
-        &tenants,
-        serde_json::json!({"displayName": "芜湖市", "level": "city"}),
-    )
-    .await;
-    assert!(
-        msg.contains("spec.parent is required for every level below province"),
-        "{msg}"
-    );
+    let msg = rejection(&tenants, serde_json::json!({"displayName": "芜湖市", "level": "city"})).await;
+    assert!(msg.contains("spec.parent is required for every level below province"), "{msg}");
 
     let msg = rejection(
         &tenants,
@@ -121,10 +92,7 @@ async fn invalid_tenants_are_rejected_with_readable_messages() {
         }),
     )
     .await;
-    assert!(
-        msg.contains("spec.securityLevel") && msg.contains("less than or equal to 4"),
-        "{msg}"
-    );
+    assert!(msg.contains("spec.securityLevel") && msg.contains("less than or equal to 4"), "{msg}");
 
     let msg = rejection(
         &tenants,
@@ -133,10 +101,7 @@ async fn invalid_tenants_are_rejected_with_readable_messages() {
         }),
     )
     .await;
-    assert!(
-        msg.contains("must be a non-negative quantity such as 500m, 4 or 16Gi"),
-        "{msg}"
-    );
+    assert!(msg.contains("must be a non-negative quantity such as 500m, 4 or 16Gi"), "{msg}");
 }
 
 #[tokio::test]
@@ -151,10 +116,7 @@ async fn level_names_are_checked_by_the_schema() {
     }));
     assert!(!out.status.success(), "a Tenant of level village was accepted");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("spec.level") && stderr.contains("Unsupported value: \"village\""),
-        "{stderr}"
-    );
+    assert!(stderr.contains("spec.level") && stderr.contains("Unsupported value: \"village\""), "{stderr}");
 }
 
 fn kubectl_apply_json(object: &serde_json::Value) -> std::process::Output {
@@ -166,12 +128,7 @@ fn kubectl_apply_json(object: &serde_json::Value) -> std::process::Output {
         .spawn()
         .expect("kubectl on PATH");
     use std::io::Write;
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(object.to_string().as_bytes())
-        .expect("write to kubectl");
+    child.stdin.take().expect("stdin").write_all(object.to_string().as_bytes()).expect("write to kubectl");
     child.wait_with_output().expect("kubectl finishes")
 }
 
@@ -194,24 +151,13 @@ async fn kwok_node_becomes_ready_and_a_pod_bound_to_it_runs() {
         }
     }))
     .expect("a valid node");
-    nodes
-        .create(&PostParams::default(), &node)
-        .await
-        .expect("create the kwok node");
+    nodes.create(&PostParams::default(), &node).await.expect("create the kwok node");
 
-    eventually(
-        Duration::from_secs(60),
-        "the kwok node to become Ready",
-        || async {
-            let node = nodes.get(&node_name).await.ok()?;
-            let ready = node
-                .status?
-                .conditions?
-                .into_iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True");
-            ready.then_some(())
-        },
-    )
+    eventually(Duration::from_secs(60), "the kwok node to become Ready", || async {
+        let node = nodes.get(&node_name).await.ok()?;
+        let ready = node.status?.conditions?.into_iter().any(|c| c.type_ == "Ready" && c.status == "True");
+        ready.then_some(())
+    })
     .await;
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
@@ -224,22 +170,14 @@ async fn kwok_node_becomes_ready_and_a_pod_bound_to_it_runs() {
         }
     }))
     .expect("a valid pod");
-    pods.create(&PostParams::default(), &pod)
+    pods.create(&PostParams::default(), &pod).await.expect("create the pod");
+    within(Duration::from_secs(60), await_condition(pods.clone(), "bound", conditions::is_pod_running()))
         .await
-        .expect("create the pod");
-    within(
-        Duration::from_secs(60),
-        await_condition(pods.clone(), "bound", conditions::is_pod_running()),
-    )
-    .await
-    .expect("the pod bound to the kwok node runs within 60s")
-    .expect("watching the pod");
+        .expect("the pod bound to the kwok node runs within 60s")
+        .expect("watching the pod");
 
     ns.delete().await;
-    nodes
-        .delete(&node_name, &DeleteParams::default())
-        .await
-        .expect("delete the kwok node");
+    nodes.delete(&node_name, &DeleteParams::default()).await.expect("delete the kwok node");
 }
 
 /// Starts `yiyun <component>`, checks its admin endpoints, sends SIGTERM and expects a clean exit.
@@ -254,10 +192,8 @@ async fn component_serves_admin_endpoints_and_stops_on_sigterm(component: &str, 
         .spawn()
         .expect("start yiyun");
 
-    let healthz = eventually(Duration::from_secs(30), "/healthz", || async {
-        http_get(addr, "/healthz")
-    })
-    .await;
+    let healthz =
+        eventually(Duration::from_secs(30), "/healthz", || async { http_get(addr, "/healthz") }).await;
     assert_eq!(healthz, (200, "ok".to_string()));
     eventually(Duration::from_secs(30), "/readyz to answer 200", || async {
         http_get(addr, "/readyz").filter(|(status, _)| *status == 200)
@@ -267,10 +203,7 @@ async fn component_serves_admin_endpoints_and_stops_on_sigterm(component: &str, 
     assert_eq!(status, 200);
     assert!(metrics.contains(metric), "{metrics}");
 
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
+    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
     assert!(killed.success());
     let deadline = Instant::now() + Duration::from_secs(20);
     let exit = loop {
@@ -286,15 +219,9 @@ async fn component_serves_admin_endpoints_and_stops_on_sigterm(component: &str, 
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
         .expect("read stderr");
-    assert!(
-        exit.success(),
-        "yiyun {component} exited with {exit} after SIGTERM:\n{stderr}"
-    );
+    assert!(exit.success(), "yiyun {component} exited with {exit} after SIGTERM:\n{stderr}");
     assert!(stderr.contains("SIGTERM received"), "{stderr}");
-    assert!(
-        http_get(addr, "/healthz").is_none(),
-        "the admin port is closed after exit"
-    );
+    assert!(http_get(addr, "/healthz").is_none(), "the admin port is closed after exit");
 }
 
 #[tokio::test]

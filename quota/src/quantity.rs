@@ -34,9 +34,7 @@ impl Milli {
             Some(b'+') => (false, &s[1..]),
             _ => (false, s),
         };
-        let number_end = s
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(s.len());
+        let number_end = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
         let (number, suffix) = s.split_at(number_end);
         let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
         if whole.is_empty() && fraction.is_empty() || fraction.contains('.') || number.len() > 40 {
@@ -74,10 +72,7 @@ impl Milli {
         exp10 += 3; // milli-units
         let scaled = mantissa.checked_mul(binary_multiplier).ok_or_else(too_large)?;
         let value = if exp10 >= 0 {
-            10i128
-                .checked_pow(exp10 as u32)
-                .and_then(|p| scaled.checked_mul(p))
-                .ok_or_else(too_large)?
+            10i128.checked_pow(exp10 as u32).and_then(|p| scaled.checked_mul(p)).ok_or_else(too_large)?
         } else {
             let divisor = 10i128.checked_pow((-exp10) as u32).ok_or_else(too_large)?;
             // Round up: a fraction of a milli-unit still counts.
@@ -99,14 +94,7 @@ impl Milli {
         }
         let units = milli / 1000;
         if bytes && units != 0 {
-            for (suffix, shift) in [
-                ("Ei", 60),
-                ("Pi", 50),
-                ("Ti", 40),
-                ("Gi", 30),
-                ("Mi", 20),
-                ("Ki", 10),
-            ] {
+            for (suffix, shift) in [("Ei", 60), ("Pi", 50), ("Ti", 40), ("Gi", 30), ("Mi", 20), ("Ki", 10)] {
                 let size = 1i128 << shift;
                 if units % size == 0 {
                     return format!("{}{suffix}", units / size);
@@ -181,22 +169,14 @@ mod tests {
         for bad in ["", "lots", "1.2.3", "4x", "Gi", "1e", "1e99", ".", "--1"] {
             assert!(Milli::parse(bad).is_err(), "{bad:?} parsed");
         }
-        assert!(matches!(
-            Milli::parse("99999999999999999999999E"),
-            Err(QuantityError::TooLarge(_))
-        ));
+        assert!(matches!(Milli::parse("99999999999999999999999E"), Err(QuantityError::TooLarge(_))));
     }
 
     #[test]
     fn formats_round_trip() {
-        for (text, bytes) in [
-            ("4", false),
-            ("1500m", false),
-            ("16Gi", true),
-            ("1000", true),
-            ("3Ti", true),
-            ("0", true),
-        ] {
+        for (text, bytes) in
+            [("4", false), ("1500m", false), ("16Gi", true), ("1000", true), ("3Ti", true), ("0", true)]
+        {
             let parsed = Milli::parse(text).unwrap();
             assert_eq!(parsed.format(bytes), text);
             assert_eq!(Milli::parse(&parsed.format(bytes)).unwrap(), parsed);

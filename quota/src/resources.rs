@@ -15,13 +15,8 @@ pub enum Resource {
 }
 
 impl Resource {
-    pub const ALL: [Resource; 5] = [
-        Resource::Cpu,
-        Resource::Memory,
-        Resource::Gpu,
-        Resource::Storage,
-        Resource::Pods,
-    ];
+    pub const ALL: [Resource; 5] =
+        [Resource::Cpu, Resource::Memory, Resource::Gpu, Resource::Storage, Resource::Pods];
 
     /// The name in a Tenant's quota (`cpu`, `nvidia.com/gpu`, …).
     pub fn tenant_key(self) -> &'static str {

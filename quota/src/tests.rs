@@ -5,10 +5,7 @@ use std::collections::BTreeMap;
 use crate::*;
 
 fn amounts(pairs: &[(Resource, &str)]) -> Amounts {
-    pairs
-        .iter()
-        .map(|(r, q)| (*r, Milli::parse(q).unwrap()))
-        .collect()
+    pairs.iter().map(|(r, q)| (*r, Milli::parse(q).unwrap())).collect()
 }
 
 fn cpu(q: &str) -> Amounts {
@@ -35,11 +32,7 @@ fn node(
 }
 
 fn owned(owner: &str, used: Amounts) -> ObservedNamespace {
-    ObservedNamespace {
-        owner: Some(owner.into()),
-        used,
-        ..ObservedNamespace::default()
-    }
+    ObservedNamespace { owner: Some(owner.into()), used, ..ObservedNamespace::default() }
 }
 
 /// 安徽省 > 芜湖市 > {数据局, 鸠江区 > {教育局, 卫健委}}
@@ -47,46 +40,11 @@ fn anhui() -> World {
     World {
         tenants: vec![
             node("anhui", None, Level::Province, cpu("2000"), cpu("4000"), &[]),
-            node(
-                "wuhu",
-                Some("anhui"),
-                Level::City,
-                cpu("400"),
-                cpu("800"),
-                &["wuhu-shared"],
-            ),
-            node(
-                "wuhu-data",
-                Some("wuhu"),
-                Level::Department,
-                cpu("100"),
-                cpu("200"),
-                &["data-a", "data-b"],
-            ),
-            node(
-                "jiujiang",
-                Some("wuhu"),
-                Level::County,
-                cpu("100"),
-                cpu("200"),
-                &[],
-            ),
-            node(
-                "jj-edu",
-                Some("jiujiang"),
-                Level::Department,
-                cpu("40"),
-                cpu("80"),
-                &["edu"],
-            ),
-            node(
-                "jj-health",
-                Some("jiujiang"),
-                Level::Department,
-                cpu("40"),
-                cpu("80"),
-                &["health"],
-            ),
+            node("wuhu", Some("anhui"), Level::City, cpu("400"), cpu("800"), &["wuhu-shared"]),
+            node("wuhu-data", Some("wuhu"), Level::Department, cpu("100"), cpu("200"), &["data-a", "data-b"]),
+            node("jiujiang", Some("wuhu"), Level::County, cpu("100"), cpu("200"), &[]),
+            node("jj-edu", Some("jiujiang"), Level::Department, cpu("40"), cpu("80"), &["edu"]),
+            node("jj-health", Some("jiujiang"), Level::Department, cpu("40"), cpu("80"), &["health"]),
         ],
         namespaces: BTreeMap::new(),
     }
@@ -102,10 +60,7 @@ fn a_valid_tree_has_paths_children_and_no_problems() {
     for (name, tenant) in &plan.tenants {
         assert_eq!(tenant.problem, None, "{name}");
     }
-    assert_eq!(
-        plan.get("jj-edu").unwrap().path,
-        ["anhui", "wuhu", "jiujiang", "jj-edu"]
-    );
+    assert_eq!(plan.get("jj-edu").unwrap().path, ["anhui", "wuhu", "jiujiang", "jj-edu"]);
     assert_eq!(plan.get("wuhu").unwrap().children, ["jiujiang", "wuhu-data"]);
     assert_eq!(plan.get("anhui").unwrap().children, ["wuhu"]);
 }
@@ -114,15 +69,9 @@ fn a_valid_tree_has_paths_children_and_no_problems() {
 fn usage_adds_up_the_tree() {
     let mut world = anhui();
     world.namespaces.insert("edu".into(), owned("jj-edu", cpu("10")));
-    world
-        .namespaces
-        .insert("health".into(), owned("jj-health", cpu("5")));
-    world
-        .namespaces
-        .insert("data-a".into(), owned("wuhu-data", cpu("1500m")));
-    world
-        .namespaces
-        .insert("wuhu-shared".into(), owned("wuhu", cpu("2")));
+    world.namespaces.insert("health".into(), owned("jj-health", cpu("5")));
+    world.namespaces.insert("data-a".into(), owned("wuhu-data", cpu("1500m")));
+    world.namespaces.insert("wuhu-shared".into(), owned("wuhu", cpu("2")));
     let plan = plan(&world);
     assert_eq!(plan.get("jiujiang").unwrap().own_usage, Amounts::default());
     assert_eq!(plan.get("jiujiang").unwrap().subtree_usage, cpu("15"));
@@ -134,22 +83,8 @@ fn usage_adds_up_the_tree() {
 #[test]
 fn a_missing_parent_is_named_and_descendants_wait() {
     let mut world = anhui();
-    world.tenants.push(node(
-        "orphan",
-        Some("hefei"),
-        Level::County,
-        cpu("1"),
-        cpu("1"),
-        &[],
-    ));
-    world.tenants.push(node(
-        "orphan-dept",
-        Some("orphan"),
-        Level::Department,
-        cpu("1"),
-        cpu("1"),
-        &[],
-    ));
+    world.tenants.push(node("orphan", Some("hefei"), Level::County, cpu("1"), cpu("1"), &[]));
+    world.tenants.push(node("orphan-dept", Some("orphan"), Level::Department, cpu("1"), cpu("1"), &[]));
     let plan = plan(&world);
     let p = problem(&plan, "orphan").unwrap();
     assert_eq!(p.reason, "ParentNotFound");
@@ -167,86 +102,41 @@ fn a_missing_parent_is_named_and_descendants_wait() {
 #[test]
 fn a_cycle_is_reported_with_its_members() {
     let mut world = anhui();
-    world
-        .tenants
-        .push(node("a", Some("b"), Level::County, cpu("1"), cpu("1"), &[]));
-    world
-        .tenants
-        .push(node("b", Some("a"), Level::County, cpu("1"), cpu("1"), &[]));
-    world
-        .tenants
-        .push(node("c", Some("a"), Level::Department, cpu("1"), cpu("1"), &[]));
+    world.tenants.push(node("a", Some("b"), Level::County, cpu("1"), cpu("1"), &[]));
+    world.tenants.push(node("b", Some("a"), Level::County, cpu("1"), cpu("1"), &[]));
+    world.tenants.push(node("c", Some("a"), Level::Department, cpu("1"), cpu("1"), &[]));
     let plan = plan(&world);
     assert_eq!(
         problem(&plan, "a").unwrap(),
-        Problem {
-            reason: "Cycle",
-            message: "parents form a cycle: a -> b -> a".into()
-        }
+        Problem { reason: "Cycle", message: "parents form a cycle: a -> b -> a".into() }
     );
-    assert_eq!(
-        problem(&plan, "b").unwrap().message,
-        "parents form a cycle: b -> a -> b"
-    );
+    assert_eq!(problem(&plan, "b").unwrap().message, "parents form a cycle: b -> a -> b");
     assert_eq!(problem(&plan, "c").unwrap().reason, "ParentNotReady");
-    assert_eq!(
-        problem(&plan, "c").unwrap().message,
-        "ancestors form a cycle: a -> b -> a"
-    );
-    assert_eq!(
-        problem(&plan, "anhui"),
-        None,
-        "the rest of the tree is unaffected"
-    );
+    assert_eq!(problem(&plan, "c").unwrap().message, "ancestors form a cycle: a -> b -> a");
+    assert_eq!(problem(&plan, "anhui"), None, "the rest of the tree is unaffected");
 }
 
 #[test]
 fn a_child_level_must_be_below_its_parent() {
     let mut world = anhui();
-    world.tenants.push(node(
-        "hefei",
-        Some("jiujiang"),
-        Level::City,
-        cpu("0"),
-        cpu("1"),
-        &[],
-    ));
+    world.tenants.push(node("hefei", Some("jiujiang"), Level::City, cpu("0"), cpu("1"), &[]));
     let p = problem(&plan(&world), "hefei").unwrap();
     assert_eq!(p.reason, "LevelNotBelowParent");
-    assert!(
-        p.message
-            .contains("a city cannot be a child of county \"jiujiang\""),
-        "{}",
-        p.message
-    );
+    assert!(p.message.contains("a city cannot be a child of county \"jiujiang\""), "{}", p.message);
 }
 
 #[test]
 fn a_child_max_may_not_exceed_its_parent_or_an_inherited_ceiling() {
     let mut world = anhui();
-    world.tenants.push(node(
-        "big",
-        Some("wuhu"),
-        Level::Department,
-        cpu("0"),
-        cpu("900"),
-        &[],
-    ));
+    world.tenants.push(node("big", Some("wuhu"), Level::Department, cpu("0"), cpu("900"), &[]));
     let p = problem(&plan(&world), "big").unwrap();
     assert_eq!(p.reason, "MaxExceedsParent");
-    assert_eq!(
-        p.message,
-        "quota.max[cpu] 900 exceeds 800 set by its parent \"wuhu\""
-    );
+    assert_eq!(p.message, "quota.max[cpu] 900 exceeds 800 set by its parent \"wuhu\"");
 
     // jiujiang sets no memory ceiling, wuhu does: the grandchild inherits it.
     let mut world = anhui();
-    world.tenants[1]
-        .max
-        .set(Resource::Memory, Milli::parse("1Ti").unwrap());
-    world.tenants[4]
-        .max
-        .set(Resource::Memory, Milli::parse("2Ti").unwrap());
+    world.tenants[1].max.set(Resource::Memory, Milli::parse("1Ti").unwrap());
+    world.tenants[4].max.set(Resource::Memory, Milli::parse("2Ti").unwrap());
     let p = problem(&plan(&world), "jj-edu").unwrap();
     assert_eq!(
         p.message,
@@ -257,14 +147,7 @@ fn a_child_max_may_not_exceed_its_parent_or_an_inherited_ceiling() {
 #[test]
 fn siblings_guarantees_may_not_exceed_the_parents_and_the_oldest_keep_theirs() {
     let mut world = anhui();
-    let mut newcomer = node(
-        "jj-late",
-        Some("jiujiang"),
-        Level::Department,
-        cpu("30"),
-        cpu("80"),
-        &[],
-    );
+    let mut newcomer = node("jj-late", Some("jiujiang"), Level::Department, cpu("30"), cpu("80"), &[]);
     newcomer.seniority = "2026-06-01T00:00:00Z".into();
     world.tenants.push(newcomer);
     let plan = plan(&world);
@@ -290,14 +173,7 @@ fn a_guarantee_the_parent_does_not_have_is_overcommitted() {
 #[test]
 fn namespaces_go_to_the_most_senior_claimant_and_foreign_ones_are_refused() {
     let mut world = anhui();
-    let mut late = node(
-        "jj-late",
-        Some("jiujiang"),
-        Level::Department,
-        cpu("0"),
-        cpu("1"),
-        &["edu"],
-    );
+    let mut late = node("jj-late", Some("jiujiang"), Level::Department, cpu("0"), cpu("1"), &["edu"]);
     late.seniority = "2027-01-01T00:00:00Z".into();
     world.tenants.push(late);
     let plan1 = plan(&world);
@@ -306,31 +182,18 @@ fn namespaces_go_to_the_most_senior_claimant_and_foreign_ones_are_refused() {
         "namespace \"edu\" is already claimed by tenant \"jj-edu\""
     );
 
-    world
-        .namespaces
-        .insert("kube-system".into(), ObservedNamespace::default());
+    world.namespaces.insert("kube-system".into(), ObservedNamespace::default());
     world.tenants[5].namespaces.push("kube-system".into());
     let p = problem(&plan(&world), "jj-health").unwrap();
     assert_eq!(p.reason, "NamespaceNotOwned");
     assert!(
-        p.message
-            .contains("kubectl label namespace kube-system yiyun.io/tenant=jj-health"),
+        p.message.contains("kubectl label namespace kube-system yiyun.io/tenant=jj-health"),
         "{}",
         p.message
     );
 
-    world.namespaces.insert(
-        "kube-system".into(),
-        ObservedNamespace {
-            orphaned: true,
-            ..Default::default()
-        },
-    );
-    assert_eq!(
-        problem(&plan(&world), "jj-health"),
-        None,
-        "an orphaned namespace may be adopted"
-    );
+    world.namespaces.insert("kube-system".into(), ObservedNamespace { orphaned: true, ..Default::default() });
+    assert_eq!(problem(&plan(&world), "jj-health"), None, "an orphaned namespace may be adopted");
 }
 
 #[test]
@@ -343,18 +206,13 @@ fn without_overcommit_every_namespace_may_use_its_tenants_whole_max() {
     assert_eq!(data["data-a"], cpu("100"));
     assert_eq!(data["data-b"], cpu("100"));
     // The city's own namespace gets what its children cannot take: 800 - 200 - 200.
-    assert_eq!(
-        plan.get("wuhu").unwrap().namespace_hard["wuhu-shared"],
-        cpu("400")
-    );
+    assert_eq!(plan.get("wuhu").unwrap().namespace_hard["wuhu-shared"], cpu("400"));
 }
 
 #[test]
 fn a_namespace_that_grows_gets_more_while_the_others_keep_room() {
     let mut world = anhui();
-    world
-        .namespaces
-        .insert("data-a".into(), owned("wuhu-data", cpu("150")));
+    world.namespaces.insert("data-a".into(), owned("wuhu-data", cpu("150")));
     let data = plan(&world).get("wuhu-data").unwrap().namespace_hard.clone();
     assert_eq!(data["data-a"], cpu("175"));
     assert_eq!(data["data-b"], cpu("25"));
@@ -373,10 +231,7 @@ fn usage_beyond_a_lowered_ceiling_freezes_growth() {
 #[test]
 fn resources_without_a_ceiling_anywhere_are_left_unlimited() {
     let plan = plan(&anhui());
-    assert_eq!(
-        plan.get("jj-edu").unwrap().namespace_hard["edu"].get(Resource::Memory),
-        None
-    );
+    assert_eq!(plan.get("jj-edu").unwrap().namespace_hard["edu"].get(Resource::Memory), None);
 }
 
 #[test]
@@ -384,12 +239,7 @@ fn a_frozen_child_keeps_what_its_namespaces_admit() {
     let mut world = anhui();
     world.namespaces.insert(
         "edu".into(),
-        ObservedNamespace {
-            owner: Some("jj-edu".into()),
-            used: cpu("10"),
-            hard: cpu("80"),
-            orphaned: false,
-        },
+        ObservedNamespace { owner: Some("jj-edu".into()), used: cpu("10"), hard: cpu("80"), orphaned: false },
     );
     // jj-edu becomes invalid: its level is now equal to its parent's.
     world.tenants[4].level = Level::County;
@@ -404,10 +254,7 @@ fn a_frozen_child_keeps_what_its_namespaces_admit() {
 fn water_fill_shares_equally_within_rooms() {
     let m = |v: i128| Milli(v);
     assert_eq!(water_fill(m(100), &[None, None], m(1)), [m(50), m(50)]);
-    assert_eq!(
-        water_fill(m(100), &[Some(m(10)), None, None], m(1)),
-        [m(10), m(45), m(45)]
-    );
+    assert_eq!(water_fill(m(100), &[Some(m(10)), None, None], m(1)), [m(10), m(45), m(45)]);
     assert_eq!(water_fill(m(10), &[Some(m(2)), Some(m(3))], m(1)), [m(2), m(3)]);
     assert_eq!(water_fill(m(7), &[None, None], m(1)), [m(4), m(3)]);
     assert_eq!(water_fill(m(2500), &[None, None], m(1000)), [m(1000), m(1000)]);
@@ -419,10 +266,7 @@ fn water_fill_shares_equally_within_rooms() {
 struct Lcg(u64);
 impl Lcg {
     fn next(&mut self, bound: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         (self.0 >> 33) % bound.max(1)
     }
 }
@@ -438,21 +282,13 @@ fn no_subtree_can_ever_be_admitted_beyond_its_ceiling() {
             let parent = (i > 0).then(|| {
                 let candidates: Vec<&TenantNode> =
                     world.tenants.iter().filter(|t| t.level < levels[depth]).collect();
-                candidates[rng.next(candidates.len() as u64) as usize]
-                    .name
-                    .clone()
+                candidates[rng.next(candidates.len() as u64) as usize].name.clone()
             });
-            let max = if rng.next(4) == 0 {
-                Amounts::default()
-            } else {
-                cpu(&(10 + rng.next(200)).to_string())
-            };
+            let max =
+                if rng.next(4) == 0 { Amounts::default() } else { cpu(&(10 + rng.next(200)).to_string()) };
             let namespaces: Vec<String> = (0..rng.next(3)).map(|n| format!("t{i}-ns{n}")).collect();
             for ns in &namespaces {
-                world.namespaces.insert(
-                    ns.clone(),
-                    owned(&format!("t{i}"), cpu(&rng.next(30).to_string())),
-                );
+                world.namespaces.insert(ns.clone(), owned(&format!("t{i}"), cpu(&rng.next(30).to_string())));
             }
             world.tenants.push(TenantNode {
                 name: format!("t{i}"),

@@ -128,16 +128,8 @@ pub fn plan(world: &World) -> Plan {
         .tenants
         .iter()
         .map(|t| {
-            let kids = children
-                .get(t.name.as_str())
-                .map(|c| c.iter().map(|c| c.name.clone()).collect());
-            (
-                t.name.clone(),
-                TenantPlan {
-                    children: kids.unwrap_or_default(),
-                    ..TenantPlan::default()
-                },
-            )
+            let kids = children.get(t.name.as_str()).map(|c| c.iter().map(|c| c.name.clone()).collect());
+            (t.name.clone(), TenantPlan { children: kids.unwrap_or_default(), ..TenantPlan::default() })
         })
         .collect();
 
@@ -166,46 +158,26 @@ pub fn plan(world: &World) -> Plan {
     }
     // Tenants no root reaches: a missing parent or a cycle somewhere above them.
     let reached: BTreeSet<&str> = order.iter().map(|t| t.name.as_str()).collect();
-    for tenant in world
-        .tenants
-        .iter()
-        .filter(|t| !reached.contains(t.name.as_str()))
-    {
+    for tenant in world.tenants.iter().filter(|t| !reached.contains(t.name.as_str())) {
         let problem = unreachable_problem(tenant, &tenants);
-        plans
-            .get_mut(&tenant.name)
-            .expect("every tenant has a plan")
-            .problem = Some(problem);
+        plans.get_mut(&tenant.name).expect("every tenant has a plan").problem = Some(problem);
     }
 
     // Usage, children before parents.
     for tenant in &world.tenants {
         let own = own_usage(&tenant.name, world);
-        plans
-            .get_mut(&tenant.name)
-            .expect("every tenant has a plan")
-            .own_usage = own;
+        plans.get_mut(&tenant.name).expect("every tenant has a plan").own_usage = own;
     }
     for tenant in order.iter().rev() {
         let mut subtree = plans[&tenant.name].own_usage.clone();
         for child in children.get(tenant.name.as_str()).into_iter().flatten() {
             subtree.add(&plans[&child.name].subtree_usage);
         }
-        plans
-            .get_mut(&tenant.name)
-            .expect("every tenant has a plan")
-            .subtree_usage = subtree;
+        plans.get_mut(&tenant.name).expect("every tenant has a plan").subtree_usage = subtree;
     }
-    for tenant in world
-        .tenants
-        .iter()
-        .filter(|t| !reached.contains(t.name.as_str()))
-    {
+    for tenant in world.tenants.iter().filter(|t| !reached.contains(t.name.as_str())) {
         let own = plans[&tenant.name].own_usage.clone();
-        plans
-            .get_mut(&tenant.name)
-            .expect("every tenant has a plan")
-            .subtree_usage = own;
+        plans.get_mut(&tenant.name).expect("every tenant has a plan").subtree_usage = own;
     }
 
     // Split the ceilings, parents before children.
@@ -214,24 +186,15 @@ pub fn plan(world: &World) -> Plan {
         if plans[&tenant.name].problem.is_some() {
             continue;
         }
-        let budget = budgets.remove(tenant.name.as_str()).unwrap_or_else(|| {
-            Resource::ALL
-                .into_iter()
-                .map(|r| (r, tenant.max.get(r)))
-                .collect()
-        });
-        let kids: &[&TenantNode] = children
-            .get(tenant.name.as_str())
-            .map(Vec::as_slice)
-            .unwrap_or(&[]);
+        let budget = budgets
+            .remove(tenant.name.as_str())
+            .unwrap_or_else(|| Resource::ALL.into_iter().map(|r| (r, tenant.max.get(r))).collect());
+        let kids: &[&TenantNode] = children.get(tenant.name.as_str()).map(Vec::as_slice).unwrap_or(&[]);
         let split = split_budget(tenant, &budget, kids, &plans, world);
         for (child, child_budget) in split.children {
             budgets.insert(child, child_budget);
         }
-        plans
-            .get_mut(&tenant.name)
-            .expect("every tenant has a plan")
-            .namespace_hard = split.namespaces;
+        plans.get_mut(&tenant.name).expect("every tenant has a plan").namespace_hard = split.namespaces;
     }
 
     Plan { tenants: plans }
@@ -295,7 +258,8 @@ fn check(
         }
         if let Some(observed) = world.namespaces.get(namespace) {
             let ours = observed.owner.as_deref() == Some(tenant.name.as_str());
-            if !ours && !(observed.owner.is_none() && observed.orphaned) {
+            let adoptable = observed.owner.is_none() && observed.orphaned;
+            if !(ours || adoptable) {
                 let message = match &observed.owner {
                     Some(owner) => format!("namespace {namespace:?} belongs to tenant {owner:?}"),
                     None => format!(
@@ -303,10 +267,7 @@ fn check(
                         tenant.name
                     ),
                 };
-                return Some(Problem {
-                    reason: "NamespaceNotOwned",
-                    message,
-                });
+                return Some(Problem { reason: "NamespaceNotOwned", message });
             }
         }
     }
@@ -334,11 +295,8 @@ fn max_exceeds_ceiling(
                 ceiling = Some((m, a.name.as_str()));
             }
             steps += 1;
-            ancestor = a
-                .parent
-                .as_deref()
-                .and_then(|p| tenants.get(p).copied())
-                .filter(|_| steps < tenants.len());
+            ancestor =
+                a.parent.as_deref().and_then(|p| tenants.get(p).copied()).filter(|_| steps < tenants.len());
         }
         if let Some((limit, from)) = ceiling
             && max > limit
@@ -440,10 +398,7 @@ fn unreachable_problem(tenant: &TenantNode, tenants: &BTreeMap<&str, &TenantNode
             let mut cycle: Vec<&str> = chain[start..].to_vec();
             cycle.push(parent_name);
             return if start == 0 {
-                Problem {
-                    reason: "Cycle",
-                    message: format!("parents form a cycle: {}", cycle.join(" -> ")),
-                }
+                Problem { reason: "Cycle", message: format!("parents form a cycle: {}", cycle.join(" -> ")) }
             } else {
                 Problem {
                     reason: "ParentNotReady",
@@ -458,11 +413,7 @@ fn unreachable_problem(tenant: &TenantNode, tenants: &BTreeMap<&str, &TenantNode
 
 fn own_usage(tenant: &str, world: &World) -> Amounts {
     let mut usage = Amounts::default();
-    for observed in world
-        .namespaces
-        .values()
-        .filter(|ns| ns.owner.as_deref() == Some(tenant))
-    {
+    for observed in world.namespaces.values().filter(|ns| ns.owner.as_deref() == Some(tenant)) {
         usage.add(&observed.used);
     }
     usage
@@ -481,30 +432,15 @@ fn split_budget<'a>(
     plans: &BTreeMap<String, TenantPlan>,
     world: &World,
 ) -> Split<'a> {
-    let valid: Vec<&TenantNode> = children
-        .iter()
-        .copied()
-        .filter(|c| plans[&c.name].problem.is_none())
-        .collect();
-    let frozen: Vec<&TenantNode> = children
-        .iter()
-        .copied()
-        .filter(|c| plans[&c.name].problem.is_some())
-        .collect();
+    let valid: Vec<&TenantNode> =
+        children.iter().copied().filter(|c| plans[&c.name].problem.is_none()).collect();
+    let frozen: Vec<&TenantNode> =
+        children.iter().copied().filter(|c| plans[&c.name].problem.is_some()).collect();
     let mut split = Split {
-        namespaces: tenant
-            .namespaces
-            .iter()
-            .map(|ns| (ns.clone(), Amounts::default()))
-            .collect(),
+        namespaces: tenant.namespaces.iter().map(|ns| (ns.clone(), Amounts::default())).collect(),
         children: valid
             .iter()
-            .map(|c| {
-                (
-                    c.name.as_str(),
-                    Resource::ALL.into_iter().map(|r| (r, c.max.get(r))).collect(),
-                )
-            })
+            .map(|c| (c.name.as_str(), Resource::ALL.into_iter().map(|r| (r, c.max.get(r))).collect()))
             .collect(),
     };
     for resource in Resource::ALL {
@@ -512,18 +448,11 @@ fn split_budget<'a>(
             continue; // no ceiling above: namespaces unlimited, children bounded by their own max
         };
         // Frozen children keep what their namespaces may already admit.
-        let held: Milli = frozen
-            .iter()
-            .map(|c| frozen_hold(c, resource, plans, world))
-            .sum();
+        let held: Milli = frozen.iter().map(|c| frozen_hold(c, resource, plans, world)).sum();
         let mut used = Vec::new();
         let mut rooms = Vec::new();
         for ns in &tenant.namespaces {
-            let u = world
-                .namespaces
-                .get(ns)
-                .map(|o| o.used.amount(resource))
-                .unwrap_or_default();
+            let u = world.namespaces.get(ns).map(|o| o.used.amount(resource)).unwrap_or_default();
             used.push(u);
             rooms.push(None);
         }
@@ -532,18 +461,12 @@ fn split_budget<'a>(
             used.push(u);
             rooms.push(child.max.get(resource).map(|m| m.saturating_sub(u)));
         }
-        let remaining = total
-            .saturating_sub(held)
-            .saturating_sub(used.iter().copied().sum());
+        let remaining = total.saturating_sub(held).saturating_sub(used.iter().copied().sum());
         let shares = water_fill(remaining, &rooms, resource.granularity());
         let allocation: Vec<Milli> = used.iter().zip(&shares).map(|(u, s)| *u + *s).collect();
         let (for_namespaces, for_children) = allocation.split_at(tenant.namespaces.len());
         for (ns, amount) in tenant.namespaces.iter().zip(for_namespaces) {
-            split
-                .namespaces
-                .get_mut(ns)
-                .expect("inserted above")
-                .set(resource, *amount);
+            split.namespaces.get_mut(ns).expect("inserted above").set(resource, *amount);
         }
         for ((_, child_budget), amount) in split.children.iter_mut().zip(for_children) {
             child_budget.insert(resource, Some(*amount));

@@ -41,20 +41,16 @@ impl Error {
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
     let client = Client::try_default().await?;
     let registry = yiyun_admin::registry("scheduler", env!("CARGO_PKG_VERSION"));
-    yiyun_admin::run_with_admin(
-        config.admin_addr,
-        registry,
-        shutdown.clone(),
-        |readiness| async move {
-            readiness
-                .probe_until_ready("the apiserver", PROBE_INTERVAL, &shutdown, || {
-                    client.apiserver_version()
-                })
-                .await;
-            shutdown.cancelled().await;
-            info!("scheduler stopped");
-            Ok(())
-        },
-    )
+    yiyun_admin::run_with_admin(config.admin_addr, registry, shutdown.clone(), |readiness| async move {
+        if yiyun_admin::wait_for("the apiserver", PROBE_INTERVAL, &shutdown, || client.apiserver_version())
+            .await
+        {
+            info!("apiserver reachable: ready");
+            readiness.set(true);
+        }
+        shutdown.cancelled().await;
+        info!("scheduler stopped");
+        Ok(())
+    })
     .await
 }

@@ -7,11 +7,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "yiyun",
-    version,
-    about = "Control plane of the provincial government one cloud"
-)]
+#[command(name = "yiyun", version, about = "Control plane of the provincial government one cloud")]
 struct Cli {
     #[command(flatten)]
     telemetry: telemetry::Config,
@@ -35,10 +31,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Crd => {
-            print!(
-                "{}",
-                yiyun_crds::crds_yaml().context("cannot render the CRDs as YAML")?
-            );
+            print!("{}", yiyun_crds::crds_yaml().context("cannot render the CRDs as YAML")?);
             Ok(())
         }
         Command::Version => {

@@ -1,0 +1,307 @@
+//! What a tenant's namespaces should contain, built from the Tenant and its plan. Pure: no I/O.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::{
+        core::v1::{LimitRange, LimitRangeItem, LimitRangeSpec, Namespace, ResourceQuota, ResourceQuotaSpec},
+        networking::v1::{
+            NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
+            NetworkPolicyPort, NetworkPolicySpec,
+        },
+        rbac::v1::{RoleBinding, RoleRef, Subject},
+    },
+    apimachinery::pkg::{
+        api::resource::Quantity,
+        apis::meta::v1::{LabelSelector, ObjectMeta},
+        util::intstr::IntOrString,
+    },
+};
+use yiyun_crds::{NetworkIsolation, SubjectKind, Tenant};
+use yiyun_quota::{Amounts, Resource, TenantPlan};
+
+use yiyun_crds::labels::{ORPHANED_FROM, SECURITY_LEVEL, TENANT, managed_labels, tree_label};
+
+/// Names of the objects yiyun keeps in every tenant namespace.
+pub const QUOTA: &str = "yiyun-quota";
+pub const LIMIT_RANGE: &str = "yiyun-defaults";
+pub const OWNERS: &str = "yiyun-owners";
+pub const MEMBERS: &str = "yiyun-members";
+pub const ISOLATION: &str = "yiyun-isolation";
+
+/// The ResourceQuota limit of a resource with no ceiling anywhere up the tree: high enough never
+/// to bind, present so the apiserver still counts the namespace's usage.
+pub const UNLIMITED: &str = "1E";
+
+/// Everything yiyun keeps in one tenant namespace. `None` means the object must not exist.
+#[derive(Clone, Debug)]
+pub struct NamespaceObjects {
+    pub namespace: Namespace,
+    pub quota: ResourceQuota,
+    pub limit_range: LimitRange,
+    pub owners: Option<RoleBinding>,
+    pub members: Option<RoleBinding>,
+    pub isolation: Option<NetworkPolicy>,
+}
+
+/// The desired objects of `namespace`, which `tenant` owns.
+pub fn namespace_objects(tenant: &Tenant, plan: &TenantPlan, namespace: &str) -> NamespaceObjects {
+    let name = tenant_name(tenant);
+    let spec = &tenant.spec;
+    let extra = spec.namespaces.iter().find(|ns| ns.name == namespace).map(|ns| ns.labels.clone());
+    let mut labels: BTreeMap<String, String> = extra.unwrap_or_default();
+    labels.extend(managed_labels(name));
+    for ancestor in &plan.path {
+        labels.insert(tree_label(ancestor), "true".into());
+    }
+    labels.insert(SECURITY_LEVEL.into(), spec.security_level.to_string());
+    // MLPS level 3 and above run under the restricted Pod Security Standard.
+    let pod_security = if spec.security_level >= 3 { "restricted" } else { "baseline" };
+    labels.insert("pod-security.kubernetes.io/enforce".into(), pod_security.into());
+    labels.insert("pod-security.kubernetes.io/warn".into(), "restricted".into());
+
+    let hard = plan.namespace_hard.get(namespace).cloned().unwrap_or_default();
+    NamespaceObjects {
+        namespace: Namespace {
+            metadata: ObjectMeta {
+                name: Some(namespace.into()),
+                labels: Some(labels),
+                ..ObjectMeta::default()
+            },
+            ..Namespace::default()
+        },
+        quota: ResourceQuota {
+            metadata: meta(QUOTA, namespace, name),
+            spec: Some(ResourceQuotaSpec { hard: Some(quota_hard(&hard)), ..ResourceQuotaSpec::default() }),
+            ..ResourceQuota::default()
+        },
+        limit_range: limit_range(namespace, name),
+        owners: role_binding(OWNERS, "admin", &spec.owners, namespace, name),
+        members: role_binding(MEMBERS, "edit", &spec.members, namespace, name),
+        isolation: isolation(spec.network_isolation, namespace, name),
+    }
+}
+
+/// The namespace of a released tenant namespace under the Retain policy: yiyun's labels are
+/// replaced by one that says where it came from, so another tenant may adopt it.
+pub fn orphaned_namespace(namespace: &str, tenant: &str) -> Namespace {
+    Namespace {
+        metadata: ObjectMeta {
+            name: Some(namespace.into()),
+            labels: Some(BTreeMap::from([(ORPHANED_FROM.into(), tenant.into())])),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    }
+}
+
+pub fn tenant_name(tenant: &Tenant) -> &str {
+    tenant.metadata.name.as_deref().unwrap_or_default()
+}
+
+fn meta(name: &str, namespace: &str, tenant: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.into()),
+        namespace: Some(namespace.into()),
+        labels: Some(managed_labels(tenant)),
+        ..ObjectMeta::default()
+    }
+}
+
+fn quota_hard(hard: &Amounts) -> BTreeMap<String, Quantity> {
+    Resource::ALL
+        .into_iter()
+        .map(|r| {
+            let limit = hard.get(r).map_or_else(|| UNLIMITED.to_string(), |m| m.format(r.is_bytes()));
+            (r.quota_key().to_string(), Quantity(limit))
+        })
+        .collect()
+}
+
+/// Default requests for containers that set none: quota on requests would refuse them otherwise.
+/// No default limits: a default limit below a container's request makes the pod invalid.
+fn limit_range(namespace: &str, tenant: &str) -> LimitRange {
+    LimitRange {
+        metadata: meta(LIMIT_RANGE, namespace, tenant),
+        spec: Some(LimitRangeSpec {
+            limits: vec![LimitRangeItem {
+                type_: "Container".into(),
+                default_request: Some(BTreeMap::from([
+                    ("cpu".into(), Quantity("100m".into())),
+                    ("memory".into(), Quantity("128Mi".into())),
+                ])),
+                ..LimitRangeItem::default()
+            }],
+        }),
+    }
+}
+
+fn role_binding(
+    name: &str,
+    cluster_role: &str,
+    subjects: &[yiyun_crds::Subject],
+    namespace: &str,
+    tenant: &str,
+) -> Option<RoleBinding> {
+    if subjects.is_empty() {
+        return None;
+    }
+    Some(RoleBinding {
+        metadata: meta(name, namespace, tenant),
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            kind: "ClusterRole".into(),
+            name: cluster_role.into(),
+        },
+        subjects: Some(
+            subjects
+                .iter()
+                .map(|s| Subject {
+                    api_group: Some("rbac.authorization.k8s.io".into()),
+                    kind: match s.kind {
+                        SubjectKind::User => "User".into(),
+                        SubjectKind::Group => "Group".into(),
+                    },
+                    name: s.name.clone(),
+                    namespace: None,
+                })
+                .collect(),
+        ),
+    })
+}
+
+/// `strict`: ingress and egress only within the tenant's own namespaces, plus DNS.
+/// `tenant`: ingress from the tenant's whole subtree; egress open (shared services).
+fn isolation(mode: NetworkIsolation, namespace: &str, tenant: &str) -> Option<NetworkPolicy> {
+    let from_labels = |key: String, value: &str| NetworkPolicyPeer {
+        namespace_selector: Some(LabelSelector {
+            match_labels: Some(BTreeMap::from([(key, value.to_string())])),
+            ..LabelSelector::default()
+        }),
+        ..NetworkPolicyPeer::default()
+    };
+    let spec = match mode {
+        NetworkIsolation::None => return None,
+        NetworkIsolation::Tenant => NetworkPolicySpec {
+            pod_selector: Some(LabelSelector::default()),
+            policy_types: Some(vec!["Ingress".into()]),
+            ingress: Some(vec![NetworkPolicyIngressRule {
+                from: Some(vec![from_labels(tree_label(tenant), "true")]),
+                ..NetworkPolicyIngressRule::default()
+            }]),
+            ..NetworkPolicySpec::default()
+        },
+        NetworkIsolation::Strict => {
+            let own = from_labels(TENANT.into(), tenant);
+            let dns_port = |protocol: &str| NetworkPolicyPort {
+                port: Some(IntOrString::Int(53)),
+                protocol: Some(protocol.into()),
+                ..NetworkPolicyPort::default()
+            };
+            NetworkPolicySpec {
+                pod_selector: Some(LabelSelector::default()),
+                policy_types: Some(vec!["Ingress".into(), "Egress".into()]),
+                ingress: Some(vec![NetworkPolicyIngressRule {
+                    from: Some(vec![own.clone()]),
+                    ..NetworkPolicyIngressRule::default()
+                }]),
+                egress: Some(vec![
+                    NetworkPolicyEgressRule { to: Some(vec![own]), ..NetworkPolicyEgressRule::default() },
+                    NetworkPolicyEgressRule {
+                        to: Some(vec![from_labels("kubernetes.io/metadata.name".into(), "kube-system")]),
+                        ports: Some(vec![dns_port("UDP"), dns_port("TCP")]),
+                    },
+                ]),
+            }
+        }
+    };
+    Some(NetworkPolicy { metadata: meta(ISOLATION, namespace, tenant), spec: Some(spec) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use yiyun_quota::Milli;
+
+    fn tenant(yaml: &str) -> Tenant {
+        serde_saphyr::from_str(yaml).unwrap()
+    }
+
+    fn edu() -> Tenant {
+        tenant(
+            "apiVersion: yiyun.io/v1alpha1\nkind: Tenant\nmetadata: {name: jj-edu}\nspec:\n  displayName: 鸠江区教育局\n  parent: jiujiang\n  level: department\n  securityLevel: 3\n  networkIsolation: strict\n  owners: [{kind: User, name: li.na}]\n  namespaces: [{name: edu, labels: {workload: web}}]\n",
+        )
+    }
+
+    fn plan() -> TenantPlan {
+        let hard: Amounts =
+            [(Resource::Cpu, Milli::units(80)), (Resource::Memory, Milli::parse("320Gi").unwrap())]
+                .into_iter()
+                .collect();
+        TenantPlan {
+            path: vec!["anhui".into(), "wuhu".into(), "jiujiang".into(), "jj-edu".into()],
+            namespace_hard: BTreeMap::from([("edu".into(), hard)]),
+            ..TenantPlan::default()
+        }
+    }
+
+    #[test]
+    fn the_namespace_carries_tenant_ancestor_and_security_labels() {
+        let objects = namespace_objects(&edu(), &plan(), "edu");
+        let labels = objects.namespace.metadata.labels.unwrap();
+        assert_eq!(labels["yiyun.io/tenant"], "jj-edu");
+        assert_eq!(labels["app.kubernetes.io/managed-by"], "yiyun");
+        for ancestor in ["anhui", "wuhu", "jiujiang", "jj-edu"] {
+            assert_eq!(labels[&format!("tree.yiyun.io/{ancestor}")], "true");
+        }
+        assert_eq!(labels["yiyun.io/security-level"], "3");
+        assert_eq!(labels["pod-security.kubernetes.io/enforce"], "restricted");
+        assert_eq!(labels["workload"], "web");
+    }
+
+    #[test]
+    fn the_quota_limits_every_resource_and_marks_the_unlimited_ones() {
+        let hard = namespace_objects(&edu(), &plan(), "edu").quota.spec.unwrap().hard.unwrap();
+        assert_eq!(hard["requests.cpu"].0, "80");
+        assert_eq!(hard["requests.memory"].0, "320Gi");
+        assert_eq!(hard["requests.nvidia.com/gpu"].0, UNLIMITED);
+        assert_eq!(hard["pods"].0, UNLIMITED);
+        assert_eq!(hard.len(), 5);
+    }
+
+    #[test]
+    fn owners_are_admins_and_no_members_means_no_binding() {
+        let objects = namespace_objects(&edu(), &plan(), "edu");
+        let owners = objects.owners.unwrap();
+        assert_eq!(owners.role_ref.name, "admin");
+        assert_eq!(owners.subjects.unwrap()[0].name, "li.na");
+        assert!(objects.members.is_none());
+    }
+
+    #[test]
+    fn strict_isolation_allows_only_the_tenant_and_dns() {
+        let policy = namespace_objects(&edu(), &plan(), "edu").isolation.unwrap().spec.unwrap();
+        assert_eq!(policy.policy_types.unwrap(), ["Ingress", "Egress"]);
+        let from = &policy.ingress.unwrap()[0].from.clone().unwrap()[0];
+        assert_eq!(
+            from.namespace_selector.as_ref().unwrap().match_labels.as_ref().unwrap()["yiyun.io/tenant"],
+            "jj-edu"
+        );
+        let egress = policy.egress.unwrap();
+        assert_eq!(egress[1].ports.as_ref().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn tenant_isolation_admits_the_subtree_and_none_removes_the_policy() {
+        let mut t = edu();
+        t.spec.network_isolation = NetworkIsolation::Tenant;
+        let policy = namespace_objects(&t, &plan(), "edu").isolation.unwrap().spec.unwrap();
+        let from = &policy.ingress.unwrap()[0].from.clone().unwrap()[0];
+        assert_eq!(
+            from.namespace_selector.as_ref().unwrap().match_labels.as_ref().unwrap()["tree.yiyun.io/jj-edu"],
+            "true"
+        );
+        t.spec.network_isolation = NetworkIsolation::None;
+        assert!(namespace_objects(&t, &plan(), "edu").isolation.is_none());
+    }
+}

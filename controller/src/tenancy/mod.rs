@@ -1,0 +1,265 @@
+//! The tenancy controller: keeps every Tenant's namespaces, quotas, access and isolation in
+//! place, and its status current.
+//!
+//! Rules and quotas span the whole tree, so one pure [`yiyun_quota::Plan`] is computed from the
+//! watched Tenants, namespaces and quotas, and recomputed when any of them changes. Tenants whose
+//! part of the plan changed are reconciled; the others are left alone.
+
+mod desired;
+mod observe;
+mod reconcile;
+
+use std::{
+    fmt::Debug,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::{
+    core::v1::{LimitRange, Namespace, ResourceQuota},
+    networking::v1::NetworkPolicy,
+    rbac::v1::RoleBinding,
+};
+use kube::{
+    Api, Client, Resource,
+    core::PartialObjectMeta,
+    runtime::{
+        Controller, WatchStreamExt,
+        controller::Config as ControllerConfig,
+        reflector,
+        reflector::{ObjectRef, Store},
+        watcher,
+    },
+};
+use serde::de::DeserializeOwned;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use yiyun_admin::Readiness;
+use yiyun_crds::{
+    Tenant,
+    labels::{MANAGED_BY, MANAGED_BY_VALUE, TENANT},
+};
+use yiyun_quota::Plan;
+
+use crate::{Error, metrics::Metrics};
+
+pub(crate) const CONTROLLER: &str = "tenancy";
+
+/// What the watches hold.
+#[derive(Clone)]
+struct Stores {
+    tenants: Store<Tenant>,
+    namespaces: Store<PartialObjectMeta<Namespace>>,
+    quotas: Store<ResourceQuota>,
+    limit_ranges: Store<LimitRange>,
+    role_bindings: Store<RoleBinding>,
+    network_policies: Store<NetworkPolicy>,
+    /// One per watch, true once it has listed. (kube's own store readiness wakes only one of
+    /// several waiters, and the controller itself is one.)
+    listed: Vec<watch::Receiver<bool>>,
+}
+
+impl Stores {
+    async fn wait_until_ready(&self) -> Result<(), Error> {
+        for listed in &self.listed {
+            listed.clone().wait_for(|listed| *listed).await.map_err(|_| Error::WatchStopped)?;
+        }
+        Ok(())
+    }
+}
+
+/// The plan of the tree, recomputed lazily after the watches saw a change.
+struct PlanCache {
+    stale: AtomicBool,
+    plan: Mutex<Arc<Plan>>,
+    changed: Notify,
+}
+
+impl PlanCache {
+    fn new() -> Self {
+        PlanCache { stale: AtomicBool::new(true), plan: Mutex::new(Arc::default()), changed: Notify::new() }
+    }
+
+    fn mark_stale(&self) {
+        self.stale.store(true, Ordering::Release);
+        self.changed.notify_one();
+    }
+
+    fn current(&self, stores: &Stores, metrics: &Metrics) -> Arc<Plan> {
+        let mut plan = self.plan.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if self.stale.swap(false, Ordering::AcqRel) {
+            let world =
+                observe::world(&stores.tenants.state(), &stores.namespaces.state(), &stores.quotas.state());
+            *plan = Arc::new(yiyun_quota::plan(&world));
+            metrics.planned();
+        }
+        plan.clone()
+    }
+}
+
+pub(crate) struct Context {
+    client: Client,
+    stores: Stores,
+    plans: Arc<PlanCache>,
+    metrics: Metrics,
+}
+
+impl Context {
+    async fn plan(&self) -> Result<Arc<Plan>, Error> {
+        // A plan from half-filled watches would report parents missing that merely are not
+        // listed yet.
+        self.stores.wait_until_ready().await?;
+        Ok(self.plans.current(&self.stores, &self.metrics))
+    }
+}
+
+/// Runs the tenancy controller until `shutdown`. Ready once every watch has listed.
+pub async fn run(
+    client: Client,
+    metrics: Metrics,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let plans = Arc::new(PlanCache::new());
+    let managed = watcher::Config::default().labels(&format!("{MANAGED_BY}={MANAGED_BY_VALUE}"));
+    let all = watcher::Config::default();
+    let (tenants, tenants_listed, tenant_events) =
+        reflect(watcher(Api::<Tenant>::all(client.clone()), all.clone()), &plans);
+    let (namespaces, namespaces_listed, namespace_events) =
+        reflect(watcher(Api::<PartialObjectMeta<Namespace>>::all(client.clone()), all), &plans);
+    let (quotas, quotas_listed, quota_events) =
+        reflect(watcher(Api::<ResourceQuota>::all(client.clone()), managed.clone()), &plans);
+    let (limit_ranges, limit_ranges_listed, limit_range_events) =
+        reflect(watcher(Api::<LimitRange>::all(client.clone()), managed.clone()), &plans);
+    let (role_bindings, role_bindings_listed, role_binding_events) =
+        reflect(watcher(Api::<RoleBinding>::all(client.clone()), managed.clone()), &plans);
+    let (network_policies, network_policies_listed, network_policy_events) =
+        reflect(watcher(Api::<NetworkPolicy>::all(client.clone()), managed), &plans);
+
+    let stores = Stores {
+        tenants: tenants.clone(),
+        namespaces,
+        quotas,
+        limit_ranges,
+        role_bindings,
+        network_policies,
+        listed: vec![
+            tenants_listed,
+            namespaces_listed,
+            quotas_listed,
+            limit_ranges_listed,
+            role_bindings_listed,
+            network_policies_listed,
+        ],
+    };
+    let ctx = Arc::new(Context { client, stores, plans, metrics });
+
+    let (changed_tx, changed_rx) = mpsc::channel(1024);
+    tokio::spawn(report_plan_changes(ctx.clone(), changed_tx, shutdown.clone()));
+    tokio::spawn({
+        let ctx = ctx.clone();
+        async move {
+            if ctx.stores.wait_until_ready().await.is_ok() {
+                info!(tenants = ctx.stores.tenants.state().len(), "tenancy watches synced: ready");
+                readiness.set(true);
+            }
+        }
+    });
+
+    info!("tenancy controller starting");
+    Controller::for_stream(tenant_events, tenants)
+        .with_config(ControllerConfig::default().concurrency(16).debounce(Duration::from_millis(100)))
+        .watches_stream(namespace_events, |ns| tenant_of(&ns))
+        .watches_stream(quota_events, |o| tenant_of(&o))
+        .watches_stream(limit_range_events, |o| tenant_of(&o))
+        .watches_stream(role_binding_events, |o| tenant_of(&o))
+        .watches_stream(network_policy_events, |o| tenant_of(&o))
+        .reconcile_on(receiver_stream(changed_rx))
+        .graceful_shutdown_on(shutdown.cancelled_owned())
+        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(err) = result {
+                tracing::debug!(error = %err, "tenancy reconcile request failed");
+            }
+        })
+        .await;
+    info!("tenancy controller stopped");
+    Ok(())
+}
+
+/// Reflects watch `events` into a store; every event marks the plan stale. The receiver turns
+/// true once the watch has listed.
+fn reflect<K>(
+    events: impl Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static,
+    plans: &Arc<PlanCache>,
+) -> (Store<K>, watch::Receiver<bool>, impl Stream<Item = Result<K, watcher::Error>> + Send + 'static)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let (listed_tx, listed) = watch::channel(false);
+    let plans = plans.clone();
+    // The reflector has updated the store by the time an event passes on, so the plan sees it.
+    let events = reflector(writer, events)
+        .default_backoff()
+        .inspect(move |event| {
+            if matches!(event, Ok(watcher::Event::InitDone)) {
+                listed_tx.send_replace(true);
+            }
+        })
+        .touched_objects()
+        .inspect(move |_| plans.mark_stale());
+    (reader, listed, events)
+}
+
+/// The Tenant an object belongs to, by its `yiyun.io/tenant` label.
+fn tenant_of<K: Resource>(object: &K) -> Option<ObjectRef<Tenant>> {
+    object.meta().labels.as_ref()?.get(TENANT).map(|name| ObjectRef::new(name))
+}
+
+fn receiver_stream<T: Send + 'static>(mut rx: mpsc::Receiver<T>) -> impl Stream<Item = T> + Send + 'static {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// Recomputes the plan after changes settle and asks for a reconcile of every tenant whose part
+/// of it changed: relatives of a changed tenant included, unrelated tenants not.
+async fn report_plan_changes(
+    ctx: Arc<Context>,
+    changed: mpsc::Sender<ObjectRef<Tenant>>,
+    shutdown: CancellationToken,
+) {
+    let mut last = Arc::new(Plan::default());
+    loop {
+        tokio::select! {
+            () = ctx.plans.changed.notified() => {}
+            () = shutdown.cancelled() => return,
+        }
+        // Let a burst of events (a tree applied at once) settle into one plan.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let started = Instant::now();
+        let plan = match ctx.plan().await {
+            Ok(plan) => plan,
+            Err(err) => {
+                warn!(error = %err, "cannot plan the tenant tree");
+                return;
+            }
+        };
+        let names: Vec<String> = plan.changed_since(&last).map(String::from).collect();
+        tracing::debug!(
+            changed = names.len(),
+            micros = started.elapsed().as_micros() as u64,
+            "tenant tree planned"
+        );
+        for name in names {
+            if changed.send(ObjectRef::new(&name)).await.is_err() {
+                return;
+            }
+        }
+        last = plan;
+    }
+}

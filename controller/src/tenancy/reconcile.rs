@@ -1,0 +1,298 @@
+//! One Tenant's reconcile: validate (from the plan), build the desired objects, apply what
+//! differs, release what is no longer claimed, write status.
+
+use std::{sync::Arc, time::Duration, time::Instant};
+
+use k8s_openapi::{
+    api::core::v1::Namespace,
+    apimachinery::pkg::apis::meta::v1::{Condition, Time},
+    jiff::Timestamp,
+};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams},
+    runtime::{
+        controller::Action,
+        finalizer::{Event, finalizer},
+        reflector::{ObjectRef, Store},
+    },
+};
+use serde::{Serialize, de::DeserializeOwned};
+use tracing::{info, warn};
+use yiyun_crds::{DeletionPolicy, Tenant, TenantStatus, TenantUsage, labels::TENANT};
+use yiyun_quota::TenantPlan;
+
+use super::{
+    CONTROLLER, Context,
+    desired::{self, NamespaceObjects},
+    observe::resource_amounts,
+};
+use crate::{
+    Error,
+    apply::{FIELD_MANAGER, apply},
+};
+
+/// Blocks a Tenant's deletion until its namespaces are released.
+pub const FINALIZER: &str = "yiyun.io/tenant-cleanup";
+/// A safety net: everything is event-driven, this only repairs what a lost event missed.
+const RESYNC: Duration = Duration::from_secs(30 * 60);
+
+pub async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let api: Api<Tenant> = Api::all(ctx.client.clone());
+    let result = finalizer(&api, FINALIZER, tenant, |event| async {
+        match event {
+            Event::Apply(tenant) => reconcile_tenant(&tenant, &ctx).await,
+            Event::Cleanup(tenant) => release_tenant(&tenant, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|err| Error::Finalizer(Box::new(err)));
+    let error = result.as_ref().err().map(Error::label);
+    ctx.metrics.reconciled(CONTROLLER, started.elapsed().as_secs_f64(), error);
+    result
+}
+
+pub fn error_policy(tenant: Arc<Tenant>, error: &Error, _ctx: Arc<Context>) -> Action {
+    if error.is_waiting() {
+        info!(tenant = %tenant.name_any(), "{error}");
+        return Action::requeue(Duration::from_secs(15));
+    }
+    warn!(tenant = %tenant.name_any(), error = %error, "tenancy reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(5))
+}
+
+async fn reconcile_tenant(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
+    let plan = ctx.plan().await?;
+    let name = tenant.name_any();
+    let Some(tenant_plan) = plan.get(&name) else {
+        // The watch has not shown this tenant to the plan yet.
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    };
+    if let Some(problem) = &tenant_plan.problem {
+        // Leave every downstream object as it was; say why.
+        write_status(tenant, tenant_plan, ready(false, problem.reason, &problem.message), ctx).await?;
+        return Ok(Action::requeue(RESYNC));
+    }
+    for namespace in &tenant.spec.namespaces {
+        let objects = desired::namespace_objects(tenant, tenant_plan, &namespace.name);
+        keep_namespace(&objects, ctx).await?;
+    }
+    // Namespaces the tenant owned but no longer lists are released like on deletion.
+    for namespace in owned_namespaces(&name, ctx) {
+        if !tenant.spec.namespaces.iter().any(|ns| ns.name == namespace) {
+            release_namespace(&namespace, &name, tenant.spec.deletion_policy, ctx).await?;
+        }
+    }
+    let count = tenant.spec.namespaces.len();
+    let message = format!("{count} namespace(s) in place with quota, defaults, access and isolation");
+    write_status(tenant, tenant_plan, ready(true, "Reconciled", &message), ctx).await?;
+    Ok(Action::requeue(RESYNC))
+}
+
+/// Applies what differs and deletes what must not exist, namespace first.
+async fn keep_namespace(objects: &NamespaceObjects, ctx: &Context) -> Result<(), Error> {
+    let namespace = objects.namespace.name_any();
+    let current = ctx
+        .stores
+        .namespaces
+        .get(&ObjectRef::new(&namespace))
+        .map(|meta| Namespace { metadata: meta.metadata.clone(), ..Namespace::default() });
+    write(
+        ctx,
+        "Namespace",
+        apply(&Api::all(ctx.client.clone()), &objects.namespace, current.as_ref()).await?,
+    );
+    let stores = &ctx.stores;
+    keep(ctx, "ResourceQuota", &stores.quotas, desired::QUOTA, &namespace, Some(&objects.quota)).await?;
+    keep(
+        ctx,
+        "LimitRange",
+        &stores.limit_ranges,
+        desired::LIMIT_RANGE,
+        &namespace,
+        Some(&objects.limit_range),
+    )
+    .await?;
+    keep(ctx, "RoleBinding", &stores.role_bindings, desired::OWNERS, &namespace, objects.owners.as_ref())
+        .await?;
+    keep(ctx, "RoleBinding", &stores.role_bindings, desired::MEMBERS, &namespace, objects.members.as_ref())
+        .await?;
+    keep(
+        ctx,
+        "NetworkPolicy",
+        &stores.network_policies,
+        desired::ISOLATION,
+        &namespace,
+        objects.isolation.as_ref(),
+    )
+    .await
+}
+
+/// Makes object `name` in `namespace` hold `desired`, or removes it when `desired` is `None`.
+async fn keep<K>(
+    ctx: &Context,
+    kind: &'static str,
+    store: &Store<K>,
+    name: &str,
+    namespace: &str,
+    desired: Option<&K>,
+) -> Result<(), Error>
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
+    let current = store.get(&ObjectRef::new(name).within(namespace));
+    match desired {
+        Some(desired) => write(ctx, kind, apply(&api, desired, current.as_deref()).await?),
+        None if current.is_some() => {
+            ignore_not_found(api.delete(name, &DeleteParams::default()).await.map(|_| ()))?;
+            write(ctx, kind, true);
+        }
+        None => {}
+    }
+    Ok(())
+}
+
+fn write(ctx: &Context, kind: &'static str, wrote: bool) {
+    if wrote {
+        ctx.metrics.wrote(CONTROLLER, kind);
+    }
+}
+
+fn ignore_not_found(result: Result<(), kube::Error>) -> Result<(), kube::Error> {
+    match result {
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        other => other,
+    }
+}
+
+fn owned_namespaces(tenant: &str, ctx: &Context) -> Vec<String> {
+    ctx.stores
+        .namespaces
+        .state()
+        .iter()
+        .filter(|ns| ns.labels().get(TENANT).is_some_and(|owner| owner == tenant))
+        .map(|ns| ns.name_any())
+        .collect()
+}
+
+/// Gives a namespace up: deleted under `Delete`, kept and labelled orphaned under `Retain`.
+async fn release_namespace(
+    namespace: &str,
+    tenant: &str,
+    policy: DeletionPolicy,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let api: Api<Namespace> = Api::all(ctx.client.clone());
+    match policy {
+        DeletionPolicy::Delete => {
+            info!(tenant, namespace, "deleting released namespace (deletionPolicy Delete)");
+            ignore_not_found(api.delete(namespace, &DeleteParams::background()).await.map(|_| ()))?;
+        }
+        DeletionPolicy::Retain => {
+            info!(tenant, namespace, "keeping released namespace as orphaned (deletionPolicy Retain)");
+            // Applying only the orphan label removes every label yiyun set before.
+            let orphan = desired::orphaned_namespace(namespace, tenant);
+            api.patch(namespace, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&orphan)).await?;
+        }
+    }
+    write(ctx, "Namespace", true);
+    Ok(())
+}
+
+/// The finalizer's clean-up: wait for the children, then release every namespace.
+async fn release_tenant(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
+    let name = tenant.name_any();
+    ctx.stores.wait_until_ready().await?;
+    let mut children: Vec<String> = ctx
+        .stores
+        .tenants
+        .state()
+        .iter()
+        .filter(|t| t.spec.parent.as_deref() == Some(name.as_str()))
+        .map(|t| t.name_any())
+        .collect();
+    if !children.is_empty() {
+        children.sort();
+        let message =
+            format!("cannot delete while children exist: {}; delete them first", children.join(", "));
+        let plan = ctx.plan().await?;
+        let tenant_plan = plan.get(&name).cloned().unwrap_or_default();
+        write_status(tenant, &tenant_plan, ready(false, "HasChildren", &message), ctx).await?;
+        return Err(Error::HasChildren { tenant: name, children });
+    }
+    for namespace in owned_namespaces(&name, ctx) {
+        release_namespace(&namespace, &name, tenant.spec.deletion_policy, ctx).await?;
+    }
+    Ok(Action::await_change())
+}
+
+struct ReadyCondition {
+    status: &'static str,
+    reason: String,
+    message: String,
+}
+
+fn ready(ok: bool, reason: &str, message: &str) -> ReadyCondition {
+    ReadyCondition {
+        status: if ok { "True" } else { "False" },
+        reason: reason.into(),
+        message: message.into(),
+    }
+}
+
+/// Writes the status when it differs from what the object already shows.
+async fn write_status(
+    tenant: &Tenant,
+    plan: &TenantPlan,
+    readiness: ReadyCondition,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let previous = tenant.status.as_ref();
+    let previous_ready = previous.and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
+    let unchanged = previous_ready.is_some_and(|c| c.status == readiness.status);
+    let condition = Condition {
+        type_: "Ready".into(),
+        status: readiness.status.into(),
+        reason: readiness.reason,
+        message: readiness.message,
+        observed_generation: tenant.metadata.generation,
+        last_transition_time: match previous_ready {
+            Some(c) if unchanged => c.last_transition_time.clone(),
+            _ => Time(Timestamp::now()),
+        },
+    };
+    let status = TenantStatus {
+        observed_generation: tenant.metadata.generation,
+        conditions: vec![condition],
+        path: plan.path.clone(),
+        namespaces: if plan.problem.is_some() {
+            previous.map(|s| s.namespaces.clone()).unwrap_or_default()
+        } else {
+            tenant.spec.namespaces.iter().map(|ns| ns.name.clone()).collect()
+        },
+        usage: Some(TenantUsage {
+            own: resource_amounts(&plan.own_usage),
+            subtree: resource_amounts(&plan.subtree_usage),
+        }),
+        children: i32::try_from(plan.children.len()).unwrap_or(i32::MAX),
+    };
+    if previous == Some(&status) {
+        return Ok(());
+    }
+    let api: Api<Tenant> = Api::all(ctx.client.clone());
+    let patch = serde_json::json!({
+        "apiVersion": Tenant::api_version(&()),
+        "kind": Tenant::kind(&()),
+        "status": status,
+    });
+    api.patch_status(&tenant.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+        .await?;
+    write(ctx, "TenantStatus", true);
+    Ok(())
+}
