@@ -148,3 +148,36 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default();
     Some((status, body))
 }
+
+/// Tests that run the controller take turns: two controllers would fight over the same objects.
+/// (An async mutex: the turn is held across awaits, and a failed test does not poison it.)
+static CONTROLLER_TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Waits for this test's turn to run a controller; the turn lasts as long as the guard.
+pub async fn controller_turn() -> tokio::sync::MutexGuard<'static, ()> {
+    CONTROLLER_TURN.lock().await
+}
+
+/// `yiyun_controller::run` in this process, on a free admin port, until `stop` or drop.
+pub struct InProcessController {
+    shutdown: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), yiyun_controller::Error>>,
+}
+
+impl InProcessController {
+    /// Starts the controller (hold a [`controller_turn`] while it runs).
+    pub fn start() -> Self {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let config = yiyun_controller::Config { admin_addr: "127.0.0.1:0".parse().expect("an address") };
+        let task = tokio::spawn(yiyun_controller::run(config, shutdown.clone()));
+        Self { shutdown, task }
+    }
+
+    /// Stops the controller and reports how it ended.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let ended =
+            within(Duration::from_secs(20), self.task).await.expect("the controller stops within 20s");
+        ended.expect("the controller task does not panic").expect("the controller ends without error");
+    }
+}
