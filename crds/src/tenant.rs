@@ -279,6 +279,10 @@ pub struct TenantStatus {
     /// Resources in use, in the tenant's own namespaces and in its whole subtree.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<TenantUsage>,
+    /// What the whole subtree may use now: `quota.max`, or less where an ancestor's ceiling is
+    /// shared among more than it can hold. A resource absent here is unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocated: Option<ResourceAmounts>,
     /// Number of direct children.
     #[serde(default)]
     pub children: i32,

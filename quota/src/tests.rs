@@ -207,25 +207,26 @@ fn without_overcommit_every_namespace_may_use_its_tenants_whole_max() {
     assert_eq!(data["data-b"], cpu("100"));
     // The city's own namespace gets what its children cannot take: 800 - 200 - 200.
     assert_eq!(plan.get("wuhu").unwrap().namespace_hard["wuhu-shared"], cpu("400"));
+    assert_eq!(plan.get("wuhu-data").unwrap().allocated, cpu("200"));
+    assert_eq!(plan.get("anhui").unwrap().allocated, cpu("4000"));
 }
 
 #[test]
-fn a_namespace_that_grows_gets_more_while_the_others_keep_room() {
+fn a_lowered_root_ceiling_shrinks_what_every_subtree_is_allocated() {
+    // The province shares 800 between its own namespace and the city (max 800), so the city
+    // gets 400, which it shares between its two children (max 400 each).
     let mut world = anhui();
-    world.namespaces.insert("data-a".into(), owned("wuhu-data", cpu("150")));
-    let data = plan(&world).get("wuhu-data").unwrap().namespace_hard.clone();
-    assert_eq!(data["data-a"], cpu("175"));
-    assert_eq!(data["data-b"], cpu("25"));
-}
-
-#[test]
-fn usage_beyond_a_lowered_ceiling_freezes_growth() {
-    let mut world = anhui();
-    world.namespaces.insert("edu".into(), owned("jj-edu", cpu("70")));
-    world.tenants[4].max = cpu("50");
+    world.tenants[0].max = cpu("800");
+    world.tenants[0].namespaces = vec!["anhui-ns".into()];
+    world.tenants[1].namespaces.clear();
+    world.tenants[2].max = cpu("400");
+    world.tenants[3].max = cpu("400");
     let plan = plan(&world);
-    assert_eq!(problem(&plan, "jj-edu"), None);
-    assert_eq!(plan.get("jj-edu").unwrap().namespace_hard["edu"], cpu("70"));
+    assert_eq!(plan.get("anhui").unwrap().allocated, cpu("800"));
+    assert_eq!(plan.get("wuhu").unwrap().allocated, cpu("400"));
+    assert_eq!(plan.get("wuhu-data").unwrap().allocated, cpu("200"));
+    assert_eq!(plan.get("jiujiang").unwrap().allocated, cpu("200"));
+    assert_eq!(plan.get("jj-edu").unwrap().allocated, cpu("80"), "within its own max");
 }
 
 #[test]

@@ -89,6 +89,9 @@ pub struct TenantPlan {
     /// ResourceQuota limits per namespace the tenant owns; a resource absent here has no
     /// ceiling anywhere up the tree. Empty when the tenant has a problem.
     pub namespace_hard: BTreeMap<String, Amounts>,
+    /// What the subtree may use now: its `max`, or less where an ancestor's ceiling is shared
+    /// among more than it can hold. Absent resources are unlimited. Empty with a problem.
+    pub allocated: Amounts,
 }
 
 /// The desired state of every tenant.
@@ -194,7 +197,9 @@ pub fn plan(world: &World) -> Plan {
         for (child, child_budget) in split.children {
             budgets.insert(child, child_budget);
         }
-        plans.get_mut(&tenant.name).expect("every tenant has a plan").namespace_hard = split.namespaces;
+        let plan = plans.get_mut(&tenant.name).expect("every tenant has a plan");
+        plan.namespace_hard = split.namespaces;
+        plan.allocated = budget.into_iter().filter_map(|(r, amount)| Some((r, amount?))).collect();
     }
 
     Plan { tenants: plans }

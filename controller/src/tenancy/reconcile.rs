@@ -280,6 +280,11 @@ async fn write_status(
             own: resource_amounts(&plan.own_usage),
             subtree: resource_amounts(&plan.subtree_usage),
         }),
+        allocated: if plan.problem.is_some() {
+            previous.and_then(|s| s.allocated.clone())
+        } else {
+            Some(resource_amounts(&plan.allocated))
+        },
         children: i32::try_from(plan.children.len()).unwrap_or(i32::MAX),
     };
     if previous == Some(&status) {
