@@ -230,6 +230,25 @@ fn a_lowered_root_ceiling_shrinks_what_every_subtree_is_allocated() {
 }
 
 #[test]
+fn a_namespace_that_grows_gets_more_while_the_others_keep_room() {
+    let mut world = anhui();
+    world.namespaces.insert("data-a".into(), owned("wuhu-data", cpu("150")));
+    let data = plan(&world).get("wuhu-data").unwrap().namespace_hard.clone();
+    assert_eq!(data["data-a"], cpu("175"));
+    assert_eq!(data["data-b"], cpu("25"));
+}
+
+#[test]
+fn usage_beyond_a_lowered_ceiling_freezes_growth() {
+    let mut world = anhui();
+    world.namespaces.insert("edu".into(), owned("jj-edu", cpu("70")));
+    world.tenants[4].max = cpu("50");
+    let plan = plan(&world);
+    assert_eq!(problem(&plan, "jj-edu"), None);
+    assert_eq!(plan.get("jj-edu").unwrap().namespace_hard["edu"], cpu("70"));
+}
+
+#[test]
 fn resources_without_a_ceiling_anywhere_are_left_unlimited() {
     let plan = plan(&anhui());
     assert_eq!(plan.get("jj-edu").unwrap().namespace_hard["edu"].get(Resource::Memory), None);
