@@ -212,6 +212,7 @@ async fn cross_tenant_rules_set_ready_false_and_leave_downstream_objects_alone()
     let controller = InProcessController::start();
     let tree = Tree::apply(&client, "rules").await;
     wait_ready(&client, &tree.dept_a, "True").await;
+    wait_ready(&client, &tree.dept_b, "True").await;
 
     // Guarantees overcommitted: a third department asks for more than the city has left.
     let p = unique("late");

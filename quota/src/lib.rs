@@ -8,7 +8,9 @@ mod tree;
 
 pub use quantity::{Milli, QuantityError};
 pub use resources::{Amounts, Resource};
-pub use tree::{Level, ObservedNamespace, Plan, Problem, TenantNode, TenantPlan, World, plan, water_fill};
+pub use tree::{
+    Level, ObservedNamespace, Plan, Problem, Standing, TenantNode, TenantPlan, World, plan, water_fill,
+};
 
 #[cfg(test)]
 mod tests;

@@ -27,6 +27,7 @@ fn node(
         guaranteed,
         max,
         namespaces: namespaces.iter().map(|s| s.to_string()).collect(),
+        standing: Standing::New,
         seniority: format!("2026-01-01T00:00:{:02}Z", name.len()),
     }
 }
@@ -159,6 +160,33 @@ fn siblings_guarantees_may_not_exceed_the_parents_and_the_oldest_keep_theirs() {
     );
     assert_eq!(problem(&plan, "jj-edu"), None);
     assert_eq!(problem(&plan, "jj-health"), None);
+}
+
+#[test]
+fn incumbents_keep_their_guarantee_against_an_older_but_edited_sibling() {
+    let mut world = anhui();
+    // jj-edu was edited to ask for more; jj-health is Ready as it is.
+    world.tenants[4].guaranteed = cpu("70");
+    world.tenants[4].standing = Standing::Admitted;
+    world.tenants[5].standing = Standing::Ready;
+    world.tenants[5].seniority = "2030-01-01T00:00:00Z".into();
+    let plan = plan(&world);
+    assert_eq!(problem(&plan, "jj-health"), None);
+    assert_eq!(problem(&plan, "jj-edu").unwrap().reason, "GuaranteeOvercommitted");
+}
+
+#[test]
+fn a_sibling_fixing_an_unrelated_mistake_keeps_its_guarantee_against_a_newcomer() {
+    let mut world = anhui();
+    world.tenants[4].standing = Standing::Admitted;
+    world.tenants[4].max = cpu("900"); // a typo: over its parent's 200
+    world.tenants[5].standing = Standing::Ready;
+    let mut newcomer = node("jj-new", Some("jiujiang"), Level::Department, cpu("30"), cpu("80"), &[]);
+    newcomer.seniority = "2000-01-01T00:00:00Z".into();
+    world.tenants.push(newcomer);
+    let plan = plan(&world);
+    assert_eq!(problem(&plan, "jj-edu").unwrap().reason, "MaxExceedsParent");
+    assert_eq!(problem(&plan, "jj-new").unwrap().reason, "GuaranteeOvercommitted");
 }
 
 #[test]
@@ -317,6 +345,7 @@ fn no_subtree_can_ever_be_admitted_beyond_its_ceiling() {
                 guaranteed: Amounts::default(),
                 max,
                 namespaces,
+                standing: Standing::New,
                 seniority: format!("{i:04}"),
             });
         }

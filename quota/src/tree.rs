@@ -42,9 +42,31 @@ pub struct TenantNode {
     pub max: Amounts,
     /// Namespaces the tenant claims.
     pub namespaces: Vec<String>,
-    /// Orders tenants when they compete (for a namespace, for a parent's guarantee): the
-    /// smaller wins. The creation timestamp in RFC 3339 sorts correctly.
+    /// How established the tenant is: when tenants compete (for a namespace, for a share of
+    /// their parent's guarantee), what is established keeps what it holds.
+    pub standing: Standing,
+    /// Orders tenants that compete on equal footing: the smaller wins. The creation timestamp
+    /// in RFC 3339 sorts correctly; it has whole seconds only, so the name breaks ties.
     pub seniority: String,
+}
+
+/// How established a tenant is; earlier variants take precedence.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Standing {
+    /// Ready with its current spec.
+    Ready,
+    /// Was ready once; its spec has changed since (an edit, or a mistake being fixed).
+    Admitted,
+    /// Never ready yet.
+    #[default]
+    New,
+}
+
+impl TenantNode {
+    /// Smaller goes first when tenants compete.
+    fn precedence(&self) -> (Standing, &str, &str) {
+        (self.standing, &self.seniority, &self.name)
+    }
 }
 
 /// A namespace as it exists in the cluster.
@@ -82,7 +104,7 @@ pub struct TenantPlan {
     pub problem: Option<Problem>,
     /// Names from the root down to the tenant; empty when the chain of parents is broken.
     pub path: Vec<String>,
-    /// Direct children, oldest first.
+    /// Direct children, in precedence order.
     pub children: Vec<String>,
     pub own_usage: Amounts,
     pub subtree_usage: Amounts,
@@ -124,7 +146,7 @@ pub fn plan(world: &World) -> Plan {
         }
     }
     for siblings in children.values_mut() {
-        siblings.sort_by(|a, b| (&a.seniority, &a.name).cmp(&(&b.seniority, &b.name)));
+        siblings.sort_by(|a, b| a.precedence().cmp(&b.precedence()));
     }
 
     let mut plans: BTreeMap<String, TenantPlan> = world
@@ -205,13 +227,13 @@ pub fn plan(world: &World) -> Plan {
     Plan { tenants: plans }
 }
 
-/// For each claimed namespace, the tenant that gets it: the most senior claimant.
+/// For each claimed namespace, the tenant that gets it: the one with precedence.
 fn namespace_winners(world: &World) -> BTreeMap<&str, &str> {
     let mut winners: BTreeMap<&str, &TenantNode> = BTreeMap::new();
     for tenant in &world.tenants {
         for namespace in &tenant.namespaces {
             let winner = winners.entry(namespace).or_insert(tenant);
-            if (&tenant.seniority, &tenant.name) < (&winner.seniority, &winner.name) {
+            if tenant.precedence() < winner.precedence() {
                 *winner = tenant;
             }
         }
@@ -336,11 +358,12 @@ fn guarantee_overcommitted(
         let Some(own) = tenant.guaranteed.get(resource).filter(|g| *g > Milli::ZERO) else {
             continue;
         };
-        // Older siblings that passed their checks hold their guarantees already.
+        // Siblings ahead hold their guarantees already, also while fixing an unrelated mistake;
+        // only one that does not fit itself holds nothing.
         let older: Vec<&TenantNode> = siblings
             .iter()
             .take_while(|s| s.name != tenant.name)
-            .filter(|s| plans[&s.name].problem.is_none())
+            .filter(|s| plans[&s.name].problem.as_ref().is_none_or(|p| p.reason != "GuaranteeOvercommitted"))
             .copied()
             .collect();
         let total: Milli = older.iter().map(|s| s.guaranteed.amount(resource)).sum::<Milli>() + own;

@@ -11,7 +11,7 @@ use yiyun_crds::{
     ResourceAmounts, Tenant, TenantLevel,
     labels::{ORPHANED_FROM, TENANT},
 };
-use yiyun_quota::{Amounts, Milli, ObservedNamespace, Resource, TenantNode, World};
+use yiyun_quota::{Amounts, Milli, ObservedNamespace, Resource, Standing, TenantNode, World};
 
 use super::desired::QUOTA;
 
@@ -65,7 +65,21 @@ pub fn tenant_node(tenant: &Tenant) -> TenantNode {
         guaranteed: spec.quota.guaranteed.as_ref().map(tenant_amounts).unwrap_or_default(),
         max: spec.quota.max.as_ref().map(tenant_amounts).unwrap_or_default(),
         namespaces: spec.namespaces.iter().map(|ns| ns.name.clone()).collect(),
+        standing: standing(tenant),
         seniority: tenant.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()).unwrap_or_default(),
+    }
+}
+
+/// Ready with the current spec; or admitted once (only a valid tenant gets `allocated`).
+fn standing(tenant: &Tenant) -> Standing {
+    let Some(status) = &tenant.status else { return Standing::New };
+    let ready_now = status.conditions.iter().any(|c| {
+        c.type_ == "Ready" && c.status == "True" && c.observed_generation == tenant.metadata.generation
+    });
+    match (ready_now, status.allocated.is_some()) {
+        (true, _) => Standing::Ready,
+        (false, true) => Standing::Admitted,
+        (false, false) => Standing::New,
     }
 }
 
