@@ -3,7 +3,7 @@ SHELL := /bin/bash
 # One target directory shared by every work tree and CI run on this machine.
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/yiyun/target
 
-.PHONY: test lint unit e2e crds demo demo-down cluster-binaries
+.PHONY: test lint unit e2e crds demo demo-down cluster-binaries bench-tenancy
 
 ## test: format check, clippy (warnings denied), unit tests, then e2e tests on a fresh local cluster
 test: lint unit e2e
@@ -33,3 +33,8 @@ demo:
 
 demo-down:
 	e2e/cluster down demo
+
+## bench-tenancy: 1,000 tenants on a fresh local cluster, timed against a direct-write baseline
+bench-tenancy: cluster-binaries
+	cargo build --release -p yiyun --locked
+	e2e/with-cluster bench-$$$$ $(CARGO_TARGET_DIR)/release/yiyun bench tenancy

@@ -23,8 +23,17 @@ enum Command {
     Controller(yiyun_controller::Config),
     /// Run the scheduler.
     Scheduler(yiyun_scheduler::Config),
+    /// Run a benchmark against the cluster of KUBECONFIG and print its figures.
+    #[command(subcommand)]
+    Bench(Bench),
     /// Print the version.
     Version,
+}
+
+#[derive(Subcommand, Debug)]
+enum Bench {
+    /// A province-wide tenant tree: apply to Ready, a root ceiling change, idle, deletion.
+    Tenancy(yiyun_bench::tenancy::Config),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -33,6 +42,13 @@ fn main() -> anyhow::Result<()> {
         Command::Crd => {
             print!("{}", yiyun_crds::crds_yaml().context("cannot render the CRDs as YAML")?);
             Ok(())
+        }
+        Command::Bench(Bench::Tenancy(config)) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(yiyun_bench::tenancy::run(config)).context("tenancy benchmark failed")
         }
         Command::Version => {
             println!("yiyun {}", env!("CARGO_PKG_VERSION"));

@@ -1,0 +1,510 @@
+//! `yiyun bench tenancy`: a province-wide tenant tree on a real cluster, timed end to end.
+//!
+//! 1. Baseline: the same namespaces and objects the controller keeps, written directly by a
+//!    plain client with the same concurrency: the apiserver's own limit for this workload.
+//! 2. The tree applied with `yiyun controller` running: time until every tenant is Ready.
+//! 3. The root's ceiling lowered: time until every tenant's `status.allocated` shows the new
+//!    split (the expected values come from the same pure plan the controller uses).
+//! 4. Idle: reconciles and writes per minute with nothing changing.
+//! 5. The tree deleted: time until every tenant is gone.
+//!
+//! The controller runs as a separate process so its CPU time and peak RSS are its own.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use futures::{StreamExt, TryStreamExt, stream};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams},
+    core::{ApiResource, GroupVersionKind},
+};
+use serde_json::{Value, json};
+use yiyun_crds::Tenant;
+use yiyun_quota::{Amounts, Level, Milli, Resource, Standing, TenantNode, World};
+
+use crate::{Error, progress};
+
+const MANAGER: &str = "yiyun-bench";
+const PREFIX: &str = "bench";
+
+/// What `yiyun bench tenancy` runs.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Config {
+    /// Tenants in the tree: 1 province, 16 cities, 100 counties, the rest departments.
+    #[arg(long, default_value_t = 1000)]
+    pub tenants: usize,
+    /// Namespaces per tenant.
+    #[arg(long, default_value_t = 2)]
+    pub namespaces: usize,
+    /// Writes in flight at once, for the baseline and for applying the tree.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// How long to watch the idle controller.
+    #[arg(long, default_value_t = 60)]
+    pub idle_seconds: u64,
+    /// Give up on a phase after this long.
+    #[arg(long, default_value_t = 600)]
+    pub timeout_seconds: u64,
+}
+
+/// One tenant of the generated tree.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Spec {
+    pub name: String,
+    pub parent: Option<String>,
+    pub level: Level,
+    pub max_cpu: u32,
+}
+
+/// The tree: ceilings overcommitted at every level (16 cities × 2000 > 20000), so a change at
+/// the root reaches every tenant's allocation.
+pub fn tree(tenants: usize) -> Vec<Spec> {
+    let cities = 16.min(tenants.saturating_sub(1));
+    let counties = 100.min(tenants.saturating_sub(1 + cities));
+    let departments = tenants.saturating_sub(1 + cities + counties);
+    let root = format!("{PREFIX}-anhui");
+    let mut specs = vec![Spec { name: root.clone(), parent: None, level: Level::Province, max_cpu: 20000 }];
+    for c in 0..cities {
+        specs.push(Spec {
+            name: format!("{PREFIX}-c{c}"),
+            parent: Some(root.clone()),
+            level: Level::City,
+            max_cpu: 2000,
+        });
+    }
+    for k in 0..counties {
+        let city = format!("{PREFIX}-c{}", k % cities.max(1));
+        specs.push(Spec {
+            name: format!("{city}-k{k}"),
+            parent: Some(city),
+            level: Level::County,
+            max_cpu: 200,
+        });
+    }
+    let county_names: Vec<String> =
+        specs.iter().filter(|s| s.level == Level::County).map(|s| s.name.clone()).collect();
+    for d in 0..departments {
+        let parent = county_names.get(d % county_names.len().max(1)).cloned().unwrap_or_else(|| root.clone());
+        specs.push(Spec {
+            name: format!("{parent}-d{d}"),
+            parent: Some(parent),
+            level: Level::Department,
+            max_cpu: 20,
+        });
+    }
+    specs
+}
+
+fn namespaces_of(spec: &Spec, per_tenant: usize) -> Vec<String> {
+    (0..per_tenant).map(|i| format!("{}-n{i}", spec.name)).collect()
+}
+
+fn level_name(level: Level) -> &'static str {
+    level.name()
+}
+
+fn tenant_object(spec: &Spec, root_max: u32, per_tenant: usize) -> Value {
+    let max = if spec.parent.is_none() { root_max } else { spec.max_cpu };
+    let namespaces: Vec<Value> =
+        namespaces_of(spec, per_tenant).into_iter().map(|n| json!({"name": n})).collect();
+    json!({
+        "apiVersion": "yiyun.io/v1alpha1", "kind": "Tenant", "metadata": {"name": spec.name},
+        "spec": {
+            "displayName": format!("基准 {}", spec.name), "level": level_name(spec.level), "parent": spec.parent,
+            "owners": [{"kind": "Group", "name": format!("{}-admins", spec.name)}],
+            "quota": {"max": {"cpu": max}}, "namespaces": namespaces, "deletionPolicy": "Delete"
+        }
+    })
+}
+
+/// `status.allocated.cpu` of every tenant once the controller has caught up with `root_max`.
+pub fn expected_allocations(specs: &[Spec], root_max: u32, per_tenant: usize) -> BTreeMap<String, String> {
+    let world = World {
+        tenants: specs
+            .iter()
+            .map(|s| TenantNode {
+                name: s.name.clone(),
+                parent: s.parent.clone(),
+                level: s.level,
+                guaranteed: Amounts::default(),
+                max: [(
+                    Resource::Cpu,
+                    Milli::units(i64::from(if s.parent.is_none() { root_max } else { s.max_cpu })),
+                )]
+                .into_iter()
+                .collect(),
+                namespaces: namespaces_of(s, per_tenant),
+                standing: Standing::Ready,
+                seniority: String::new(),
+            })
+            .collect(),
+        namespaces: BTreeMap::new(),
+    };
+    let plan = yiyun_quota::plan(&world);
+    plan.tenants
+        .into_iter()
+        .map(|(name, p)| (name, p.allocated.amount(Resource::Cpu).format(false)))
+        .collect()
+}
+
+/// Runs the benchmark and prints its table.
+pub async fn run(config: Config) -> Result<(), Error> {
+    let client = Client::try_default().await?;
+    let timeout = Duration::from_secs(config.timeout_seconds);
+    let specs = tree(config.tenants);
+    let namespaces = specs.len() * config.namespaces;
+    progress(&format!(
+        "tree: {} tenants ({} namespaces); each phase takes seconds to a few minutes",
+        specs.len(),
+        namespaces
+    ));
+
+    install_crds(&client, timeout).await?;
+
+    // 1. Baseline: the same objects, written straight.
+    progress("phase 1/5: baseline, writing the same objects directly");
+    let started = Instant::now();
+    let baseline_names: Vec<String> = (0..namespaces).map(|i| format!("{PREFIX}-base-{i}")).collect();
+    stream::iter(baseline_names.iter().map(|ns| write_baseline_namespace(&client, ns)))
+        .buffer_unordered(config.concurrency)
+        .try_collect::<Vec<()>>()
+        .await?;
+    let baseline = started.elapsed();
+
+    // 2. The tree, reconciled by the controller.
+    let mut controller = Controller::start()?;
+    controller.wait_ready(timeout).await?;
+    progress("phase 2/5: applying the tree");
+    let tenants: Api<Tenant> = Api::all(client.clone());
+    let cpu_before = controller.cpu_seconds();
+    let started = Instant::now();
+    let root_max = 20000;
+    stream::iter(specs.iter().map(|spec| apply(&client, tenant_object(spec, root_max, config.namespaces))))
+        .buffer_unordered(config.concurrency)
+        .try_collect::<Vec<()>>()
+        .await?;
+    let applied = started.elapsed();
+    wait_until(timeout, "every tenant Ready", || async {
+        let ready = count_matching(&tenants, is_ready).await?;
+        Ok((ready == specs.len(), format!("{ready}/{} Ready", specs.len())))
+    })
+    .await?;
+    let to_ready = started.elapsed();
+    let cpu_ready = controller.cpu_seconds() - cpu_before;
+
+    // 3. A lower root ceiling, seen in every subtree's allocation.
+    progress("phase 3/5: lowering the root ceiling from 20000 to 18000 CPUs");
+    let expected = expected_allocations(&specs, 18000, config.namespaces);
+    let before = expected_allocations(&specs, root_max, config.namespaces);
+    let changing = expected.iter().filter(|(name, cpu)| before.get(*name) != Some(*cpu)).count();
+    let started = Instant::now();
+    apply(&client, tenant_object(&specs[0], 18000, config.namespaces)).await?;
+    wait_until(timeout, "every allocation updated", || async {
+        let right = count_matching(&tenants, |t| {
+            let allocated = t.status.as_ref().and_then(|s| s.allocated.as_ref()?.cpu.clone());
+            allocated.is_some_and(|cpu| Some(&cpu.0) == expected.get(&t.name_any()))
+        })
+        .await?;
+        Ok((right == specs.len(), format!("{right}/{} allocations current", specs.len())))
+    })
+    .await?;
+    let to_propagate = started.elapsed();
+
+    // 4. Idle.
+    progress(&format!("phase 4/5: watching the idle controller for {}s", config.idle_seconds));
+    let before_idle = controller.counters()?;
+    tokio::time::sleep(Duration::from_secs(config.idle_seconds)).await;
+    let after_idle = controller.counters()?;
+    let per_minute = |a: f64, b: f64| (b - a) * 60.0 / config.idle_seconds as f64;
+    let idle_reconciles = per_minute(before_idle.reconciles, after_idle.reconciles);
+    let idle_writes = per_minute(before_idle.writes, after_idle.writes);
+    let idle_cpu = after_idle.cpu_seconds - before_idle.cpu_seconds;
+
+    // 5. Deletion, leaves first through the finalizers.
+    progress("phase 5/5: deleting the tree");
+    let started = Instant::now();
+    stream::iter(specs.iter().map(|s| delete(&tenants, &s.name)))
+        .buffer_unordered(config.concurrency)
+        .try_collect::<Vec<()>>()
+        .await?;
+    wait_until(timeout, "every tenant gone", || async {
+        let left = count_matching(&tenants, |t| t.name_any().starts_with(PREFIX)).await?;
+        Ok((left == 0, format!("{left} tenants left")))
+    })
+    .await?;
+    let to_delete = started.elapsed();
+    let peak_rss = controller.peak_rss_mib();
+    let total_cpu = controller.cpu_seconds();
+    controller.stop();
+    let namespaces_api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    for ns in &baseline_names {
+        let _ = namespaces_api.delete(ns, &DeleteParams::background()).await;
+    }
+
+    let secs = |d: Duration| format!("{:.1} s", d.as_secs_f64());
+    println!();
+    println!(
+        "yiyun bench tenancy: {} tenants, {namespaces} namespaces, concurrency {}",
+        specs.len(),
+        config.concurrency
+    );
+    println!("| measure | result | target |");
+    println!("|---|---|---|");
+    println!(
+        "| baseline: the same namespaces + 5 objects each, written directly | {} | (apiserver limit) |",
+        secs(baseline)
+    );
+    println!("| tree applied (SSA of {} Tenants) | {} | |", specs.len(), secs(applied));
+    println!(
+        "| apply → every tenant Ready | {} ({:.2}× baseline) | < 60 s |",
+        secs(to_ready),
+        to_ready.as_secs_f64() / baseline.as_secs_f64()
+    );
+    println!("| controller CPU until Ready | {cpu_ready:.1} s | |");
+    println!(
+        "| root ceiling lowered → {changing} allocations updated, all {} checked | {} | < 5 s |",
+        specs.len(),
+        secs(to_propagate)
+    );
+    println!("| idle reconciles per minute | {idle_reconciles:.1} | 0 beyond resyncs (every 30 min) |");
+    println!("| idle writes per minute | {idle_writes:.1} | 0 |");
+    println!("| idle controller CPU over {}s | {idle_cpu:.2} s | |", config.idle_seconds);
+    println!("| tree deleted (finalizers, Delete policy) | {} | |", secs(to_delete));
+    println!("| controller peak RSS | {peak_rss:.0} MiB | |");
+    println!("| controller CPU in total | {total_cpu:.1} s | |");
+    Ok(())
+}
+
+/// The CRDs of this build, so the benchmark measures the controller it ships with.
+async fn install_crds(client: &Client, timeout: Duration) -> Result<(), Error> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in yiyun_crds::crds() {
+        let name = crd.name_any();
+        crds.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&crd)).await?;
+        wait_until(timeout, &format!("CRD {name} established"), || async {
+            let crd = crds.get(&name).await?;
+            let conditions = crd.status.and_then(|s| s.conditions).unwrap_or_default();
+            let established = conditions.iter().any(|c| c.type_ == "Established" && c.status == "True");
+            Ok((established, "not established".to_string()))
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+async fn apply(client: &Client, object: Value) -> Result<(), Error> {
+    let tenants: Api<Tenant> = Api::all(client.clone());
+    let name = object["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    tenants.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&object)).await?;
+    Ok(())
+}
+
+async fn delete(tenants: &Api<Tenant>, name: &str) -> Result<(), Error> {
+    match tenants.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// The objects the controller keeps in one namespace, written by a plain client.
+async fn write_baseline_namespace(client: &Client, ns: &str) -> Result<(), Error> {
+    let objects = [
+        ("", "v1", "Namespace", json!({"metadata": {"name": ns, "labels": {"bench": "baseline"}}})),
+        (
+            "",
+            "v1",
+            "ResourceQuota",
+            json!({"metadata": {"name": "q", "namespace": ns}, "spec": {"hard": {"requests.cpu": "10"}}}),
+        ),
+        (
+            "",
+            "v1",
+            "LimitRange",
+            json!({"metadata": {"name": "l", "namespace": ns}, "spec": {"limits": [{"type": "Container", "defaultRequest": {"cpu": "100m"}}]}}),
+        ),
+        (
+            "rbac.authorization.k8s.io",
+            "v1",
+            "RoleBinding",
+            json!({"metadata": {"name": "r", "namespace": ns},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "admin"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "admins"}]}),
+        ),
+        (
+            "networking.k8s.io",
+            "v1",
+            "NetworkPolicy",
+            json!({"metadata": {"name": "n", "namespace": ns}, "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}}),
+        ),
+    ];
+    for (group, version, kind, mut body) in objects {
+        let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind));
+        body["apiVersion"] = json!(resource.api_version);
+        body["kind"] = json!(kind);
+        let name = body["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let api: Api<DynamicObject> = if kind == "Namespace" {
+            Api::all_with(client.clone(), &resource)
+        } else {
+            Api::namespaced_with(client.clone(), ns, &resource)
+        };
+        api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body)).await?;
+    }
+    Ok(())
+}
+
+fn is_ready(tenant: &Tenant) -> bool {
+    tenant.status.as_ref().is_some_and(|s| {
+        s.conditions.iter().any(|c| {
+            c.type_ == "Ready" && c.status == "True" && c.observed_generation == tenant.metadata.generation
+        })
+    })
+}
+
+async fn count_matching(tenants: &Api<Tenant>, predicate: impl Fn(&Tenant) -> bool) -> Result<usize, Error> {
+    let listed = tenants.list(&ListParams::default()).await?;
+    Ok(listed.items.iter().filter(|t| t.name_any().starts_with(PREFIX) && predicate(t)).count())
+}
+
+/// Polls `check` every 100 ms until it reports done, printing its progress every 5 s.
+async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut check: F) -> Result<(), Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(bool, String), Error>>,
+{
+    let started = Instant::now();
+    let mut last_report = Instant::now();
+    loop {
+        let (done, state) = check().await?;
+        if done {
+            return Ok(());
+        }
+        if started.elapsed() > timeout {
+            return Err(Error::Timeout(format!("{what}: {state} after {timeout:?}")));
+        }
+        if last_report.elapsed() > Duration::from_secs(5) {
+            progress(&format!("  {state} ({:.0}s)", started.elapsed().as_secs_f64()));
+            last_report = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `yiyun controller` as a child process of this benchmark.
+struct Controller {
+    child: Child,
+    admin: SocketAddr,
+}
+
+struct Counters {
+    reconciles: f64,
+    writes: f64,
+    cpu_seconds: f64,
+}
+
+impl Controller {
+    fn start() -> Result<Self, Error> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let admin: SocketAddr = ([127, 0, 0, 1], port).into();
+        let log = std::env::temp_dir().join("yiyun-bench-controller.log");
+        progress(&format!("starting yiyun controller (log: {})", log.display()));
+        let child = Command::new(std::env::current_exe()?)
+            .args(["controller", "--admin-addr", &admin.to_string()])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()?;
+        Ok(Controller { child, admin })
+    }
+
+    async fn wait_ready(&mut self, timeout: Duration) -> Result<(), Error> {
+        let admin = self.admin;
+        wait_until(timeout, "the controller ready", || async move {
+            let ready = yiyun_admin::http_get(admin, "/readyz").is_some_and(|(status, _)| status == 200);
+            Ok((ready, "controller not ready".to_string()))
+        })
+        .await
+    }
+
+    fn counters(&self) -> Result<Counters, Error> {
+        let (_, metrics) = yiyun_admin::http_get(self.admin, "/metrics")
+            .ok_or_else(|| Error::Timeout("the controller's /metrics did not answer".into()))?;
+        let sum = |prefix: &str| -> f64 {
+            metrics
+                .lines()
+                .filter(|l| l.starts_with(prefix))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        };
+        Ok(Counters {
+            reconciles: sum("yiyun_controller_reconciles_total"),
+            writes: sum("yiyun_controller_writes_total"),
+            cpu_seconds: self.cpu_seconds(),
+        })
+    }
+
+    /// User plus system CPU time, from /proc (clock ticks of 1/100 s on Linux).
+    fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the command name (which is in parentheses and may hold spaces).
+        let fields: Vec<&str> =
+            stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+        let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+        (ticks(11) + ticks(12)) / 100.0
+    }
+
+    fn peak_rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(0.0, |kib| kib / 1024.0)
+    }
+
+    fn stop(mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tree_has_the_shape_of_a_province() {
+        let specs = tree(1000);
+        assert_eq!(specs.len(), 1000);
+        let count = |level| specs.iter().filter(|s| s.level == level).count();
+        assert_eq!(
+            (count(Level::Province), count(Level::City), count(Level::County), count(Level::Department)),
+            (1, 16, 100, 883)
+        );
+        assert!(
+            specs.iter().all(|s| s.name.len() <= 63 && namespaces_of(s, 2).iter().all(|n| n.len() <= 63))
+        );
+    }
+
+    #[test]
+    fn lowering_the_root_ceiling_changes_allocations_all_the_way_down() {
+        let specs = tree(1000);
+        let before = expected_allocations(&specs, 20000, 2);
+        let after = expected_allocations(&specs, 18000, 2);
+        let changed = specs.iter().filter(|s| before[&s.name] != after[&s.name]).count();
+        assert!(changed > 900, "only {changed} of 1000 allocations change");
+        let dept = specs.iter().find(|s| s.level == Level::Department).unwrap();
+        assert!(Milli::parse(&after[&dept.name]).unwrap() < Milli::units(20));
+    }
+}
