@@ -217,6 +217,16 @@ pub async fn run(config: Config) -> Result<(), Error> {
 
     // 4. Idle.
     progress(&format!("phase 4/5: watching the idle controller for {}s", config.idle_seconds));
+    // The echoes of the last status writes finish first: idle starts when reconciles stop.
+    let mut settled = controller.counters()?.reconciles;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let now = controller.counters()?.reconciles;
+        if now == settled {
+            break;
+        }
+        settled = now;
+    }
     let before_idle = controller.counters()?;
     tokio::time::sleep(Duration::from_secs(config.idle_seconds)).await;
     let after_idle = controller.counters()?;
