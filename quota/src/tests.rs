@@ -299,6 +299,23 @@ fn a_frozen_child_keeps_what_its_namespaces_admit() {
 }
 
 #[test]
+fn the_split_does_not_depend_on_which_sibling_came_first() {
+    let mut world = anhui();
+    world.tenants[1].namespaces.clear();
+    // An odd milli-CPU to share: one sibling gets one more than the other.
+    world.tenants[0].max = cpu("800.002");
+    world.tenants[0].namespaces = vec!["anhui-ns".into()];
+    world.tenants[2].max = cpu("400");
+    world.tenants[3].max = cpu("400");
+    let before = plan(&world);
+    world.tenants[2].standing = Standing::Ready; // wuhu-data now goes first among the siblings
+    let after = plan(&world);
+    for name in ["wuhu-data", "jiujiang"] {
+        assert_eq!(before.get(name).unwrap().allocated, after.get(name).unwrap().allocated, "{name}");
+    }
+}
+
+#[test]
 fn water_fill_shares_equally_within_rooms() {
     let m = |v: i128| Milli(v);
     assert_eq!(water_fill(m(100), &[None, None], m(1)), [m(50), m(50)]);

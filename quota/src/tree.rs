@@ -460,8 +460,11 @@ fn split_budget<'a>(
     plans: &BTreeMap<String, TenantPlan>,
     world: &World,
 ) -> Split<'a> {
-    let valid: Vec<&TenantNode> =
+    // By name: the split must not depend on who came first, or it would shift by a unit
+    // whenever precedence changes.
+    let mut valid: Vec<&TenantNode> =
         children.iter().copied().filter(|c| plans[&c.name].problem.is_none()).collect();
+    valid.sort_by(|a, b| a.name.cmp(&b.name));
     let frozen: Vec<&TenantNode> =
         children.iter().copied().filter(|c| plans[&c.name].problem.is_some()).collect();
     let mut split = Split {

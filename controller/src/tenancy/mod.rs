@@ -11,10 +11,7 @@ mod reconcile;
 
 use std::{
     fmt::Debug,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -38,7 +35,7 @@ use kube::{
 use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::info;
 use yiyun_admin::Readiness;
 use yiyun_crds::{
     Tenant,
@@ -73,48 +70,42 @@ impl Stores {
     }
 }
 
-/// The plan of the tree, recomputed lazily after the watches saw a change.
-struct PlanCache {
-    stale: AtomicBool,
-    plan: Mutex<Arc<Plan>>,
+/// The plan of the tree. Only the planner task computes it, after the watches saw a change and
+/// at most once per [`PLAN_SETTLE`]; reconciles read the latest. One computation serves every
+/// reconcile in between: the planner asks again for any tenant whose part changed.
+struct Plans {
+    latest: watch::Sender<Option<Arc<Plan>>>,
     changed: Notify,
 }
 
-impl PlanCache {
+/// How long the planner lets a burst of changes (a tree applied at once) settle.
+const PLAN_SETTLE: Duration = Duration::from_millis(100);
+
+impl Plans {
     fn new() -> Self {
-        PlanCache { stale: AtomicBool::new(true), plan: Mutex::new(Arc::default()), changed: Notify::new() }
+        Plans { latest: watch::channel(None).0, changed: Notify::new() }
     }
 
     fn mark_stale(&self) {
-        self.stale.store(true, Ordering::Release);
         self.changed.notify_one();
-    }
-
-    fn current(&self, stores: &Stores, metrics: &Metrics) -> Arc<Plan> {
-        let mut plan = self.plan.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if self.stale.swap(false, Ordering::AcqRel) {
-            let world =
-                observe::world(&stores.tenants.state(), &stores.namespaces.state(), &stores.quotas.state());
-            *plan = Arc::new(yiyun_quota::plan(&world));
-            metrics.planned();
-        }
-        plan.clone()
     }
 }
 
 pub(crate) struct Context {
     client: Client,
     stores: Stores,
-    plans: Arc<PlanCache>,
+    plans: Arc<Plans>,
     metrics: Metrics,
 }
 
 impl Context {
+    /// The latest plan; waits for the first, which the planner makes once every watch has
+    /// listed (a plan from half-filled watches would report parents missing that merely are not
+    /// listed yet).
     async fn plan(&self) -> Result<Arc<Plan>, Error> {
-        // A plan from half-filled watches would report parents missing that merely are not
-        // listed yet.
-        self.stores.wait_until_ready().await?;
-        Ok(self.plans.current(&self.stores, &self.metrics))
+        let mut latest = self.plans.latest.subscribe();
+        let plan = latest.wait_for(Option::is_some).await.map_err(|_| Error::WatchStopped)?;
+        plan.clone().ok_or(Error::WatchStopped)
     }
 }
 
@@ -125,7 +116,7 @@ pub async fn run(
     readiness: Readiness,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    let plans = Arc::new(PlanCache::new());
+    let plans = Arc::new(Plans::new());
     let managed = watcher::Config::default().labels(&format!("{MANAGED_BY}={MANAGED_BY_VALUE}"));
     let all = watcher::Config::default();
     let (tenants, tenants_listed, tenant_events) =
@@ -160,7 +151,7 @@ pub async fn run(
     let ctx = Arc::new(Context { client, stores, plans, metrics });
 
     let (changed_tx, changed_rx) = mpsc::channel(1024);
-    tokio::spawn(report_plan_changes(ctx.clone(), changed_tx, shutdown.clone()));
+    tokio::spawn(plan_tree(ctx.clone(), changed_tx, shutdown.clone()));
     tokio::spawn({
         let ctx = ctx.clone();
         async move {
@@ -173,7 +164,7 @@ pub async fn run(
 
     info!("tenancy controller starting");
     Controller::for_stream(tenant_events, tenants)
-        .with_config(ControllerConfig::default().concurrency(16).debounce(Duration::from_millis(100)))
+        .with_config(ControllerConfig::default().concurrency(64).debounce(Duration::from_millis(100)))
         .watches_stream(namespace_events, |ns| tenant_of(&ns))
         .watches_stream(quota_events, |o| tenant_of(&o))
         .watches_stream(limit_range_events, |o| tenant_of(&o))
@@ -196,7 +187,7 @@ pub async fn run(
 /// true once the watch has listed.
 fn reflect<K>(
     events: impl Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static,
-    plans: &Arc<PlanCache>,
+    plans: &Arc<Plans>,
 ) -> (Store<K>, watch::Receiver<bool>, impl Stream<Item = Result<K, watcher::Error>> + Send + 'static)
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
@@ -226,29 +217,22 @@ fn receiver_stream<T: Send + 'static>(mut rx: mpsc::Receiver<T>) -> impl Stream<
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
-/// Recomputes the plan after changes settle and asks for a reconcile of every tenant whose part
-/// of it changed: relatives of a changed tenant included, unrelated tenants not.
-async fn report_plan_changes(
-    ctx: Arc<Context>,
-    changed: mpsc::Sender<ObjectRef<Tenant>>,
-    shutdown: CancellationToken,
-) {
+/// Plans the tree whenever the watches saw a change (once changes settle), publishes the plan,
+/// and asks for a reconcile of every tenant whose part of it changed: relatives of a changed
+/// tenant included, unrelated tenants not.
+async fn plan_tree(ctx: Arc<Context>, changed: mpsc::Sender<ObjectRef<Tenant>>, shutdown: CancellationToken) {
+    if ctx.stores.wait_until_ready().await.is_err() {
+        return;
+    }
     let mut last = Arc::new(Plan::default());
     loop {
-        tokio::select! {
-            () = ctx.plans.changed.notified() => {}
-            () = shutdown.cancelled() => return,
-        }
-        // Let a burst of events (a tree applied at once) settle into one plan.
-        tokio::time::sleep(Duration::from_millis(100)).await;
         let started = Instant::now();
-        let plan = match ctx.plan().await {
-            Ok(plan) => plan,
-            Err(err) => {
-                warn!(error = %err, "cannot plan the tenant tree");
-                return;
-            }
-        };
+        let stores = &ctx.stores;
+        let world =
+            observe::world(&stores.tenants.state(), &stores.namespaces.state(), &stores.quotas.state());
+        let plan = Arc::new(yiyun_quota::plan(&world));
+        ctx.metrics.planned();
+        ctx.plans.latest.send_replace(Some(plan.clone()));
         let names: Vec<String> = plan.changed_since(&last).map(String::from).collect();
         tracing::debug!(
             changed = names.len(),
@@ -261,5 +245,10 @@ async fn report_plan_changes(
             }
         }
         last = plan;
+        tokio::select! {
+            () = ctx.plans.changed.notified() => {}
+            () = shutdown.cancelled() => return,
+        }
+        tokio::time::sleep(PLAN_SETTLE).await;
     }
 }

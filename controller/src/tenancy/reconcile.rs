@@ -74,10 +74,11 @@ async fn reconcile_tenant(tenant: &Tenant, ctx: &Context) -> Result<Action, Erro
         write_status(tenant, tenant_plan, ready(false, problem.reason, &problem.message), ctx).await?;
         return Ok(Action::requeue(RESYNC));
     }
-    for namespace in &tenant.spec.namespaces {
+    let kept = tenant.spec.namespaces.iter().map(|namespace| {
         let objects = desired::namespace_objects(tenant, tenant_plan, &namespace.name);
-        keep_namespace(&objects, ctx).await?;
-    }
+        async move { keep_namespace(&objects, ctx).await }
+    });
+    futures::future::try_join_all(kept).await?;
     // Namespaces the tenant owned but no longer lists are released like on deletion.
     for namespace in owned_namespaces(&name, ctx) {
         if !tenant.spec.namespaces.iter().any(|ns| ns.name == namespace) {
@@ -103,30 +104,24 @@ async fn keep_namespace(objects: &NamespaceObjects, ctx: &Context) -> Result<(),
         "Namespace",
         apply(&Api::all(ctx.client.clone()), &objects.namespace, current.as_ref()).await?,
     );
+    // The namespace first; what lives in it is independent and written at once.
     let stores = &ctx.stores;
-    keep(ctx, "ResourceQuota", &stores.quotas, desired::QUOTA, &namespace, Some(&objects.quota)).await?;
-    keep(
-        ctx,
-        "LimitRange",
-        &stores.limit_ranges,
-        desired::LIMIT_RANGE,
-        &namespace,
-        Some(&objects.limit_range),
-    )
-    .await?;
-    keep(ctx, "RoleBinding", &stores.role_bindings, desired::OWNERS, &namespace, objects.owners.as_ref())
-        .await?;
-    keep(ctx, "RoleBinding", &stores.role_bindings, desired::MEMBERS, &namespace, objects.members.as_ref())
-        .await?;
-    keep(
-        ctx,
-        "NetworkPolicy",
-        &stores.network_policies,
-        desired::ISOLATION,
-        &namespace,
-        objects.isolation.as_ref(),
-    )
-    .await
+    let ns = namespace.as_str();
+    futures::try_join!(
+        keep(ctx, "ResourceQuota", &stores.quotas, desired::QUOTA, ns, Some(&objects.quota)),
+        keep(ctx, "LimitRange", &stores.limit_ranges, desired::LIMIT_RANGE, ns, Some(&objects.limit_range)),
+        keep(ctx, "RoleBinding", &stores.role_bindings, desired::OWNERS, ns, objects.owners.as_ref()),
+        keep(ctx, "RoleBinding", &stores.role_bindings, desired::MEMBERS, ns, objects.members.as_ref()),
+        keep(
+            ctx,
+            "NetworkPolicy",
+            &stores.network_policies,
+            desired::ISOLATION,
+            ns,
+            objects.isolation.as_ref()
+        ),
+    )?;
+    Ok(())
 }
 
 /// Makes object `name` in `namespace` hold `desired`, or removes it when `desired` is `None`.
