@@ -387,7 +387,7 @@ async fn count_matching(tenants: &Api<Tenant>, predicate: impl Fn(&Tenant) -> bo
     Ok(listed.items.iter().filter(|t| t.name_any().starts_with(PREFIX) && predicate(t)).count())
 }
 
-/// Polls `check` every 100 ms until it reports done, printing its progress every 5 s.
+/// Polls `check` every 250 ms until it reports done, printing its progress every 5 s.
 async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut check: F) -> Result<(), Error>
 where
     F: FnMut() -> Fut,
@@ -407,7 +407,8 @@ where
             progress(&format!("  {state} ({:.0}s)", started.elapsed().as_secs_f64()));
             last_report = Instant::now();
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Listing 1,000 tenants loads the apiserver too: poll gently.
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 

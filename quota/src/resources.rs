@@ -83,10 +83,6 @@ impl Amounts {
             *self.0.entry(resource).or_default() += amount;
         }
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
 }
 
 impl FromIterator<(Resource, Milli)> for Amounts {

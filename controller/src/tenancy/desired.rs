@@ -95,7 +95,7 @@ pub fn orphaned_namespace(namespace: &str, tenant: &str) -> Namespace {
     }
 }
 
-pub fn tenant_name(tenant: &Tenant) -> &str {
+fn tenant_name(tenant: &Tenant) -> &str {
     tenant.metadata.name.as_deref().unwrap_or_default()
 }
 

@@ -51,7 +51,7 @@ pub fn world(
     }
 }
 
-pub fn tenant_node(tenant: &Tenant) -> TenantNode {
+fn tenant_node(tenant: &Tenant) -> TenantNode {
     let spec = &tenant.spec;
     TenantNode {
         name: tenant.name_any(),
@@ -95,7 +95,7 @@ fn slot(amounts: &ResourceAmounts, resource: Resource) -> Option<&Quantity> {
 
 /// A Tenant's amounts. The apiserver has validated them; one that still fails to parse counts
 /// as unset rather than failing the whole tree.
-pub fn tenant_amounts(amounts: &ResourceAmounts) -> Amounts {
+fn tenant_amounts(amounts: &ResourceAmounts) -> Amounts {
     Resource::ALL.into_iter().filter_map(|r| Some((r, Milli::parse(&slot(amounts, r)?.0).ok()?))).collect()
 }
 
