@@ -22,7 +22,7 @@ use k8s_openapi::api::{
     rbac::v1::RoleBinding,
 };
 use kube::{
-    Api, Client, Resource,
+    Api, Client, Resource, ResourceExt,
     core::PartialObjectMeta,
     runtime::{
         Controller, WatchStreamExt,
@@ -195,8 +195,10 @@ where
     let (reader, writer) = reflector::store();
     let (listed_tx, listed) = watch::channel(false);
     let plans = plans.clone();
-    // The reflector has updated the store by the time an event passes on, so the plan sees it.
-    let events = reflector(writer, events)
+    // managedFields are never read here, and dropping them halves what the stores hold and
+    // what every drift check serialises. The reflector has updated the store by the time an
+    // event passes on, so the plan sees it.
+    let events = reflector(writer, events.modify(|object: &mut K| object.managed_fields_mut().clear()))
         .default_backoff()
         .inspect(move |event| {
             if matches!(event, Ok(watcher::Event::InitDone)) {
