@@ -267,6 +267,30 @@ fn a_namespace_that_grows_gets_more_while_the_others_keep_room() {
 }
 
 #[test]
+fn a_limit_grows_only_once_the_limits_that_make_room_for_it_have_shrunk() {
+    // data-a's usage grew to its limit: the split now gives data-a 175 and data-b 25, but
+    // data-b's quota still says 100. Raising data-a first would let the department admit 275.
+    let mut world = anhui();
+    let quota = |owner: &str, used: &str, hard: &str| ObservedNamespace {
+        owner: Some(owner.into()),
+        used: cpu(used),
+        hard: cpu(hard),
+        orphaned: false,
+    };
+    world.namespaces.insert("data-a".into(), quota("wuhu-data", "150", "150"));
+    world.namespaces.insert("data-b".into(), quota("wuhu-data", "0", "100"));
+    let held = plan(&world).get("wuhu-data").unwrap().namespace_hard.clone();
+    assert_eq!(held["data-a"], cpu("150"), "the growth waits");
+    assert_eq!(held["data-b"], cpu("25"), "the shrink goes first");
+
+    // Once data-b's lower limit has landed, data-a grows.
+    world.namespaces.insert("data-b".into(), quota("wuhu-data", "0", "25"));
+    let grown = plan(&world).get("wuhu-data").unwrap().namespace_hard.clone();
+    assert_eq!(grown["data-a"], cpu("175"));
+    assert_eq!(grown["data-b"], cpu("25"));
+}
+
+#[test]
 fn usage_beyond_a_lowered_ceiling_freezes_growth() {
     let mut world = anhui();
     world.namespaces.insert("edu".into(), owned("jj-edu", cpu("70")));

@@ -224,7 +224,79 @@ pub fn plan(world: &World) -> Plan {
         plan.allocated = budget.into_iter().filter_map(|(r, amount)| Some((r, amount?))).collect();
     }
 
+    hold_growth_until_shrinks_land(world, &tenants, &order, &children, &mut plans);
     Plan { tenants: plans }
+}
+
+/// Namespace quotas change by separate writes that land in any order. Raising one limit before
+/// another is lowered could let a subtree admit more than its ceiling for a moment, so a limit
+/// only grows once, for every ceiling above it, the namespaces below that ceiling could not
+/// exceed it even if each kept the larger of its current and its new limit. Until then it keeps
+/// its current limit; when the lowered limits land, the plan changes and the growth follows.
+fn hold_growth_until_shrinks_land(
+    world: &World,
+    tenants: &BTreeMap<&str, &TenantNode>,
+    order: &[&TenantNode],
+    children: &BTreeMap<&str, Vec<&TenantNode>>,
+    plans: &mut BTreeMap<String, TenantPlan>,
+) {
+    let mut owned: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for (namespace, observed) in &world.namespaces {
+        if let Some(owner) = observed.owner.as_deref() {
+            owned.entry(owner).or_default().insert(namespace);
+        }
+    }
+    let current = |namespace: &str, resource: Resource| {
+        world.namespaces.get(namespace).and_then(|o| o.hard.get(resource)).unwrap_or_default()
+    };
+    for resource in Resource::ALL {
+        // What each subtree's namespaces could admit at most while the writes are in flight.
+        let mut exposure: BTreeMap<&str, Milli> = BTreeMap::new();
+        for tenant in order.iter().rev() {
+            let plan = &plans[&tenant.name];
+            let mut namespaces: BTreeSet<&str> = owned.get(tenant.name.as_str()).cloned().unwrap_or_default();
+            namespaces.extend(plan.namespace_hard.keys().map(String::as_str));
+            let mut total: Milli = namespaces
+                .iter()
+                .map(|ns| {
+                    let desired =
+                        plan.namespace_hard.get(*ns).and_then(|h| h.get(resource)).unwrap_or_default();
+                    current(ns, resource).max(desired)
+                })
+                .sum();
+            for child in children.get(tenant.name.as_str()).into_iter().flatten() {
+                total += exposure.get(child.name.as_str()).copied().unwrap_or_default();
+            }
+            exposure.insert(tenant.name.as_str(), total);
+        }
+        for tenant in order {
+            // The tenant and its ancestors, each with its ceiling for this resource.
+            let mut overexposed = false;
+            let mut ancestor = Some(*tenant);
+            while let Some(a) = ancestor {
+                if let Some(ceiling) = a.max.get(resource)
+                    && exposure.get(a.name.as_str()).copied().unwrap_or_default() > ceiling
+                {
+                    overexposed = true;
+                    break;
+                }
+                ancestor = a.parent.as_deref().and_then(|p| tenants.get(p).copied());
+            }
+            if !overexposed {
+                continue;
+            }
+            let plan = plans.get_mut(&tenant.name).expect("every tenant has a plan");
+            for (namespace, hard) in plan.namespace_hard.iter_mut() {
+                // Up to its own usage a limit admits nothing new, so that much is always safe.
+                let used =
+                    world.namespaces.get(namespace).map(|o| o.used.amount(resource)).unwrap_or_default();
+                let safe = current(namespace, resource).max(used);
+                if hard.get(resource).is_some_and(|desired| desired > safe) {
+                    hard.set(resource, safe);
+                }
+            }
+        }
+    }
 }
 
 /// For each claimed namespace, the tenant that gets it: the one with precedence.

@@ -174,8 +174,14 @@ pub async fn run(
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|result| async move {
-            if let Err(err) = result {
-                tracing::debug!(error = %err, "tenancy reconcile request failed");
+            use kube::runtime::controller::Error as ControllerError;
+            match result {
+                // A watch failing (RBAC, a CRD removed) is the operator's business.
+                Err(ControllerError::QueueError(err)) => {
+                    tracing::warn!(error = %err, "tenancy watch failed; retrying")
+                }
+                Err(err) => tracing::debug!(error = %err, "tenancy reconcile request dropped"),
+                Ok(_) => {}
             }
         })
         .await;
