@@ -4,11 +4,17 @@
 //! drift apart.
 
 pub mod labels;
+mod site;
 mod tenant;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
+pub use site::{
+    BlockedPod, ComputeSite, ComputeSiteSpec, ComputeSiteStatus, Maintenance, MaintenanceStatus, NodeCounts,
+    NodePool, NodePoolSpec, NodePoolStatus, NodeResources, Onboarding, PoolTaint, Rack, RackSource,
+    RegionClass, SiteLink, TaintEffect,
+};
 pub use tenant::{
     DeletionPolicy, NetworkIsolation, ResourceAmounts, Subject, SubjectKind, Tenant, TenantLevel,
     TenantNamespace, TenantQuota, TenantSpec, TenantStatus, TenantUsage,
@@ -19,7 +25,7 @@ pub const GROUP: &str = "yiyun.io";
 
 /// Every CustomResourceDefinition yiyun serves, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![Tenant::crd()]
+    vec![Tenant::crd(), ComputeSite::crd(), NodePool::crd()]
 }
 
 /// Every CRD as one multi-document YAML stream, the form checked into the Helm chart.
@@ -51,6 +57,8 @@ mod tests {
     fn tenant_crd_has_short_name_printer_columns_and_descriptions() {
         let crd = Tenant::crd();
         assert_eq!(crd.spec.names.short_names, Some(vec!["tnt".to_string()]));
+        assert_eq!(ComputeSite::crd().spec.names.short_names, Some(vec!["site".to_string()]));
+        assert_eq!(NodePool::crd().spec.names.short_names, Some(vec!["np".to_string()]));
         let version = &crd.spec.versions[0];
         let columns: Vec<_> =
             version.additional_printer_columns.iter().flatten().map(|c| c.name.as_str()).collect();

@@ -1,0 +1,66 @@
+//! ComputeSite and NodePool: the schema and CEL rules the apiserver enforces.
+
+use std::process::{Command, Stdio};
+
+use yiyun_e2e::{client, install_crds, kubectl, unique};
+
+/// `kubectl apply` of `yaml`; returns whether it succeeded and what it printed.
+fn apply(yaml: &str) -> (bool, String) {
+    let mut child = Command::new("kubectl")
+        .args(["apply", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl on PATH");
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), yaml.as_bytes()).expect("write yaml");
+    let out = child.wait_with_output().expect("kubectl finishes");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+#[tokio::test]
+async fn the_example_sites_and_pools_are_valid_and_shown_usefully() {
+    let client = client().await;
+    install_crds(&client).await;
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/sites");
+    let (ok, out) = apply(&std::fs::read_to_string(format!("{examples}/sites.yaml")).expect("sites.yaml"));
+    assert!(ok, "{out}");
+    let (ok, out) =
+        apply(&std::fs::read_to_string(format!("{examples}/nodepools.yaml")).expect("nodepools.yaml"));
+    assert!(ok, "{out}");
+    let table = String::from_utf8_lossy(&kubectl(&["get", "site", "qingyang"]).stdout).into_owned();
+    assert!(table.contains("CNY/KWH") && table.contains("west") && table.contains("0.32"), "{table}");
+    let explained =
+        String::from_utf8_lossy(&kubectl(&["explain", "nodepool.spec.onboarding"]).stdout).into_owned();
+    assert!(explained.contains("approvedNodes"), "{explained}");
+}
+
+#[tokio::test]
+async fn invalid_sites_and_pools_are_refused_with_readable_messages() {
+    let client = client().await;
+    install_crds(&client).await;
+    let site = unique("loop");
+    let (ok, out) = apply(&format!(
+        "apiVersion: yiyun.io/v1alpha1\nkind: ComputeSite\nmetadata: {{name: {site}}}\nspec: {{region: x, regionClass: east, hub: h, city: c, powerPricePerKWh: \"0.5\", pue: 1.2, carbonIntensity: 1, links: [{{to: {site}, latencyMs: 1, bandwidthGbps: 1, pricePerGB: \"0\"}}]}}\n"
+    ));
+    assert!(!ok && out.contains("a site cannot link to itself"), "{out}");
+
+    let (ok, out) = apply(&format!(
+        "apiVersion: yiyun.io/v1alpha1\nkind: ComputeSite\nmetadata: {{name: {site}}}\nspec: {{region: x, regionClass: north, hub: h, city: c, powerPricePerKWh: \"cheap\", pue: 0.5, carbonIntensity: 1}}\n"
+    ));
+    assert!(!ok, "{out}");
+    assert!(out.contains("spec.regionClass") && out.contains("Unsupported value: \"north\""), "{out}");
+    assert!(out.contains("spec.powerPricePerKWh"), "{out}");
+    assert!(out.contains("spec.pue") && out.contains("greater than or equal to 1"), "{out}");
+
+    let pool = unique("bad");
+    let (ok, out) = apply(&format!(
+        "apiVersion: yiyun.io/v1alpha1\nkind: NodePool\nmetadata: {{name: {pool}}}\nspec: {{site: x, nodeNames: [a], nodeSelector: {{matchLabels: {{a: b}}}}, rack: {{label: r, nodes: {{a: r1}}}}, maintenance: [{{name: m, reason: r, drainTimeout: soon}}]}}\n"
+    ));
+    assert!(!ok, "{out}");
+    assert!(out.contains("set exactly one of spec.nodeSelector and spec.nodeNames"), "{out}");
+    assert!(out.contains("set at most one of rack.label and rack.nodes"), "{out}");
+    assert!(out.contains("a maintenance entry names either nodes or a rack"), "{out}");
+    assert!(out.contains("spec.maintenance[0].drainTimeout"), "{out}");
+}
