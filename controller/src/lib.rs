@@ -3,6 +3,7 @@
 
 mod apply;
 mod metrics;
+pub mod pools;
 mod tenancy;
 
 use std::{net::SocketAddr, time::Duration};
