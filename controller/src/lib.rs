@@ -1,10 +1,11 @@
-//! yiyun's controllers. `run` starts them beside the admin server: now the tenancy controller;
-//! later issues add sites, node pools, replication and metering.
+//! yiyun's controllers. `run` starts them beside the admin server: tenancy and node pools now;
+//! later issues add site status, maintenance, replication and metering.
 
 mod apply;
 mod metrics;
-pub mod pools;
+mod pools;
 mod tenancy;
+mod watches;
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -77,7 +78,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         {
             return Ok(());
         }
-        tenancy::run(client, metrics, readiness, shutdown).await?;
+        // Readiness follows the tenancy watches; node pools come up beside them.
+        tokio::try_join!(
+            tenancy::run(client.clone(), metrics.clone(), readiness, shutdown.clone()),
+            pools::run(client, metrics, shutdown),
+        )?;
         info!("controller stopped");
         Ok(())
     })

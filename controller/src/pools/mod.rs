@@ -1,5 +1,213 @@
-//! Sites and node pools: keeps every pool node labelled with its topology, tainted for
-//! dedication and onboarding. The controller that applies this to nodes, pool and site status,
-//! and maintenance drains follow in the next steps of the sites issue.
+//! Sites and node pools: keeps every pool node labelled with its topology and tainted for
+//! dedication and onboarding, and each NodePool's status current. Maintenance drains follow in
+//! the next step of the sites issue.
 
-pub mod desired;
+mod desired;
+mod status;
+
+use std::{sync::Arc, time::Duration, time::Instant};
+
+use futures::StreamExt;
+use k8s_openapi::{
+    api::core::v1::Node,
+    apimachinery::pkg::apis::meta::v1::{Condition, Time},
+    jiff::Timestamp,
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{Patch, PatchParams, PostParams},
+    runtime::{
+        Controller,
+        controller::{Action, Config as ControllerConfig},
+        reflector::{ObjectRef, Store},
+        watcher,
+    },
+};
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use yiyun_crds::{ComputeSite, NodePool, NodePoolStatus};
+
+use crate::{Error, apply::FIELD_MANAGER, metrics::Metrics, watches};
+
+const CONTROLLER: &str = "pools";
+/// How long status writing lets a burst of node changes settle.
+const STATUS_SETTLE: Duration = Duration::from_millis(200);
+
+struct Context {
+    client: Client,
+    nodes: Store<Node>,
+    pools: Store<NodePool>,
+    sites: Store<ComputeSite>,
+    listed: Vec<watch::Receiver<bool>>,
+    /// Poked by every watch event; the status writer waits on it.
+    changed: Arc<Notify>,
+    metrics: Metrics,
+}
+
+/// Runs the node-pool controller until `shutdown`.
+pub async fn run(client: Client, metrics: Metrics, shutdown: CancellationToken) -> Result<(), Error> {
+    let changed = Arc::new(Notify::new());
+    let poke = |changed: &Arc<Notify>| {
+        let changed = changed.clone();
+        move || changed.notify_one()
+    };
+    let all = watcher::Config::default();
+    let (nodes, nodes_listed, node_events) =
+        watches::reflect(watcher(Api::<Node>::all(client.clone()), all.clone()), poke(&changed));
+    let (pools, pools_listed, pool_events) =
+        watches::reflect(watcher(Api::<NodePool>::all(client.clone()), all.clone()), poke(&changed));
+    let (sites, sites_listed, site_events) =
+        watches::reflect(watcher(Api::<ComputeSite>::all(client.clone()), all), poke(&changed));
+    let ctx = Arc::new(Context {
+        client,
+        nodes: nodes.clone(),
+        pools,
+        sites,
+        listed: vec![nodes_listed, pools_listed, sites_listed],
+        changed,
+        metrics,
+    });
+    tokio::spawn(write_pool_statuses(ctx.clone(), shutdown.clone()));
+
+    // A pool or site change may concern any node.
+    let every_node = {
+        let nodes = nodes.clone();
+        move || nodes.state().iter().map(|n| ObjectRef::from_obj(n.as_ref())).collect::<Vec<_>>()
+    };
+    let every_node_too = every_node.clone();
+    info!("node-pool controller starting");
+    Controller::for_stream(node_events, nodes)
+        .with_config(ControllerConfig::default().concurrency(32).debounce(Duration::from_millis(100)))
+        .watches_stream(pool_events, move |_| every_node())
+        .watches_stream(site_events, move |_| every_node_too())
+        .graceful_shutdown_on(shutdown.cancelled_owned())
+        .run(reconcile_node, error_policy, ctx)
+        .for_each(|result| async move {
+            use kube::runtime::controller::Error as ControllerError;
+            if let Err(ControllerError::QueueError(err)) = result {
+                warn!(error = %err, "node-pool watch failed; retrying");
+            }
+        })
+        .await;
+    info!("node-pool controller stopped");
+    Ok(())
+}
+
+/// Labels and taints one node for the pool that selects it, or releases it from all.
+async fn reconcile_node(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = keep_node(&node, &ctx).await;
+    let error = result.as_ref().err().map(Error::label);
+    ctx.metrics.reconciled(CONTROLLER, started.elapsed().as_secs_f64(), error);
+    result
+}
+
+async fn keep_node(node: &Node, ctx: &Context) -> Result<Action, Error> {
+    if !watches::all_listed(&ctx.listed).await {
+        return Err(Error::WatchStopped);
+    }
+    let pools = ctx.pools.state();
+    let pool_refs: Vec<&NodePool> = pools.iter().map(Arc::as_ref).collect();
+    let selecting = desired::pools_selecting(node, &pool_refs);
+    let wanted = match selecting.as_slice() {
+        [] => None,
+        [pool] => {
+            let Some(site) = ctx.sites.get(&ObjectRef::new(&pool.spec.site)) else {
+                // The pool's status says so; the node stays as it is.
+                return Ok(Action::await_change());
+            };
+            Some(desired::wanted(pool, &site, node))
+        }
+        // Two pools claim it: both pools' statuses say so; the node stays as it is.
+        _ => return Ok(Action::await_change()),
+    };
+    if let Some(mut updated) = desired::updated_node(node, wanted) {
+        // Written whole, guarded by the resourceVersion it was computed from; managedFields
+        // left unset keeps the server's (the store holds none).
+        updated.metadata.managed_fields = None;
+        let api: Api<Node> = Api::all(ctx.client.clone());
+        api.replace(
+            &node.name_any(),
+            &PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() },
+            &updated,
+        )
+        .await?;
+        ctx.metrics.wrote(CONTROLLER, "Node");
+    }
+    Ok(Action::await_change())
+}
+
+fn error_policy(node: Arc<Node>, error: &Error, _ctx: Arc<Context>) -> Action {
+    // A conflict only means the node changed meanwhile; the retry computes from the new one.
+    warn!(node = %node.name_any(), error = %error, "node-pool reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(2))
+}
+
+/// Rewrites the status of every pool whose report changed, after node or pool changes settle.
+async fn write_pool_statuses(ctx: Arc<Context>, shutdown: CancellationToken) {
+    if !watches::all_listed(&ctx.listed).await {
+        return;
+    }
+    loop {
+        let pools = ctx.pools.state();
+        let pool_refs: Vec<&NodePool> = pools.iter().map(Arc::as_ref).collect();
+        let nodes = ctx.nodes.state();
+        let node_refs: Vec<&Node> = nodes.iter().map(Arc::as_ref).collect();
+        for pool in &pool_refs {
+            let site_exists = ctx.sites.get(&ObjectRef::new(&pool.spec.site)).is_some();
+            let report = status::report(pool, &pool_refs, &node_refs, site_exists);
+            if let Err(err) = write_status(pool, report, &ctx).await {
+                warn!(pool = %pool.name_any(), error = %err, "cannot write node-pool status");
+            }
+        }
+        tokio::select! {
+            () = ctx.changed.notified() => {}
+            () = shutdown.cancelled() => return,
+        }
+        tokio::time::sleep(STATUS_SETTLE).await;
+    }
+}
+
+async fn write_status(pool: &NodePool, report: status::PoolReport, ctx: &Context) -> Result<(), Error> {
+    let previous = pool.status.as_ref();
+    let (state, reason, message) = match &report.problem {
+        Some(problem) => ("False", problem.reason.to_string(), problem.message.clone()),
+        None => {
+            ("True", "Reconciled".to_string(), format!("{} node(s) labelled and tainted", report.nodes.total))
+        }
+    };
+    let previous_ready = previous.and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
+    let condition = Condition {
+        type_: "Ready".into(),
+        status: state.into(),
+        reason,
+        message,
+        observed_generation: pool.metadata.generation,
+        last_transition_time: match previous_ready {
+            Some(c) if c.status == state => c.last_transition_time.clone(),
+            _ => Time(Timestamp::now()),
+        },
+    };
+    let status = NodePoolStatus {
+        observed_generation: pool.metadata.generation,
+        conditions: vec![condition],
+        nodes: report.nodes,
+        capacity: Some(report.capacity),
+        allocated: previous.and_then(|s| s.allocated.clone()),
+        maintenance: previous.map(|s| s.maintenance.clone()).unwrap_or_default(),
+    };
+    if previous == Some(&status) {
+        return Ok(());
+    }
+    let patch = serde_json::json!({
+        "apiVersion": NodePool::api_version(&()),
+        "kind": NodePool::kind(&()),
+        "status": status,
+    });
+    let api: Api<NodePool> = Api::all(ctx.client.clone());
+    api.patch_status(&pool.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+        .await?;
+    ctx.metrics.wrote(CONTROLLER, "NodePoolStatus");
+    Ok(())
+}

@@ -22,12 +22,11 @@ use k8s_openapi::api::{
     rbac::v1::RoleBinding,
 };
 use kube::{
-    Api, Client, Resource, ResourceExt,
+    Api, Client, Resource,
     core::PartialObjectMeta,
     runtime::{
-        Controller, WatchStreamExt,
+        Controller,
         controller::Config as ControllerConfig,
-        reflector,
         reflector::{ObjectRef, Store},
         watcher,
     },
@@ -56,17 +55,13 @@ struct Stores {
     limit_ranges: Store<LimitRange>,
     role_bindings: Store<RoleBinding>,
     network_policies: Store<NetworkPolicy>,
-    /// One per watch, true once it has listed. (kube's own store readiness wakes only one of
-    /// several waiters, and the controller itself is one.)
+    /// One per watch, true once it has listed.
     listed: Vec<watch::Receiver<bool>>,
 }
 
 impl Stores {
     async fn wait_until_ready(&self) -> Result<(), Error> {
-        for listed in &self.listed {
-            listed.clone().wait_for(|listed| *listed).await.map_err(|_| Error::WatchStopped)?;
-        }
-        Ok(())
+        if crate::watches::all_listed(&self.listed).await { Ok(()) } else { Err(Error::WatchStopped) }
     }
 }
 
@@ -120,17 +115,17 @@ pub async fn run(
     let managed = watcher::Config::default().labels(&format!("{MANAGED_BY}={MANAGED_BY_VALUE}"));
     let all = watcher::Config::default();
     let (tenants, tenants_listed, tenant_events) =
-        reflect(watcher(Api::<Tenant>::all(client.clone()), all.clone()), &plans);
+        reflect_marking(watcher(Api::<Tenant>::all(client.clone()), all.clone()), &plans);
     let (namespaces, namespaces_listed, namespace_events) =
-        reflect(watcher(Api::<PartialObjectMeta<Namespace>>::all(client.clone()), all), &plans);
+        reflect_marking(watcher(Api::<PartialObjectMeta<Namespace>>::all(client.clone()), all), &plans);
     let (quotas, quotas_listed, quota_events) =
-        reflect(watcher(Api::<ResourceQuota>::all(client.clone()), managed.clone()), &plans);
+        reflect_marking(watcher(Api::<ResourceQuota>::all(client.clone()), managed.clone()), &plans);
     let (limit_ranges, limit_ranges_listed, limit_range_events) =
-        reflect(watcher(Api::<LimitRange>::all(client.clone()), managed.clone()), &plans);
+        reflect_marking(watcher(Api::<LimitRange>::all(client.clone()), managed.clone()), &plans);
     let (role_bindings, role_bindings_listed, role_binding_events) =
-        reflect(watcher(Api::<RoleBinding>::all(client.clone()), managed.clone()), &plans);
+        reflect_marking(watcher(Api::<RoleBinding>::all(client.clone()), managed.clone()), &plans);
     let (network_policies, network_policies_listed, network_policy_events) =
-        reflect(watcher(Api::<NetworkPolicy>::all(client.clone()), managed), &plans);
+        reflect_marking(watcher(Api::<NetworkPolicy>::all(client.clone()), managed), &plans);
 
     let stores = Stores {
         tenants: tenants.clone(),
@@ -189,31 +184,16 @@ pub async fn run(
     Ok(())
 }
 
-/// Reflects watch `events` into a store; every event marks the plan stale. The receiver turns
-/// true once the watch has listed.
-fn reflect<K>(
+/// Reflects watch `events` into a store; every event marks the plan stale.
+fn reflect_marking<K>(
     events: impl Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static,
     plans: &Arc<Plans>,
 ) -> (Store<K>, watch::Receiver<bool>, impl Stream<Item = Result<K, watcher::Error>> + Send + 'static)
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
-    let (reader, writer) = reflector::store();
-    let (listed_tx, listed) = watch::channel(false);
     let plans = plans.clone();
-    // managedFields are never read here, and dropping them halves what the stores hold and
-    // what every drift check serialises. The reflector has updated the store by the time an
-    // event passes on, so the plan sees it.
-    let events = reflector(writer, events.modify(|object: &mut K| object.managed_fields_mut().clear()))
-        .default_backoff()
-        .inspect(move |event| {
-            if matches!(event, Ok(watcher::Event::InitDone)) {
-                listed_tx.send_replace(true);
-            }
-        })
-        .touched_objects()
-        .inspect(move |_| plans.mark_stale());
-    (reader, listed, events)
+    crate::watches::reflect(events, move || plans.mark_stale())
 }
 
 /// The Tenant an object belongs to, by its `yiyun.io/tenant` label.

@@ -1,0 +1,170 @@
+//! What a NodePool's status says, from the nodes and pools the watches hold. Pure: no I/O.
+
+use k8s_openapi::api::core::v1::Node;
+use yiyun_crds::{NodeCounts, NodePool, NodeResources};
+use yiyun_quota::{Amounts, Milli, Resource};
+
+use super::desired::{is_onboarding, pools_selecting};
+
+/// Why a pool is not Ready, or `None`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolProblem {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// Counts, capacity and the Ready verdict of `pool`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PoolReport {
+    pub nodes: NodeCounts,
+    pub capacity: NodeResources,
+    pub problem: Option<PoolProblem>,
+}
+
+/// Reports on `pool` among `pools`; `site_exists` tells whether its ComputeSite does.
+pub fn report(pool: &NodePool, pools: &[&NodePool], nodes: &[&Node], site_exists: bool) -> PoolReport {
+    let name = pool.metadata.name.as_deref().unwrap_or_default();
+    let mut counts = NodeCounts::default();
+    let mut capacity = Amounts::default();
+    let mut conflicts: Vec<String> = Vec::new();
+    for node in nodes {
+        let selecting = pools_selecting(node, pools);
+        if !selecting.iter().any(|p| p.metadata.name.as_deref() == Some(name)) {
+            continue;
+        }
+        let node_name = node.metadata.name.clone().unwrap_or_default();
+        if selecting.len() > 1 {
+            let others: Vec<&str> = selecting
+                .iter()
+                .filter_map(|p| p.metadata.name.as_deref())
+                .filter(|other| *other != name)
+                .collect();
+            conflicts.push(format!("{node_name} (also {})", others.join(", ")));
+            continue;
+        }
+        counts.total += 1;
+        if is_ready(node) {
+            counts.ready += 1;
+        } else {
+            counts.not_ready += 1;
+        }
+        if is_onboarding(pool, node) {
+            counts.onboarding += 1;
+        }
+        if node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false) {
+            counts.cordoned += 1;
+        }
+        if let Some(node_capacity) = node.status.as_ref().and_then(|s| s.capacity.as_ref()) {
+            for resource in [Resource::Cpu, Resource::Memory, Resource::Gpu, Resource::Pods] {
+                let key = match resource {
+                    Resource::Gpu => "nvidia.com/gpu",
+                    other => other.tenant_key(),
+                };
+                if let Some(amount) = node_capacity.get(key).and_then(|q| Milli::parse(&q.0).ok()) {
+                    capacity.add(&[(resource, amount)].into_iter().collect());
+                }
+            }
+        }
+    }
+    let problem = if !site_exists {
+        Some(PoolProblem {
+            reason: "SiteNotFound",
+            message: format!(
+                "ComputeSite {:?} does not exist; the pool's nodes are left as they are",
+                pool.spec.site
+            ),
+        })
+    } else if !conflicts.is_empty() {
+        let shown = conflicts.len().min(10);
+        Some(PoolProblem {
+            reason: "NodeConflict",
+            message: format!(
+                "{} node(s) selected by more than one pool are left as they were: {}{}",
+                conflicts.len(),
+                conflicts[..shown].join("; "),
+                if conflicts.len() > shown { "; …" } else { "" }
+            ),
+        })
+    } else {
+        None
+    };
+    PoolReport { nodes: counts, capacity: node_resources(&capacity), problem }
+}
+
+fn is_ready(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn node_resources(amounts: &Amounts) -> NodeResources {
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+    let format = |r: Resource| amounts.get(r).map(|m| Quantity(m.format(r.is_bytes())));
+    NodeResources {
+        cpu: format(Resource::Cpu),
+        memory: format(Resource::Memory),
+        gpu: format(Resource::Gpu),
+        pods: format(Resource::Pods),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn yaml<T: serde::de::DeserializeOwned>(text: &str) -> T {
+        serde_saphyr::from_str(text).unwrap()
+    }
+
+    fn pool(name: &str, spec: &str) -> NodePool {
+        yaml(&format!(
+            "apiVersion: yiyun.io/v1alpha1\nkind: NodePool\nmetadata: {{name: {name}}}\nspec: {{site: s, {spec}}}\n"
+        ))
+    }
+
+    fn node(name: &str, ready: &str, extra: &str) -> Node {
+        yaml(&format!(
+            "metadata: {{name: {name}, labels: {{pool: a}}}}\nspec: {{{extra}}}\nstatus: {{conditions: [{{type: Ready, status: \"{ready}\"}}], capacity: {{cpu: \"32\", memory: 256Gi, pods: \"110\"}}}}\n"
+        ))
+    }
+
+    #[test]
+    fn counts_nodes_by_state_and_sums_capacity() {
+        let a = pool("a", "nodeSelector: {matchLabels: {pool: a}}, approvedNodes: [n1, n2]");
+        let nodes =
+            [node("n1", "True", ""), node("n2", "False", "unschedulable: true"), node("n3", "True", "")];
+        let refs: Vec<&Node> = nodes.iter().collect();
+        let report = report(&a, &[&a], &refs, true);
+        assert_eq!(
+            report.nodes,
+            NodeCounts { total: 3, ready: 2, not_ready: 1, onboarding: 1, cordoned: 1, draining: 0 }
+        );
+        assert_eq!(report.capacity.cpu.unwrap().0, "96");
+        assert_eq!(report.capacity.memory.unwrap().0, "768Gi");
+        assert_eq!(report.problem, None);
+    }
+
+    #[test]
+    fn both_pools_report_a_node_they_share_and_leave_it_out() {
+        let a = pool("a", "nodeSelector: {matchLabels: {pool: a}}");
+        let b = pool("b", "nodeNames: [n1]");
+        let nodes = [node("n1", "True", ""), node("n2", "True", "")];
+        let refs: Vec<&Node> = nodes.iter().collect();
+        let for_a = report(&a, &[&a, &b], &refs, true);
+        assert_eq!(for_a.nodes.total, 1);
+        let problem = for_a.problem.unwrap();
+        assert_eq!(problem.reason, "NodeConflict");
+        assert!(problem.message.contains("n1 (also b)"), "{}", problem.message);
+        let for_b = report(&b, &[&a, &b], &refs, true);
+        assert!(for_b.problem.unwrap().message.contains("n1 (also a)"));
+    }
+
+    #[test]
+    fn a_missing_site_is_reported() {
+        let a = pool("a", "nodeNames: [n1]");
+        let problem = report(&a, &[&a], &[], false).problem.unwrap();
+        assert_eq!(problem.reason, "SiteNotFound");
+        assert!(problem.message.contains("\"s\""));
+    }
+}

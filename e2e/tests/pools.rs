@@ -1,0 +1,150 @@
+//! Node pools against the real apiserver with kwok nodes: topology labels, pool labels and
+//! taints, onboarding approval, dedication, conflicts and nodes moving between pools.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Node;
+use kube::{
+    Api, Client, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams, PostParams},
+};
+use serde_json::{Value, json};
+use yiyun_crds::{ComputeSite, NodePool};
+use yiyun_e2e::{InProcessController, client, controller_turn, eventually, install_crds, unique};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+async fn apply<K>(api: &Api<K>, name: &str, object: Value)
+where
+    K: kube::Resource + Clone + k8s_openapi::serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.patch(name, &PatchParams::apply("e2e-admin").force(), &Patch::Apply(&object))
+        .await
+        .unwrap_or_else(|err| panic!("apply {name}: {err}"));
+}
+
+async fn kwok_node(client: &Client, name: &str, labels: Value) {
+    let node: Node = serde_json::from_value(json!({
+        "metadata": {"name": name, "annotations": {"kwok.x-k8s.io/node": "fake"}, "labels": labels},
+        "spec": {"taints": [{"key": "kwok.x-k8s.io/node", "value": "fake", "effect": "NoSchedule"}]},
+        "status": {"capacity": {"cpu": "32", "memory": "256Gi", "pods": "110"}, "allocatable": {"cpu": "32", "memory": "256Gi", "pods": "110"}}
+    }))
+    .expect("a valid node");
+    Api::<Node>::all(client.clone()).create(&PostParams::default(), &node).await.expect("create a kwok node");
+}
+
+fn taints(node: &Node) -> Vec<String> {
+    node.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default().into_iter().map(|t| t.key).collect()
+}
+
+async fn node_where(nodes: &Api<Node>, name: &str, what: &str, check: impl Fn(&Node) -> bool) -> Node {
+    eventually(WAIT, &format!("node {name}: {what}"), || async {
+        let node = nodes.get(name).await.ok()?;
+        check(&node).then_some(node)
+    })
+    .await
+}
+
+async fn pool_ready(pools: &Api<NodePool>, name: &str, status: &str) -> NodePool {
+    eventually(WAIT, &format!("pool {name} Ready={status}"), || async {
+        let pool = pools.get(name).await.ok()?;
+        let ready = pool.status.as_ref()?.conditions.iter().find(|c| c.type_ == "Ready")?.status.clone();
+        (ready == status).then_some(pool)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn pool_nodes_are_labelled_onboarded_dedicated_and_moved() {
+    let client = client().await;
+    install_crds(&client).await;
+    let _turn = controller_turn().await;
+    let controller = InProcessController::start();
+    let p = unique("np");
+    let (site, pool_a, pool_b) = (format!("{p}-site"), format!("{p}-a"), format!("{p}-b"));
+    let (a1, a2, b1) = (format!("{p}-a1"), format!("{p}-a2"), format!("{p}-b1"));
+    let sites: Api<ComputeSite> = Api::all(client.clone());
+    let pools: Api<NodePool> = Api::all(client.clone());
+    let nodes: Api<Node> = Api::all(client.clone());
+
+    apply(&sites, &site, json!({"apiVersion": "yiyun.io/v1alpha1", "kind": "ComputeSite", "metadata": {"name": site},
+        "spec": {"region": "gansu", "regionClass": "west", "hub": "Gansu", "city": "庆阳", "powerPricePerKWh": "0.32", "pue": 1.18, "carbonIntensity": 420}}))
+    .await;
+    apply(&pools, &pool_a, json!({"apiVersion": "yiyun.io/v1alpha1", "kind": "NodePool", "metadata": {"name": pool_a},
+        "spec": {"site": site, "nodeSelector": {"matchLabels": {"e2e/pool": pool_a}}, "rack": {"label": "e2e/rack"},
+                 "labels": {"yiyun.io/node-class": "general"}, "onboarding": "Manual"}}))
+    .await;
+    apply(&pools, &pool_b, json!({"apiVersion": "yiyun.io/v1alpha1", "kind": "NodePool", "metadata": {"name": pool_b},
+        "spec": {"site": site, "nodeNames": [b1], "rack": {"nodes": {b1.clone(): "r9"}}, "dedicatedTo": "jj-health", "onboarding": "Automatic"}}))
+    .await;
+    kwok_node(&client, &a1, json!({"e2e/pool": pool_a, "e2e/rack": "r1"})).await;
+    kwok_node(&client, &a2, json!({"e2e/pool": pool_a, "e2e/rack": "r2"})).await;
+    kwok_node(&client, &b1, json!({})).await;
+
+    // Topology and pool labels; a Manual pool's new node waits behind the onboarding taint.
+    let node = node_where(&nodes, &a1, "labelled", |n| n.labels().contains_key("yiyun.io/site")).await;
+    let labels = node.labels();
+    assert_eq!(labels["topology.kubernetes.io/region"], "gansu");
+    assert_eq!(labels["topology.kubernetes.io/zone"], site);
+    assert_eq!(labels["yiyun.io/site"], site);
+    assert_eq!(labels["yiyun.io/rack"], "r1");
+    assert_eq!(labels["yiyun.io/region-class"], "west");
+    assert_eq!(labels["yiyun.io/node-class"], "general");
+    assert_eq!(taints(&node), ["kwok.x-k8s.io/node", "yiyun.io/onboarding"], "other taints are kept");
+
+    // A dedicated pool: label and taint for its tenant; the rack from the explicit map.
+    let node = node_where(&nodes, &b1, "dedicated", |n| n.labels().contains_key("yiyun.io/dedicated")).await;
+    assert_eq!(node.labels()["yiyun.io/dedicated"], "jj-health");
+    assert_eq!(node.labels()["yiyun.io/rack"], "r9");
+    assert!(taints(&node).contains(&"yiyun.io/dedicated".to_string()));
+
+    // Approval lifts the onboarding taint of that node only.
+    let status = pool_ready(&pools, &pool_a, "True").await.status.unwrap();
+    assert_eq!((status.nodes.total, status.nodes.onboarding), (2, 2));
+    assert_eq!(status.capacity.unwrap().cpu.unwrap().0, "64");
+    pools
+        .patch(&pool_a, &PatchParams::default(), &Patch::Merge(json!({"spec": {"approvedNodes": [a1]}})))
+        .await
+        .unwrap();
+    node_where(&nodes, &a1, "approved", |n| !taints(n).contains(&"yiyun.io/onboarding".to_string())).await;
+    assert!(taints(&nodes.get(&a2).await.unwrap()).contains(&"yiyun.io/onboarding".to_string()));
+
+    // A node two pools select is reported by both and left as it was.
+    pools
+        .patch(&pool_b, &PatchParams::default(), &Patch::Merge(json!({"spec": {"nodeNames": [b1, a2]}})))
+        .await
+        .unwrap();
+    for pool in [&pool_a, &pool_b] {
+        let status = pool_ready(&pools, pool, "False").await.status.unwrap();
+        let condition = &status.conditions[0];
+        assert_eq!(condition.reason, "NodeConflict");
+        assert!(condition.message.contains(&a2), "{}", condition.message);
+    }
+    assert_eq!(nodes.get(&a2).await.unwrap().labels()["yiyun.io/node-pool"], pool_a);
+
+    // Moved: only pool B selects it now. Pool A's labels and taints go, pool B's come.
+    nodes
+        .patch(
+            &a2,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"e2e/pool": "elsewhere"}}})),
+        )
+        .await
+        .unwrap();
+    let moved =
+        node_where(&nodes, &a2, "in pool B", |n| n.labels().get("yiyun.io/node-pool") == Some(&pool_b)).await;
+    assert!(!moved.labels().contains_key("yiyun.io/node-class"));
+    assert_eq!(moved.labels()["yiyun.io/dedicated"], "jj-health");
+    assert!(!moved.labels().contains_key("yiyun.io/rack"), "pool B's rack map does not know it");
+    assert_eq!(taints(&moved), ["kwok.x-k8s.io/node", "yiyun.io/dedicated"]);
+    pool_ready(&pools, &pool_a, "True").await;
+
+    for node in [&a1, &a2, &b1] {
+        nodes.delete(node, &DeleteParams::default()).await.unwrap();
+    }
+    for pool in [&pool_a, &pool_b] {
+        pools.delete(pool, &DeleteParams::default()).await.unwrap();
+    }
+    sites.delete(&site, &DeleteParams::default()).await.unwrap();
+    controller.stop().await;
+}
