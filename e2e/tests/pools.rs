@@ -148,3 +148,128 @@ async fn pool_nodes_are_labelled_onboarded_dedicated_and_moved() {
     sites.delete(&site, &DeleteParams::default()).await.unwrap();
     controller.stop().await;
 }
+
+fn bound_pod(name: &str, node: &str, app: &str) -> k8s_openapi::api::core::v1::Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"app": app}},
+        "spec": {
+            "nodeName": node,
+            "tolerations": [{"operator": "Exists"}],
+            "containers": [{"name": "app", "image": "registry.invalid/app:1"}]
+        }
+    }))
+    .expect("a valid pod")
+}
+
+#[tokio::test]
+async fn a_rack_is_drained_through_evictions_and_a_blocking_budget_is_reported() {
+    use k8s_openapi::api::{core::v1::Pod, policy::v1::PodDisruptionBudget};
+    let client = client().await;
+    install_crds(&client).await;
+    let _turn = controller_turn().await;
+    let controller = InProcessController::start();
+    let p = unique("drain");
+    let (site, pool) = (format!("{p}-site"), format!("{p}-pool"));
+    let (n1, n2, n3) = (format!("{p}-n1"), format!("{p}-n2"), format!("{p}-n3"));
+    let sites: Api<ComputeSite> = Api::all(client.clone());
+    let pools: Api<NodePool> = Api::all(client.clone());
+    let nodes: Api<Node> = Api::all(client.clone());
+    apply(&sites, &site, json!({"apiVersion": "yiyun.io/v1alpha1", "kind": "ComputeSite", "metadata": {"name": site},
+        "spec": {"region": "anhui", "regionClass": "east", "hub": "Yangtze River Delta", "city": "芜湖", "powerPricePerKWh": "0.65", "pue": 1.25, "carbonIntensity": 640}}))
+    .await;
+    let pool_spec = |maintenance: Value| {
+        json!({"apiVersion": "yiyun.io/v1alpha1", "kind": "NodePool", "metadata": {"name": pool},
+            "spec": {"site": site, "nodeNames": [n1, n2, n3], "rack": {"nodes": {n1.clone(): "r1", n2.clone(): "r1", n3.clone(): "r2"}},
+                     "onboarding": "Automatic", "maintenance": maintenance}})
+    };
+    apply(&pools, &pool, pool_spec(json!([]))).await;
+    for node in [&n1, &n2, &n3] {
+        kwok_node(&client, node, json!({})).await;
+    }
+    let ns = yiyun_e2e::TestNamespace::create(&client, "drain").await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    for (name, node, app) in
+        [("web-1", &n1, "web"), ("web-2", &n2, "web"), ("guarded", &n1, "guarded"), ("elsewhere", &n3, "web")]
+    {
+        pods.create(&PostParams::default(), &bound_pod(name, node, app)).await.expect("create a pod");
+    }
+    let budget: PodDisruptionBudget = serde_json::from_value(json!({
+        "metadata": {"name": "guard"}, "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "guarded"}}}
+    }))
+    .unwrap();
+    Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns.name)
+        .create(&PostParams::default(), &budget)
+        .await
+        .unwrap();
+    for name in ["web-1", "web-2", "guarded", "elsewhere"] {
+        eventually(WAIT, &format!("pod {name} running"), || async {
+            let pod = pods.get(name).await.ok()?;
+            (pod.status?.phase? == "Running").then_some(())
+        })
+        .await;
+    }
+
+    // Rack r1 under maintenance: cordoned, evicted, the guarded pod reported with its budget.
+    apply(
+        &pools,
+        &pool,
+        pool_spec(json!([{"name": "ups", "rack": "r1", "reason": "UPS replacement", "drainTimeout": "20s"}])),
+    )
+    .await;
+    for node in [&n1, &n2] {
+        node_where(&nodes, node, "cordoned", |n| n.spec.as_ref().and_then(|s| s.unschedulable) == Some(true))
+            .await;
+    }
+    assert_ne!(
+        nodes.get(&n3).await.unwrap().spec.unwrap().unschedulable,
+        Some(true),
+        "rack r2 is not touched"
+    );
+    for name in ["web-1", "web-2"] {
+        eventually(WAIT, &format!("pod {name} evicted"), || async {
+            pods.get_opt(name)
+                .await
+                .ok()?
+                .is_none_or(|p| p.metadata.deletion_timestamp.is_some())
+                .then_some(())
+        })
+        .await;
+    }
+    let status = eventually(WAIT, "the blocked pod reported", || async {
+        let pool = pools.get(&pool).await.ok()?;
+        let entry = pool.status?.maintenance.into_iter().find(|m| m.name == "ups")?;
+        (!entry.blocked.is_empty() && entry.pods_left == 1).then_some(entry)
+    })
+    .await;
+    assert_eq!(status.phase, "Draining");
+    assert_eq!((status.blocked[0].pod.as_str(), status.blocked[0].budget.as_str()), ("guarded", "guard"));
+    assert!(
+        pods.get_opt("elsewhere").await.unwrap().is_some_and(|p| p.metadata.deletion_timestamp.is_none())
+    );
+
+    // At the timeout the drain stops and says so; the guarded pod is never force-deleted.
+    let timed_out = eventually(Duration::from_secs(60), "the drain to time out", || async {
+        let pool = pools.get(&pool).await.ok()?;
+        pool.status?.maintenance.into_iter().find(|m| m.name == "ups" && m.phase == "TimedOut")
+    })
+    .await;
+    assert_eq!(timed_out.pods_left, 1);
+    assert!(pods.get_opt("guarded").await.unwrap().is_some_and(|p| p.metadata.deletion_timestamp.is_none()));
+
+    // Removing the entry lifts the cordon.
+    apply(&pools, &pool, pool_spec(json!([]))).await;
+    for node in [&n1, &n2] {
+        node_where(&nodes, node, "uncordoned", |n| {
+            n.spec.as_ref().and_then(|s| s.unschedulable) != Some(true)
+        })
+        .await;
+    }
+
+    ns.delete().await;
+    for node in [&n1, &n2, &n3] {
+        nodes.delete(node, &DeleteParams::default()).await.unwrap();
+    }
+    pools.delete(&pool, &DeleteParams::default()).await.unwrap();
+    sites.delete(&site, &DeleteParams::default()).await.unwrap();
+    controller.stop().await;
+}

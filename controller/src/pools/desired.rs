@@ -27,6 +27,8 @@ pub const ONBOARDING: &str = "yiyun.io/onboarding";
 pub const MANAGED_LABELS: &str = "yiyun.io/managed-labels";
 /// Taints yiyun set on the node, as `key:Effect`, comma-separated.
 pub const MANAGED_TAINTS: &str = "yiyun.io/managed-taints";
+/// The maintenance entry yiyun cordoned the node for; only such a cordon is lifted by yiyun.
+pub const CORDONED_FOR: &str = "yiyun.io/cordoned-for";
 
 /// The pools whose selector or name list takes `node`.
 pub fn pools_selecting<'a>(node: &Node, pools: &'a [&'a NodePool]) -> Vec<&'a NodePool> {
@@ -121,6 +123,17 @@ pub fn wanted(pool: &NodePool, site: &ComputeSite, node: &Node) -> (BTreeMap<Str
     (labels, taints)
 }
 
+/// The maintenance entry of `pool` that covers `node` (by name or by rack), if any.
+pub fn maintenance_of<'a>(pool: &'a NodePool, node: &Node) -> Option<&'a str> {
+    let name = node.metadata.name.as_deref().unwrap_or_default();
+    let rack = rack_of(pool, node);
+    pool.spec
+        .maintenance
+        .iter()
+        .find(|m| m.nodes.iter().any(|n| n == name) || (m.rack.is_some() && m.rack == rack))
+        .map(|m| m.name.as_str())
+}
+
 /// Whether `node` still waits for approval in `pool`.
 pub fn is_onboarding(pool: &NodePool, node: &Node) -> bool {
     let name = node.metadata.name.as_deref().unwrap_or_default();
@@ -128,9 +141,14 @@ pub fn is_onboarding(pool: &NodePool, node: &Node) -> bool {
 }
 
 /// The node as yiyun wants it: `wanted` labels and taints in place of the ones yiyun set before
-/// (`None` wanted: release the node). Everything other writers set stays. `None` when the node
-/// already is as wanted.
-pub fn updated_node(node: &Node, wanted: Option<(BTreeMap<String, String>, Vec<Taint>)>) -> Option<Node> {
+/// (`None` wanted: release the node), cordoned while `cordon_for` names a maintenance entry and
+/// uncordoned when yiyun's cordon ends. Everything other writers set stays. `None` when the
+/// node already is as wanted.
+pub fn updated_node(
+    node: &Node,
+    wanted: Option<(BTreeMap<String, String>, Vec<Taint>)>,
+    cordon_for: Option<&str>,
+) -> Option<Node> {
     let annotations = node.metadata.annotations.clone().unwrap_or_default();
     let before_labels: BTreeSet<String> = split(annotations.get(MANAGED_LABELS));
     let before_taints: BTreeSet<String> = split(annotations.get(MANAGED_TAINTS));
@@ -164,19 +182,30 @@ pub fn updated_node(node: &Node, wanted: Option<(BTreeMap<String, String>, Vec<T
         Some(ids) => annotations.insert(MANAGED_TAINTS.into(), ids),
         None => annotations.remove(MANAGED_TAINTS),
     };
+    let was_unschedulable = node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false);
+    let unschedulable = match cordon_for {
+        Some(entry) => {
+            annotations.insert(CORDONED_FOR.into(), entry.into());
+            true
+        }
+        // Lift only a cordon yiyun set; an admin's own cordon stays.
+        None => annotations.remove(CORDONED_FOR).map_or(was_unschedulable, |_| false),
+    };
 
     let same_labels =
         Some(&labels) == node.metadata.labels.as_ref() || labels.is_empty() && node.metadata.labels.is_none();
     let same_annotations = Some(&annotations) == node.metadata.annotations.as_ref()
         || annotations.is_empty() && node.metadata.annotations.is_none();
     let same_taints = same_set(&taints, &current_taints);
-    if same_labels && same_annotations && same_taints {
+    if same_labels && same_annotations && same_taints && unschedulable == was_unschedulable {
         return None;
     }
     let mut updated = node.clone();
     updated.metadata.labels = Some(labels);
     updated.metadata.annotations = Some(annotations);
-    updated.spec.get_or_insert_with(Default::default).taints = Some(taints);
+    let spec = updated.spec.get_or_insert_with(Default::default);
+    spec.taints = Some(taints);
+    spec.unschedulable = Some(unschedulable);
     Some(updated)
 }
 
@@ -240,7 +269,7 @@ mod tests {
             ", labels: {class: gpu}, taints: [{key: nvidia.com/gpu, value: present, effect: NoSchedule}], onboarding: Automatic",
         );
         let n = node("pool: gpu, rack: r07");
-        let updated = updated_node(&n, Some(wanted(&p, &site(), &n))).unwrap();
+        let updated = updated_node(&n, Some(wanted(&p, &site(), &n)), None).unwrap();
         let labels = updated.metadata.labels.clone().unwrap();
         assert_eq!(labels[REGION], "gansu");
         assert_eq!(labels[ZONE], "qingyang");
@@ -251,7 +280,7 @@ mod tests {
         assert_eq!(labels["class"], "gpu");
         assert_eq!(taint_keys(&updated), ["kwok.x-k8s.io/node", "nvidia.com/gpu"]);
         assert_eq!(
-            updated_node(&updated, Some(wanted(&p, &site(), &updated))),
+            updated_node(&updated, Some(wanted(&p, &site(), &updated)), None),
             None,
             "applying twice changes nothing"
         );
@@ -261,10 +290,10 @@ mod tests {
     fn manual_onboarding_taints_until_approved() {
         let n = node("pool: gpu, rack: r07");
         let waiting = pool("");
-        let updated = updated_node(&n, Some(wanted(&waiting, &site(), &n))).unwrap();
+        let updated = updated_node(&n, Some(wanted(&waiting, &site(), &n)), None).unwrap();
         assert!(taint_keys(&updated).contains(&ONBOARDING.to_string()));
         let approved = pool(", approvedNodes: [n1]");
-        let joined = updated_node(&updated, Some(wanted(&approved, &site(), &updated))).unwrap();
+        let joined = updated_node(&updated, Some(wanted(&approved, &site(), &updated)), None).unwrap();
         assert!(!taint_keys(&joined).contains(&ONBOARDING.to_string()));
     }
 
@@ -272,7 +301,7 @@ mod tests {
     fn a_dedicated_pool_labels_and_taints_for_its_tenant() {
         let p = pool(", dedicatedTo: jj-health, onboarding: Automatic");
         let n = node("pool: gpu");
-        let updated = updated_node(&n, Some(wanted(&p, &site(), &n))).unwrap();
+        let updated = updated_node(&n, Some(wanted(&p, &site(), &n)), None).unwrap();
         assert_eq!(updated.metadata.labels.as_ref().unwrap()[DEDICATED], "jj-health");
         let taint = updated.spec.unwrap().taints.unwrap().into_iter().find(|t| t.key == DEDICATED).unwrap();
         assert_eq!((taint.value.as_deref(), taint.effect.as_str()), (Some("jj-health"), "NoSchedule"));
@@ -286,8 +315,8 @@ mod tests {
     fn a_node_leaving_its_pool_loses_exactly_what_yiyun_set() {
         let p = pool(", labels: {class: gpu}, dedicatedTo: t");
         let n = node("pool: gpu, rack: r07, owner: admin");
-        let managed = updated_node(&n, Some(wanted(&p, &site(), &n))).unwrap();
-        let released = updated_node(&managed, None).unwrap();
+        let managed = updated_node(&n, Some(wanted(&p, &site(), &n)), None).unwrap();
+        let released = updated_node(&managed, None, None).unwrap();
         let labels = released.metadata.labels.clone().unwrap();
         assert_eq!(labels.keys().collect::<Vec<_>>(), ["owner", "pool", "rack"]);
         assert_eq!(taint_keys(&released), ["kwok.x-k8s.io/node"]);
@@ -298,14 +327,30 @@ mod tests {
     fn a_node_moved_to_another_pool_drops_the_old_pools_labels() {
         let old = pool(", labels: {class: gpu}, onboarding: Automatic");
         let n = node("pool: gpu");
-        let in_old = updated_node(&n, Some(wanted(&old, &site(), &n))).unwrap();
+        let in_old = updated_node(&n, Some(wanted(&old, &site(), &n)), None).unwrap();
         let mut new: NodePool = pool(", labels: {tier: batch}, onboarding: Automatic");
         new.metadata.name = Some("batch".into());
-        let in_new = updated_node(&in_old, Some(wanted(&new, &site(), &in_old))).unwrap();
+        let in_new = updated_node(&in_old, Some(wanted(&new, &site(), &in_old)), None).unwrap();
         let labels = in_new.metadata.labels.unwrap();
         assert!(!labels.contains_key("class"));
         assert_eq!(labels["tier"], "batch");
         assert_eq!(labels[POOL], "batch");
+    }
+
+    #[test]
+    fn maintenance_cordons_and_lifts_only_its_own_cordon() {
+        let p = pool(", onboarding: Automatic, maintenance: [{name: power, rack: r07, reason: UPS swap}]");
+        let n = node("pool: gpu, rack: r07");
+        assert_eq!(maintenance_of(&p, &n), Some("power"));
+        let cordoned = updated_node(&n, Some(wanted(&p, &site(), &n)), maintenance_of(&p, &n)).unwrap();
+        assert_eq!(cordoned.spec.as_ref().unwrap().unschedulable, Some(true));
+        let lifted = updated_node(&cordoned, Some(wanted(&p, &site(), &cordoned)), None).unwrap();
+        assert_eq!(lifted.spec.as_ref().unwrap().unschedulable, Some(false));
+        // An admin's own cordon is not yiyun's to lift.
+        let mut admins: Node = n.clone();
+        admins.spec.as_mut().unwrap().unschedulable = Some(true);
+        let kept = updated_node(&admins, Some(wanted(&p, &site(), &admins)), None).unwrap();
+        assert_eq!(kept.spec.unwrap().unschedulable, Some(true));
     }
 
     #[test]

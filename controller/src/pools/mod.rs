@@ -3,6 +3,7 @@
 //! the next step of the sites issue.
 
 mod desired;
+mod drain;
 mod status;
 
 use std::{sync::Arc, time::Duration, time::Instant};
@@ -26,7 +27,7 @@ use kube::{
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-use yiyun_crds::{ComputeSite, NodePool, NodePoolStatus};
+use yiyun_crds::{ComputeSite, MaintenanceStatus, NodePool, NodePoolStatus};
 
 use crate::{Error, apply::FIELD_MANAGER, metrics::Metrics, watches};
 
@@ -110,19 +111,19 @@ async fn keep_node(node: &Node, ctx: &Context) -> Result<Action, Error> {
     let pools = ctx.pools.state();
     let pool_refs: Vec<&NodePool> = pools.iter().map(Arc::as_ref).collect();
     let selecting = desired::pools_selecting(node, &pool_refs);
-    let wanted = match selecting.as_slice() {
-        [] => None,
+    let (wanted, cordon_for) = match selecting.as_slice() {
+        [] => (None, None),
         [pool] => {
             let Some(site) = ctx.sites.get(&ObjectRef::new(&pool.spec.site)) else {
                 // The pool's status says so; the node stays as it is.
                 return Ok(Action::await_change());
             };
-            Some(desired::wanted(pool, &site, node))
+            (Some(desired::wanted(pool, &site, node)), desired::maintenance_of(pool, node))
         }
         // Two pools claim it: both pools' statuses say so; the node stays as it is.
         _ => return Ok(Action::await_change()),
     };
-    if let Some(mut updated) = desired::updated_node(node, wanted) {
+    if let Some(mut updated) = desired::updated_node(node, wanted, cordon_for) {
         // Written whole, guarded by the resourceVersion it was computed from; managedFields
         // left unset keeps the server's (the store holds none).
         updated.metadata.managed_fields = None;
@@ -144,7 +145,8 @@ fn error_policy(node: Arc<Node>, error: &Error, _ctx: Arc<Context>) -> Action {
     Action::requeue(Duration::from_secs(2))
 }
 
-/// Rewrites the status of every pool whose report changed, after node or pool changes settle.
+/// Rewrites the status of every pool whose report changed, after node or pool changes settle,
+/// and drives maintenance drains (every 2 s while one is under way).
 async fn write_pool_statuses(ctx: Arc<Context>, shutdown: CancellationToken) {
     if !watches::all_listed(&ctx.listed).await {
         return;
@@ -154,22 +156,84 @@ async fn write_pool_statuses(ctx: Arc<Context>, shutdown: CancellationToken) {
         let pool_refs: Vec<&NodePool> = pools.iter().map(Arc::as_ref).collect();
         let nodes = ctx.nodes.state();
         let node_refs: Vec<&Node> = nodes.iter().map(Arc::as_ref).collect();
+        let mut draining = false;
         for pool in &pool_refs {
             let site_exists = ctx.sites.get(&ObjectRef::new(&pool.spec.site)).is_some();
-            let report = status::report(pool, &pool_refs, &node_refs, site_exists);
-            if let Err(err) = write_status(pool, report, &ctx).await {
+            let mut report = status::report(pool, &pool_refs, &node_refs, site_exists);
+            let members: Vec<&Node> = node_refs
+                .iter()
+                .copied()
+                .filter(|n| desired::pools_selecting(n, &pool_refs).len() == 1)
+                .collect();
+            let maintenance = maintain(pool, &members, &ctx).await;
+            report.nodes.draining = maintenance.iter().map(|(_, nodes)| *nodes).sum();
+            draining |= maintenance.iter().any(|(m, _)| m.phase == "Draining" || m.phase == "Cordoning");
+            let entries = maintenance.into_iter().map(|(m, _)| m).collect();
+            if let Err(err) = write_status(pool, report, entries, &ctx).await {
                 warn!(pool = %pool.name_any(), error = %err, "cannot write node-pool status");
             }
         }
+        let tick = if draining { Duration::from_secs(2) } else { Duration::MAX };
         tokio::select! {
             () = ctx.changed.notified() => {}
+            () = tokio::time::sleep(tick) => {}
             () = shutdown.cancelled() => return,
         }
         tokio::time::sleep(STATUS_SETTLE).await;
     }
 }
 
-async fn write_status(pool: &NodePool, report: status::PoolReport, ctx: &Context) -> Result<(), Error> {
+/// One drain pass per maintenance entry of `pool`: its status, and how many nodes it holds.
+async fn maintain(pool: &NodePool, members: &[&Node], ctx: &Context) -> Vec<(MaintenanceStatus, i32)> {
+    let previous = pool.status.as_ref().map(|s| s.maintenance.as_slice()).unwrap_or_default();
+    let mut entries = Vec::new();
+    for entry in &pool.spec.maintenance {
+        let covered: Vec<&Node> = members
+            .iter()
+            .copied()
+            .filter(|n| desired::pools_selecting(n, &[pool]).len() == 1)
+            .filter(|n| desired::maintenance_of(pool, n) == Some(entry.name.as_str()))
+            .collect();
+        let count = i32::try_from(covered.len()).unwrap_or(i32::MAX);
+        let before = previous.iter().find(|m| m.name == entry.name);
+        // Evict only from nodes whose cordon has landed, or new pods would take their place.
+        if covered.iter().any(|n| !n.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false)) {
+            let mut waiting = before.cloned().unwrap_or_else(|| MaintenanceStatus {
+                name: entry.name.clone(),
+                phase: String::new(),
+                pods_left: 0,
+                blocked: Vec::new(),
+                started: None,
+            });
+            waiting.phase = "Cordoning".into();
+            entries.push((waiting, count));
+            continue;
+        }
+        match drain::drain_pass(&ctx.client, entry, &covered, before).await {
+            Ok((status, evicted)) => {
+                for _ in 0..evicted {
+                    ctx.metrics.wrote(CONTROLLER, "Eviction");
+                }
+                let holding = if status.phase == "Drained" { 0 } else { count };
+                entries.push((status, holding));
+            }
+            Err(err) => {
+                warn!(pool = %pool.name_any(), maintenance = %entry.name, error = %err, "drain pass failed; retrying");
+                if let Some(before) = before {
+                    entries.push((before.clone(), count));
+                }
+            }
+        }
+    }
+    entries
+}
+
+async fn write_status(
+    pool: &NodePool,
+    report: status::PoolReport,
+    maintenance: Vec<MaintenanceStatus>,
+    ctx: &Context,
+) -> Result<(), Error> {
     let previous = pool.status.as_ref();
     let (state, reason, message) = match &report.problem {
         Some(problem) => ("False", problem.reason.to_string(), problem.message.clone()),
@@ -195,7 +259,7 @@ async fn write_status(pool: &NodePool, report: status::PoolReport, ctx: &Context
         nodes: report.nodes,
         capacity: Some(report.capacity),
         allocated: previous.and_then(|s| s.allocated.clone()),
-        maintenance: previous.map(|s| s.maintenance.clone()).unwrap_or_default(),
+        maintenance,
     };
     if previous == Some(&status) {
         return Ok(());
