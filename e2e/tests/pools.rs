@@ -98,6 +98,14 @@ async fn pool_nodes_are_labelled_onboarded_dedicated_and_moved() {
     assert_eq!(node.labels()["yiyun.io/rack"], "r9");
     assert!(taints(&node).contains(&"yiyun.io/dedicated".to_string()));
 
+    // The site counts the nodes and racks of its pools.
+    eventually(WAIT, "the site's node and rack counts", || async {
+        let status = sites.get(&site).await.ok()?.status?;
+        let cpu = status.capacity.as_ref()?.cpu.as_ref()?.0.clone();
+        (status.nodes == 3 && status.racks == 3 && cpu == "96").then_some(())
+    })
+    .await;
+
     // Approval lifts the onboarding taint of that node only.
     let status = pool_ready(&pools, &pool_a, "True").await.status.unwrap();
     assert_eq!((status.nodes.total, status.nodes.onboarding), (2, 2));

@@ -27,7 +27,7 @@ use kube::{
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-use yiyun_crds::{ComputeSite, MaintenanceStatus, NodePool, NodePoolStatus};
+use yiyun_crds::{ComputeSite, ComputeSiteStatus, MaintenanceStatus, NodePool, NodePoolStatus};
 
 use crate::{Error, apply::FIELD_MANAGER, metrics::Metrics, watches};
 
@@ -173,6 +173,12 @@ async fn write_pool_statuses(ctx: Arc<Context>, shutdown: CancellationToken) {
                 warn!(pool = %pool.name_any(), error = %err, "cannot write node-pool status");
             }
         }
+        for site in ctx.sites.state() {
+            let report = status::site_report(&site.name_any(), &pool_refs, &node_refs);
+            if let Err(err) = write_site_status(&site, report, &ctx).await {
+                warn!(site = %site.name_any(), error = %err, "cannot write site status");
+            }
+        }
         let tick = if draining { Duration::from_secs(2) } else { Duration::MAX };
         tokio::select! {
             () = ctx.changed.notified() => {}
@@ -273,5 +279,48 @@ async fn write_status(
     api.patch_status(&pool.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
         .await?;
     ctx.metrics.wrote(CONTROLLER, "NodePoolStatus");
+    Ok(())
+}
+
+async fn write_site_status(
+    site: &ComputeSite,
+    report: status::SiteReport,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let previous = site.status.as_ref();
+    let message = format!("{} node(s) in {} rack(s)", report.nodes, report.racks);
+    let previous_ready = previous.and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
+    let condition = Condition {
+        type_: "Ready".into(),
+        status: "True".into(),
+        reason: "Observed".into(),
+        message,
+        observed_generation: site.metadata.generation,
+        last_transition_time: match previous_ready {
+            Some(c) if c.status == "True" => c.last_transition_time.clone(),
+            _ => Time(Timestamp::now()),
+        },
+    };
+    let status = ComputeSiteStatus {
+        observed_generation: site.metadata.generation,
+        conditions: vec![condition],
+        nodes: report.nodes,
+        racks: report.racks,
+        capacity: Some(report.capacity),
+        allocatable: Some(report.allocatable),
+        allocated: previous.and_then(|s| s.allocated.clone()),
+    };
+    if previous == Some(&status) {
+        return Ok(());
+    }
+    let patch = serde_json::json!({
+        "apiVersion": ComputeSite::api_version(&()),
+        "kind": ComputeSite::kind(&()),
+        "status": status,
+    });
+    let api: Api<ComputeSite> = Api::all(ctx.client.clone());
+    api.patch_status(&site.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+        .await?;
+    ctx.metrics.wrote(CONTROLLER, "ComputeSiteStatus");
     Ok(())
 }

@@ -4,7 +4,7 @@ use k8s_openapi::api::core::v1::Node;
 use yiyun_crds::{NodeCounts, NodePool, NodeResources};
 use yiyun_quota::{Amounts, Milli, Resource};
 
-use super::desired::{is_onboarding, pools_selecting};
+use super::desired::{is_onboarding, pools_selecting, rack_of};
 
 /// Why a pool is not Ready, or `None`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,17 +54,7 @@ pub fn report(pool: &NodePool, pools: &[&NodePool], nodes: &[&Node], site_exists
         if node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false) {
             counts.cordoned += 1;
         }
-        if let Some(node_capacity) = node.status.as_ref().and_then(|s| s.capacity.as_ref()) {
-            for resource in [Resource::Cpu, Resource::Memory, Resource::Gpu, Resource::Pods] {
-                let key = match resource {
-                    Resource::Gpu => "nvidia.com/gpu",
-                    other => other.tenant_key(),
-                };
-                if let Some(amount) = node_capacity.get(key).and_then(|q| Milli::parse(&q.0).ok()) {
-                    capacity.add(&[(resource, amount)].into_iter().collect());
-                }
-            }
-        }
+        capacity.add(&node_amounts(node.status.as_ref().and_then(|s| s.capacity.as_ref())));
     }
     let problem = if !site_exists {
         Some(PoolProblem {
@@ -96,6 +86,57 @@ fn is_ready(node: &Node) -> bool {
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// What a ComputeSite's status says of the nodes of its pools.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SiteReport {
+    pub nodes: i32,
+    pub racks: i32,
+    pub capacity: NodeResources,
+    pub allocatable: NodeResources,
+}
+
+/// Reports on site `site`: the nodes exactly one of its pools holds, their racks and sums.
+pub fn site_report(site: &str, pools: &[&NodePool], nodes: &[&Node]) -> SiteReport {
+    let mut count = 0;
+    let mut racks = std::collections::BTreeSet::new();
+    let (mut capacity, mut allocatable) = (Amounts::default(), Amounts::default());
+    for node in nodes {
+        let [pool] = pools_selecting(node, pools)[..] else { continue };
+        if pool.spec.site != site {
+            continue;
+        }
+        count += 1;
+        if let Some(rack) = rack_of(pool, node) {
+            racks.insert(rack);
+        }
+        let status = node.status.as_ref();
+        capacity.add(&node_amounts(status.and_then(|s| s.capacity.as_ref())));
+        allocatable.add(&node_amounts(status.and_then(|s| s.allocatable.as_ref())));
+    }
+    SiteReport {
+        nodes: count,
+        racks: i32::try_from(racks.len()).unwrap_or(i32::MAX),
+        capacity: node_resources(&capacity),
+        allocatable: node_resources(&allocatable),
+    }
+}
+
+/// The cpu, memory, GPUs and pods of a node's capacity or allocatable list.
+fn node_amounts(
+    list: Option<
+        &std::collections::BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
+    >,
+) -> Amounts {
+    let Some(list) = list else { return Amounts::default() };
+    [Resource::Cpu, Resource::Memory, Resource::Gpu, Resource::Pods]
+        .into_iter()
+        .filter_map(|r| {
+            let key = if r == Resource::Gpu { "nvidia.com/gpu" } else { r.tenant_key() };
+            Some((r, Milli::parse(&list.get(key)?.0).ok()?))
+        })
+        .collect()
 }
 
 fn node_resources(amounts: &Amounts) -> NodeResources {
@@ -158,6 +199,19 @@ mod tests {
         assert!(problem.message.contains("n1 (also b)"), "{}", problem.message);
         let for_b = report(&b, &[&a, &b], &refs, true);
         assert!(for_b.problem.unwrap().message.contains("n1 (also a)"));
+    }
+
+    #[test]
+    fn a_site_counts_the_nodes_and_racks_of_its_pools() {
+        let a = pool("a", "nodeSelector: {matchLabels: {pool: a}}, rack: {nodes: {n1: r1, n2: r1, n3: r2}}");
+        let mut other = pool("o", "nodeNames: [x]");
+        other.spec.site = "elsewhere".into();
+        let nodes = [node("n1", "True", ""), node("n2", "True", ""), node("n3", "False", "")];
+        let refs: Vec<&Node> = nodes.iter().collect();
+        let report = site_report("s", &[&a, &other], &refs);
+        assert_eq!((report.nodes, report.racks), (3, 2));
+        assert_eq!(report.capacity.pods.unwrap().0, "330");
+        assert_eq!(site_report("elsewhere", &[&a, &other], &refs).nodes, 0);
     }
 
     #[test]
