@@ -281,3 +281,90 @@ async fn a_rack_is_drained_through_evictions_and_a_blocking_budget_is_reported()
     sites.delete(&site, &DeleteParams::default()).await.unwrap();
     controller.stop().await;
 }
+
+/// Evictions a running `yiyun controller` has made, from its /metrics.
+fn evictions(admin: std::net::SocketAddr) -> Option<u64> {
+    let (_, metrics) = yiyun_e2e::http_get(admin, "/metrics")?;
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("yiyun_controller_writes_total{") && l.contains("kind=\"Eviction\""));
+    Some(line.and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0))
+}
+
+fn start_controller_process() -> (std::process::Child, std::net::SocketAddr) {
+    let admin: std::net::SocketAddr =
+        format!("127.0.0.1:{}", yiyun_e2e::free_port()).parse().expect("an address");
+    let child = std::process::Command::new(yiyun_e2e::yiyun_bin())
+        .args(["controller", "--admin-addr", &admin.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start yiyun controller");
+    (child, admin)
+}
+
+#[tokio::test]
+async fn a_controller_killed_mid_drain_resumes_without_evicting_twice() {
+    use k8s_openapi::api::core::v1::Pod;
+    let client = client().await;
+    install_crds(&client).await;
+    let _turn = controller_turn().await;
+    let p = unique("resume");
+    let (site, pool, node) = (format!("{p}-site"), format!("{p}-pool"), format!("{p}-n1"));
+    let sites: Api<ComputeSite> = Api::all(client.clone());
+    let pools: Api<NodePool> = Api::all(client.clone());
+    apply(&sites, &site, json!({"apiVersion": "yiyun.io/v1alpha1", "kind": "ComputeSite", "metadata": {"name": site},
+        "spec": {"region": "anhui", "regionClass": "east", "hub": "Yangtze River Delta", "city": "芜湖", "powerPricePerKWh": "0.65", "pue": 1.25, "carbonIntensity": 640}}))
+    .await;
+    kwok_node(&client, &node, json!({})).await;
+    let ns = yiyun_e2e::TestNamespace::create(&client, "resume").await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    // A finalizer keeps the evicted pod terminating, as a slow shutdown would.
+    let mut held = bound_pod("held", &node, "web");
+    held.metadata.finalizers = Some(vec!["e2e.yiyun.io/hold".into()]);
+    pods.create(&PostParams::default(), &held).await.unwrap();
+    pods.create(&PostParams::default(), &bound_pod("free", &node, "web")).await.unwrap();
+
+    let (mut first, admin) = start_controller_process();
+    apply(&pools, &pool, json!({"apiVersion": "yiyun.io/v1alpha1", "kind": "NodePool", "metadata": {"name": pool},
+        "spec": {"site": site, "nodeNames": [node], "onboarding": "Automatic",
+                 "maintenance": [{"name": "swap", "nodes": [node], "reason": "disk swap", "drainTimeout": "10m"}]}}))
+    .await;
+    eventually(WAIT, "the held pod evicted", || async {
+        pods.get("held").await.ok()?.metadata.deletion_timestamp.map(|_| ())
+    })
+    .await;
+    let before = eventually(WAIT, "the first controller's evictions", || async {
+        evictions(admin).filter(|n| *n >= 1)
+    })
+    .await;
+    first.kill().expect("SIGKILL the controller");
+    first.wait().unwrap();
+
+    let (mut second, admin) = start_controller_process();
+    let status = eventually(WAIT, "the resumed drain reported", || async {
+        let pool = pools.get(&pool).await.ok()?;
+        let entry = pool.status?.maintenance.into_iter().find(|m| m.name == "swap")?;
+        (entry.phase == "Draining" && entry.pods_left == 1 && evictions(admin).is_some()).then_some(entry)
+    })
+    .await;
+    // Several drain passes (every 2 s) later, the terminating pod was not evicted again.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(evictions(admin), Some(0), "the restarted controller evicted again (first made {before})");
+    assert!(status.started.is_some(), "the drain keeps its start time across restarts");
+
+    pods.patch("held", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}})))
+        .await
+        .unwrap();
+    eventually(WAIT, "the drain to finish", || async {
+        let pool = pools.get(&pool).await.ok()?;
+        pool.status?.maintenance.into_iter().find(|m| m.name == "swap" && m.phase == "Drained").map(|_| ())
+    })
+    .await;
+    second.kill().unwrap();
+    second.wait().unwrap();
+    ns.delete().await;
+    Api::<Node>::all(client.clone()).delete(&node, &DeleteParams::default()).await.unwrap();
+    pools.delete(&pool, &DeleteParams::default()).await.unwrap();
+    sites.delete(&site, &DeleteParams::default()).await.unwrap();
+}
