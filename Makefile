@@ -3,7 +3,7 @@ SHELL := /bin/bash
 # One target directory shared by every work tree and CI run on this machine.
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/yiyun/target
 
-.PHONY: test lint unit e2e crds demo demo-down cluster-binaries bench-tenancy
+.PHONY: test lint unit e2e crds demo demo-down cluster-binaries bench-tenancy bench-pools
 
 ## test: format check, clippy (warnings denied), unit tests, then e2e tests on a fresh local cluster
 test: lint unit e2e
@@ -38,3 +38,8 @@ demo-down:
 bench-tenancy: cluster-binaries
 	cargo build --release -p yiyun --locked
 	e2e/with-cluster bench-$$$$ $(CARGO_TARGET_DIR)/release/yiyun bench tenancy
+
+## bench-pools: 5,000 kwok nodes in 10 pools on a fresh local cluster
+bench-pools: cluster-binaries
+	cargo build --release -p yiyun --locked
+	e2e/with-cluster bench-$$$$ $(CARGO_TARGET_DIR)/release/yiyun bench pools

@@ -34,6 +34,8 @@ enum Command {
 enum Bench {
     /// A province-wide tenant tree: apply to Ready, a root ceiling change, idle, deletion.
     Tenancy(yiyun_bench::tenancy::Config),
+    /// Thousands of kwok nodes in node pools: labelled, relabelled, idle.
+    Pools(yiyun_bench::pools::Config),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -43,12 +45,16 @@ fn main() -> anyhow::Result<()> {
             print!("{}", yiyun_crds::crds_yaml().context("cannot render the CRDs as YAML")?);
             Ok(())
         }
-        Command::Bench(Bench::Tenancy(config)) => {
+        Command::Bench(bench) => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;
-            runtime.block_on(yiyun_bench::tenancy::run(config)).context("tenancy benchmark failed")
+            match bench {
+                Bench::Tenancy(config) => runtime.block_on(yiyun_bench::tenancy::run(config)),
+                Bench::Pools(config) => runtime.block_on(yiyun_bench::pools::run(config)),
+            }
+            .context("benchmark failed")
         }
         Command::Version => {
             println!("yiyun {}", env!("CARGO_PKG_VERSION"));
