@@ -368,3 +368,93 @@ async fn a_controller_killed_mid_drain_resumes_without_evicting_twice() {
     pools.delete(&pool, &DeleteParams::default()).await.unwrap();
     sites.delete(&site, &DeleteParams::default()).await.unwrap();
 }
+
+#[tokio::test]
+async fn four_hundred_nodes_in_three_sites_and_twenty_racks_carry_their_topology() {
+    let client = client().await;
+    install_crds(&client).await;
+    let _turn = controller_turn().await;
+    let controller = InProcessController::start();
+    let p = unique("topo");
+    let sites: Api<ComputeSite> = Api::all(client.clone());
+    let pools: Api<NodePool> = Api::all(client.clone());
+    let nodes: Api<Node> = Api::all(client.clone());
+    let site_names = [format!("{p}-wuhu-a"), format!("{p}-wuhu-b"), format!("{p}-qingyang")];
+    for (i, (site, class)) in site_names.iter().zip(["east", "east", "west"]).enumerate() {
+        let others: Vec<Value> = site_names
+            .iter()
+            .filter(|o| *o != site)
+            .map(|o| json!({"to": o, "latencyMs": if i == 2 { 32 } else { 1 }, "bandwidthGbps": 20, "pricePerGB": "0.03"}))
+            .collect();
+        apply(&sites, site, json!({"apiVersion": "yiyun.io/v1alpha1", "kind": "ComputeSite", "metadata": {"name": site},
+            "spec": {"region": if class == "east" { "anhui" } else { "gansu" }, "regionClass": class, "hub": "hub", "city": "city",
+                     "powerPricePerKWh": "0.5", "pue": 1.2, "carbonIntensity": 500, "links": others}}))
+        .await;
+    }
+    // Four pools: wuhu-a has two (general and dedicated), the others one each.
+    let pool_sites = [&site_names[0], &site_names[0], &site_names[1], &site_names[2]];
+    for (i, site) in pool_sites.iter().enumerate() {
+        let dedicated = if i == 1 { json!("jj-health") } else { Value::Null };
+        apply(
+            &pools,
+            &format!("{p}-pool{i}"),
+            json!({"apiVersion": "yiyun.io/v1alpha1", "kind": "NodePool",
+            "metadata": {"name": format!("{p}-pool{i}")},
+            "spec": {"site": site, "nodeSelector": {"matchLabels": {"e2e/pool": format!("{p}-pool{i}")}},
+                     "rack": {"label": "e2e/rack"}, "onboarding": "Automatic", "dedicatedTo": dedicated}}),
+        )
+        .await;
+    }
+    // 400 nodes: 100 per pool, 5 racks per pool (20 racks in all).
+    let mut creating = tokio::task::JoinSet::new();
+    for n in 0..400 {
+        let client = client.clone();
+        let (name, pool, rack) =
+            (format!("{p}-n{n}"), format!("{p}-pool{}", n % 4), format!("{p}-r{}", n % 20));
+        creating.spawn(async move {
+            kwok_node(&client, &name, json!({"e2e/pool": pool, "e2e/rack": rack})).await
+        });
+        if creating.len() >= 16 {
+            creating.join_next().await.expect("a task").expect("node created");
+        }
+    }
+    while let Some(done) = creating.join_next().await {
+        done.expect("node created");
+    }
+
+    let prefix = format!("{p}-n");
+    let labelled = eventually(Duration::from_secs(60), "400 nodes labelled", || async {
+        let listed = nodes.list(&Default::default()).await.ok()?;
+        let ours: Vec<Node> =
+            listed.items.into_iter().filter(|n| n.name_any().starts_with(&prefix)).collect();
+        (ours.len() == 400 && ours.iter().all(|n| n.labels().contains_key("yiyun.io/rack"))).then_some(ours)
+    })
+    .await;
+    for node in &labelled {
+        let n: usize = node.name_any().trim_start_matches(&prefix).parse().expect("a node number");
+        let labels = node.labels();
+        assert_eq!(labels["yiyun.io/site"], *pool_sites[n % 4], "{}", node.name_any());
+        assert_eq!(labels["yiyun.io/rack"], format!("{p}-r{}", n % 20));
+        assert_eq!(labels["yiyun.io/region-class"], if n % 4 == 3 { "west" } else { "east" });
+        assert_eq!(labels.contains_key("yiyun.io/dedicated"), n % 4 == 1);
+    }
+    let expected = [(&site_names[0], 200, 10), (&site_names[1], 100, 5), (&site_names[2], 100, 5)];
+    for (site, count, racks) in expected {
+        eventually(WAIT, &format!("site {site} counts"), || async {
+            let status = sites.get(site).await.ok()?.status?;
+            (status.nodes == count && status.racks == racks).then_some(())
+        })
+        .await;
+    }
+
+    for n in 0..400 {
+        nodes.delete(&format!("{p}-n{n}"), &DeleteParams::default()).await.expect("delete node");
+    }
+    for i in 0..4 {
+        pools.delete(&format!("{p}-pool{i}"), &DeleteParams::default()).await.expect("delete pool");
+    }
+    for site in &site_names {
+        sites.delete(site, &DeleteParams::default()).await.expect("delete site");
+    }
+    controller.stop().await;
+}
