@@ -33,8 +33,11 @@ async fn kwok_node(client: &Client, name: &str, labels: Value) {
     Api::<Node>::all(client.clone()).create(&PostParams::default(), &node).await.expect("create a kwok node");
 }
 
+/// The node's taint keys, without the `node.kubernetes.io/*` ones kube-controller-manager adds
+/// and removes on its own (a new node is `not-ready` until kwok reports it Ready).
 fn taints(node: &Node) -> Vec<String> {
-    node.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default().into_iter().map(|t| t.key).collect()
+    let taints = node.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
+    taints.into_iter().map(|t| t.key).filter(|k| !k.starts_with("node.kubernetes.io/")).collect()
 }
 
 async fn node_where(nodes: &Api<Node>, name: &str, what: &str, check: impl Fn(&Node) -> bool) -> Node {
@@ -116,6 +119,22 @@ async fn pool_nodes_are_labelled_onboarded_dedicated_and_moved() {
         .unwrap();
     node_where(&nodes, &a1, "approved", |n| !taints(n).contains(&"yiyun.io/onboarding".to_string())).await;
     assert!(taints(&nodes.get(&a2).await.unwrap()).contains(&"yiyun.io/onboarding".to_string()));
+
+    // What the pods bound to its nodes request is the pool's and the site's allocation.
+    let ns = yiyun_e2e::TestNamespace::create(&client, "alloc").await;
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &ns.name);
+    let mut pod = bound_pod("worker", &a1, "web");
+    pod.spec.as_mut().expect("a spec").containers[0].resources =
+        serde_json::from_value(json!({"requests": {"cpu": "2", "memory": "4Gi"}})).ok();
+    pods.create(&PostParams::default(), &pod).await.expect("create a pod");
+    eventually(WAIT, "the allocation reported", || async {
+        let pool = pools.get(&pool_a).await.ok()?.status?.allocated?;
+        let site = sites.get(&site).await.ok()?.status?.allocated?;
+        let cpu = |r: &yiyun_crds::NodeResources| r.cpu.as_ref().map(|q| q.0.clone());
+        (cpu(&pool).as_deref() == Some("2") && cpu(&site).as_deref() == Some("2")).then_some(())
+    })
+    .await;
+    ns.delete().await;
 
     // A node two pools select is reported by both and left as it was.
     pools

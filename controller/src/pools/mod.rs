@@ -10,7 +10,7 @@ use std::{sync::Arc, time::Duration, time::Instant};
 
 use futures::StreamExt;
 use k8s_openapi::{
-    api::core::v1::Node,
+    api::core::v1::{Node, Pod},
     apimachinery::pkg::apis::meta::v1::{Condition, Time},
     jiff::Timestamp,
 };
@@ -40,6 +40,7 @@ struct Context {
     nodes: Store<Node>,
     pools: Store<NodePool>,
     sites: Store<ComputeSite>,
+    pods: Store<Pod>,
     listed: Vec<watch::Receiver<bool>>,
     /// Poked by every watch event; the status writer waits on it.
     changed: Arc<Notify>,
@@ -60,12 +61,27 @@ pub async fn run(client: Client, metrics: Metrics, shutdown: CancellationToken) 
         watches::reflect(watcher(Api::<NodePool>::all(client.clone()), all.clone()), poke(&changed));
     let (sites, sites_listed, site_events) =
         watches::reflect(watcher(Api::<ComputeSite>::all(client.clone()), all), poke(&changed));
+    // Bound pods only: what they request is what the pools' and sites' nodes have allocated.
+    let bound = watcher::Config::default().fields("spec.nodeName!=");
+    let (pods, pods_listed, pod_events) =
+        watches::reflect(watcher(Api::<Pod>::all(client.clone()), bound), poke(&changed));
+    // Nothing else consumes the pod events; polling them keeps the pod store current.
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            tokio::select! {
+                () = pod_events.for_each(|_| async {}) => {}
+                () = shutdown.cancelled() => {}
+            }
+        }
+    });
     let ctx = Arc::new(Context {
         client,
         nodes: nodes.clone(),
         pools,
         sites,
-        listed: vec![nodes_listed, pools_listed, sites_listed],
+        pods,
+        listed: vec![nodes_listed, pools_listed, sites_listed, pods_listed],
         changed,
         metrics,
     });
@@ -156,10 +172,12 @@ async fn write_pool_statuses(ctx: Arc<Context>, shutdown: CancellationToken) {
         let pool_refs: Vec<&NodePool> = pools.iter().map(Arc::as_ref).collect();
         let nodes = ctx.nodes.state();
         let node_refs: Vec<&Node> = nodes.iter().map(Arc::as_ref).collect();
+        let pods = ctx.pods.state();
+        let requested = status::requested_by_node(pods.iter().map(Arc::as_ref));
         let mut draining = false;
         for pool in &pool_refs {
             let site_exists = ctx.sites.get(&ObjectRef::new(&pool.spec.site)).is_some();
-            let mut report = status::report(pool, &pool_refs, &node_refs, site_exists);
+            let mut report = status::report(pool, &pool_refs, &node_refs, site_exists, &requested);
             let members: Vec<&Node> = node_refs
                 .iter()
                 .copied()
@@ -174,7 +192,7 @@ async fn write_pool_statuses(ctx: Arc<Context>, shutdown: CancellationToken) {
             }
         }
         for site in ctx.sites.state() {
-            let report = status::site_report(&site.name_any(), &pool_refs, &node_refs);
+            let report = status::site_report(&site.name_any(), &pool_refs, &node_refs, &requested);
             if let Err(err) = write_site_status(&site, report, &ctx).await {
                 warn!(site = %site.name_any(), error = %err, "cannot write site status");
             }
@@ -264,7 +282,7 @@ async fn write_status(
         conditions: vec![condition],
         nodes: report.nodes,
         capacity: Some(report.capacity),
-        allocated: previous.and_then(|s| s.allocated.clone()),
+        allocated: Some(report.allocated),
         maintenance,
     };
     if previous == Some(&status) {
@@ -308,7 +326,7 @@ async fn write_site_status(
         racks: report.racks,
         capacity: Some(report.capacity),
         allocatable: Some(report.allocatable),
-        allocated: previous.and_then(|s| s.allocated.clone()),
+        allocated: Some(report.allocated),
     };
     if previous == Some(&status) {
         return Ok(());

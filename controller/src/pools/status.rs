@@ -1,6 +1,6 @@
 //! What a NodePool's status says, from the nodes and pools the watches hold. Pure: no I/O.
 
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use yiyun_crds::{NodeCounts, NodePool, NodeResources};
 use yiyun_quota::{Amounts, Milli, Resource};
 
@@ -18,14 +18,22 @@ pub struct PoolProblem {
 pub struct PoolReport {
     pub nodes: NodeCounts,
     pub capacity: NodeResources,
+    pub allocated: NodeResources,
     pub problem: Option<PoolProblem>,
 }
 
 /// Reports on `pool` among `pools`; `site_exists` tells whether its ComputeSite does.
-pub fn report(pool: &NodePool, pools: &[&NodePool], nodes: &[&Node], site_exists: bool) -> PoolReport {
+pub fn report(
+    pool: &NodePool,
+    pools: &[&NodePool],
+    nodes: &[&Node],
+    site_exists: bool,
+    requested: &Requested,
+) -> PoolReport {
     let name = pool.metadata.name.as_deref().unwrap_or_default();
     let mut counts = NodeCounts::default();
     let mut capacity = Amounts::default();
+    let mut allocated = Amounts::default();
     let mut conflicts: Vec<String> = Vec::new();
     for node in nodes {
         let selecting = pools_selecting(node, pools);
@@ -55,6 +63,7 @@ pub fn report(pool: &NodePool, pools: &[&NodePool], nodes: &[&Node], site_exists
             counts.cordoned += 1;
         }
         capacity.add(&node_amounts(node.status.as_ref().and_then(|s| s.capacity.as_ref())));
+        allocated.add(requested.get(&node_name).unwrap_or(&Amounts::default()));
     }
     let problem = if !site_exists {
         Some(PoolProblem {
@@ -78,7 +87,12 @@ pub fn report(pool: &NodePool, pools: &[&NodePool], nodes: &[&Node], site_exists
     } else {
         None
     };
-    PoolReport { nodes: counts, capacity: node_resources(&capacity), problem }
+    PoolReport {
+        nodes: counts,
+        capacity: node_resources(&capacity),
+        allocated: node_resources(&allocated),
+        problem,
+    }
 }
 
 fn is_ready(node: &Node) -> bool {
@@ -95,13 +109,15 @@ pub struct SiteReport {
     pub racks: i32,
     pub capacity: NodeResources,
     pub allocatable: NodeResources,
+    pub allocated: NodeResources,
 }
 
 /// Reports on site `site`: the nodes exactly one of its pools holds, their racks and sums.
-pub fn site_report(site: &str, pools: &[&NodePool], nodes: &[&Node]) -> SiteReport {
+pub fn site_report(site: &str, pools: &[&NodePool], nodes: &[&Node], requested: &Requested) -> SiteReport {
     let mut count = 0;
     let mut racks = std::collections::BTreeSet::new();
-    let (mut capacity, mut allocatable) = (Amounts::default(), Amounts::default());
+    let (mut capacity, mut allocatable, mut allocated) =
+        (Amounts::default(), Amounts::default(), Amounts::default());
     for node in nodes {
         let [pool] = pools_selecting(node, pools)[..] else { continue };
         if pool.spec.site != site {
@@ -114,13 +130,60 @@ pub fn site_report(site: &str, pools: &[&NodePool], nodes: &[&Node]) -> SiteRepo
         let status = node.status.as_ref();
         capacity.add(&node_amounts(status.and_then(|s| s.capacity.as_ref())));
         allocatable.add(&node_amounts(status.and_then(|s| s.allocatable.as_ref())));
+        if let Some(requests) = node.metadata.name.as_ref().and_then(|n| requested.get(n)) {
+            allocated.add(requests);
+        }
     }
     SiteReport {
         nodes: count,
         racks: i32::try_from(racks.len()).unwrap_or(i32::MAX),
         capacity: node_resources(&capacity),
         allocatable: node_resources(&allocatable),
+        allocated: node_resources(&allocated),
     }
+}
+
+/// Requests of the pods bound to each node, by node name.
+pub type Requested = std::collections::BTreeMap<String, Amounts>;
+
+/// Sums what the bound, unfinished pods request, node by node.
+pub fn requested_by_node<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> Requested {
+    let mut requested = Requested::new();
+    for pod in pods {
+        let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else { continue };
+        let finished = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.as_deref())
+            .is_some_and(|p| p == "Succeeded" || p == "Failed");
+        if !finished {
+            requested.entry(node).or_default().add(&pod_requests(pod));
+        }
+    }
+    requested
+}
+
+/// What a pod reserves on its node, as the scheduler counts it: the larger of its containers'
+/// sum and any one init container, per resource, plus its overhead; one pod slot.
+pub fn pod_requests(pod: &Pod) -> Amounts {
+    let Some(spec) = &pod.spec else { return Amounts::default() };
+    let of = |resources: Option<&k8s_openapi::api::core::v1::ResourceRequirements>| {
+        node_amounts(resources.and_then(|r| r.requests.as_ref()))
+    };
+    let mut total = Amounts::default();
+    for container in &spec.containers {
+        total.add(&of(container.resources.as_ref()));
+    }
+    for init in spec.init_containers.iter().flatten() {
+        for (resource, amount) in of(init.resources.as_ref()).0 {
+            if amount > total.amount(resource) {
+                total.set(resource, amount);
+            }
+        }
+    }
+    total.add(&node_amounts(spec.overhead.as_ref()));
+    total.set(Resource::Pods, Milli::units(1));
+    total
 }
 
 /// The cpu, memory, GPUs and pods of a node's capacity or allocatable list.
@@ -176,7 +239,20 @@ mod tests {
         let nodes =
             [node("n1", "True", ""), node("n2", "False", "unschedulable: true"), node("n3", "True", "")];
         let refs: Vec<&Node> = nodes.iter().collect();
-        let report = report(&a, &[&a], &refs, true);
+        let pods: Vec<Pod> = vec![
+            yaml(
+                "metadata: {name: web}\nspec: {nodeName: n1, containers: [{name: a, resources: {requests: {cpu: 1500m, memory: 1Gi}}}, {name: b, resources: {requests: {cpu: 500m}}}], initContainers: [{name: init, resources: {requests: {cpu: \"3\"}}}]}\n",
+            ),
+            yaml(
+                "metadata: {name: done}\nspec: {nodeName: n2, containers: [{name: a, resources: {requests: {cpu: \"8\"}}}]}\nstatus: {phase: Succeeded}\n",
+            ),
+        ];
+        let requested = requested_by_node(&pods);
+        let report = report(&a, &[&a], &refs, true, &requested);
+        let allocated = report.allocated.clone();
+        assert_eq!(allocated.cpu.unwrap().0, "3", "the init container's 3 CPUs exceed the containers' 2");
+        assert_eq!(allocated.memory.unwrap().0, "1Gi");
+        assert_eq!(allocated.pods.unwrap().0, "1", "a finished pod holds nothing");
         assert_eq!(
             report.nodes,
             NodeCounts { total: 3, ready: 2, not_ready: 1, onboarding: 1, cordoned: 1, draining: 0 }
@@ -192,12 +268,12 @@ mod tests {
         let b = pool("b", "nodeNames: [n1]");
         let nodes = [node("n1", "True", ""), node("n2", "True", "")];
         let refs: Vec<&Node> = nodes.iter().collect();
-        let for_a = report(&a, &[&a, &b], &refs, true);
+        let for_a = report(&a, &[&a, &b], &refs, true, &Requested::new());
         assert_eq!(for_a.nodes.total, 1);
         let problem = for_a.problem.unwrap();
         assert_eq!(problem.reason, "NodeConflict");
         assert!(problem.message.contains("n1 (also b)"), "{}", problem.message);
-        let for_b = report(&b, &[&a, &b], &refs, true);
+        let for_b = report(&b, &[&a, &b], &refs, true, &Requested::new());
         assert!(for_b.problem.unwrap().message.contains("n1 (also a)"));
     }
 
@@ -208,16 +284,16 @@ mod tests {
         other.spec.site = "elsewhere".into();
         let nodes = [node("n1", "True", ""), node("n2", "True", ""), node("n3", "False", "")];
         let refs: Vec<&Node> = nodes.iter().collect();
-        let report = site_report("s", &[&a, &other], &refs);
+        let report = site_report("s", &[&a, &other], &refs, &Requested::new());
         assert_eq!((report.nodes, report.racks), (3, 2));
         assert_eq!(report.capacity.pods.unwrap().0, "330");
-        assert_eq!(site_report("elsewhere", &[&a, &other], &refs).nodes, 0);
+        assert_eq!(site_report("elsewhere", &[&a, &other], &refs, &Requested::new()).nodes, 0);
     }
 
     #[test]
     fn a_missing_site_is_reported() {
         let a = pool("a", "nodeNames: [n1]");
-        let problem = report(&a, &[&a], &[], false).problem.unwrap();
+        let problem = report(&a, &[&a], &[], false, &Requested::new()).problem.unwrap();
         assert_eq!(problem.reason, "SiteNotFound");
         assert!(problem.message.contains("\"s\""));
     }
