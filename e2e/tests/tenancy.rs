@@ -317,6 +317,8 @@ async fn edited_or_deleted_managed_objects_are_restored() {
     let quotas: Api<ResourceQuota> = Api::namespaced(client.clone(), &tree.ns_a1);
     let hack = json!({"spec": {"hard": {"requests.cpu": "1000"}}});
     quotas.patch("yiyun-quota", &PatchParams::default(), &Patch::Merge(&hack)).await.unwrap();
+    let a2_quotas: Api<ResourceQuota> = Api::namespaced(client.clone(), &tree.ns_a2);
+    a2_quotas.delete("yiyun-quota", &DeleteParams::default()).await.unwrap();
     let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), &tree.ns_a1);
     bindings.delete("yiyun-owners", &DeleteParams::default()).await.unwrap();
     let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), &tree.ns_a1);
@@ -327,6 +329,10 @@ async fn edited_or_deleted_managed_objects_are_restored() {
 
     eventually(WAIT, "the quota restored", || async {
         (quota_cpu(&quotas.get("yiyun-quota").await.ok()?) == "2").then_some(())
+    })
+    .await;
+    eventually(WAIT, "the deleted quota restored", || async {
+        (quota_cpu(&a2_quotas.get_opt("yiyun-quota").await.ok()??) == "2").then_some(())
     })
     .await;
     eventually(WAIT, "the owners' binding restored", || async {

@@ -18,7 +18,7 @@ use k8s_openapi::{
     },
 };
 use yiyun_crds::{NetworkIsolation, SubjectKind, Tenant};
-use yiyun_quota::{Amounts, Resource, TenantPlan};
+use yiyun_quota::{Amounts, Milli, Resource, TenantPlan};
 
 use yiyun_crds::labels::{ORPHANED_FROM, SECURITY_LEVEL, TENANT, managed_labels, tree_label};
 
@@ -106,6 +106,18 @@ fn meta(name: &str, namespace: &str, tenant: &str) -> ObjectMeta {
         labels: Some(managed_labels(tenant)),
         ..ObjectMeta::default()
     }
+}
+
+/// Whether a namespace's ResourceQuota limits are what the plan wants for it (by value: the
+/// apiserver rewrites quantities in canonical form).
+pub fn quota_as_planned(plan: &TenantPlan, namespace: &str, current: &BTreeMap<String, Quantity>) -> bool {
+    let wanted = quota_hard(&plan.namespace_hard.get(namespace).cloned().unwrap_or_default());
+    wanted.len() == current.len()
+        && wanted.iter().all(|(key, q)| {
+            current.get(key).is_some_and(|c| {
+                c.0 == q.0 || matches!((Milli::parse(&c.0), Milli::parse(&q.0)), (Ok(a), Ok(b)) if a == b)
+            })
+        })
 }
 
 fn quota_hard(hard: &Amounts) -> BTreeMap<String, Quantity> {

@@ -161,7 +161,27 @@ pub async fn run(
     Controller::for_stream(tenant_events, tenants)
         .with_config(ControllerConfig::default().concurrency(64).debounce(Duration::from_millis(100)))
         .watches_stream(namespace_events, |ns| tenant_of(&ns))
-        .watches_stream(quota_events, |o| tenant_of(&o))
+        .watches_stream(quota_events, {
+            // Most quota events are status updates (usage counted by kube-controller-manager)
+            // or the echo of yiyun's own write; the planner follows usage already. Only a quota
+            // whose limits differ from the plan needs its tenant reconciled.
+            let plans = ctx.plans.clone();
+            let quotas = ctx.stores.quotas.clone();
+            move |quota: ResourceQuota| {
+                let tenant = tenant_of(&quota)?;
+                // Gone from the store: deleted, and to be restored.
+                if quotas.get(&ObjectRef::from_obj(&quota)).is_none() {
+                    return Some(tenant);
+                }
+                let latest = plans.latest.borrow().clone();
+                let planned = latest.as_ref().and_then(|plan| plan.get(&tenant.name));
+                let hard = quota.spec.as_ref().and_then(|s| s.hard.clone()).unwrap_or_default();
+                let namespace = quota.metadata.namespace.clone().unwrap_or_default();
+                let as_planned = planned
+                    .is_some_and(|p| p.problem.is_some() || desired::quota_as_planned(p, &namespace, &hard));
+                (!as_planned).then_some(tenant)
+            }
+        })
         .watches_stream(limit_range_events, |o| tenant_of(&o))
         .watches_stream(role_binding_events, |o| tenant_of(&o))
         .watches_stream(network_policy_events, |o| tenant_of(&o))
