@@ -25,8 +25,9 @@ use kube::{
     Api, Client, Resource,
     core::PartialObjectMeta,
     runtime::{
-        Controller,
+        Controller, Predicate, PredicateConfig, WatchStreamExt,
         controller::Config as ControllerConfig,
+        predicates,
         reflector::{ObjectRef, Store},
         watcher,
     },
@@ -158,6 +159,10 @@ pub async fn run(
     });
 
     info!("tenancy controller starting");
+    // A Tenant's own status writes need no reconcile (the planner follows what they change);
+    // its spec (generation, which deletion bumps too) and finalizers do.
+    let tenant_events = tenant_events
+        .predicate_filter(predicates::generation.combine(predicates::finalizers), PredicateConfig::default());
     Controller::for_stream(tenant_events, tenants)
         .with_config(ControllerConfig::default().concurrency(64).debounce(Duration::from_millis(100)))
         .watches_stream(namespace_events, |ns| tenant_of(&ns))
