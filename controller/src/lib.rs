@@ -4,6 +4,7 @@
 mod apply;
 mod metrics;
 mod pools;
+mod status;
 mod tenancy;
 mod watches;
 

@@ -115,6 +115,23 @@ pub fn kubectl(args: &[&str]) -> Output {
     Command::new("kubectl").args(args).output().expect("kubectl on PATH (see `e2e/cluster env`)")
 }
 
+/// `kubectl apply -f -` of `manifest` (YAML or JSON); whether it succeeded, and what it printed
+/// on stdout and stderr.
+pub fn kubectl_apply(manifest: &str) -> (bool, String) {
+    use std::io::Write;
+    let mut child = Command::new("kubectl")
+        .args(["apply", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl on PATH (see `e2e/cluster env`)");
+    child.stdin.take().expect("stdin").write_all(manifest.as_bytes()).expect("write to kubectl");
+    let out = child.wait_with_output().expect("kubectl finishes");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
 /// The `yiyun` binary of this build: `$YIYUN_BIN`, or `yiyun` next to the test binary's
 /// directory (`cargo build -p yiyun` puts it there; `make e2e` does so first).
 pub fn yiyun_bin() -> PathBuf {

@@ -1,23 +1,6 @@
 //! ComputeSite and NodePool: the schema and CEL rules the apiserver enforces.
 
-use std::process::{Command, Stdio};
-
-use yiyun_e2e::{client, install_crds, kubectl, unique};
-
-/// `kubectl apply` of `yaml`; returns whether it succeeded and what it printed.
-fn apply(yaml: &str) -> (bool, String) {
-    let mut child = Command::new("kubectl")
-        .args(["apply", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kubectl on PATH");
-    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), yaml.as_bytes()).expect("write yaml");
-    let out = child.wait_with_output().expect("kubectl finishes");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.success(), text)
-}
+use yiyun_e2e::{client, install_crds, kubectl, kubectl_apply as apply, unique};
 
 #[tokio::test]
 async fn the_example_sites_and_pools_are_valid_and_shown_usefully() {

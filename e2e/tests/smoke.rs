@@ -14,8 +14,8 @@ use kube::{
 };
 use yiyun_crds::Tenant;
 use yiyun_e2e::{
-    FIELD_MANAGER, TestNamespace, client, eventually, free_port, http_get, install_crds, kubectl, unique,
-    within, yiyun_bin,
+    FIELD_MANAGER, TestNamespace, client, eventually, free_port, http_get, install_crds, kubectl,
+    kubectl_apply, unique, within, yiyun_bin,
 };
 
 #[tokio::test]
@@ -110,26 +110,15 @@ async fn level_names_are_checked_by_the_schema() {
     install_crds(&client).await;
     // A level outside the enum cannot even be expressed in the Rust type: post raw JSON.
     let name = unique("badlevel");
-    let out = kubectl_apply_json(&serde_json::json!({
-        "apiVersion": "yiyun.io/v1alpha1", "kind": "Tenant", "metadata": {"name": name},
-        "spec": {"displayName": "x", "level": "village", "parent": "p"}
-    }));
-    assert!(!out.status.success(), "a Tenant of level village was accepted");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("spec.level") && stderr.contains("Unsupported value: \"village\""), "{stderr}");
-}
-
-fn kubectl_apply_json(object: &serde_json::Value) -> std::process::Output {
-    let mut child = Command::new("kubectl")
-        .args(["apply", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kubectl on PATH");
-    use std::io::Write;
-    child.stdin.take().expect("stdin").write_all(object.to_string().as_bytes()).expect("write to kubectl");
-    child.wait_with_output().expect("kubectl finishes")
+    let (ok, out) = kubectl_apply(
+        &serde_json::json!({
+            "apiVersion": "yiyun.io/v1alpha1", "kind": "Tenant", "metadata": {"name": name},
+            "spec": {"displayName": "x", "level": "village", "parent": "p"}
+        })
+        .to_string(),
+    );
+    assert!(!ok, "a Tenant of level village was accepted");
+    assert!(out.contains("spec.level") && out.contains("Unsupported value: \"village\""), "{out}");
 }
 
 #[tokio::test]

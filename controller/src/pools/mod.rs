@@ -9,14 +9,10 @@ mod status;
 use std::{sync::Arc, time::Duration, time::Instant};
 
 use futures::StreamExt;
-use k8s_openapi::{
-    api::core::v1::{Node, Pod},
-    apimachinery::pkg::apis::meta::v1::{Condition, Time},
-    jiff::Timestamp,
-};
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::{
-    Api, Client, Resource, ResourceExt,
-    api::{Patch, PatchParams, PostParams},
+    Api, Client, ResourceExt,
+    api::PostParams,
     runtime::{
         Controller,
         controller::{Action, Config as ControllerConfig},
@@ -259,23 +255,19 @@ async fn write_status(
     ctx: &Context,
 ) -> Result<(), Error> {
     let previous = pool.status.as_ref();
-    let (state, reason, message) = match &report.problem {
-        Some(problem) => ("False", problem.reason.to_string(), problem.message.clone()),
+    let conditions = previous.map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let condition = match &report.problem {
+        Some(problem) => crate::status::ready_condition(
+            conditions,
+            false,
+            problem.reason,
+            &problem.message,
+            pool.metadata.generation,
+        ),
         None => {
-            ("True", "Reconciled".to_string(), format!("{} node(s) labelled and tainted", report.nodes.total))
+            let message = format!("{} node(s) labelled and tainted", report.nodes.total);
+            crate::status::ready_condition(conditions, true, "Reconciled", &message, pool.metadata.generation)
         }
-    };
-    let previous_ready = previous.and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
-    let condition = Condition {
-        type_: "Ready".into(),
-        status: state.into(),
-        reason,
-        message,
-        observed_generation: pool.metadata.generation,
-        last_transition_time: match previous_ready {
-            Some(c) if c.status == state => c.last_transition_time.clone(),
-            _ => Time(Timestamp::now()),
-        },
     };
     let status = NodePoolStatus {
         observed_generation: pool.metadata.generation,
@@ -285,18 +277,10 @@ async fn write_status(
         allocated: Some(report.allocated),
         maintenance,
     };
-    if previous == Some(&status) {
-        return Ok(());
-    }
-    let patch = serde_json::json!({
-        "apiVersion": NodePool::api_version(&()),
-        "kind": NodePool::kind(&()),
-        "status": status,
-    });
     let api: Api<NodePool> = Api::all(ctx.client.clone());
-    api.patch_status(&pool.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
-        .await?;
-    ctx.metrics.wrote(CONTROLLER, "NodePoolStatus");
+    if crate::status::write_status(&api, &pool.name_any(), previous, &status).await? {
+        ctx.metrics.wrote(CONTROLLER, "NodePoolStatus");
+    }
     Ok(())
 }
 
@@ -307,18 +291,9 @@ async fn write_site_status(
 ) -> Result<(), Error> {
     let previous = site.status.as_ref();
     let message = format!("{} node(s) in {} rack(s)", report.nodes, report.racks);
-    let previous_ready = previous.and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
-    let condition = Condition {
-        type_: "Ready".into(),
-        status: "True".into(),
-        reason: "Observed".into(),
-        message,
-        observed_generation: site.metadata.generation,
-        last_transition_time: match previous_ready {
-            Some(c) if c.status == "True" => c.last_transition_time.clone(),
-            _ => Time(Timestamp::now()),
-        },
-    };
+    let conditions = previous.map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let condition =
+        crate::status::ready_condition(conditions, true, "Observed", &message, site.metadata.generation);
     let status = ComputeSiteStatus {
         observed_generation: site.metadata.generation,
         conditions: vec![condition],
@@ -328,17 +303,9 @@ async fn write_site_status(
         allocatable: Some(report.allocatable),
         allocated: Some(report.allocated),
     };
-    if previous == Some(&status) {
-        return Ok(());
-    }
-    let patch = serde_json::json!({
-        "apiVersion": ComputeSite::api_version(&()),
-        "kind": ComputeSite::kind(&()),
-        "status": status,
-    });
     let api: Api<ComputeSite> = Api::all(ctx.client.clone());
-    api.patch_status(&site.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
-        .await?;
-    ctx.metrics.wrote(CONTROLLER, "ComputeSiteStatus");
+    if crate::status::write_status(&api, &site.name_any(), previous, &status).await? {
+        ctx.metrics.wrote(CONTROLLER, "ComputeSiteStatus");
+    }
     Ok(())
 }

@@ -3,11 +3,7 @@
 
 use std::{sync::Arc, time::Duration, time::Instant};
 
-use k8s_openapi::{
-    api::core::v1::Namespace,
-    apimachinery::pkg::apis::meta::v1::{Condition, Time},
-    jiff::Timestamp,
-};
+use k8s_openapi::api::core::v1::Namespace;
 use kube::{
     Api, Resource, ResourceExt,
     api::{DeleteParams, Patch, PatchParams},
@@ -227,18 +223,15 @@ async fn release_tenant(tenant: &Tenant, ctx: &Context) -> Result<Action, Error>
     Ok(Action::await_change())
 }
 
+/// The Ready condition a reconcile ends with.
 struct ReadyCondition {
-    status: &'static str,
+    ready: bool,
     reason: String,
     message: String,
 }
 
 fn ready(ok: bool, reason: &str, message: &str) -> ReadyCondition {
-    ReadyCondition {
-        status: if ok { "True" } else { "False" },
-        reason: reason.into(),
-        message: message.into(),
-    }
+    ReadyCondition { ready: ok, reason: reason.into(), message: message.into() }
 }
 
 /// Writes the status when it differs from what the object already shows.
@@ -249,19 +242,14 @@ async fn write_status(
     ctx: &Context,
 ) -> Result<(), Error> {
     let previous = tenant.status.as_ref();
-    let previous_ready = previous.and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
-    let unchanged = previous_ready.is_some_and(|c| c.status == readiness.status);
-    let condition = Condition {
-        type_: "Ready".into(),
-        status: readiness.status.into(),
-        reason: readiness.reason,
-        message: readiness.message,
-        observed_generation: tenant.metadata.generation,
-        last_transition_time: match previous_ready {
-            Some(c) if unchanged => c.last_transition_time.clone(),
-            _ => Time(Timestamp::now()),
-        },
-    };
+    let conditions = previous.map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let condition = crate::status::ready_condition(
+        conditions,
+        readiness.ready,
+        &readiness.reason,
+        &readiness.message,
+        tenant.metadata.generation,
+    );
     let status = TenantStatus {
         observed_generation: tenant.metadata.generation,
         conditions: vec![condition],
@@ -282,17 +270,8 @@ async fn write_status(
         },
         children: i32::try_from(plan.children.len()).unwrap_or(i32::MAX),
     };
-    if previous == Some(&status) {
-        return Ok(());
-    }
     let api: Api<Tenant> = Api::all(ctx.client.clone());
-    let patch = serde_json::json!({
-        "apiVersion": Tenant::api_version(&()),
-        "kind": Tenant::kind(&()),
-        "status": status,
-    });
-    api.patch_status(&tenant.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
-        .await?;
-    write(ctx, "TenantStatus", true);
+    let wrote = crate::status::write_status(&api, &tenant.name_any(), previous, &status).await?;
+    write(ctx, "TenantStatus", wrote);
     Ok(())
 }
