@@ -15,6 +15,20 @@ use kube::{
     api::{Patch, PatchParams},
 };
 
+/// Options every benchmark takes.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Common {
+    /// Writes in flight at once, for the baseline and for what the benchmark applies.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// How long to watch the idle controller.
+    #[arg(long, default_value_t = 60)]
+    pub idle_seconds: u64,
+    /// Give up on a phase after this long.
+    #[arg(long, default_value_t = 600)]
+    pub timeout_seconds: u64,
+}
+
 /// Errors of a benchmark run.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -19,7 +19,7 @@ use kube::{
 use serde_json::json;
 use yiyun_crds::{ComputeSite, NodePool};
 
-use crate::{Controller, Error, MANAGER, idle, install_crds, progress, wait_until};
+use crate::{Common, Controller, Error, MANAGER, idle, install_crds, progress, wait_until};
 
 const PREFIX: &str = "bench-node";
 const POOL_LABEL: &str = "bench.yiyun.io/pool";
@@ -33,15 +33,8 @@ pub struct Config {
     /// Pools to spread them over.
     #[arg(long, default_value_t = 10)]
     pub pools: usize,
-    /// Writes in flight at once for the baseline.
-    #[arg(long, default_value_t = 16)]
-    pub concurrency: usize,
-    /// How long to watch the idle controller.
-    #[arg(long, default_value_t = 60)]
-    pub idle_seconds: u64,
-    /// Give up on a phase after this long.
-    #[arg(long, default_value_t = 600)]
-    pub timeout_seconds: u64,
+    #[command(flatten)]
+    pub common: Common,
 }
 
 fn node_object(i: usize, pools: usize) -> Node {
@@ -68,7 +61,7 @@ fn pool_object(pool: usize, extra_labels: serde_json::Value) -> serde_json::Valu
 /// Runs the benchmark and prints its table.
 pub async fn run(config: Config) -> Result<(), Error> {
     let client = Client::try_default().await?;
-    let timeout = Duration::from_secs(config.timeout_seconds);
+    let timeout = Duration::from_secs(config.common.timeout_seconds);
     install_crds(&client, timeout).await?;
     let sites: Api<ComputeSite> = Api::all(client.clone());
     for (name, class) in [("bench-east", "east"), ("bench-west", "west")] {
@@ -86,7 +79,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         let node = node_object(i, config.pools);
         async move { nodes.create(&PostParams::default(), &node).await.map(|_| ()) }
     }))
-    .buffer_unordered(config.concurrency)
+    .buffer_unordered(config.common.concurrency)
     .try_collect::<Vec<()>>()
     .await?;
     let created = started.elapsed();
@@ -101,7 +94,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
                 .map(|_| ())
         }
     }))
-    .buffer_unordered(config.concurrency)
+    .buffer_unordered(config.common.concurrency)
     .try_collect::<Vec<()>>()
     .await?;
     let baseline = started.elapsed();
@@ -151,7 +144,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
 
     // 4. Idle.
     progress("phase 4/4: idle");
-    let (idle_reconciles, idle_writes, idle_cpu) = idle(&controller, config.idle_seconds).await?;
+    let (idle_reconciles, idle_writes, idle_cpu) = idle(&controller, config.common.idle_seconds).await?;
     let rss = controller.peak_rss_mib();
     controller.stop();
     watch.abort();
@@ -161,7 +154,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         let nodes = nodes.clone();
         async move { nodes.delete(&format!("{PREFIX}-{i}"), &DeleteParams::default()).await.map(|_| ()) }
     }))
-    .buffer_unordered(config.concurrency)
+    .buffer_unordered(config.common.concurrency)
     .try_collect::<Vec<()>>()
     .await?;
     for pool in 0..config.pools {
@@ -173,7 +166,11 @@ pub async fn run(config: Config) -> Result<(), Error> {
     println!("yiyun bench pools: {} kwok nodes in {} pools", config.nodes, config.pools);
     println!("| measure | result |");
     println!("|---|---|");
-    println!("| create the nodes (plain client, concurrency {}) | {} |", config.concurrency, secs(created));
+    println!(
+        "| create the nodes (plain client, concurrency {}) | {} |",
+        config.common.concurrency,
+        secs(created)
+    );
     println!("| baseline: one label patch per node, directly | {} |", secs(baseline));
     println!(
         "| pools applied → every node labelled | {} ({:.2}× baseline) |",
@@ -183,7 +180,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     println!("| controller CPU until labelled | {cpu_label:.1} s |");
     println!("| pool-wide label change ({in_pool} nodes) | {} |", secs(to_relabel));
     println!("| idle reconciles / writes per minute | {idle_reconciles:.1} / {idle_writes:.1} |");
-    println!("| idle controller CPU over {}s | {idle_cpu:.2} s |", config.idle_seconds);
+    println!("| idle controller CPU over {}s | {idle_cpu:.2} s |", config.common.idle_seconds);
     println!("| controller peak RSS | {rss:.0} MiB |");
     Ok(())
 }

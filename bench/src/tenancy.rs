@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 use yiyun_crds::Tenant;
 use yiyun_quota::{Amounts, Level, Milli, Resource, Standing, TenantNode, World};
 
-use crate::{Controller, Error, MANAGER, idle, install_crds, progress, wait_until};
+use crate::{Common, Controller, Error, MANAGER, idle, install_crds, progress, wait_until};
 
 const PREFIX: &str = "bench";
 
@@ -38,15 +38,8 @@ pub struct Config {
     /// Namespaces per tenant.
     #[arg(long, default_value_t = 2)]
     pub namespaces: usize,
-    /// Writes in flight at once, for the baseline and for applying the tree.
-    #[arg(long, default_value_t = 16)]
-    pub concurrency: usize,
-    /// How long to watch the idle controller.
-    #[arg(long, default_value_t = 60)]
-    pub idle_seconds: u64,
-    /// Give up on a phase after this long.
-    #[arg(long, default_value_t = 600)]
-    pub timeout_seconds: u64,
+    #[command(flatten)]
+    pub common: Common,
 }
 
 /// One tenant of the generated tree.
@@ -152,7 +145,7 @@ pub fn expected_allocations(specs: &[Spec], root_max: u32, per_tenant: usize) ->
 /// Runs the benchmark and prints its table.
 pub async fn run(config: Config) -> Result<(), Error> {
     let client = Client::try_default().await?;
-    let timeout = Duration::from_secs(config.timeout_seconds);
+    let timeout = Duration::from_secs(config.common.timeout_seconds);
     let specs = tree(config.tenants);
     let namespaces = specs.len() * config.namespaces;
     progress(&format!(
@@ -168,7 +161,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let started = Instant::now();
     let baseline_names: Vec<String> = (0..namespaces).map(|i| format!("{PREFIX}-base-{i}")).collect();
     stream::iter(baseline_names.iter().map(|ns| write_baseline_namespace(&client, ns)))
-        .buffer_unordered(config.concurrency)
+        .buffer_unordered(config.common.concurrency)
         .try_collect::<Vec<()>>()
         .await?;
     let baseline = started.elapsed();
@@ -184,7 +177,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let started = Instant::now();
     let root_max = 20000;
     stream::iter(specs.iter().map(|spec| apply(&client, tenant_object(spec, root_max, config.namespaces))))
-        .buffer_unordered(config.concurrency)
+        .buffer_unordered(config.common.concurrency)
         .try_collect::<Vec<()>>()
         .await?;
     let applied = started.elapsed();
@@ -218,13 +211,13 @@ pub async fn run(config: Config) -> Result<(), Error> {
 
     // 4. Idle.
     progress("phase 4/5: idle");
-    let (idle_reconciles, idle_writes, idle_cpu) = idle(&controller, config.idle_seconds).await?;
+    let (idle_reconciles, idle_writes, idle_cpu) = idle(&controller, config.common.idle_seconds).await?;
 
     // 5. Deletion, leaves first through the finalizers.
     progress("phase 5/5: deleting the tree");
     let started = Instant::now();
     stream::iter(specs.iter().map(|s| delete(&tenants, &s.name)))
-        .buffer_unordered(config.concurrency)
+        .buffer_unordered(config.common.concurrency)
         .try_collect::<Vec<()>>()
         .await?;
     wait_until(timeout, "every tenant gone", || async {
@@ -246,7 +239,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     println!(
         "yiyun bench tenancy: {} tenants, {namespaces} namespaces, concurrency {}",
         specs.len(),
-        config.concurrency
+        config.common.concurrency
     );
     println!("| measure | result | target |");
     println!("|---|---|---|");
@@ -269,7 +262,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     );
     println!("| idle reconciles per minute | {idle_reconciles:.1} | 0 beyond resyncs (every 30 min) |");
     println!("| idle writes per minute | {idle_writes:.1} | 0 |");
-    println!("| idle controller CPU over {}s | {idle_cpu:.2} s | |", config.idle_seconds);
+    println!("| idle controller CPU over {}s | {idle_cpu:.2} s | |", config.common.idle_seconds);
     println!("| tree deleted (finalizers, Delete policy) | {} | |", secs(to_delete));
     println!("| controller peak RSS | {peak_rss:.0} MiB | |");
     println!("| controller CPU in total | {total_cpu:.1} s | |");
