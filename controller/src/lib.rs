@@ -37,6 +37,8 @@ pub enum Error {
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     #[error("a watch stopped before it had listed")]
     WatchStopped,
+    #[error("the watches have not listed yet (is the apiserver reachable?)")]
+    NotSynced,
     #[error("tenant {tenant} waits for its children to be deleted: {}", children.join(", "))]
     HasChildren { tenant: String, children: Vec<String> },
 }
@@ -54,6 +56,7 @@ impl Error {
                 Finalizer::UnnamedObject | Finalizer::InvalidFinalizer => "finalizer",
             },
             Error::WatchStopped => "watch_stopped",
+            Error::NotSynced => "not_synced",
             Error::HasChildren { .. } => "has_children",
         }
     }

@@ -52,3 +52,12 @@ pub async fn all_listed(listed: &[watch::Receiver<bool>]) -> bool {
     }
     true
 }
+
+/// How long a reconcile waits for the watches to list (or the first plan) before it gives up
+/// and is retried: waiting for ever would also hold up a graceful shutdown.
+pub const SYNC_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// [`all_listed`] for at most [`SYNC_WAIT`]; `false` when that ran out.
+pub async fn listed_soon(listed: &[watch::Receiver<bool>]) -> bool {
+    tokio::time::timeout(SYNC_WAIT, all_listed(listed)).await.unwrap_or(false)
+}

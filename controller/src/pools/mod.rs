@@ -117,8 +117,8 @@ async fn reconcile_node(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Er
 }
 
 async fn keep_node(node: &Node, ctx: &Context) -> Result<Action, Error> {
-    if !watches::all_listed(&ctx.listed).await {
-        return Err(Error::WatchStopped);
+    if !watches::listed_soon(&ctx.listed).await {
+        return Err(Error::NotSynced);
     }
     let pools = ctx.pools.state();
     let pool_refs: Vec<&NodePool> = pools.iter().map(Arc::as_ref).collect();

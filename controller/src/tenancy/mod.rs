@@ -100,7 +100,8 @@ impl Context {
     /// listed yet).
     async fn plan(&self) -> Result<Arc<Plan>, Error> {
         let mut latest = self.plans.latest.subscribe();
-        let plan = latest.wait_for(Option::is_some).await.map_err(|_| Error::WatchStopped)?;
+        let first = tokio::time::timeout(crate::watches::SYNC_WAIT, latest.wait_for(Option::is_some));
+        let plan = first.await.map_err(|_| Error::NotSynced)?.map_err(|_| Error::WatchStopped)?;
         plan.clone().ok_or(Error::WatchStopped)
     }
 }

@@ -199,7 +199,9 @@ async fn release_namespace(
 /// The finalizer's clean-up: wait for the children, then release every namespace.
 async fn release_tenant(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
     let name = tenant.name_any();
-    ctx.stores.wait_until_ready().await?;
+    if !crate::watches::listed_soon(&ctx.stores.listed).await {
+        return Err(Error::NotSynced);
+    }
     let mut children: Vec<String> = ctx
         .stores
         .tenants
