@@ -89,6 +89,24 @@ impl TestNamespace {
     }
 }
 
+/// Creates a fake node kwok acts as the kubelet of (it carries kwok's NoSchedule taint) with
+/// `labels`, 32 CPUs, 256Gi and 110 pods.
+pub async fn create_kwok_node(client: &Client, name: &str, labels: serde_json::Value) {
+    let node: k8s_openapi::api::core::v1::Node = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "annotations": {"kwok.x-k8s.io/node": "fake"}, "labels": labels},
+        "spec": {"taints": [{"key": "kwok.x-k8s.io/node", "value": "fake", "effect": "NoSchedule"}]},
+        "status": {
+            "capacity": {"cpu": "32", "memory": "256Gi", "pods": "110"},
+            "allocatable": {"cpu": "32", "memory": "256Gi", "pods": "110"}
+        }
+    }))
+    .expect("a valid node");
+    Api::<k8s_openapi::api::core::v1::Node>::all(client.clone())
+        .create(&PostParams::default(), &node)
+        .await
+        .unwrap_or_else(|err| panic!("create kwok node {name}: {err}"));
+}
+
 /// Polls `check` until it returns `Some`, or panics naming `what` after `timeout`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
 where

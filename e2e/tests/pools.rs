@@ -5,12 +5,14 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Node;
 use kube::{
-    Api, Client, ResourceExt,
+    Api, ResourceExt,
     api::{DeleteParams, Patch, PatchParams, PostParams},
 };
 use serde_json::{Value, json};
 use yiyun_crds::{ComputeSite, NodePool};
-use yiyun_e2e::{InProcessController, client, controller_turn, eventually, install_crds, unique};
+use yiyun_e2e::{
+    InProcessController, client, controller_turn, create_kwok_node, eventually, install_crds, unique,
+};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -21,16 +23,6 @@ where
     api.patch(name, &PatchParams::apply("e2e-admin").force(), &Patch::Apply(&object))
         .await
         .unwrap_or_else(|err| panic!("apply {name}: {err}"));
-}
-
-async fn kwok_node(client: &Client, name: &str, labels: Value) {
-    let node: Node = serde_json::from_value(json!({
-        "metadata": {"name": name, "annotations": {"kwok.x-k8s.io/node": "fake"}, "labels": labels},
-        "spec": {"taints": [{"key": "kwok.x-k8s.io/node", "value": "fake", "effect": "NoSchedule"}]},
-        "status": {"capacity": {"cpu": "32", "memory": "256Gi", "pods": "110"}, "allocatable": {"cpu": "32", "memory": "256Gi", "pods": "110"}}
-    }))
-    .expect("a valid node");
-    Api::<Node>::all(client.clone()).create(&PostParams::default(), &node).await.expect("create a kwok node");
 }
 
 /// The node's taint keys, without the `node.kubernetes.io/*` ones kube-controller-manager adds
@@ -80,9 +72,9 @@ async fn pool_nodes_are_labelled_onboarded_dedicated_and_moved() {
     apply(&pools, &pool_b, json!({"apiVersion": "yiyun.io/v1alpha1", "kind": "NodePool", "metadata": {"name": pool_b},
         "spec": {"site": site, "nodeNames": [b1], "rack": {"nodes": {b1.clone(): "r9"}}, "dedicatedTo": "jj-health", "onboarding": "Automatic"}}))
     .await;
-    kwok_node(&client, &a1, json!({"e2e/pool": pool_a, "e2e/rack": "r1"})).await;
-    kwok_node(&client, &a2, json!({"e2e/pool": pool_a, "e2e/rack": "r2"})).await;
-    kwok_node(&client, &b1, json!({})).await;
+    create_kwok_node(&client, &a1, json!({"e2e/pool": pool_a, "e2e/rack": "r1"})).await;
+    create_kwok_node(&client, &a2, json!({"e2e/pool": pool_a, "e2e/rack": "r2"})).await;
+    create_kwok_node(&client, &b1, json!({})).await;
 
     // Topology and pool labels; a Manual pool's new node waits behind the onboarding taint.
     let node = node_where(&nodes, &a1, "labelled", |n| n.labels().contains_key("yiyun.io/site")).await;
@@ -211,7 +203,7 @@ async fn a_rack_is_drained_through_evictions_and_a_blocking_budget_is_reported()
     };
     apply(&pools, &pool, pool_spec(json!([]))).await;
     for node in [&n1, &n2, &n3] {
-        kwok_node(&client, node, json!({})).await;
+        create_kwok_node(&client, node, json!({})).await;
     }
     let ns = yiyun_e2e::TestNamespace::create(&client, "drain").await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
@@ -335,7 +327,7 @@ async fn a_controller_killed_mid_drain_resumes_without_evicting_twice() {
     apply(&sites, &site, json!({"apiVersion": "yiyun.io/v1alpha1", "kind": "ComputeSite", "metadata": {"name": site},
         "spec": {"region": "anhui", "regionClass": "east", "hub": "Yangtze River Delta", "city": "芜湖", "powerPricePerKWh": "0.65", "pue": 1.25, "carbonIntensity": 640}}))
     .await;
-    kwok_node(&client, &node, json!({})).await;
+    create_kwok_node(&client, &node, json!({})).await;
     let ns = yiyun_e2e::TestNamespace::create(&client, "resume").await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
     // A finalizer keeps the evicted pod terminating, as a slow shutdown would.
@@ -431,7 +423,7 @@ async fn four_hundred_nodes_in_three_sites_and_twenty_racks_carry_their_topology
         let (name, pool, rack) =
             (format!("{p}-n{n}"), format!("{p}-pool{}", n % 4), format!("{p}-r{}", n % 20));
         creating.spawn(async move {
-            kwok_node(&client, &name, json!({"e2e/pool": pool, "e2e/rack": rack})).await
+            create_kwok_node(&client, &name, json!({"e2e/pool": pool, "e2e/rack": rack})).await
         });
         if creating.len() >= 16 {
             creating.join_next().await.expect("a task").expect("node created");

@@ -14,8 +14,8 @@ use kube::{
 };
 use yiyun_crds::Tenant;
 use yiyun_e2e::{
-    FIELD_MANAGER, TestNamespace, client, eventually, free_port, http_get, install_crds, kubectl,
-    kubectl_apply, unique, within, yiyun_bin,
+    FIELD_MANAGER, TestNamespace, client, create_kwok_node, eventually, free_port, http_get, install_crds,
+    kubectl, kubectl_apply, unique, within, yiyun_bin,
 };
 
 #[tokio::test]
@@ -127,20 +127,8 @@ async fn kwok_node_becomes_ready_and_a_pod_bound_to_it_runs() {
     let ns = TestNamespace::create(&client, "smoke").await;
     let node_name = unique("kwok-smoke");
     let nodes: Api<Node> = Api::all(client.clone());
-    let node: Node = serde_json::from_value(serde_json::json!({
-        "metadata": {
-            "name": node_name,
-            "annotations": {"kwok.x-k8s.io/node": "fake"},
-            "labels": {"type": "kwok", "kubernetes.io/hostname": node_name}
-        },
-        "spec": {"taints": [{"key": "kwok.x-k8s.io/node", "value": "fake", "effect": "NoSchedule"}]},
-        "status": {
-            "capacity": {"cpu": "32", "memory": "256Gi", "pods": "110"},
-            "allocatable": {"cpu": "32", "memory": "256Gi", "pods": "110"}
-        }
-    }))
-    .expect("a valid node");
-    nodes.create(&PostParams::default(), &node).await.expect("create the kwok node");
+    let labels = serde_json::json!({"type": "kwok", "kubernetes.io/hostname": node_name});
+    create_kwok_node(&client, &node_name, labels).await;
 
     eventually(Duration::from_secs(60), "the kwok node to become Ready", || async {
         let node = nodes.get(&node_name).await.ok()?;

@@ -170,15 +170,12 @@ async fn write_pool_statuses(ctx: Arc<Context>, shutdown: CancellationToken) {
         let node_refs: Vec<&Node> = nodes.iter().map(Arc::as_ref).collect();
         let pods = ctx.pods.state();
         let requested = status::requested_by_node(pods.iter().map(Arc::as_ref));
+        let membership = status::Membership::of(&pool_refs, &node_refs);
         let mut draining = false;
         for pool in &pool_refs {
             let site_exists = ctx.sites.get(&ObjectRef::new(&pool.spec.site)).is_some();
-            let mut report = status::report(pool, &pool_refs, &node_refs, site_exists, &requested);
-            let members: Vec<&Node> = node_refs
-                .iter()
-                .copied()
-                .filter(|n| desired::pools_selecting(n, &pool_refs).len() == 1)
-                .collect();
+            let mut report = status::report(pool, &membership, site_exists, &requested);
+            let members: Vec<&Node> = membership.members(pool).collect();
             let maintenance = maintain(pool, &members, &ctx).await;
             report.nodes.draining = maintenance.iter().map(|(_, nodes)| *nodes).sum();
             draining |= maintenance.iter().any(|(m, _)| m.phase == "Draining" || m.phase == "Cordoning");
@@ -188,7 +185,7 @@ async fn write_pool_statuses(ctx: Arc<Context>, shutdown: CancellationToken) {
             }
         }
         for site in ctx.sites.state() {
-            let report = status::site_report(&site.name_any(), &pool_refs, &node_refs, &requested);
+            let report = status::site_report(&site.name_any(), &membership, &requested);
             if let Err(err) = write_site_status(&site, report, &ctx).await {
                 warn!(site = %site.name_any(), error = %err, "cannot write site status");
             }
@@ -203,7 +200,8 @@ async fn write_pool_statuses(ctx: Arc<Context>, shutdown: CancellationToken) {
     }
 }
 
-/// One drain pass per maintenance entry of `pool`: its status, and how many nodes it holds.
+/// One drain pass per maintenance entry of `pool` over its `members`: each entry's status,
+/// and how many nodes it holds.
 async fn maintain(pool: &NodePool, members: &[&Node], ctx: &Context) -> Vec<(MaintenanceStatus, i32)> {
     let previous = pool.status.as_ref().map(|s| s.maintenance.as_slice()).unwrap_or_default();
     let mut entries = Vec::new();
@@ -211,7 +209,6 @@ async fn maintain(pool: &NodePool, members: &[&Node], ctx: &Context) -> Vec<(Mai
         let covered: Vec<&Node> = members
             .iter()
             .copied()
-            .filter(|n| desired::pools_selecting(n, &[pool]).len() == 1)
             .filter(|n| desired::maintenance_of(pool, n) == Some(entry.name.as_str()))
             .collect();
         let count = i32::try_from(covered.len()).unwrap_or(i32::MAX);

@@ -22,11 +22,31 @@ pub struct PoolReport {
     pub problem: Option<PoolProblem>,
 }
 
-/// Reports on `pool` among `pools`; `site_exists` tells whether its ComputeSite does.
+/// Every node with the pools that select it, worked out once per status pass.
+pub struct Membership<'a>(Vec<(&'a Node, Vec<&'a NodePool>)>);
+
+impl<'a> Membership<'a> {
+    pub fn of(pools: &'a [&'a NodePool], nodes: &[&'a Node]) -> Self {
+        Membership(nodes.iter().map(|node| (*node, pools_selecting(node, pools))).collect())
+    }
+
+    /// The nodes `pool` holds: it, and no other pool, selects them.
+    pub fn members<'s>(&'s self, pool: &'s NodePool) -> impl Iterator<Item = &'a Node> + 's {
+        self.0
+            .iter()
+            .filter(move |(_, selecting)| matches!(selecting[..], [only] if same(only, pool)))
+            .map(|(n, _)| *n)
+    }
+}
+
+fn same(a: &NodePool, b: &NodePool) -> bool {
+    a.metadata.name == b.metadata.name
+}
+
+/// Reports on `pool`; `site_exists` tells whether its ComputeSite does.
 pub fn report(
     pool: &NodePool,
-    pools: &[&NodePool],
-    nodes: &[&Node],
+    membership: &Membership,
     site_exists: bool,
     requested: &Requested,
 ) -> PoolReport {
@@ -35,9 +55,8 @@ pub fn report(
     let mut capacity = Amounts::default();
     let mut allocated = Amounts::default();
     let mut conflicts: Vec<String> = Vec::new();
-    for node in nodes {
-        let selecting = pools_selecting(node, pools);
-        if !selecting.iter().any(|p| p.metadata.name.as_deref() == Some(name)) {
+    for (node, selecting) in &membership.0 {
+        if !selecting.iter().any(|p| same(p, pool)) {
             continue;
         }
         let node_name = node.metadata.name.clone().unwrap_or_default();
@@ -113,13 +132,13 @@ pub struct SiteReport {
 }
 
 /// Reports on site `site`: the nodes exactly one of its pools holds, their racks and sums.
-pub fn site_report(site: &str, pools: &[&NodePool], nodes: &[&Node], requested: &Requested) -> SiteReport {
+pub fn site_report(site: &str, membership: &Membership, requested: &Requested) -> SiteReport {
     let mut count = 0;
     let mut racks = std::collections::BTreeSet::new();
     let (mut capacity, mut allocatable, mut allocated) =
         (Amounts::default(), Amounts::default(), Amounts::default());
-    for node in nodes {
-        let [pool] = pools_selecting(node, pools)[..] else { continue };
+    for (node, selecting) in &membership.0 {
+        let [pool] = selecting[..] else { continue };
         if pool.spec.site != site {
             continue;
         }
@@ -248,7 +267,8 @@ mod tests {
             ),
         ];
         let requested = requested_by_node(&pods);
-        let report = report(&a, &[&a], &refs, true, &requested);
+        let pools = [&a];
+        let report = report(&a, &Membership::of(&pools, &refs), true, &requested);
         let allocated = report.allocated.clone();
         assert_eq!(allocated.cpu.unwrap().0, "3", "the init container's 3 CPUs exceed the containers' 2");
         assert_eq!(allocated.memory.unwrap().0, "1Gi");
@@ -268,12 +288,15 @@ mod tests {
         let b = pool("b", "nodeNames: [n1]");
         let nodes = [node("n1", "True", ""), node("n2", "True", "")];
         let refs: Vec<&Node> = nodes.iter().collect();
-        let for_a = report(&a, &[&a, &b], &refs, true, &Requested::new());
+        let pools = [&a, &b];
+        let membership = Membership::of(&pools, &refs);
+        let for_a = report(&a, &membership, true, &Requested::new());
         assert_eq!(for_a.nodes.total, 1);
         let problem = for_a.problem.unwrap();
         assert_eq!(problem.reason, "NodeConflict");
         assert!(problem.message.contains("n1 (also b)"), "{}", problem.message);
-        let for_b = report(&b, &[&a, &b], &refs, true, &Requested::new());
+        let for_b = report(&b, &membership, true, &Requested::new());
+        assert_eq!(membership.members(&a).count(), 1, "the shared node is nobody's member");
         assert!(for_b.problem.unwrap().message.contains("n1 (also a)"));
     }
 
@@ -284,16 +307,18 @@ mod tests {
         other.spec.site = "elsewhere".into();
         let nodes = [node("n1", "True", ""), node("n2", "True", ""), node("n3", "False", "")];
         let refs: Vec<&Node> = nodes.iter().collect();
-        let report = site_report("s", &[&a, &other], &refs, &Requested::new());
+        let pools = [&a, &other];
+        let membership = Membership::of(&pools, &refs);
+        let report = site_report("s", &membership, &Requested::new());
         assert_eq!((report.nodes, report.racks), (3, 2));
         assert_eq!(report.capacity.pods.unwrap().0, "330");
-        assert_eq!(site_report("elsewhere", &[&a, &other], &refs, &Requested::new()).nodes, 0);
+        assert_eq!(site_report("elsewhere", &membership, &Requested::new()).nodes, 0);
     }
 
     #[test]
     fn a_missing_site_is_reported() {
         let a = pool("a", "nodeNames: [n1]");
-        let problem = report(&a, &[&a], &[], false, &Requested::new()).problem.unwrap();
+        let problem = report(&a, &Membership::of(&[&a], &[]), false, &Requested::new()).problem.unwrap();
         assert_eq!(problem.reason, "SiteNotFound");
         assert!(problem.message.contains("\"s\""));
     }
