@@ -3,7 +3,7 @@ SHELL := /bin/bash
 # One target directory shared by every work tree and CI run on this machine.
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/yiyun/target
 
-.PHONY: test lint unit e2e crds demo demo-down cluster-binaries bench-tenancy bench-pools
+.PHONY: test lint unit e2e crds demo demo-down cluster-binaries bench-tenancy bench-pools simulate
 
 ## test: format check, clippy (warnings denied), unit tests, then e2e tests on a fresh local cluster
 test: lint unit e2e
@@ -43,3 +43,8 @@ bench-tenancy: cluster-binaries
 bench-pools: cluster-binaries
 	cargo build --release -p yiyun --locked
 	e2e/with-cluster bench-$$$$ $(CARGO_TARGET_DIR)/release/yiyun bench pools
+
+## simulate: the FGD paper's placement experiment on the Alibaba trace, every policy, 10 seeds (~15 s)
+simulate:
+	cargo build --release -p yiyun --locked
+	$(CARGO_TARGET_DIR)/release/yiyun simulate fgd --traces ../shared/traces/openb

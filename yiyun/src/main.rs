@@ -23,6 +23,9 @@ enum Command {
     Controller(yiyun_controller::Config),
     /// Run the scheduler.
     Scheduler(yiyun_scheduler::Config),
+    /// Replay cluster traces through the placement engine and compare policies.
+    #[command(subcommand)]
+    Simulate(yiyun_simulator::Command),
     /// Run a benchmark against the cluster of KUBECONFIG and print its figures.
     #[command(subcommand)]
     Bench(Bench),
@@ -43,6 +46,10 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Crd => {
             print!("{}", yiyun_crds::crds_yaml().context("cannot render the CRDs as YAML")?);
+            Ok(())
+        }
+        Command::Simulate(command) => {
+            print!("{}", yiyun_simulator::simulate(command).context("simulation failed")?);
             Ok(())
         }
         Command::Bench(bench) => {

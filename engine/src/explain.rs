@@ -1,0 +1,53 @@
+//! Why a pod was not placed, short and exact, e.g. `0/5000 nodes: 3200 insufficient
+//! nvidia.com/gpu, 1800 untolerated taint yiyun.io/dedicated`.
+
+use std::{collections::BTreeMap, fmt};
+
+use crate::{filter::Reason, tenants::TenantLimit};
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Explanation {
+    /// Nodes the engine knows.
+    pub nodes: usize,
+    /// How many nodes failed for each reason (each node counted once, for its first reason).
+    pub reasons: Vec<(Reason, usize)>,
+    /// What a gang could not get, e.g. `gang needs 16 in one rack, best rack has 12`.
+    pub gang: Option<String>,
+    pub tenant: Option<TenantLimit>,
+}
+
+impl Explanation {
+    pub fn nodes(nodes: usize, reasons: BTreeMap<Reason, usize>) -> Self {
+        let mut reasons: Vec<(Reason, usize)> = reasons.into_iter().collect();
+        // Most common first; equal counts in the reasons' own order.
+        reasons.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        Explanation { nodes, reasons, gang: None, tenant: None }
+    }
+
+    pub fn tenant_limit(nodes: usize, limit: TenantLimit) -> Self {
+        Explanation { nodes, reasons: Vec::new(), gang: None, tenant: Some(limit) }
+    }
+
+    pub fn with_gang(mut self, gang: String) -> Self {
+        self.gang = Some(gang);
+        self
+    }
+}
+
+impl fmt::Display for Explanation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = Vec::new();
+        if !self.reasons.is_empty() || (self.gang.is_none() && self.tenant.is_none()) {
+            let mut nodes = format!("0/{} nodes", self.nodes);
+            if !self.reasons.is_empty() {
+                let counted: Vec<String> =
+                    self.reasons.iter().map(|(reason, count)| format!("{count} {reason}")).collect();
+                nodes = format!("{nodes}: {}", counted.join(", "));
+            }
+            parts.push(nodes);
+        }
+        parts.extend(self.gang.clone());
+        parts.extend(self.tenant.as_ref().map(ToString::to_string));
+        write!(f, "{}", parts.join("; "))
+    }
+}

@@ -1,0 +1,221 @@
+//! Filters with the Kubernetes semantics users rely on, each failing with a [`Reason`] that the
+//! explanation of an unplaced pod counts.
+
+use std::{collections::BTreeMap, fmt};
+
+use crate::model::{Node, Pod, Shortage, Taint, TaintEffect};
+
+/// Why a node cannot take a pod.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    Cordoned,
+    UntoleratedTaint(String),
+    NodeSelector,
+    NodeAffinity,
+    GpuModel,
+    /// The pod's tenant may not use the node's region.
+    RegionNotAllowed(String),
+    /// The node's site is beyond the latency limit of a realtime pod from its data.
+    LatencyLimit,
+    /// Moving the data to the node's site and running there misses the pod's deadline.
+    Deadline,
+    Insufficient(Shortage),
+    InsufficientGpu,
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::Cordoned => write!(f, "cordoned"),
+            Reason::UntoleratedTaint(key) => write!(f, "untolerated taint {key}"),
+            Reason::NodeSelector => write!(f, "node selector mismatch"),
+            Reason::NodeAffinity => write!(f, "node affinity mismatch"),
+            Reason::GpuModel => write!(f, "GPU model not allowed"),
+            Reason::RegionNotAllowed(region) => write!(f, "region {region} not allowed for the tenant"),
+            Reason::LatencyLimit => write!(f, "site beyond the realtime latency limit"),
+            Reason::Deadline => write!(f, "site misses the deadline"),
+            Reason::Insufficient(Shortage::Pods) => write!(f, "too many pods"),
+            Reason::Insufficient(Shortage::Cpu) => write!(f, "insufficient cpu"),
+            Reason::Insufficient(Shortage::Memory) => write!(f, "insufficient memory"),
+            Reason::Insufficient(Shortage::Extended(name)) => write!(f, "insufficient {name}"),
+            Reason::InsufficientGpu => write!(f, "insufficient nvidia.com/gpu"),
+        }
+    }
+}
+
+/// What of a node never changes while pods come and go: nodes alike in all of it pass the
+/// same filters, so the engine filters classes of nodes rather than nodes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct NodeClass {
+    pub labels: BTreeMap<String, String>,
+    pub taints: Vec<Taint>,
+    pub unschedulable: bool,
+    pub region: String,
+    pub site: String,
+    pub gpu_model: Option<String>,
+}
+
+impl NodeClass {
+    pub fn of(node: &Node) -> NodeClass {
+        NodeClass {
+            labels: node.labels.clone(),
+            taints: node.taints.clone(),
+            unschedulable: node.unschedulable,
+            region: node.topology.region.clone(),
+            site: node.topology.site.clone(),
+            gpu_model: node.gpu_model.clone(),
+        }
+    }
+
+    /// The first filter that rejects `pod` on nodes of this class, in the order kube-scheduler
+    /// reports them.
+    pub fn reject(&self, pod: &Pod, allowed_regions: Option<&[String]>) -> Option<Reason> {
+        if self.unschedulable && !tolerates_unschedulable(pod) {
+            return Some(Reason::Cordoned);
+        }
+        if let Some(taint) = self.taints.iter().find(|taint| {
+            taint.effect != TaintEffect::PreferNoSchedule
+                && !pod.tolerations.iter().any(|toleration| toleration.tolerates(taint))
+        }) {
+            return Some(Reason::UntoleratedTaint(taint.key.clone()));
+        }
+        if pod.node_selector.iter().any(|(key, value)| self.labels.get(key) != Some(value)) {
+            return Some(Reason::NodeSelector);
+        }
+        if !pod.required_terms.is_empty() && !pod.required_terms.iter().any(|term| term.matches(&self.labels))
+        {
+            return Some(Reason::NodeAffinity);
+        }
+        if pod.gpu.milli() > 0
+            && !pod.gpu_models.is_empty()
+            && !self.gpu_model.as_ref().is_some_and(|model| pod.gpu_models.contains(model))
+        {
+            return Some(Reason::GpuModel);
+        }
+        if let Some(allowed) = allowed_regions
+            && !allowed.is_empty()
+            && !allowed.contains(&self.region)
+        {
+            return Some(Reason::RegionNotAllowed(self.region.clone()));
+        }
+        None
+    }
+
+    /// Preferred node affinity and PreferNoSchedule taints, as kube-scheduler weighs them:
+    /// the sum of the weights of matching preferred terms, less one per untolerated
+    /// PreferNoSchedule taint.
+    pub fn preference(&self, pod: &Pod) -> i64 {
+        let preferred: i64 = pod
+            .preferred_terms
+            .iter()
+            .filter(|(_, term)| term.matches(&self.labels))
+            .map(|(weight, _)| i64::from(*weight))
+            .sum();
+        let avoided = self
+            .taints
+            .iter()
+            .filter(|taint| {
+                taint.effect == TaintEffect::PreferNoSchedule
+                    && !pod.tolerations.iter().any(|toleration| toleration.tolerates(taint))
+            })
+            .count() as i64;
+        preferred - avoided
+    }
+}
+
+/// DaemonSet-style pods tolerate `node.kubernetes.io/unschedulable`.
+fn tolerates_unschedulable(pod: &Pod) -> bool {
+    let taint = Taint {
+        key: "node.kubernetes.io/unschedulable".to_string(),
+        value: String::new(),
+        effect: TaintEffect::NoSchedule,
+    };
+    pod.tolerations.iter().any(|toleration| toleration.tolerates(&taint))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Operator, Requirement, Resources, Term, Toleration, TolerationOperator};
+
+    fn class() -> NodeClass {
+        let mut node = Node::new("n1", Resources::new(8000, 1 << 34));
+        node.labels.insert("zone".into(), "a".into());
+        node.labels.insert("gen".into(), "5".into());
+        node.taints.push(Taint {
+            key: "yiyun.io/dedicated".into(),
+            value: "wuhu-dsj".into(),
+            effect: TaintEffect::NoSchedule,
+        });
+        node.topology.region = "anhui".into();
+        NodeClass::of(&node)
+    }
+
+    fn tolerating(pod: &mut Pod) {
+        pod.tolerations.push(Toleration {
+            key: "yiyun.io/dedicated".into(),
+            operator: TolerationOperator::Equal,
+            value: "wuhu-dsj".into(),
+            effect: Some(TaintEffect::NoSchedule),
+        });
+    }
+
+    fn requirement(key: &str, operator: Operator, values: &[&str]) -> Term {
+        Term {
+            requirements: vec![Requirement {
+                key: key.into(),
+                operator,
+                values: values.iter().map(|v| v.to_string()).collect(),
+            }],
+        }
+    }
+
+    #[test]
+    fn taints_must_be_tolerated() {
+        let mut pod = Pod::new("p", Resources::new(100, 0));
+        assert_eq!(class().reject(&pod, None), Some(Reason::UntoleratedTaint("yiyun.io/dedicated".into())));
+        tolerating(&mut pod);
+        assert_eq!(class().reject(&pod, None), None);
+    }
+
+    #[test]
+    fn affinity_operators_follow_kubernetes() {
+        let mut pod = Pod::new("p", Resources::new(100, 0));
+        tolerating(&mut pod);
+        let cases = [
+            (requirement("zone", Operator::In, &["a", "b"]), true),
+            (requirement("zone", Operator::NotIn, &["a"]), false),
+            (requirement("missing", Operator::NotIn, &["a"]), true),
+            (requirement("zone", Operator::Exists, &[]), true),
+            (requirement("zone", Operator::DoesNotExist, &[]), false),
+            (requirement("gen", Operator::Gt, &["4"]), true),
+            (requirement("gen", Operator::Lt, &["5"]), false),
+            (requirement("zone", Operator::Gt, &["1"]), false),
+        ];
+        for (term, admitted) in cases {
+            pod.required_terms = vec![term.clone()];
+            let rejected = class().reject(&pod, None);
+            assert_eq!(rejected.is_none(), admitted, "{term:?}");
+        }
+        // Terms are ORed.
+        pod.required_terms =
+            vec![requirement("zone", Operator::In, &["x"]), requirement("zone", Operator::In, &["a"])];
+        assert_eq!(class().reject(&pod, None), None);
+    }
+
+    #[test]
+    fn cordoned_nodes_regions_and_models_are_filtered() {
+        let mut pod = Pod::new("p", Resources::new(100, 0));
+        tolerating(&mut pod);
+        let mut cordoned = class();
+        cordoned.unschedulable = true;
+        assert_eq!(cordoned.reject(&pod, None), Some(Reason::Cordoned));
+        let regions = vec!["gansu".to_string()];
+        assert_eq!(class().reject(&pod, Some(&regions)), Some(Reason::RegionNotAllowed("anhui".into())));
+        pod.gpu = crate::model::GpuRequest::Whole(1);
+        pod.gpu_models = vec!["A100".into()];
+        assert_eq!(class().reject(&pod, None), Some(Reason::GpuModel));
+        pod.node_selector.insert("zone".into(), "b".into());
+        assert_eq!(class().reject(&pod, None), Some(Reason::NodeSelector));
+    }
+}

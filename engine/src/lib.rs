@@ -1,0 +1,21 @@
+//! yiyun's placement engine, in plain Rust: no Kubernetes client, no async runtime, no I/O.
+//! The simulator replays traces through it; the Kubernetes scheduler feeds it what it watches.
+//!
+//! A decision never scans node by node: nodes alike in labels, taints, site and GPU model form
+//! a class that is filtered once per pod, and nodes of a class with the same free resources
+//! form a group that is scored once per pod.
+
+pub mod cost;
+mod engine;
+mod explain;
+pub mod filter;
+pub mod gpu;
+pub mod model;
+pub mod rng;
+pub mod tenants;
+
+pub use engine::{Engine, NodeId, PlacedPod, Placement, Policy};
+pub use explain::Explanation;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,308 @@
+//! What the engine reasons about: nodes with their topology and devices, pods with their
+//! requests and constraints. Plain data, built by the simulator from traces and by the
+//! Kubernetes scheduler from watched objects.
+
+use std::collections::BTreeMap;
+
+/// Milli-units of one GPU: 1000 is a whole device.
+pub const GPU_MILLI: u32 = 1000;
+
+/// Countable resources of a node or a pod (GPUs are devices, see [`Node::gpus`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Resources {
+    pub cpu_milli: u64,
+    pub memory_bytes: u64,
+    pub pods: u64,
+    /// Extended resources other than GPUs, by name (sorted, for stable comparisons).
+    pub extended: BTreeMap<String, u64>,
+}
+
+impl Resources {
+    pub fn new(cpu_milli: u64, memory_bytes: u64) -> Self {
+        Resources { cpu_milli, memory_bytes, pods: 1, extended: BTreeMap::new() }
+    }
+
+    /// Whether `request` fits into `self` taken as what is free; the first resource that does
+    /// not fit otherwise.
+    pub fn first_shortage(&self, request: &Resources) -> Option<Shortage> {
+        if request.pods > self.pods {
+            return Some(Shortage::Pods);
+        }
+        if request.cpu_milli > self.cpu_milli {
+            return Some(Shortage::Cpu);
+        }
+        if request.memory_bytes > self.memory_bytes {
+            return Some(Shortage::Memory);
+        }
+        request
+            .extended
+            .iter()
+            .find(|(name, amount)| self.extended.get(*name).copied().unwrap_or(0) < **amount)
+            .map(|(name, _)| Shortage::Extended(name.clone()))
+    }
+
+    pub fn add(&mut self, other: &Resources) {
+        self.cpu_milli += other.cpu_milli;
+        self.memory_bytes += other.memory_bytes;
+        self.pods += other.pods;
+        for (name, amount) in &other.extended {
+            *self.extended.entry(name.clone()).or_insert(0) += amount;
+        }
+    }
+
+    /// Subtracts what was added before; saturates so a bookkeeping slip can never wrap.
+    pub fn sub(&mut self, other: &Resources) {
+        self.cpu_milli = self.cpu_milli.saturating_sub(other.cpu_milli);
+        self.memory_bytes = self.memory_bytes.saturating_sub(other.memory_bytes);
+        self.pods = self.pods.saturating_sub(other.pods);
+        for (name, amount) in &other.extended {
+            if let Some(have) = self.extended.get_mut(name) {
+                *have = have.saturating_sub(*amount);
+            }
+        }
+    }
+}
+
+/// A resource a node lacks for a pod.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Shortage {
+    Pods,
+    Cpu,
+    Memory,
+    Extended(String),
+}
+
+/// Where a node stands: region > site > rack.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Topology {
+    pub region: String,
+    pub site: String,
+    pub rack: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TaintEffect {
+    NoSchedule,
+    PreferNoSchedule,
+    NoExecute,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Taint {
+    pub key: String,
+    pub value: String,
+    pub effect: TaintEffect,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TolerationOperator {
+    Equal,
+    Exists,
+}
+
+/// A toleration with Kubernetes semantics: an empty key with `Exists` tolerates every taint,
+/// no effect tolerates every effect.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Toleration {
+    pub key: String,
+    pub operator: TolerationOperator,
+    pub value: String,
+    pub effect: Option<TaintEffect>,
+}
+
+impl Toleration {
+    pub fn tolerates(&self, taint: &Taint) -> bool {
+        if self.effect.is_some_and(|effect| effect != taint.effect) {
+            return false;
+        }
+        match self.operator {
+            TolerationOperator::Exists => self.key.is_empty() || self.key == taint.key,
+            TolerationOperator::Equal => self.key == taint.key && self.value == taint.value,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Operator {
+    In,
+    NotIn,
+    Exists,
+    DoesNotExist,
+    Gt,
+    Lt,
+}
+
+/// One node-selector requirement (`matchExpressions` entry).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Requirement {
+    pub key: String,
+    pub operator: Operator,
+    pub values: Vec<String>,
+}
+
+impl Requirement {
+    /// Kubernetes semantics: `Gt`/`Lt` compare integers and fail on a missing label or one
+    /// that is not an integer.
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        let value = labels.get(&self.key);
+        match self.operator {
+            Operator::In => value.is_some_and(|v| self.values.contains(v)),
+            Operator::NotIn => value.is_none_or(|v| !self.values.contains(v)),
+            Operator::Exists => value.is_some(),
+            Operator::DoesNotExist => value.is_none(),
+            Operator::Gt | Operator::Lt => {
+                let (Some(value), Some(bound)) = (value, self.values.first()) else { return false };
+                let (Ok(value), Ok(bound)) = (value.parse::<i64>(), bound.parse::<i64>()) else {
+                    return false;
+                };
+                if self.operator == Operator::Gt { value > bound } else { value < bound }
+            }
+        }
+    }
+}
+
+/// A node-selector term: all requirements must match. Terms are ORed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Term {
+    pub requirements: Vec<Requirement>,
+}
+
+impl Term {
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.requirements.iter().all(|requirement| requirement.matches(labels))
+    }
+}
+
+/// A node as the engine sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Node {
+    pub name: String,
+    pub topology: Topology,
+    pub labels: BTreeMap<String, String>,
+    pub taints: Vec<Taint>,
+    /// Cordoned.
+    pub unschedulable: bool,
+    pub allocatable: Resources,
+    /// Number of GPU devices, each of [`GPU_MILLI`].
+    pub gpus: u8,
+    pub gpu_model: Option<String>,
+}
+
+impl Node {
+    pub fn new(name: impl Into<String>, allocatable: Resources) -> Self {
+        Node {
+            name: name.into(),
+            topology: Topology::default(),
+            labels: BTreeMap::new(),
+            taints: Vec::new(),
+            unschedulable: false,
+            allocatable,
+            gpus: 0,
+            gpu_model: None,
+        }
+    }
+}
+
+/// What a pod asks of GPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum GpuRequest {
+    #[default]
+    None,
+    /// Whole devices.
+    Whole(u8),
+    /// Part of one device, in milli (1–999).
+    Fraction(u16),
+}
+
+impl GpuRequest {
+    /// Total GPU milli asked for.
+    pub fn milli(self) -> u64 {
+        match self {
+            GpuRequest::None => 0,
+            GpuRequest::Whole(count) => u64::from(count) * u64::from(GPU_MILLI),
+            GpuRequest::Fraction(milli) => u64::from(milli),
+        }
+    }
+
+    /// Devices touched and the milli needed free on each.
+    pub fn per_device(self) -> (u8, u16) {
+        match self {
+            GpuRequest::None => (0, 0),
+            GpuRequest::Whole(count) => (count, GPU_MILLI as u16),
+            GpuRequest::Fraction(milli) => (1, milli),
+        }
+    }
+}
+
+/// How long a pod may wait on the network to reach its data.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LatencyClass {
+    /// Only sites whose link to the data site is within the realtime latency limit.
+    Realtime,
+    /// Served to people: prefers low latency, spread over nodes.
+    #[default]
+    Interactive,
+    /// Cheapest site that meets the deadline.
+    Batch,
+    /// Cheapest site that meets the deadline; least urgent.
+    Archive,
+}
+
+/// Where a pod's input data lives and how much of it there is.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct DataLocality {
+    pub site: String,
+    pub gigabytes: u64,
+}
+
+/// A pod as the engine sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Pod {
+    /// Unique key, e.g. `namespace/name`.
+    pub key: String,
+    pub tenant: Option<String>,
+    pub requests: Resources,
+    pub gpu: GpuRequest,
+    /// GPU models the pod may use; empty for any.
+    pub gpu_models: Vec<String>,
+    pub node_selector: BTreeMap<String, String>,
+    /// Required node affinity: ORed terms. Empty for none.
+    pub required_terms: Vec<Term>,
+    /// Preferred node affinity: weight (1–100) and term.
+    pub preferred_terms: Vec<(u32, Term)>,
+    pub tolerations: Vec<Toleration>,
+    pub priority: i32,
+    pub latency_class: LatencyClass,
+    pub data: Option<DataLocality>,
+    /// Expected runtime in seconds, for backfill and energy estimates.
+    pub expected_runtime_seconds: Option<u64>,
+    /// Seconds from now by which the pod must have finished (batch, archive).
+    pub deadline_seconds: Option<u64>,
+    /// Replicas with the same spread key are spread over nodes and racks.
+    pub spread_key: Option<String>,
+    /// The gang (PodGroup) the pod belongs to.
+    pub gang: Option<String>,
+}
+
+impl Pod {
+    pub fn new(key: impl Into<String>, requests: Resources) -> Self {
+        Pod {
+            key: key.into(),
+            tenant: None,
+            requests,
+            gpu: GpuRequest::None,
+            gpu_models: Vec::new(),
+            node_selector: BTreeMap::new(),
+            required_terms: Vec::new(),
+            preferred_terms: Vec::new(),
+            tolerations: Vec::new(),
+            priority: 0,
+            latency_class: LatencyClass::default(),
+            data: None,
+            expected_runtime_seconds: None,
+            deadline_seconds: None,
+            spread_key: None,
+            gang: None,
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! Decisions of the engine through its public API.
+
+use crate::{
+    Engine, Policy,
+    model::{GpuRequest, Node, Pod, Resources, Taint, TaintEffect},
+    tenants::{Tenant, Usage},
+};
+
+const GIB: u64 = 1 << 30;
+
+fn node(name: &str, cpu: u64, gpus: u8) -> Node {
+    let mut node = Node::new(
+        name,
+        Resources { cpu_milli: cpu, memory_bytes: 256 * GIB, pods: 110, ..Default::default() },
+    );
+    node.gpus = gpus;
+    node
+}
+
+fn pod(key: &str, cpu: u64, gpu: GpuRequest) -> Pod {
+    let mut pod = Pod::new(key, Resources::new(cpu, GIB));
+    pod.gpu = gpu;
+    pod
+}
+
+#[test]
+fn placing_and_forgetting_keeps_the_books() {
+    let mut engine = Engine::new(Policy::Yiyun, 1);
+    let a = engine.upsert_node(node("a", 16_000, 2));
+    let placement = engine.schedule(&pod("p1", 4_000, GpuRequest::Fraction(500))).expect("fits");
+    assert_eq!(placement.node, a);
+    assert_eq!(engine.gpu_milli(), (2000, 500));
+    let (free, gpus) = engine.free(a).expect("node a");
+    assert_eq!(free.cpu_milli, 12_000);
+    assert_eq!(gpus.total(), 1500);
+    assert!(engine.forget("p1"));
+    assert!(!engine.forget("p1"), "a pod is forgotten once");
+    assert_eq!(engine.gpu_milli(), (2000, 0));
+    assert_eq!(engine.free(a).map(|(free, _)| free.cpu_milli), Some(16_000));
+}
+
+#[test]
+fn a_fraction_fills_a_partly_used_gpu_before_an_idle_one() {
+    let mut engine = Engine::new(Policy::Yiyun, 1);
+    engine.upsert_node(node("a", 64_000, 2));
+    let first = engine.schedule(&pod("p1", 1_000, GpuRequest::Fraction(500))).expect("fits");
+    let second = engine.schedule(&pod("p2", 1_000, GpuRequest::Fraction(500))).expect("fits");
+    assert_eq!(first.gpus[0].0, second.gpus[0].0, "both halves share one device");
+    // The other device is still whole for a pod that needs a whole GPU.
+    assert!(engine.schedule(&pod("p3", 1_000, GpuRequest::Whole(1))).is_ok());
+}
+
+#[test]
+fn an_unplaceable_pod_is_explained_by_counting_nodes() {
+    let mut engine = Engine::new(Policy::Yiyun, 1);
+    for index in 0..3 {
+        engine.upsert_node(node(&format!("gpu-{index}"), 32_000, 1));
+    }
+    let mut tainted = node("dedicated", 64_000, 8);
+    tainted.taints.push(Taint {
+        key: "yiyun.io/dedicated".into(),
+        value: "wuhu-dsj".into(),
+        effect: TaintEffect::NoSchedule,
+    });
+    engine.upsert_node(tainted);
+    engine.upsert_node(node("small", 2_000, 4));
+    let explanation = engine.decide(&pod("big", 8_000, GpuRequest::Whole(4))).expect_err("nowhere to go");
+    assert_eq!(
+        explanation.to_string(),
+        "0/5 nodes: 3 insufficient nvidia.com/gpu, 1 untolerated taint yiyun.io/dedicated, 1 insufficient cpu"
+    );
+}
+
+#[test]
+fn a_tenant_at_its_max_waits_whatever_the_nodes() {
+    let mut engine = Engine::new(Policy::Yiyun, 1);
+    engine.upsert_node(node("a", 64_000, 0));
+    engine.upsert_tenant(Tenant {
+        name: "wuhu-dsj".into(),
+        parent: None,
+        guaranteed: Usage::default(),
+        max: Usage { cpu_milli: 64_000, ..Usage::UNLIMITED },
+        allowed_regions: Vec::new(),
+    });
+    let mut first = pod("p1", 60_000, GpuRequest::None);
+    first.tenant = Some("wuhu-dsj".into());
+    engine.schedule(&first).expect("within max");
+    let mut second = pod("p2", 4_000, GpuRequest::None);
+    second.tenant = Some("wuhu-dsj".into());
+    second.key = "p2".into();
+    engine.schedule(&second).expect("exactly at max");
+    let mut third = pod("p3", 1_000, GpuRequest::None);
+    third.tenant = Some("wuhu-dsj".into());
+    let explanation = engine.decide(&third).expect_err("over max");
+    assert_eq!(explanation.to_string(), "tenant wuhu-dsj at max cpu 64/64");
+    engine.forget("p2");
+    assert!(engine.decide(&third).is_ok(), "room again once a pod finished");
+}
+
+#[test]
+fn first_fit_takes_nodes_in_order_and_best_fit_the_fullest() {
+    let mut first_fit = Engine::new(Policy::FirstFit, 1);
+    let mut best_fit = Engine::new(Policy::BestFit, 1);
+    for engine in [&mut first_fit, &mut best_fit] {
+        engine.upsert_node(node("roomy", 64_000, 8));
+        engine.upsert_node(node("tight", 8_000, 1));
+    }
+    let placed = |engine: &mut Engine| {
+        let placement = engine.schedule(&pod("p", 4_000, GpuRequest::Whole(1))).expect("fits");
+        engine.node(placement.node).map(|node| node.name.clone())
+    };
+    assert_eq!(placed(&mut first_fit).as_deref(), Some("roomy"));
+    assert_eq!(placed(&mut best_fit).as_deref(), Some("tight"));
+}
+
+#[test]
+fn removing_a_node_forgets_its_pods() {
+    let mut engine = Engine::new(Policy::Yiyun, 1);
+    engine.upsert_node(node("a", 8_000, 1));
+    engine.schedule(&pod("p1", 1_000, GpuRequest::Whole(1))).expect("fits");
+    assert_eq!(engine.remove_node("a"), vec!["p1".to_string()]);
+    assert_eq!(engine.pod_count(), 0);
+    assert_eq!(engine.gpu_milli(), (0, 0));
+    let explanation = engine.decide(&pod("p2", 1_000, GpuRequest::None)).expect_err("no nodes");
+    assert_eq!(explanation.to_string(), "0/0 nodes");
+}

@@ -1,0 +1,109 @@
+//! The placement-quality experiment of the FGD paper: pods of one list shuffled with a seed,
+//! inflated with re-sampled copies until their GPUs add up to a multiple of the cluster's
+//! (130%), placed one by one and never leaving; at every 1% of capacity arrived, the share of
+//! GPU capacity allocated. A pod that fits nowhere is skipped.
+
+use std::time::Instant;
+
+use yiyun_engine::{Engine, Policy, gpu::Workload, rng::Rng};
+
+use crate::trace::{TraceNode, TracePod};
+
+/// Share of the pods' most popular shapes that make up the workload fragmentation is measured
+/// against (the FGD paper's "typical pods").
+pub const TYPICAL_POD_COVERAGE: f64 = 0.95;
+
+#[derive(Clone, Debug)]
+pub struct ExperimentConfig {
+    /// Arrived GPU demand to stop at, as a multiple of capacity (1.3 in the paper).
+    pub inflation: f64,
+    pub seed: u64,
+}
+
+/// One run of one policy on one seed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Curve {
+    pub policy: Policy,
+    pub seed: u64,
+    /// GPU allocation ratio (0–1) when 1%, 2%, … of capacity had arrived.
+    pub allocated: Vec<f64>,
+    pub placed: usize,
+    pub failed: usize,
+    /// Cluster fragmentation (GPU milli) at the end, against the workload.
+    pub fragmented_milli: f64,
+    pub capacity_milli: u64,
+    pub decisions_per_second: f64,
+}
+
+impl Curve {
+    /// Allocation ratio when `percent` of capacity had arrived.
+    pub fn at(&self, percent: usize) -> Option<f64> {
+        percent.checked_sub(1).and_then(|index| self.allocated.get(index)).copied()
+    }
+}
+
+/// The pod list of one seed: shuffled, then inflated with re-sampled copies.
+pub fn arrivals(pods: &[TracePod], capacity_milli: u64, config: &ExperimentConfig) -> Vec<TracePod> {
+    let mut rng = Rng::new(config.seed);
+    let mut list = pods.to_vec();
+    rng.shuffle(&mut list);
+    let target = (capacity_milli as f64 * config.inflation) as u64;
+    let mut demand: u64 = list.iter().map(|pod| pod.gpu.milli()).sum();
+    let gpu_pods = pods.iter().any(|pod| pod.gpu.milli() > 0);
+    while gpu_pods && demand < target {
+        let mut copy = pods[rng.below(pods.len() as u64) as usize].clone();
+        copy.name = format!("{}-copy{}", copy.name, list.len());
+        demand += copy.gpu.milli();
+        list.push(copy);
+    }
+    list
+}
+
+/// The typical pods of a list, by cpu and GPU request as the paper takes them.
+pub fn workload(pods: &[TracePod]) -> Workload {
+    Workload::from_pods(
+        pods.iter().map(|pod| (pod.cpu_milli, 0, pod.gpu, pod.gpu_models.as_slice())),
+        TYPICAL_POD_COVERAGE,
+    )
+}
+
+/// Runs one policy on one seed.
+pub fn run(nodes: &[TraceNode], pods: &[TracePod], policy: Policy, config: &ExperimentConfig) -> Curve {
+    let mut engine = Engine::new(policy, config.seed);
+    for node in nodes {
+        engine.upsert_node(node.to_node());
+    }
+    let (capacity, _) = engine.gpu_milli();
+    let list = arrivals(pods, capacity, config);
+    engine.set_workload(workload(&list));
+    let marks = (config.inflation * 100.0).round() as usize;
+    let mut allocated = Vec::with_capacity(marks);
+    let (mut arrived, mut placed, mut failed) = (0u64, 0, 0);
+    let started = Instant::now();
+    for (index, trace_pod) in list.iter().enumerate() {
+        if allocated.len() >= marks {
+            break;
+        }
+        let pod = trace_pod.to_pod(format!("{index}"));
+        match engine.schedule(&pod) {
+            Ok(_) => placed += 1,
+            Err(_) => failed += 1,
+        }
+        arrived += pod.gpu.milli();
+        while allocated.len() < marks && arrived * 100 >= capacity * (allocated.len() as u64 + 1) {
+            let (_, used) = engine.gpu_milli();
+            allocated.push(used as f64 / capacity as f64);
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    Curve {
+        policy,
+        seed: config.seed,
+        allocated,
+        placed,
+        failed,
+        fragmented_milli: engine.fragmentation(),
+        capacity_milli: capacity,
+        decisions_per_second: (placed + failed) as f64 / seconds.max(1e-9),
+    }
+}

@@ -1,0 +1,172 @@
+//! `yiyun simulate fgd`: the FGD paper's experiment for every policy and pod list, averaged over
+//! seeds, printed beside the published figures.
+
+use std::{fmt::Write, path::Path, thread};
+
+use yiyun_engine::Policy;
+
+use crate::{
+    Error,
+    experiment::{Curve, ExperimentConfig, run},
+    read,
+    trace::{TraceNode, TracePod, parse_nodes, parse_pods},
+};
+
+/// Published results (GPU allocation % at 100% / 130% arrived, mean of 10 seeds) of the FGD
+/// paper (Weng et al., USENIX ATC '23) for the policies yiyun reimplements.
+fn published(list: &str, policy: Policy) -> Option<(f64, f64)> {
+    match (list, policy) {
+        ("default", Policy::BestFit) => Some((92.86, 93.08)),
+        ("default", Policy::Fgd) => Some((95.23, 95.39)),
+        ("multigpu20", Policy::BestFit) => Some((93.73, 93.93)),
+        ("multigpu20", Policy::Fgd) => Some((95.53, 95.65)),
+        ("gpushare40", Policy::BestFit) => Some((91.44, 91.69)),
+        ("gpushare40", Policy::Fgd) => Some((93.96, 94.15)),
+        _ => None,
+    }
+}
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct FgdConfig {
+    /// Directory of the openb CSV files.
+    pub traces: String,
+    /// Pod lists by suffix: `default` reads `openb_pod_list_default.csv`.
+    pub lists: Vec<String>,
+    pub policies: Vec<Policy>,
+    pub seeds: Vec<u64>,
+    pub inflation: f64,
+    /// Worker threads (runs are independent).
+    pub threads: usize,
+}
+
+/// Averages of one policy on one list.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Summary {
+    pub list: String,
+    pub policy: Policy,
+    /// Mean allocation ratio (%) at each 1% of capacity arrived.
+    pub curve: Vec<f64>,
+    pub placed: f64,
+    pub failed: f64,
+    /// GPUs (not milli) no typical pod could use at the end, by FGD's measure.
+    pub fragmented_gpus: f64,
+    pub decisions_per_second: f64,
+}
+
+impl Summary {
+    pub fn at(&self, percent: usize) -> f64 {
+        percent.checked_sub(1).and_then(|index| self.curve.get(index)).copied().unwrap_or(f64::NAN)
+    }
+}
+
+fn summarise(list: &str, policy: Policy, curves: &[Curve]) -> Summary {
+    let runs = curves.len().max(1) as f64;
+    let points = curves.iter().map(|curve| curve.allocated.len()).min().unwrap_or(0);
+    let curve = (0..points)
+        .map(|index| curves.iter().map(|curve| curve.allocated[index]).sum::<f64>() / runs * 100.0)
+        .collect();
+    let mean = |f: &dyn Fn(&Curve) -> f64| curves.iter().map(f).sum::<f64>() / runs;
+    Summary {
+        list: list.to_string(),
+        policy,
+        curve,
+        placed: mean(&|c| c.placed as f64),
+        failed: mean(&|c| c.failed as f64),
+        fragmented_gpus: mean(&|c| c.fragmented_milli / 1000.0),
+        decisions_per_second: mean(&|c| c.decisions_per_second),
+    }
+}
+
+/// Runs every (list, policy, seed) and summarises per (list, policy).
+pub fn run_all(config: &FgdConfig) -> Result<Vec<Summary>, Error> {
+    let node_file = Path::new(&config.traces).join("openb_node_list_gpu_node.csv");
+    let nodes = parse_nodes(&read(&node_file)?, &node_file.display().to_string())?;
+    let mut summaries = Vec::new();
+    for list in &config.lists {
+        let pod_file = Path::new(&config.traces).join(format!("openb_pod_list_{list}.csv"));
+        let pods = parse_pods(&read(&pod_file)?, &pod_file.display().to_string())?;
+        for &policy in &config.policies {
+            eprintln!("[simulate] {list}: {} over {} seeds", policy.name(), config.seeds.len());
+            let curves = run_seeds(&nodes, &pods, policy, config);
+            summaries.push(summarise(list, policy, &curves));
+        }
+    }
+    Ok(summaries)
+}
+
+fn run_seeds(nodes: &[TraceNode], pods: &[TracePod], policy: Policy, config: &FgdConfig) -> Vec<Curve> {
+    let threads = config.threads.max(1);
+    let mut curves = Vec::new();
+    for chunk in config.seeds.chunks(threads) {
+        thread::scope(|scope| {
+            let handles: Vec<_> = chunk
+                .iter()
+                .map(|&seed| {
+                    scope.spawn(move || {
+                        run(nodes, pods, policy, &ExperimentConfig { inflation: config.inflation, seed })
+                    })
+                })
+                .collect();
+            curves.extend(handles.into_iter().filter_map(|handle| handle.join().ok()));
+        });
+    }
+    curves
+}
+
+/// The table: one row per list and policy, with the published figure beside ours.
+pub fn table(summaries: &[Summary], seeds: &[u64]) -> String {
+    let mut out = String::new();
+    let seeds = match (seeds.first(), seeds.last()) {
+        (Some(first), Some(last)) if seeds.len() > 1 => format!("seeds {first}-{last}"),
+        (Some(first), _) => format!("seed {first}"),
+        _ => "no seeds".to_string(),
+    };
+    let _ = writeln!(
+        out,
+        "GPU allocation ratio (%) by arrived GPU demand, mean of {seeds}; published: FGD paper (ATC '23)"
+    );
+    let _ = writeln!(
+        out,
+        "{:<11} {:<10} {:>7} {:>7} {:>15} {:>8} {:>8} {:>11} {:>11}",
+        "pod list", "policy", "@100%", "@130%", "published", "placed", "failed", "frag GPUs", "decisions/s"
+    );
+    for summary in summaries {
+        let published = published(&summary.list, summary.policy)
+            .map(|(at100, at130)| format!("{at100:.2} / {at130:.2}"))
+            .unwrap_or_else(|| "-".to_string());
+        let _ = writeln!(
+            out,
+            "{:<11} {:<10} {:>7.2} {:>7.2} {:>15} {:>8.0} {:>8.0} {:>11.1} {:>11.0}",
+            summary.list,
+            summary.policy.name(),
+            summary.at(100),
+            summary.at(130),
+            published,
+            summary.placed,
+            summary.failed,
+            summary.fragmented_gpus,
+            summary.decisions_per_second
+        );
+    }
+    let _ = writeln!(out, "\nWhole curves (allocation % at every 10% arrived):");
+    let marks: Vec<usize> = (1..=13).map(|m| m * 10).collect();
+    let header: Vec<String> = marks.iter().map(|m| format!("{m:>6}")).collect();
+    let _ = writeln!(out, "{:<11} {:<10} {}", "pod list", "policy", header.join(""));
+    for summary in summaries {
+        let points: Vec<String> = marks.iter().map(|&m| format!("{:>6.1}", summary.at(m))).collect();
+        let _ = writeln!(out, "{:<11} {:<10} {}", summary.list, summary.policy.name(), points.join(""));
+    }
+    out
+}
+
+/// Every point of every curve as CSV: `pod_list,policy,arrived_percent,allocated_percent`.
+pub fn curves_csv(summaries: &[Summary]) -> String {
+    let mut out = String::from("pod_list,policy,arrived_percent,allocated_percent\n");
+    for summary in summaries {
+        for (index, allocated) in summary.curve.iter().enumerate() {
+            let _ = writeln!(out, "{},{},{},{allocated:.4}", summary.list, summary.policy.name(), index + 1);
+        }
+    }
+    out
+}

@@ -1,0 +1,107 @@
+//! Replays cluster traces through yiyun's placement engine: the FGD paper's placement-quality
+//! experiment, and a timeline replay with sites, tenants and latency classes assigned.
+
+pub mod experiment;
+pub mod fgd;
+pub mod trace;
+
+use std::path::Path;
+
+/// Errors of the simulator.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{file} line {line}: {message}")]
+    Trace { file: String, line: usize, message: String },
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{0}")]
+    Config(String),
+}
+
+impl Error {
+    /// A stable label for metrics and logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Error::Trace { .. } => "trace",
+            Error::Read { .. } => "read",
+            Error::Config(_) => "config",
+        }
+    }
+}
+
+pub(crate) fn read(path: &Path) -> Result<String, Error> {
+    std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.display().to_string(), source })
+}
+
+/// `yiyun simulate`.
+#[derive(clap::Subcommand, Clone, Debug)]
+pub enum Command {
+    /// The FGD paper's placement-quality experiment: pod lists shuffled and inflated to 130% of
+    /// GPU capacity, placed one by one by each policy, averaged over seeds.
+    Fgd(FgdArgs),
+}
+
+/// Options of `yiyun simulate fgd`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct FgdArgs {
+    /// Directory holding the openb CSV files.
+    #[arg(long, default_value = "../shared/traces/openb")]
+    pub traces: String,
+    /// Pod lists (suffixes of openb_pod_list_<list>.csv), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "default,gpushare40,multigpu20")]
+    pub lists: Vec<String>,
+    /// Policies, comma-separated: first-fit, best-fit, spread, fgd, yiyun.
+    #[arg(long, value_delimiter = ',', default_value = "first-fit,best-fit,spread,fgd,yiyun")]
+    pub policies: Vec<String>,
+    /// First seed; seeds are consecutive.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Number of seeds.
+    #[arg(long, default_value_t = 10)]
+    pub seeds: u64,
+    /// Arrived GPU demand to stop at, as a multiple of capacity.
+    #[arg(long, default_value_t = 1.3)]
+    pub inflation: f64,
+    /// Also write every point of every curve to this CSV file.
+    #[arg(long)]
+    pub curves_csv: Option<String>,
+}
+
+/// Runs `yiyun simulate …` and returns the report to print.
+pub fn simulate(command: Command) -> Result<String, Error> {
+    match command {
+        Command::Fgd(args) => {
+            let policies = args
+                .policies
+                .iter()
+                .map(|name| {
+                    yiyun_engine::Policy::parse(name).ok_or_else(|| {
+                        Error::Config(format!(
+                            "unknown policy `{name}`: expected first-fit, best-fit, spread, fgd or yiyun"
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            if !(args.inflation > 0.0 && args.inflation <= 10.0) {
+                return Err(Error::Config(format!(
+                    "--inflation must be in (0, 10], found {}",
+                    args.inflation
+                )));
+            }
+            let config = fgd::FgdConfig {
+                traces: args.traces,
+                lists: args.lists,
+                policies,
+                seeds: (args.seed..args.seed + args.seeds).collect(),
+                inflation: args.inflation,
+                threads: std::thread::available_parallelism().map_or(1, usize::from),
+            };
+            let summaries = fgd::run_all(&config)?;
+            if let Some(path) = &args.curves_csv {
+                std::fs::write(path, fgd::curves_csv(&summaries))
+                    .map_err(|source| Error::Read { path: path.clone(), source })?;
+            }
+            Ok(fgd::table(&summaries, &config.seeds))
+        }
+    }
+}
