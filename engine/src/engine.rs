@@ -138,6 +138,16 @@ const LOOKAHEAD_WEIGHT: f64 = 0.5;
 /// exact differences allocate 1.4 points less).
 const FRAGMENTATION_STEP_MILLI: f64 = 60.0;
 
+/// A node as gang placement reads it.
+pub(crate) struct NodeView<'a> {
+    pub id: NodeId,
+    pub node: &'a Node,
+    pub rank: u64,
+    pub class: u32,
+    pub free: &'a Resources,
+    pub gpus: &'a GpuFree,
+}
+
 /// A pod placed on a node, as [`Engine::pods_on`] lists them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PlacedPod {
@@ -302,6 +312,22 @@ impl Engine {
 
     fn slot(&self, id: NodeId) -> Option<&NodeSlot> {
         self.nodes.get(id as usize).and_then(Option::as_ref)
+    }
+
+    /// Every node with what gang placement needs of it.
+    pub(crate) fn node_views(&self) -> impl Iterator<Item = NodeView<'_>> {
+        (0..self.nodes.len() as NodeId).filter_map(|id| self.node_view(id))
+    }
+
+    pub(crate) fn node_view(&self, id: NodeId) -> Option<NodeView<'_>> {
+        self.slot(id).map(|slot| NodeView {
+            id,
+            node: &slot.node,
+            rank: slot.rank,
+            class: slot.class,
+            free: &slot.free,
+            gpus: &slot.gpus,
+        })
     }
 
     /// Adds a node, or updates one the engine knows (its pods stay placed on it).
@@ -511,7 +537,7 @@ impl Engine {
     }
 
     /// Filters and site costs of every node class for `pod`.
-    fn verdicts(&self, pod: &Pod) -> Vec<Result<(i64, f64), Reason>> {
+    pub(crate) fn verdicts(&self, pod: &Pod) -> Vec<Result<(i64, f64), Reason>> {
         let allowed = pod.tenant.as_deref().and_then(|tenant| self.tenants.allowed_regions(tenant));
         self.classes
             .iter()

@@ -38,6 +38,7 @@ impl fmt::Display for Explanation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut parts = Vec::new();
         if !self.reasons.is_empty() || (self.gang.is_none() && self.tenant.is_none()) {
+            // With a gang, only nodes that cannot take even one of its pods are counted.
             let mut nodes = format!("0/{} nodes", self.nodes);
             if !self.reasons.is_empty() {
                 let counted: Vec<String> =

@@ -124,3 +124,89 @@ fn removing_a_node_forgets_its_pods() {
     let explanation = engine.decide(&pod("p2", 1_000, GpuRequest::None)).expect_err("no nodes");
     assert_eq!(explanation.to_string(), "0/0 nodes");
 }
+
+mod gangs {
+    use super::*;
+    use crate::gang::{Gang, Level, Mode};
+
+    /// `racks` racks of `per_rack` 8-GPU nodes at one site.
+    fn racked(racks: usize, per_rack: usize) -> Engine {
+        let mut engine = Engine::new(Policy::Yiyun, 7);
+        for rack in 0..racks {
+            for index in 0..per_rack {
+                let mut node = node(&format!("r{rack}-n{index}"), 96_000, 8);
+                node.topology.site = "qingyang".into();
+                node.topology.region = "gansu".into();
+                node.topology.rack = format!("r{rack}");
+                engine.upsert_node(node);
+            }
+        }
+        engine
+    }
+
+    fn members(gang: &str, count: usize, gpus: u8) -> Vec<Pod> {
+        (0..count)
+            .map(|index| {
+                let mut pod = pod(&format!("{gang}-{index}"), 8_000, GpuRequest::Whole(gpus));
+                pod.gang = Some(gang.into());
+                pod
+            })
+            .collect()
+    }
+
+    fn racks_of(engine: &Engine, pods: &[Pod]) -> std::collections::BTreeSet<String> {
+        pods.iter()
+            .filter_map(|pod| engine.placement_of(&pod.key))
+            .filter_map(|placement| engine.node(placement.node).map(|node| node.topology.rack.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn a_required_gang_lands_in_one_rack() {
+        let mut engine = racked(4, 4);
+        // Fill half of rack r0 so the gang has to choose.
+        for index in 0..2 {
+            let mut blocker = pod(&format!("blocker-{index}"), 8_000, GpuRequest::Whole(8));
+            blocker.key = format!("blocker-{index}");
+            engine.schedule(&blocker).expect("fits");
+        }
+        let gang =
+            Gang { name: "train".into(), min_member: 16, topology: Some((Level::Rack, Mode::Required)) };
+        let pods = members("train", 16, 2);
+        let placements = engine.schedule_gang(&gang, &pods).expect("32 GPUs in one rack");
+        assert_eq!(placements.len(), 16);
+        assert_eq!(racks_of(&engine, &pods).len(), 1, "all in one rack");
+        let nodes: std::collections::BTreeSet<_> = placements.iter().map(|p| p.node).collect();
+        assert_eq!(nodes.len(), 4, "packed four pods to a node");
+    }
+
+    #[test]
+    fn a_gang_that_fits_no_rack_takes_nothing_and_says_why() {
+        let mut engine = racked(2, 2);
+        let gang = Gang { name: "big".into(), min_member: 12, topology: Some((Level::Rack, Mode::Required)) };
+        let pods = members("big", 12, 2);
+        let explanation = engine.schedule_gang(&gang, &pods).expect_err("a rack holds 8");
+        assert_eq!(explanation.to_string(), "gang needs 12 in one rack, best rack has 8");
+        assert_eq!(engine.pod_count(), 0, "nothing held while waiting");
+        assert_eq!(engine.gpu_milli().1, 0);
+    }
+
+    #[test]
+    fn a_preferred_gang_uses_as_few_racks_as_it_can() {
+        let mut engine = racked(3, 2);
+        let gang =
+            Gang { name: "wide".into(), min_member: 12, topology: Some((Level::Rack, Mode::Preferred)) };
+        let pods = members("wide", 12, 2);
+        engine.schedule_gang(&gang, &pods).expect("18 GPUs over racks");
+        assert_eq!(racks_of(&engine, &pods).len(), 2, "8 + 4 pods");
+    }
+
+    #[test]
+    fn a_gang_without_topology_is_still_all_or_nothing() {
+        let mut engine = racked(1, 1);
+        let gang = Gang { name: "nine".into(), min_member: 9, topology: None };
+        let explanation = engine.schedule_gang(&gang, &members("nine", 9, 1)).expect_err("8 GPUs only");
+        assert_eq!(explanation.to_string(), "gang needs 9 placed together, room for 8");
+        assert_eq!(engine.pod_count(), 0);
+    }
+}
