@@ -45,9 +45,18 @@ pub struct Gang {
     pub topology: Option<(Level, Mode)>,
 }
 
+/// A rack, site or region with room for copies of a gang's pod.
+#[derive(Default)]
+struct Domain {
+    /// Copies that fit in all.
+    capacity: u64,
+    /// (copies that fit, rank, node).
+    nodes: Vec<(u64, u64, NodeId)>,
+}
+
 /// How many more copies of `pod` fit on a node.
 fn copies(view: &NodeView, pod: &Pod) -> u64 {
-    let by = |free: u64, need: u64| if need == 0 { u64::MAX } else { free / need };
+    let by = |free: u64, need: u64| free.checked_div(need).unwrap_or(u64::MAX);
     let mut count = by(view.free.pods, pod.requests.pods)
         .min(by(view.free.cpu_milli, pod.requests.cpu_milli))
         .min(by(view.free.memory_bytes, pod.requests.memory_bytes));
@@ -109,7 +118,7 @@ impl Engine {
         };
         // Capacity of every domain for copies of the first pod, on nodes that pass its filters.
         let verdicts = self.verdicts(first);
-        let mut domains: BTreeMap<String, (u64, Vec<(u64, u64, NodeId)>)> = BTreeMap::new();
+        let mut domains: BTreeMap<String, Domain> = BTreeMap::new();
         for view in self.node_views() {
             if verdicts[view.class as usize].is_err() {
                 continue;
@@ -118,23 +127,20 @@ impl Engine {
             if fit == 0 {
                 continue;
             }
-            let entry = domains.entry(domain_of(&view, level)).or_default();
-            entry.0 = entry.0.saturating_add(fit);
-            entry.1.push((fit, view.rank, view.id));
+            let domain = domains.entry(domain_of(&view, level)).or_default();
+            domain.capacity = domain.capacity.saturating_add(fit);
+            domain.nodes.push((fit, view.rank, view.id));
         }
         let needed = members.len() as u64;
-        let best_capacity = domains.values().map(|(capacity, _)| *capacity).max().unwrap_or(0);
+        let best_capacity = domains.values().map(|domain| domain.capacity).max().unwrap_or(0);
         match mode {
             Mode::Required => {
                 // The tightest domain that can hold the gang, so large domains stay whole.
-                let mut candidates: Vec<(u64, &String)> = domains
-                    .iter()
-                    .filter(|(_, (c, _))| *c >= needed)
-                    .map(|(name, (c, _))| (*c, name))
-                    .collect();
-                candidates.sort();
+                let mut candidates: Vec<&Domain> =
+                    domains.values().filter(|d| d.capacity >= needed).collect();
+                candidates.sort_by_key(|domain| domain.capacity);
                 let candidates: Vec<Vec<NodeId>> =
-                    candidates.into_iter().map(|(_, name)| fullest_first(&domains[name].1)).collect();
+                    candidates.into_iter().map(|d| fullest_first(&d.nodes)).collect();
                 for nodes in candidates {
                     if let Ok(placements) = self.place_all_or_nothing(members, Some(&nodes)) {
                         return Ok(placements);
@@ -144,10 +150,10 @@ impl Engine {
             }
             Mode::Preferred => {
                 // Largest domains first: the fewest domains that hold the gang.
-                let mut ordered: Vec<&(u64, Vec<(u64, u64, NodeId)>)> = domains.values().collect();
-                ordered.sort_by(|a, b| b.0.cmp(&a.0));
+                let mut ordered: Vec<&Domain> = domains.values().collect();
+                ordered.sort_by_key(|domain| std::cmp::Reverse(domain.capacity));
                 let nodes: Vec<NodeId> =
-                    ordered.into_iter().flat_map(|(_, nodes)| fullest_first(nodes)).collect();
+                    ordered.into_iter().flat_map(|domain| fullest_first(&domain.nodes)).collect();
                 self.place_all_or_nothing(members, Some(&nodes))
                     .map_err(|()| self.explain_gang(gang, first, Some((level, best_capacity))))
             }
