@@ -11,7 +11,8 @@ use crate::{
     cost::CostModel,
     explain::Explanation,
     filter::{NodeClass, Reason},
-    gpu::{GpuFree, Workload},
+    fxhash::FxHashMap,
+    gpu::{GpuFree, MAX_GPUS, Workload},
     model::{GpuRequest, Node, Pod, Resources},
     rng::Rng,
     tenants::{Tenant, Tenants, Usage},
@@ -84,6 +85,9 @@ struct ShapeKey {
 
 #[derive(Debug)]
 struct Group {
+    /// Where the group is listed: bucket and index in it.
+    bucket: usize,
+    position: usize,
     key: ShapeKey,
     /// Member nodes by (rank, id): the first is the one ties go to.
     members: BTreeSet<(u64, NodeId)>,
@@ -169,14 +173,14 @@ pub struct Engine {
     classes: Vec<NodeClass>,
     class_ids: HashMap<NodeClass, u32>,
     groups: Vec<Group>,
-    group_ids: HashMap<ShapeKey, u32>,
-    /// Non-empty groups.
-    live: Vec<u32>,
+    group_ids: FxHashMap<ShapeKey, u32>,
+    /// Non-empty groups, by what their GPUs can still take (see [`gpu_bucket`]).
+    buckets: Vec<Vec<u32>>,
     spare_groups: Vec<u32>,
     pods: HashMap<String, Bound>,
     /// Replicas per spread key per node.
     spread: HashMap<String, HashMap<NodeId, u32>>,
-    frag_memo: HashMap<FragKey, f64>,
+    frag_memo: FxHashMap<FragKey, f64>,
     rng: Rng,
     node_count: usize,
     /// Largest allocatable CPU and GPU milli of any node, to normalise best-fit scores.
@@ -212,12 +216,12 @@ impl Engine {
             classes: Vec::new(),
             class_ids: HashMap::new(),
             groups: Vec::new(),
-            group_ids: HashMap::new(),
-            live: Vec::new(),
+            group_ids: FxHashMap::default(),
+            buckets: vec![Vec::new(); GPU_BUCKETS],
             spare_groups: Vec::new(),
             pods: HashMap::new(),
             spread: HashMap::new(),
-            frag_memo: HashMap::new(),
+            frag_memo: FxHashMap::default(),
             rng: Rng::new(seed),
             node_count: 0,
             largest_cpu: 1,
@@ -259,7 +263,7 @@ impl Engine {
 
     /// Distinct states nodes are in (what one decision iterates over).
     pub fn group_count(&self) -> usize {
-        self.live.len()
+        self.buckets.iter().map(Vec::len).sum()
     }
 
     pub fn node(&self, id: NodeId) -> Option<&Node> {
@@ -417,7 +421,13 @@ impl Engine {
         let group = match self.group_ids.get(&key) {
             Some(&group) => group,
             None => {
-                let group = Group { key: key.clone(), members: BTreeSet::new() };
+                let bucket = gpu_bucket(&key.gpus);
+                let group = Group {
+                    bucket,
+                    position: self.buckets[bucket].len(),
+                    key: key.clone(),
+                    members: BTreeSet::new(),
+                };
                 let index = match self.spare_groups.pop() {
                     Some(index) => {
                         self.groups[index as usize] = group;
@@ -429,7 +439,7 @@ impl Engine {
                     }
                 };
                 self.group_ids.insert(key, index);
-                self.live.push(index);
+                self.buckets[bucket].push(index);
                 index
             }
         };
@@ -442,8 +452,11 @@ impl Engine {
         entry.members.remove(&(rank, id));
         if entry.members.is_empty() {
             self.group_ids.remove(&entry.key);
-            if let Some(position) = self.live.iter().position(|&g| g == group) {
-                self.live.swap_remove(position);
+            let (bucket, position) = (entry.bucket, entry.position);
+            let listed = &mut self.buckets[bucket];
+            listed.swap_remove(position);
+            if let Some(&moved) = listed.get(position) {
+                self.groups[moved as usize].position = position;
             }
             self.spare_groups.push(group);
         }
@@ -491,7 +504,8 @@ impl Engine {
                 best = Some((score, node, device));
             }
         };
-        for &group_index in &self.live {
+        let buckets = eligible_buckets(pod.gpu);
+        for &group_index in buckets.iter().flat_map(|&bucket| &self.buckets[bucket]) {
             let group = &self.groups[group_index as usize];
             let Verdict::Feasible { preference, cost } = verdicts[group.key.class as usize] else { continue };
             if group.key.free.first_shortage(&pod.requests).is_some() || !group.key.gpus.fits(pod.gpu) {
@@ -554,7 +568,7 @@ impl Engine {
     /// Counts, over all nodes, the first reason each cannot take `pod`.
     fn explain_nodes(&self, pod: &Pod, verdicts: &[Verdict]) -> Explanation {
         let mut reasons: BTreeMap<Reason, usize> = BTreeMap::new();
-        for &group_index in &self.live {
+        for &group_index in self.buckets.iter().flatten() {
             let group = &self.groups[group_index as usize];
             let reason = match verdicts[group.key.class as usize] {
                 Verdict::Rejected(reason) => reason.clone(),
@@ -644,7 +658,7 @@ impl Engine {
     /// Fragmentation of the whole cluster against the workload, in GPU milli.
     pub fn fragmentation(&mut self) -> f64 {
         let mut total = 0.0;
-        for &group_index in &self.live {
+        for &group_index in self.buckets.iter().flatten() {
             let group = &self.groups[group_index as usize];
             let members = group.members.len() as f64;
             let key = frag_key(false, &group.key, group.key.free.cpu_milli, group.key.gpus);
@@ -653,6 +667,33 @@ impl Engine {
         }
         total
     }
+}
+
+/// Groups are listed by what their GPUs can still take: the number of idle devices (0–16) and
+/// the largest free amount on a device in use, in tenths of a GPU (0–9). A pod only looks at the
+/// buckets that can hold it, so a full cluster is not walked for every GPU pod.
+const GPU_BUCKETS: usize = (MAX_GPUS + 1) * 10;
+
+fn gpu_bucket(gpus: &GpuFree) -> usize {
+    let idle = gpus.devices().iter().filter(|&&free| free >= 1000).count();
+    let partial = gpus.devices().iter().filter(|&&free| free < 1000).max().copied().unwrap_or(0);
+    idle * 10 + usize::from(partial / 100)
+}
+
+/// Buckets whose groups may fit `request`.
+fn eligible_buckets(request: GpuRequest) -> Vec<usize> {
+    let (count, milli) = request.per_device();
+    (0..GPU_BUCKETS)
+        .filter(|&bucket| {
+            let (idle, partial_tenths) = (bucket / 10, (bucket % 10) as u16);
+            match request {
+                GpuRequest::None => true,
+                GpuRequest::Whole(_) => idle >= usize::from(count),
+                // The bucket's largest partial device has less than (tenths + 1) × 100 free.
+                GpuRequest::Fraction(_) => idle >= 1 || (partial_tenths + 1) * 100 > milli,
+            }
+        })
+        .collect()
 }
 
 /// What a pod counts against its tenant.
@@ -669,7 +710,7 @@ fn frag_key(lookahead: bool, shape: &ShapeKey, cpu: u64, gpus: GpuFree) -> FragK
 }
 
 fn memo_fragmentation(
-    memo: &mut HashMap<FragKey, f64>,
+    memo: &mut FxHashMap<FragKey, f64>,
     workload: &Workload,
     key: FragKey,
     model: Option<&str>,
@@ -699,7 +740,7 @@ fn score_group(
     cost: f64,
     workload: &Workload,
     classes: &[NodeClass],
-    memo: &mut HashMap<FragKey, f64>,
+    memo: &mut FxHashMap<FragKey, f64>,
     largest_cpu: u64,
     largest_gpu: u64,
 ) -> (Score, Option<u16>) {

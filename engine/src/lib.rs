@@ -9,6 +9,7 @@ pub mod cost;
 mod engine;
 mod explain;
 pub mod filter;
+mod fxhash;
 pub mod gang;
 pub mod gpu;
 pub mod model;

@@ -34,6 +34,9 @@ impl Resources {
         if request.memory_bytes > self.memory_bytes {
             return Some(Shortage::Memory);
         }
+        if request.extended.is_empty() {
+            return None;
+        }
         request
             .extended
             .iter()

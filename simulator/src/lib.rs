@@ -1,6 +1,7 @@
 //! Replays cluster traces through yiyun's placement engine: the FGD paper's placement-quality
 //! experiment, and a timeline replay with sites, tenants and latency classes assigned.
 
+pub mod bench;
 pub mod experiment;
 pub mod fgd;
 pub mod trace;

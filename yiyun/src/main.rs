@@ -39,6 +39,9 @@ enum Bench {
     Tenancy(yiyun_bench::tenancy::Config),
     /// Thousands of kwok nodes in node pools: labelled, relabelled, idle.
     Pools(yiyun_bench::pools::Config),
+    /// The placement engine alone, on one core: decisions per second against a full scan, a
+    /// large gang, memory.
+    Engine(yiyun_simulator::bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -52,17 +55,14 @@ fn main() -> anyhow::Result<()> {
             print!("{}", yiyun_simulator::simulate(command).context("simulation failed")?);
             Ok(())
         }
-        Command::Bench(bench) => {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")?;
-            match bench {
-                Bench::Tenancy(config) => runtime.block_on(yiyun_bench::tenancy::run(config)),
-                Bench::Pools(config) => runtime.block_on(yiyun_bench::pools::run(config)),
+        Command::Bench(bench) => match bench {
+            Bench::Engine(args) => {
+                print!("{}", yiyun_simulator::bench::run(&args).context("benchmark failed")?);
+                Ok(())
             }
-            .context("benchmark failed")
-        }
+            Bench::Tenancy(config) => block_on(yiyun_bench::tenancy::run(config)),
+            Bench::Pools(config) => block_on(yiyun_bench::pools::run(config)),
+        },
         Command::Version => {
             println!("yiyun {}", env!("CARGO_PKG_VERSION"));
             Ok(())
@@ -78,6 +78,15 @@ fn main() -> anyhow::Result<()> {
                 .map_err(|err| anyhow::anyhow!(err).context("scheduler failed"))
         }),
     }
+}
+
+/// Runs a benchmark against the cluster on a multi-threaded runtime.
+fn block_on(benchmark: impl Future<Output = Result<(), yiyun_bench::Error>>) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(benchmark).context("benchmark failed")
 }
 
 /// Runs a long-lived component on a multi-threaded runtime with telemetry, until SIGTERM or

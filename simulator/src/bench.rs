@@ -1,0 +1,247 @@
+//! `yiyun bench engine`: how fast the engine decides, on one core, against a scheduler that
+//! scans every node for every pod, measured in the same run.
+
+use std::{fmt::Write, path::Path, time::Instant};
+
+use yiyun_engine::{
+    Engine, Policy,
+    filter::NodeClass,
+    gang::{Gang, Level, Mode},
+    model::{GpuRequest, Node, Pod, Resources},
+    rng::Rng,
+};
+
+use crate::{
+    Error,
+    experiment::{self, ExperimentConfig},
+    read,
+    trace::{TraceNode, TracePod, parse_nodes, parse_pods},
+};
+
+/// Options of `yiyun bench engine`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct BenchArgs {
+    /// Directory holding the openb CSV files.
+    #[arg(long, default_value = "../shared/traces/openb")]
+    pub traces: String,
+    /// Nodes for the decision-rate figure.
+    #[arg(long, default_value_t = 5_000)]
+    pub nodes: usize,
+    /// Nodes for the gang and memory figures.
+    #[arg(long, default_value_t = 10_000)]
+    pub large_nodes: usize,
+    /// Pods held for the memory figure.
+    #[arg(long, default_value_t = 100_000)]
+    pub pods: usize,
+    /// Pods in the gang.
+    #[arg(long, default_value_t = 256)]
+    pub gang: usize,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+/// Nodes per rack when the bench assigns racks.
+const RACK_SIZE: usize = 40;
+
+/// Share of GPU capacity busy when the gang arrives.
+const GANG_FILL: f64 = 0.5;
+
+/// `count` nodes, 40 to a rack; each rack takes one node type drawn (seeded) from the trace's
+/// node list, as racks are bought and cabled by model.
+fn sample_nodes(trace: &[TraceNode], count: usize, rng: &mut Rng) -> Vec<Node> {
+    let templates: Vec<&TraceNode> =
+        (0..count.div_ceil(RACK_SIZE)).map(|_| &trace[rng.below(trace.len() as u64) as usize]).collect();
+    (0..count)
+        .map(|index| {
+            let mut node = templates[index / RACK_SIZE].to_node();
+            node.name = format!("node-{index:05}");
+            node.topology.region = "gansu".into();
+            node.topology.site = "qingyang".into();
+            node.topology.rack = format!("rack-{:03}", index / RACK_SIZE);
+            node
+        })
+        .collect()
+}
+
+/// The scheduler the engine is measured against: filters and best-fit on every node for every
+/// pod, as a scheduler without an index does.
+struct Scan {
+    nodes: Vec<(Node, NodeClass, Resources, Vec<u16>)>,
+}
+
+impl Scan {
+    fn new(nodes: &[Node]) -> Self {
+        Scan {
+            nodes: nodes
+                .iter()
+                .map(|node| {
+                    (
+                        node.clone(),
+                        NodeClass::of(node),
+                        node.allocatable.clone(),
+                        vec![1000; usize::from(node.gpus)],
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    fn schedule(&mut self, pod: &Pod) -> bool {
+        let (count, milli) = pod.gpu.per_device();
+        let mut best: Option<(f64, usize)> = None;
+        for (index, (_, class, free, gpus)) in self.nodes.iter().enumerate() {
+            if class.reject(pod, None).is_some() || free.first_shortage(&pod.requests).is_some() {
+                continue;
+            }
+            if gpus.iter().filter(|&&free| free >= milli).count() < usize::from(count) {
+                continue;
+            }
+            let left = (free.cpu_milli - pod.requests.cpu_milli) as f64 / 128_000.0
+                + (gpus.iter().map(|&f| u64::from(f)).sum::<u64>() - pod.gpu.milli()) as f64 / 8000.0;
+            if best.is_none_or(|(score, _)| left < score) {
+                best = Some((left, index));
+            }
+        }
+        let Some((_, index)) = best else { return false };
+        let (_, _, free, gpus) = &mut self.nodes[index];
+        free.sub(&pod.requests);
+        let mut needed = count;
+        for device in gpus.iter_mut() {
+            if needed > 0 && *device >= milli {
+                *device -= milli;
+                needed -= 1;
+            }
+        }
+        true
+    }
+}
+
+/// Peak resident memory of this process, in MiB (Linux).
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+fn arrivals(pods: &[TracePod], capacity_milli: u64, seed: u64) -> Vec<TracePod> {
+    experiment::arrivals(pods, capacity_milli, &ExperimentConfig { inflation: 1.0, seed })
+}
+
+/// Runs the benchmark and returns its table.
+pub fn run(args: &BenchArgs) -> Result<String, Error> {
+    let node_file = Path::new(&args.traces).join("openb_node_list_gpu_node.csv");
+    let pod_file = Path::new(&args.traces).join("openb_pod_list_default.csv");
+    let trace_nodes = parse_nodes(&read(&node_file)?, &node_file.display().to_string())?;
+    let trace_pods = parse_pods(&read(&pod_file)?, &pod_file.display().to_string())?;
+    let mut rng = Rng::new(args.seed);
+    let mut out = String::new();
+    let _ = writeln!(out, "{:<58} {:>14} {:>14}", "measure (one core)", "yiyun engine", "full scan");
+
+    // Decision rate: pods arriving until their GPUs add up to the cluster's.
+    let nodes = sample_nodes(&trace_nodes, args.nodes, &mut rng);
+    let mut engine = Engine::new(Policy::Yiyun, args.seed);
+    for node in &nodes {
+        engine.upsert_node(node.clone());
+    }
+    let list = arrivals(&trace_pods, engine.gpu_milli().0, args.seed);
+    engine.set_workload(experiment::workload(&list));
+    let pods: Vec<Pod> =
+        list.iter().enumerate().map(|(index, pod)| pod.to_pod(format!("p{index}"))).collect();
+    eprintln!("[bench] {} pods on {} nodes: yiyun engine", pods.len(), nodes.len());
+    let started = Instant::now();
+    let placed = pods.iter().filter(|pod| engine.schedule(pod).is_ok()).count();
+    let engine_rate = pods.len() as f64 / started.elapsed().as_secs_f64();
+    let groups = engine.group_count();
+    eprintln!("[bench] the same pods: full scan");
+    let mut scan = Scan::new(&nodes);
+    let started = Instant::now();
+    let scan_placed = pods.iter().filter(|pod| scan.schedule(pod)).count();
+    let scan_rate = pods.len() as f64 / started.elapsed().as_secs_f64();
+    let _ = writeln!(
+        out,
+        "{:<58} {:>14.0} {:>14.0}",
+        format!("decisions/s, {} pods on {} nodes", pods.len(), nodes.len()),
+        engine_rate,
+        scan_rate
+    );
+    let _ = writeln!(out, "{:<58} {:>14} {:>14}", "pods placed", placed, scan_placed);
+    let _ = writeln!(
+        out,
+        "{:<58} {:>14} {:>14}",
+        "distinct node states (groups scored) at the end",
+        groups,
+        nodes.len()
+    );
+
+    // A gang in one rack among many, half the cluster's GPUs busy.
+    let large = sample_nodes(&trace_nodes, args.large_nodes, &mut rng);
+    let mut engine = Engine::new(Policy::Yiyun, args.seed);
+    for node in &large {
+        engine.upsert_node(node.clone());
+    }
+    let list = experiment::arrivals(
+        &trace_pods,
+        engine.gpu_milli().0,
+        &ExperimentConfig { inflation: GANG_FILL, seed: args.seed },
+    );
+    engine.set_workload(experiment::workload(&list));
+    eprintln!("[bench] filling {} nodes to half their GPUs", large.len());
+    for (index, pod) in list.iter().enumerate() {
+        let _ = engine.schedule(&pod.to_pod(format!("fill{index}")));
+    }
+    let gang =
+        Gang { name: "train".into(), min_member: args.gang, topology: Some((Level::Rack, Mode::Required)) };
+    let members: Vec<Pod> = (0..args.gang)
+        .map(|index| {
+            let mut pod = Pod::new(format!("train-{index}"), Resources::new(4_000, 16 << 30));
+            pod.gpu = GpuRequest::Whole(1);
+            pod.gang = Some("train".into());
+            pod
+        })
+        .collect();
+    let started = Instant::now();
+    let result = engine.schedule_gang(&gang, &members);
+    let gang_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let outcome = match &result {
+        Ok(placements) => {
+            let racks: std::collections::BTreeSet<String> = placements
+                .iter()
+                .filter_map(|p| engine.node(p.node).map(|node| node.topology.rack.clone()))
+                .collect();
+            format!("placed in {} rack(s)", racks.len())
+        }
+        Err(explanation) => format!("not placed: {explanation}"),
+    };
+    let _ = writeln!(
+        out,
+        "{:<58} {:>14.1} {:>14}",
+        format!("ms to place a {}-pod gang in one rack of {} nodes", args.gang, large.len()),
+        gang_ms,
+        "-"
+    );
+    let _ = writeln!(out, "{:<58} {:>14} {:>14}", "gang", outcome, "-");
+
+    // Memory: the large cluster holding many small pods.
+    eprintln!("[bench] {} pods held on {} nodes", args.pods, large.len());
+    let mut engine = Engine::new(Policy::Yiyun, args.seed);
+    for node in &large {
+        engine.upsert_node(node.clone());
+    }
+    let mut held = 0;
+    for index in 0..args.pods {
+        let mut pod = Pod::new(format!("tenant-{}/pod-{index}", index % 100), Resources::new(100, 64 << 20));
+        pod.spread_key = None;
+        if engine.schedule(&pod).is_ok() {
+            held += 1;
+        }
+    }
+    let _ = writeln!(
+        out,
+        "{:<58} {:>14} {:>14}",
+        format!("peak RSS (MiB) of this process, {held} pods on {} nodes", large.len()),
+        peak_rss_mib().map_or("-".to_string(), |mib| format!("{mib:.0}")),
+        "-"
+    );
+    Ok(out)
+}
