@@ -114,6 +114,8 @@ struct Bound {
     tenant: Option<String>,
     spread_key: Option<String>,
     priority: i32,
+    /// Order of placement: later pods have done less work, so they are cheaper to preempt.
+    sequence: u64,
 }
 
 /// Key of the fragmentation memo: what the measure depends on.
@@ -142,6 +144,9 @@ const LOOKAHEAD_WEIGHT: f64 = 0.5;
 /// exact differences allocate 1.4 points less).
 const FRAGMENTATION_STEP_MILLI: f64 = 60.0;
 
+/// Pods preemption may evict per minute unless configured otherwise.
+pub const DEFAULT_EVICTIONS_PER_MINUTE: usize = 60;
+
 /// A node as gang placement reads it.
 pub(crate) struct NodeView<'a> {
     pub id: NodeId,
@@ -159,7 +164,10 @@ pub struct PlacedPod {
     pub tenant: Option<String>,
     pub priority: i32,
     pub requests: Resources,
+    pub gpus: Vec<(u8, u16)>,
     pub gpu_milli: u64,
+    /// Order of placement (later is larger).
+    pub sequence: u64,
 }
 
 /// The placement engine.
@@ -188,6 +196,12 @@ pub struct Engine {
     largest_gpu: u64,
     gpu_capacity: u64,
     gpu_allocated: u64,
+    /// Pods placed so far, for their sequence numbers.
+    placements: u64,
+    /// When (caller's seconds) recent preemptions evicted pods, one entry per victim.
+    pub(crate) evictions: std::collections::VecDeque<u64>,
+    /// Most pods preemption may evict per minute.
+    pub(crate) evictions_per_minute: usize,
 }
 
 /// The verdict on one class of nodes for the pod being placed.
@@ -228,6 +242,9 @@ impl Engine {
             largest_gpu: 1,
             gpu_capacity: 0,
             gpu_allocated: 0,
+            placements: 0,
+            evictions: std::collections::VecDeque::new(),
+            evictions_per_minute: DEFAULT_EVICTIONS_PER_MINUTE,
         }
     }
 
@@ -239,6 +256,11 @@ impl Engine {
     pub fn set_workload(&mut self, workload: Workload) {
         self.workload = workload;
         self.frag_memo.clear();
+    }
+
+    /// Most pods preemption may evict per minute.
+    pub fn set_evictions_per_minute(&mut self, limit: usize) {
+        self.evictions_per_minute = limit;
     }
 
     pub fn set_costs(&mut self, costs: CostModel) {
@@ -308,7 +330,9 @@ impl Engine {
                     tenant: bound.tenant.clone(),
                     priority: bound.priority,
                     requests: bound.requests.clone(),
+                    gpus: bound.gpus.clone(),
                     gpu_milli: bound.usage.gpu_milli,
+                    sequence: bound.sequence,
                 })
             })
             .collect()
@@ -615,8 +639,10 @@ impl Engine {
                 tenant: pod.tenant.clone(),
                 spread_key: pod.spread_key.clone(),
                 priority: pod.priority,
+                sequence: self.placements,
             },
         );
+        self.placements += 1;
         self.regroup(placement.node);
     }
 

@@ -11,8 +11,8 @@ pub struct Explanation {
     pub nodes: usize,
     /// How many nodes failed for each reason (each node counted once, for its first reason).
     pub reasons: Vec<(Reason, usize)>,
-    /// What a gang could not get, e.g. `gang needs 16 in one rack, best rack has 12`.
-    pub gang: Option<String>,
+    /// What else stood in the way, e.g. `gang needs 16 in one rack, best rack has 12`.
+    pub detail: Option<String>,
     pub tenant: Option<TenantLimit>,
 }
 
@@ -21,15 +21,15 @@ impl Explanation {
         let mut reasons: Vec<(Reason, usize)> = reasons.into_iter().collect();
         // Most common first; equal counts in the reasons' own order.
         reasons.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        Explanation { nodes, reasons, gang: None, tenant: None }
+        Explanation { nodes, reasons, detail: None, tenant: None }
     }
 
     pub fn tenant_limit(nodes: usize, limit: TenantLimit) -> Self {
-        Explanation { nodes, reasons: Vec::new(), gang: None, tenant: Some(limit) }
+        Explanation { nodes, reasons: Vec::new(), detail: None, tenant: Some(limit) }
     }
 
-    pub fn with_gang(mut self, gang: String) -> Self {
-        self.gang = Some(gang);
+    pub fn with_detail(mut self, detail: String) -> Self {
+        self.detail = Some(detail);
         self
     }
 }
@@ -37,7 +37,7 @@ impl Explanation {
 impl fmt::Display for Explanation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut parts = Vec::new();
-        if !self.reasons.is_empty() || (self.gang.is_none() && self.tenant.is_none()) {
+        if !self.reasons.is_empty() || (self.detail.is_none() && self.tenant.is_none()) {
             // With a gang, only nodes that cannot take even one of its pods are counted.
             let mut nodes = format!("0/{} nodes", self.nodes);
             if !self.reasons.is_empty() {
@@ -47,7 +47,7 @@ impl fmt::Display for Explanation {
             }
             parts.push(nodes);
         }
-        parts.extend(self.gang.clone());
+        parts.extend(self.detail.clone());
         parts.extend(self.tenant.as_ref().map(ToString::to_string));
         write!(f, "{}", parts.join("; "))
     }

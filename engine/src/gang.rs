@@ -91,7 +91,7 @@ impl Engine {
         let Some(first) = members.first() else { return Ok(Vec::new()) };
         if members.len() < gang.min_member {
             let explanation = Explanation::nodes(self.node_count(), BTreeMap::new());
-            return Err(explanation.with_gang(format!(
+            return Err(explanation.with_detail(format!(
                 "gang {} has {} of its {} pods",
                 gang.name,
                 members.len(),
@@ -242,7 +242,7 @@ impl Engine {
             }
             None => format!("gang needs {needed} placed together, room for {room}"),
         };
-        Explanation::nodes(self.node_count(), reasons).with_gang(lacking)
+        Explanation::nodes(self.node_count(), reasons).with_detail(lacking)
     }
 }
 

@@ -13,10 +13,11 @@ mod fxhash;
 pub mod gang;
 pub mod gpu;
 pub mod model;
+pub mod preempt;
 pub mod rng;
 pub mod tenants;
 
-pub use engine::{Engine, NodeId, PlacedPod, Placement, Policy};
+pub use engine::{DEFAULT_EVICTIONS_PER_MINUTE, Engine, NodeId, PlacedPod, Placement, Policy};
 pub use explain::Explanation;
 
 #[cfg(test)]

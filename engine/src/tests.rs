@@ -210,3 +210,105 @@ mod gangs {
         assert_eq!(engine.pod_count(), 0);
     }
 }
+
+mod preemption {
+    use super::*;
+
+    fn tenant(name: &str, guaranteed_cpu: u64) -> Tenant {
+        Tenant {
+            name: name.into(),
+            parent: None,
+            guaranteed: Usage { cpu_milli: guaranteed_cpu, ..Usage::UNLIMITED },
+            max: Usage::UNLIMITED,
+            allowed_regions: Vec::new(),
+        }
+    }
+
+    fn owned(key: &str, tenant: &str, cpu: u64, priority: i32) -> Pod {
+        let mut pod = pod(key, cpu, GpuRequest::None);
+        pod.tenant = Some(tenant.into());
+        pod.priority = priority;
+        pod
+    }
+
+    fn engine_with(tenants: &[Tenant]) -> Engine {
+        let mut engine = Engine::new(Policy::Yiyun, 1);
+        engine.upsert_node(node("a", 8_000, 0));
+        for tenant in tenants {
+            engine.upsert_tenant(tenant.clone());
+        }
+        engine
+    }
+
+    #[test]
+    fn a_higher_priority_pod_evicts_the_fewest_lower_ones() {
+        let mut engine = engine_with(&[tenant("dsj", 64_000)]);
+        for pod in [
+            owned("low-big", "dsj", 4_000, 0),
+            owned("low-small", "dsj", 2_000, 0),
+            owned("mid", "dsj", 2_000, 5),
+        ] {
+            engine.schedule(&pod).expect("fits");
+        }
+        let urgent = owned("urgent", "dsj", 4_000, 10);
+        assert!(engine.decide(&urgent).is_err(), "the node is full");
+        let preemption = engine.preempt(&urgent, 0).expect("room by preemption");
+        assert_eq!(preemption.victims, vec!["low-big".to_string()]);
+        assert!(engine.placement_of("urgent").is_some());
+        assert!(engine.placement_of("low-big").is_none());
+        assert!(engine.placement_of("mid").is_some(), "only what was needed");
+    }
+
+    #[test]
+    fn nobody_is_evicted_for_nothing() {
+        let mut engine = engine_with(&[tenant("dsj", 64_000)]);
+        engine.schedule(&owned("low", "dsj", 8_000, 0)).expect("fits");
+        let mut gpu_pod = owned("gpu", "dsj", 1_000, 10);
+        gpu_pod.gpu = GpuRequest::Whole(1);
+        assert_eq!(engine.plan_preemption(&gpu_pod), None, "evicting CPU pods frees no GPU");
+        assert!(engine.preempt(&gpu_pod, 0).is_err());
+        assert!(engine.placement_of("low").is_some());
+        // Equal priority within a tenant is never preempted either.
+        assert_eq!(engine.plan_preemption(&owned("peer", "dsj", 1_000, 0)), None);
+    }
+
+    #[test]
+    fn a_lender_takes_back_its_guarantee_from_a_borrower() {
+        let mut engine = engine_with(&[tenant("lender", 4_000), tenant("borrower", 2_000)]);
+        engine.schedule(&owned("borrowed-1", "borrower", 4_000, 100)).expect("idle capacity");
+        engine.schedule(&owned("borrowed-2", "borrower", 4_000, 100)).expect("idle capacity");
+        let preemption = engine.preempt(&owned("mine", "lender", 4_000, 0), 0).expect("reclaim");
+        assert_eq!(preemption.victims.len(), 1, "one borrowed pod frees enough");
+        // The borrower is now at 4 of its 2 guaranteed: still borrowing, but the lender is at its
+        // guarantee, so a further pod of the lender reclaims nothing.
+        assert_eq!(engine.plan_preemption(&owned("more", "lender", 4_000, 0)), None);
+    }
+
+    #[test]
+    fn evictions_are_rate_limited() {
+        let mut engine = engine_with(&[tenant("dsj", 64_000)]);
+        engine.set_evictions_per_minute(1);
+        engine.schedule(&owned("low-1", "dsj", 4_000, 0)).expect("fits");
+        engine.schedule(&owned("low-2", "dsj", 4_000, 0)).expect("fits");
+        let first = engine.preempt(&owned("high-1", "dsj", 4_000, 10), 100).expect("first eviction");
+        assert_eq!(first.victims, vec!["low-2".to_string()], "the latest placed has lost the least work");
+        let refused =
+            engine.preempt(&owned("high-2", "dsj", 4_000, 10), 130).expect_err("second within a minute");
+        assert_eq!(
+            refused.to_string(),
+            "preemption rate-limited: 1 pods evicted in the last minute, at most 1"
+        );
+        assert!(engine.placement_of("low-1").is_some());
+        engine.preempt(&owned("high-2", "dsj", 4_000, 10), 161).expect("a minute later");
+    }
+
+    #[test]
+    fn the_queue_serves_the_tenant_furthest_below_its_share_first() {
+        let mut engine = engine_with(&[tenant("busy", 4_000), tenant("idle", 4_000)]);
+        engine.schedule(&owned("running", "busy", 2_000, 0)).expect("fits");
+        let mut queue = vec![owned("busy-next", "busy", 1_000, 5), owned("idle-next", "idle", 1_000, 0)];
+        engine.queue_order(&mut queue);
+        let keys: Vec<&str> = queue.iter().map(|pod| pod.key.as_str()).collect();
+        assert_eq!(keys, vec!["idle-next", "busy-next"], "share before priority across tenants");
+    }
+}
