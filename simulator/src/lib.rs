@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod experiment;
 pub mod fgd;
+pub mod timeline;
 pub mod trace;
 
 use std::path::Path;
@@ -40,6 +41,9 @@ pub enum Command {
     /// The FGD paper's placement-quality experiment: pod lists shuffled and inflated to 130% of
     /// GPU capacity, placed one by one by each policy, averaged over seeds.
     Fgd(FgdArgs),
+    /// The trace replayed in time on four East/West sites with tenants and latency classes:
+    /// cost against keeping work in the east, latency-class violations, tenant shares.
+    Timeline(timeline::TimelineArgs),
 }
 
 /// Options of `yiyun simulate fgd`.
@@ -71,6 +75,7 @@ pub struct FgdArgs {
 /// Runs `yiyun simulate …` and returns the report to print.
 pub fn simulate(command: Command) -> Result<String, Error> {
     match command {
+        Command::Timeline(args) => timeline::run(&args),
         Command::Fgd(args) => {
             let policies = args
                 .policies
