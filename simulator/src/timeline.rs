@@ -329,7 +329,8 @@ pub fn run(args: &TimelineArgs) -> Result<String, Error> {
     }
     // Per GPU-hour, so policies that place more work are not counted as dearer for it.
     let per_gpu_hour = |o: &Outcome| o.cost / (o.gpu_hours_east + o.gpu_hours_west).max(1e-9);
-    let baseline = rows.iter().find(|(v, _)| *v == Variant::NearestEast).map(|(_, o)| per_gpu_hour(o)).unwrap_or(0.0);
+    let baseline =
+        rows.iter().find(|(v, _)| *v == Variant::NearestEast).map(|(_, o)| per_gpu_hour(o)).unwrap_or(0.0);
     let mut out = String::new();
     let _ = writeln!(
         out,
