@@ -116,6 +116,8 @@ struct Bound {
     priority: i32,
     /// Order of placement: later pods have done less work, so they are cheaper to preempt.
     sequence: u64,
+    /// When the pod is expected to finish (the caller's clock), if its runtime is known.
+    ends_at: Option<u64>,
 }
 
 /// Key of the fragmentation memo: what the measure depends on.
@@ -168,6 +170,8 @@ pub struct PlacedPod {
     pub gpu_milli: u64,
     /// Order of placement (later is larger).
     pub sequence: u64,
+    /// When the pod is expected to finish, if its runtime is known.
+    pub ends_at: Option<u64>,
 }
 
 /// The placement engine.
@@ -202,6 +206,28 @@ pub struct Engine {
     pub(crate) evictions: std::collections::VecDeque<u64>,
     /// Most pods preemption may evict per minute.
     pub(crate) evictions_per_minute: usize,
+    /// The caller's clock (seconds), for expected end times and reservations.
+    pub(crate) now: u64,
+    /// Nodes held for a blocked gang, see [`crate::reserve`].
+    pub(crate) reserved: FxHashMap<NodeId, Hold>,
+}
+
+/// A node held for a gang from `starts_at` on: until then only pods that finish before may use
+/// it (backfill).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Hold {
+    pub gang: String,
+    pub starts_at: u64,
+}
+
+impl Hold {
+    /// Whether `pod` may use the held node now.
+    pub(crate) fn admits(&self, pod: &Pod, now: u64) -> bool {
+        pod.gang.as_deref() == Some(self.gang.as_str())
+            || pod
+                .expected_runtime_seconds
+                .is_some_and(|runtime| now.saturating_add(runtime) <= self.starts_at)
+    }
 }
 
 /// The verdict on one class of nodes for the pod being placed.
@@ -245,6 +271,8 @@ impl Engine {
             placements: 0,
             evictions: std::collections::VecDeque::new(),
             evictions_per_minute: DEFAULT_EVICTIONS_PER_MINUTE,
+            now: 0,
+            reserved: FxHashMap::default(),
         }
     }
 
@@ -256,6 +284,12 @@ impl Engine {
     pub fn set_workload(&mut self, workload: Workload) {
         self.workload = workload;
         self.frag_memo.clear();
+    }
+
+    /// Sets the clock (seconds): pods placed from now on are expected to end at now plus their
+    /// expected runtime.
+    pub fn set_now(&mut self, now: u64) {
+        self.now = now;
     }
 
     /// Most pods preemption may evict per minute.
@@ -333,6 +367,7 @@ impl Engine {
                     gpus: bound.gpus.clone(),
                     gpu_milli: bound.usage.gpu_milli,
                     sequence: bound.sequence,
+                    ends_at: bound.ends_at,
                 })
             })
             .collect()
@@ -511,6 +546,8 @@ impl Engine {
             })
             .collect();
         let spread = pod.spread_key.as_ref().and_then(|key| self.spread.get(key)).filter(|m| !m.is_empty());
+        let (reserved, now) = (&self.reserved, self.now);
+        let usable = |node: NodeId| reserved.get(&node).is_none_or(|hold| hold.admits(pod, now));
 
         // The best score so far and the first node (by rank) reaching it, with the device (by
         // its free milli) a GPU fraction should take there.
@@ -550,7 +587,7 @@ impl Engine {
             match spread {
                 // Spreading tells nodes of one group apart: fewer replicas first.
                 Some(replicas) => {
-                    for &member in &group.members {
+                    for &member in group.members.iter().filter(|member| usable(member.1)) {
                         let mut spread_score = score;
                         spread_score.rotate_right(1);
                         spread_score[0] = -f64::from(replicas.get(&member.1).copied().unwrap_or(0));
@@ -558,7 +595,7 @@ impl Engine {
                     }
                 }
                 None => {
-                    if let Some(&first) = group.members.first() {
+                    if let Some(&first) = group.members.iter().find(|member| usable(member.1)) {
                         consider(score, first, device);
                     }
                 }
@@ -598,7 +635,9 @@ impl Engine {
                 Verdict::Rejected(reason) => reason.clone(),
                 Verdict::Feasible { .. } => match group.key.free.first_shortage(&pod.requests) {
                     Some(shortage) => Reason::Insufficient(shortage),
-                    None => Reason::InsufficientGpu,
+                    None if !group.key.gpus.fits(pod.gpu) => Reason::InsufficientGpu,
+                    // It fits: what kept it out is a reservation.
+                    None => Reason::Reserved,
                 },
             };
             *reasons.entry(reason).or_insert(0) += group.members.len();
@@ -640,6 +679,7 @@ impl Engine {
                 spread_key: pod.spread_key.clone(),
                 priority: pod.priority,
                 sequence: self.placements,
+                ends_at: pod.expected_runtime_seconds.map(|runtime| self.now.saturating_add(runtime)),
             },
         );
         self.placements += 1;

@@ -21,6 +21,8 @@ pub enum Reason {
     Deadline,
     Insufficient(Shortage),
     InsufficientGpu,
+    /// Held for a gang that starts before the pod would finish.
+    Reserved,
 }
 
 impl fmt::Display for Reason {
@@ -39,6 +41,7 @@ impl fmt::Display for Reason {
             Reason::Insufficient(Shortage::Memory) => write!(f, "insufficient memory"),
             Reason::Insufficient(Shortage::Extended(name)) => write!(f, "insufficient {name}"),
             Reason::InsufficientGpu => write!(f, "insufficient nvidia.com/gpu"),
+            Reason::Reserved => write!(f, "reserved for a gang"),
         }
     }
 }

@@ -55,7 +55,7 @@ struct Domain {
 }
 
 /// How many more copies of `pod` fit on a node.
-fn copies(view: &NodeView, pod: &Pod) -> u64 {
+pub(crate) fn copies(view: &NodeView, pod: &Pod) -> u64 {
     let by = |free: u64, need: u64| free.checked_div(need).unwrap_or(u64::MAX);
     let mut count = by(view.free.pods, pod.requests.pods)
         .min(by(view.free.cpu_milli, pod.requests.cpu_milli))
@@ -74,7 +74,7 @@ fn copies(view: &NodeView, pod: &Pod) -> u64 {
     count.min(gpu_copies)
 }
 
-fn domain_of(view: &NodeView, level: Level) -> String {
+pub(crate) fn domain_of(view: &NodeView, level: Level) -> String {
     let topology = &view.node.topology;
     match level {
         Level::Rack => format!("{}/{}", topology.site, topology.rack),
@@ -85,8 +85,15 @@ fn domain_of(view: &NodeView, level: Level) -> String {
 
 impl Engine {
     /// Places the first `gang.min_member` of `pods` together or none of them. On success
-    /// returns their placements (in the order of `pods`), already assumed.
+    /// returns their placements (in the order of `pods`), already assumed, and releases what was
+    /// reserved for the gang.
     pub fn schedule_gang(&mut self, gang: &Gang, pods: &[Pod]) -> Result<Vec<Placement>, Explanation> {
+        let placed = self.place_gang(gang, pods)?;
+        self.release_reservation(&gang.name);
+        Ok(placed)
+    }
+
+    fn place_gang(&mut self, gang: &Gang, pods: &[Pod]) -> Result<Vec<Placement>, Explanation> {
         let members = &pods[..gang.min_member.min(pods.len())];
         let Some(first) = members.first() else { return Ok(Vec::new()) };
         if members.len() < gang.min_member {
@@ -120,7 +127,8 @@ impl Engine {
         let verdicts = self.verdicts(first);
         let mut domains: BTreeMap<String, Domain> = BTreeMap::new();
         for view in self.node_views() {
-            if verdicts[view.class as usize].is_err() {
+            let held = self.reserved.get(&view.id).is_some_and(|hold| !hold.admits(first, self.now));
+            if held || verdicts[view.class as usize].is_err() {
                 continue;
             }
             let fit = copies(&view, first);
@@ -192,7 +200,8 @@ impl Engine {
         let verdicts = self.verdicts(pod);
         while let Some(&id) = nodes.get(*cursor) {
             let view = self.node_view(id)?;
-            if verdicts[view.class as usize].is_ok() && copies(&view, pod) > 0 {
+            let held = self.reserved.get(&id).is_some_and(|hold| !hold.admits(pod, self.now));
+            if !held && verdicts[view.class as usize].is_ok() && copies(&view, pod) > 0 {
                 let device = match pod.gpu {
                     // The tightest device that fits.
                     GpuRequest::Fraction(milli) => view

@@ -14,6 +14,7 @@ pub mod gang;
 pub mod gpu;
 pub mod model;
 pub mod preempt;
+pub mod reserve;
 pub mod rng;
 pub mod tenants;
 

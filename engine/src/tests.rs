@@ -312,3 +312,67 @@ mod preemption {
         assert_eq!(keys, vec!["idle-next", "busy-next"], "share before priority across tenants");
     }
 }
+
+mod reservations {
+    use super::*;
+    use crate::gang::{Gang, Level, Mode};
+
+    fn timed(key: &str, gpus: u8, runtime: Option<u64>) -> Pod {
+        let mut pod = pod(key, 4_000, GpuRequest::Whole(gpus));
+        pod.expected_runtime_seconds = runtime;
+        pod
+    }
+
+    #[test]
+    fn a_blocked_gang_reserves_and_only_shorter_pods_backfill() {
+        let mut engine = Engine::new(Policy::Yiyun, 1);
+        for name in ["a", "b"] {
+            let mut node = node(name, 96_000, 8);
+            node.topology.site = "qingyang".into();
+            engine.upsert_node(node);
+        }
+        engine.set_now(0);
+        engine.schedule(&timed("running", 8, Some(100))).expect("one node busy until t=100");
+        let gang =
+            Gang { name: "train".into(), min_member: 16, topology: Some((Level::Site, Mode::Required)) };
+        let members: Vec<Pod> = (0..16)
+            .map(|index| {
+                let mut pod = timed(&format!("train-{index}"), 1, Some(3600));
+                pod.gang = Some("train".into());
+                pod
+            })
+            .collect();
+        assert!(engine.schedule_gang(&gang, &members).is_err(), "only 8 GPUs free now");
+        let reservation = engine.reserve(&gang, &members).expect("room at t=100");
+        assert_eq!(reservation.starts_at, 100);
+        assert_eq!(reservation.nodes.len(), 2);
+
+        engine.set_now(10);
+        let long = timed("long", 2, Some(500));
+        let explanation = engine.decide(&long).expect_err("would still run when the gang starts");
+        assert_eq!(
+            explanation.to_string(),
+            "0/2 nodes: 1 insufficient nvidia.com/gpu, 1 reserved for a gang"
+        );
+        assert!(engine.decide(&timed("unknown-runtime", 2, None)).is_err(), "no runtime, no backfill");
+        engine.schedule(&timed("short", 2, Some(80))).expect("ends at 90, before the gang");
+
+        engine.set_now(100);
+        engine.forget("running");
+        engine.forget("short");
+        engine.schedule_gang(&gang, &members).expect("the gang starts");
+        assert_eq!(engine.reservation_of(0), None, "released once placed");
+        assert!(engine.decide(&long).is_err(), "the cluster is the gang's now");
+    }
+
+    #[test]
+    fn no_reservation_without_known_runtimes() {
+        let mut engine = Engine::new(Policy::Yiyun, 1);
+        engine.upsert_node(node("a", 96_000, 8));
+        engine.schedule(&timed("forever", 8, None)).expect("fits");
+        let gang = Gang { name: "g".into(), min_member: 2, topology: None };
+        let members = vec![timed("g-0", 4, Some(10)), timed("g-1", 4, Some(10))];
+        assert_eq!(engine.reserve(&gang, &members), None);
+        assert_eq!(engine.reservation_of(0), None, "nothing held");
+    }
+}
