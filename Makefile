@@ -3,7 +3,7 @@ SHELL := /bin/bash
 # One target directory shared by every work tree and CI run on this machine.
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/yiyun/target
 
-.PHONY: test lint unit e2e crds demo demo-down cluster-binaries bench-tenancy bench-pools bench-engine simulate
+.PHONY: test lint unit e2e crds demo demo-down cluster-binaries bench-tenancy bench-pools bench-engine simulate simulate-timeline simulate-scenario
 
 ## test: format check, clippy (warnings denied), unit tests, then e2e tests on a fresh local cluster
 test: lint unit e2e
@@ -53,3 +53,13 @@ simulate:
 bench-engine:
 	cargo build --release -p yiyun --locked
 	$(CARGO_TARGET_DIR)/release/yiyun bench engine --traces ../shared/traces/openb
+
+## simulate-timeline: the trace replayed in time on four East/West sites, every policy (~1 s)
+simulate-timeline:
+	cargo build --release -p yiyun --locked
+	$(CARGO_TARGET_DIR)/release/yiyun simulate timeline --traces ../shared/traces/openb
+
+## simulate-scenario: examples/scheduling/scenario.yaml, where each pod goes or why it waits
+simulate-scenario:
+	cargo build --release -p yiyun --locked
+	$(CARGO_TARGET_DIR)/release/yiyun simulate scenario examples/scheduling/scenario.yaml

@@ -546,6 +546,22 @@ impl Engine {
             })
             .collect();
         let spread = pod.spread_key.as_ref().and_then(|key| self.spread.get(key)).filter(|m| !m.is_empty());
+        // Replicas per rack, so spreading prefers another rack before another node.
+        let mut rack_replicas: HashMap<&str, u32> = HashMap::new();
+        for (node, count) in spread.into_iter().flatten() {
+            if let Some(slot) = self.nodes.get(*node as usize).and_then(Option::as_ref) {
+                *rack_replicas.entry(slot.node.topology.rack.as_str()).or_insert(0) += count;
+            }
+        }
+        let nodes = &self.nodes;
+        let replicas_near = |node: NodeId, on_node: u32| -> f64 {
+            let rack = nodes
+                .get(node as usize)
+                .and_then(Option::as_ref)
+                .map(|slot| slot.node.topology.rack.as_str());
+            let in_rack = rack.and_then(|rack| rack_replicas.get(rack)).copied().unwrap_or(0);
+            f64::from(in_rack) * 1000.0 + f64::from(on_node)
+        };
         let (reserved, now) = (&self.reserved, self.now);
         let usable = |node: NodeId| reserved.get(&node).is_none_or(|hold| hold.admits(pod, now));
 
@@ -585,12 +601,14 @@ impl Engine {
                 self.largest_gpu,
             );
             match spread {
-                // Spreading tells nodes of one group apart: fewer replicas first.
+                // Spreading tells nodes of one group apart: fewer replicas in the rack, then on
+                // the node, first.
                 Some(replicas) => {
                     for &member in group.members.iter().filter(|member| usable(member.1)) {
                         let mut spread_score = score;
                         spread_score.rotate_right(1);
-                        spread_score[0] = -f64::from(replicas.get(&member.1).copied().unwrap_or(0));
+                        spread_score[0] =
+                            -replicas_near(member.1, replicas.get(&member.1).copied().unwrap_or(0));
                         consider(spread_score, member, device);
                     }
                 }

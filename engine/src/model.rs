@@ -281,7 +281,8 @@ pub struct Pod {
     pub expected_runtime_seconds: Option<u64>,
     /// Seconds from now by which the pod must have finished (batch, archive).
     pub deadline_seconds: Option<u64>,
-    /// Replicas with the same spread key are spread over nodes and racks.
+    /// Replicas with the same spread key (the scheduler uses the owner of interactive pods) are
+    /// spread over racks first, then nodes, before any other score.
     pub spread_key: Option<String>,
     /// The gang (PodGroup) the pod belongs to.
     pub gang: Option<String>,

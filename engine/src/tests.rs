@@ -376,3 +376,30 @@ mod reservations {
         assert_eq!(engine.reservation_of(0), None, "nothing held");
     }
 }
+
+#[test]
+fn replicas_spread_over_racks_then_nodes() {
+    let mut engine = Engine::new(Policy::Yiyun, 1);
+    for (name, rack) in [("r1-a", "r1"), ("r1-b", "r1"), ("r2-a", "r2")] {
+        let mut node = node(name, 32_000, 0);
+        node.topology.rack = rack.into();
+        engine.upsert_node(node);
+    }
+    let replica = |index: usize| {
+        let mut pod = pod(&format!("web-{index}"), 1_000, GpuRequest::None);
+        pod.spread_key = Some("zwfw/web".into());
+        pod
+    };
+    let mut nodes = Vec::new();
+    for index in 0..3 {
+        let placement = engine.schedule(&replica(index)).expect("fits");
+        nodes.push(engine.node(placement.node).map(|node| node.name.clone()).unwrap_or_default());
+    }
+    assert_eq!(
+        nodes[..2].iter().filter(|name| name.starts_with("r1")).count(),
+        1,
+        "one per rack first: {nodes:?}"
+    );
+    let distinct: std::collections::BTreeSet<_> = nodes.iter().collect();
+    assert_eq!(distinct.len(), 3, "then one per node: {nodes:?}");
+}

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod experiment;
 pub mod fgd;
+pub mod scenario;
 pub mod timeline;
 pub mod trace;
 
@@ -44,6 +45,9 @@ pub enum Command {
     /// The trace replayed in time on four East/West sites with tenants and latency classes:
     /// cost against keeping work in the east, latency-class violations, tenant shares.
     Timeline(timeline::TimelineArgs),
+    /// Nodes, tenants, gangs and pods from a YAML file, placed in order by one policy: where
+    /// each pod goes, or why it waits.
+    Scenario(scenario::ScenarioArgs),
 }
 
 /// Options of `yiyun simulate fgd`.
@@ -76,6 +80,7 @@ pub struct FgdArgs {
 pub fn simulate(command: Command) -> Result<String, Error> {
     match command {
         Command::Timeline(args) => timeline::run(&args),
+        Command::Scenario(args) => scenario::run(&args),
         Command::Fgd(args) => {
             let policies = args
                 .policies
