@@ -12,6 +12,35 @@ pub const ORPHANED_FROM: &str = "yiyun.io/orphaned-from";
 /// The tenant's MLPS level, on its namespaces.
 pub const SECURITY_LEVEL: &str = "yiyun.io/security-level";
 
+/// Node labels the node pools write and the scheduler reads.
+pub const REGION: &str = "topology.kubernetes.io/region";
+pub const ZONE: &str = "topology.kubernetes.io/zone";
+pub const SITE: &str = "yiyun.io/site";
+pub const RACK: &str = "yiyun.io/rack";
+/// Model of a node's GPUs (e.g. `A800`); read from `nvidia.com/gpu.product` when absent.
+pub const GPU_MODEL: &str = "yiyun.io/gpu-model";
+pub const NVIDIA_GPU_PRODUCT: &str = "nvidia.com/gpu.product";
+/// The extended resource of whole GPUs.
+pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
+
+/// Label putting a pod in a PodGroup (gang) of its namespace.
+pub const POD_GROUP: &str = "yiyun.io/pod-group";
+/// Pod annotation asking for part of one GPU, in milli (`"500"` is half a GPU).
+pub const GPU_FRACTION: &str = "yiyun.io/gpu-milli";
+/// Pod annotation asking for GPU models, comma-separated.
+pub const GPU_MODELS: &str = "yiyun.io/gpu-models";
+/// Pod annotation the scheduler writes before binding: the GPU devices it gave the pod, as
+/// `device:milli` pairs (`0:1000,1:1000` or `3:500`), so a restarted scheduler knows them.
+pub const GPU_ASSIGNMENT: &str = "yiyun.io/gpu-assignment";
+/// Pod annotation: `realtime`, `interactive`, `batch` or `archive`.
+pub const LATENCY_CLASS: &str = "yiyun.io/latency-class";
+/// Pod annotations: the site holding the pod's input data, and its size in GB.
+pub const DATA_SITE: &str = "yiyun.io/data-site";
+pub const DATA_GIGABYTES: &str = "yiyun.io/data-gb";
+/// Pod annotations: expected runtime and deadline, in seconds.
+pub const EXPECTED_RUNTIME: &str = "yiyun.io/expected-runtime-seconds";
+pub const DEADLINE: &str = "yiyun.io/deadline-seconds";
+
 /// `tree.yiyun.io/<tenant>: "true"` marks a namespace of `tenant`'s subtree, one per ancestor.
 pub fn tree_label(tenant: &str) -> String {
     format!("tree.yiyun.io/{tenant}")

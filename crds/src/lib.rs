@@ -4,12 +4,14 @@
 //! drift apart.
 
 pub mod labels;
+mod podgroup;
 mod site;
 mod tenant;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
+pub use podgroup::{GangTopology, PodGroup, PodGroupPhase, PodGroupSpec, PodGroupStatus, TopologyLevel, TopologyMode};
 pub use site::{
     BlockedPod, ComputeSite, ComputeSiteSpec, ComputeSiteStatus, Maintenance, MaintenanceStatus, NodeCounts,
     NodePool, NodePoolSpec, NodePoolStatus, NodeResources, Onboarding, PoolTaint, Rack, RackSource,
@@ -25,7 +27,7 @@ pub const GROUP: &str = "yiyun.io";
 
 /// Every CustomResourceDefinition yiyun serves, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![Tenant::crd(), ComputeSite::crd(), NodePool::crd()]
+    vec![Tenant::crd(), ComputeSite::crd(), NodePool::crd(), PodGroup::crd()]
 }
 
 /// Every CRD as one multi-document YAML stream, the form checked into the Helm chart.

@@ -13,10 +13,7 @@ use k8s_openapi::{
 };
 use yiyun_crds::{ComputeSite, NodePool, Onboarding, RegionClass, TaintEffect};
 
-pub const REGION: &str = "topology.kubernetes.io/region";
-pub const ZONE: &str = "topology.kubernetes.io/zone";
-pub const SITE: &str = "yiyun.io/site";
-pub const RACK: &str = "yiyun.io/rack";
+pub use yiyun_crds::labels::{RACK, REGION, SITE, ZONE};
 pub const REGION_CLASS: &str = "yiyun.io/region-class";
 pub const POOL: &str = "yiyun.io/node-pool";
 /// Label and NoSchedule taint of nodes dedicated to a tenant.
