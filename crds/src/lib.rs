@@ -11,7 +11,9 @@ mod tenant;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-pub use podgroup::{GangTopology, PodGroup, PodGroupPhase, PodGroupSpec, PodGroupStatus, TopologyLevel, TopologyMode};
+pub use podgroup::{
+    GangTopology, PodGroup, PodGroupPhase, PodGroupSpec, PodGroupStatus, TopologyLevel, TopologyMode,
+};
 pub use site::{
     BlockedPod, ComputeSite, ComputeSiteSpec, ComputeSiteStatus, Maintenance, MaintenanceStatus, NodeCounts,
     NodePool, NodePoolSpec, NodePoolStatus, NodeResources, Onboarding, PoolTaint, Rack, RackSource,

@@ -1,5 +1,8 @@
 //! `PodGroup`: pods that must be placed together (a gang), in one rack, site or region.
 
+// Several printer columns share a type; clippy reads those as duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;

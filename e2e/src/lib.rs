@@ -92,13 +92,26 @@ impl TestNamespace {
 /// Creates a fake node kwok acts as the kubelet of (it carries kwok's NoSchedule taint) with
 /// `labels`, 32 CPUs, 256Gi and 110 pods.
 pub async fn create_kwok_node(client: &Client, name: &str, labels: serde_json::Value) {
+    create_kwok_node_with(
+        client,
+        name,
+        labels,
+        serde_json::json!({"cpu": "32", "memory": "256Gi", "pods": "110"}),
+    )
+    .await
+}
+
+/// A kwok node with the given capacity (also its allocatable), e.g. with `nvidia.com/gpu`.
+pub async fn create_kwok_node_with(
+    client: &Client,
+    name: &str,
+    labels: serde_json::Value,
+    capacity: serde_json::Value,
+) {
     let node: k8s_openapi::api::core::v1::Node = serde_json::from_value(serde_json::json!({
         "metadata": {"name": name, "annotations": {"kwok.x-k8s.io/node": "fake"}, "labels": labels},
         "spec": {"taints": [{"key": "kwok.x-k8s.io/node", "value": "fake", "effect": "NoSchedule"}]},
-        "status": {
-            "capacity": {"cpu": "32", "memory": "256Gi", "pods": "110"},
-            "allocatable": {"cpu": "32", "memory": "256Gi", "pods": "110"}
-        }
+        "status": {"capacity": capacity, "allocatable": capacity}
     }))
     .expect("a valid node");
     Api::<k8s_openapi::api::core::v1::Node>::all(client.clone())
@@ -203,5 +216,46 @@ impl InProcessController {
         let ended =
             within(Duration::from_secs(20), self.task).await.expect("the controller stops within 20s");
         ended.expect("the controller task does not panic").expect("the controller ends without error");
+    }
+}
+
+/// `yiyun scheduler` as a child process (so a test can SIGKILL it), logging to a file under the
+/// target directory; killed when dropped.
+pub struct SchedulerProcess {
+    child: std::process::Child,
+    pub log: PathBuf,
+}
+
+impl SchedulerProcess {
+    /// Starts a scheduler named `name` on a free admin port with `extra` arguments.
+    pub fn start(name: &str, extra: &[&str]) -> Self {
+        let log = std::env::temp_dir().join(format!("{}-{}.log", unique(name), std::process::id()));
+        let file = std::fs::File::create(&log).expect("a log file");
+        let admin = format!("127.0.0.1:{}", free_port());
+        let child = Command::new(yiyun_bin())
+            .args(["scheduler", "--scheduler-name", name, "--admin-addr", &admin])
+            .args(extra)
+            .env("RUST_LOG", "info,yiyun_scheduler=debug")
+            .stdout(file.try_clone().expect("log handle"))
+            .stderr(file)
+            .spawn()
+            .expect("start yiyun scheduler");
+        SchedulerProcess { child, log }
+    }
+
+    /// SIGKILL: no goodbye, as a crash.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for SchedulerProcess {
+    fn drop(&mut self) {
+        self.kill();
     }
 }

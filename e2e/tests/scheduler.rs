@@ -1,0 +1,313 @@
+//! yiyun-scheduler against the real apiserver with kwok nodes. Every test runs its own
+//! scheduler under its own name, on nodes of its own (a `yiyun.io/e2e-cell` label its pods
+//! select), so tests run side by side on one cluster.
+
+use std::time::Duration;
+
+use k8s_openapi::api::{
+    batch::v1::Job,
+    core::v1::{Namespace, Node, Pod},
+};
+use kube::{
+    Api, Client,
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+};
+use yiyun_e2e::{
+    FIELD_MANAGER, SchedulerProcess, TestNamespace, client, create_kwok_node_with, eventually, install_crds,
+    kubectl, unique,
+};
+
+const CELL: &str = "yiyun.io/e2e-cell";
+const WAIT: Duration = Duration::from_secs(60);
+
+/// `count` kwok nodes of this cell, `per_rack` to a rack, each with 32 CPUs and `gpus` GPUs.
+async fn nodes(client: &Client, cell: &str, count: usize, per_rack: usize, gpus: u32) -> Vec<String> {
+    let mut names = Vec::new();
+    for index in 0..count {
+        let name = format!("{cell}-n{index:03}");
+        let labels = serde_json::json!({
+            CELL: cell, "yiyun.io/site": "qingyang", "topology.kubernetes.io/region": "gansu",
+            "yiyun.io/rack": format!("rack-{:02}", index / per_rack),
+        });
+        let capacity = serde_json::json!({"cpu": "32", "memory": "256Gi", "pods": "110", "nvidia.com/gpu": gpus.to_string()});
+        create_kwok_node_with(client, &name, labels, capacity).await;
+        names.push(name);
+    }
+    names
+}
+
+async fn delete_nodes(client: &Client, names: &[String]) {
+    let api: Api<Node> = Api::all(client.clone());
+    for name in names {
+        let _ = api.delete(name, &DeleteParams::default()).await;
+    }
+}
+
+/// A pod for `scheduler` on the cell's nodes.
+fn pod(name: &str, scheduler: &str, cell: &str, cpu: &str, gpus: u32) -> Pod {
+    let mut requests = serde_json::json!({"cpu": cpu, "memory": "1Gi"});
+    if gpus > 0 {
+        requests["nvidia.com/gpu"] = gpus.to_string().into();
+    }
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "spec": {
+            "schedulerName": scheduler,
+            "nodeSelector": {CELL: cell},
+            "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}],
+            "containers": [{"name": "main", "image": "registry.local/app:1", "resources": {"requests": requests, "limits": if gpus > 0 { serde_json::json!({"nvidia.com/gpu": gpus.to_string()}) } else { serde_json::json!({}) }}}]
+        }
+    }))
+    .expect("a valid pod")
+}
+
+async fn node_of(pods: &Api<Pod>, name: &str) -> Option<String> {
+    pods.get_opt(name).await.ok().flatten().and_then(|pod| pod.spec.and_then(|spec| spec.node_name))
+}
+
+/// The PodScheduled=False message of a pod, once the scheduler has written it.
+async fn unschedulable_message(pods: &Api<Pod>, name: &str) -> Option<String> {
+    let pod = pods.get_opt(name).await.ok().flatten()?;
+    let conditions = pod.status?.conditions?;
+    let condition = conditions.into_iter().find(|c| c.type_ == "PodScheduled" && c.status == "False")?;
+    (condition.reason.as_deref() == Some("Unschedulable")).then(|| condition.message.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn pods_are_bound_and_an_impossible_one_is_explained() {
+    let client = client().await;
+    let ns = TestNamespace::create(&client, "sched").await;
+    let cell = unique("cell");
+    let names = nodes(&client, &cell, 3, 3, 0).await;
+    let scheduler = unique("yiyun-e2e");
+    let _running = SchedulerProcess::start(&scheduler, &["--leader-elect=false"]);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    for index in 0..6 {
+        pods.create(&PostParams::default(), &pod(&format!("web-{index}"), &scheduler, &cell, "1", 0))
+            .await
+            .expect("create pod");
+    }
+    pods.create(&PostParams::default(), &pod("huge", &scheduler, &cell, "1000", 0))
+        .await
+        .expect("create pod");
+    for index in 0..6 {
+        let name = format!("web-{index}");
+        let node = eventually(WAIT, &format!("{name} bound"), || node_of(&pods, &name)).await;
+        assert!(names.contains(&node), "{name} went to {node}, outside the cell");
+    }
+    let message = eventually(WAIT, "huge explained", || unschedulable_message(&pods, "huge")).await;
+    assert!(message.contains("3 insufficient cpu"), "{message}");
+    assert!(message.starts_with("0/"), "{message}");
+    let describe = kubectl(&["describe", "pod", "huge", "-n", &ns.name]);
+    let describe = String::from_utf8_lossy(&describe.stdout).to_string();
+    assert!(describe.contains("FailedScheduling"), "{describe}");
+    assert!(describe.contains("insufficient cpu"), "{describe}");
+    delete_nodes(&client, &names).await;
+}
+
+#[tokio::test]
+async fn a_gang_of_16_lands_in_one_rack_among_400_nodes() {
+    let client = client().await;
+    install_crds(&client).await;
+    let ns = TestNamespace::create(&client, "gang").await;
+    let cell = unique("cell");
+    let names = nodes(&client, &cell, 400, 20, 8).await;
+    let scheduler = unique("yiyun-e2e");
+    let _running = SchedulerProcess::start(&scheduler, &["--leader-elect=false"]);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    // Some single-GPU pods first, so racks differ.
+    for index in 0..30 {
+        pods.create(&PostParams::default(), &pod(&format!("small-{index}"), &scheduler, &cell, "1", 1))
+            .await
+            .expect("pod");
+    }
+    let group = serde_json::json!({
+        "apiVersion": "yiyun.io/v1alpha1", "kind": "PodGroup",
+        "metadata": {"name": "train", "namespace": ns.name},
+        "spec": {"minMember": 16, "topology": {"level": "rack", "mode": "required"}, "scheduleTimeoutSeconds": 600}
+    });
+    let groups: Api<yiyun_crds::PodGroup> = Api::namespaced(client.clone(), &ns.name);
+    groups
+        .patch("train", &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&group))
+        .await
+        .expect("create the PodGroup");
+    for index in 0..16 {
+        let mut member = pod(&format!("train-{index}"), &scheduler, &cell, "4", 4);
+        member.metadata.labels = Some([("yiyun.io/pod-group".to_string(), "train".to_string())].into());
+        pods.create(&PostParams::default(), &member).await.expect("member");
+    }
+    let nodes_api: Api<Node> = Api::all(client.clone());
+    let mut racks = std::collections::BTreeSet::new();
+    for index in 0..16 {
+        let name = format!("train-{index}");
+        let node = eventually(WAIT, &format!("{name} bound"), || node_of(&pods, &name)).await;
+        let node = nodes_api.get(&node).await.expect("the node");
+        racks.insert(
+            node.metadata.labels.unwrap_or_default().get("yiyun.io/rack").cloned().unwrap_or_default(),
+        );
+    }
+    assert_eq!(racks.len(), 1, "the gang is in one rack: {racks:?}");
+    let placed = eventually(WAIT, "PodGroup status", || async {
+        let status = groups.get("train").await.ok()?.status?;
+        (status.placed == 16).then_some(status)
+    })
+    .await;
+    assert!(matches!(
+        placed.phase,
+        yiyun_crds::PodGroupPhase::Scheduled | yiyun_crds::PodGroupPhase::Running
+    ));
+    // A gang that fits no rack waits whole and says why.
+    groups
+        .patch(
+            "huge",
+            &PatchParams::apply(FIELD_MANAGER),
+            &Patch::Apply(&serde_json::json!({
+                "apiVersion": "yiyun.io/v1alpha1", "kind": "PodGroup",
+                "metadata": {"name": "huge", "namespace": ns.name},
+                "spec": {"minMember": 25, "topology": {"level": "rack", "mode": "required"}}
+            })),
+        )
+        .await
+        .expect("second PodGroup");
+    for index in 0..25 {
+        let mut member = pod(&format!("huge-{index}"), &scheduler, &cell, "1", 8);
+        member.metadata.labels = Some([("yiyun.io/pod-group".to_string(), "huge".to_string())].into());
+        pods.create(&PostParams::default(), &member).await.expect("member");
+    }
+    // Until all 25 members exist it says so; then what the gang lacks.
+    let message = eventually(WAIT, "huge gang explained", || async {
+        unschedulable_message(&pods, "huge-0").await.filter(|message| message.contains("gang needs"))
+    })
+    .await;
+    assert!(message.ends_with("gang needs 25 in one rack, best rack has 20"), "{message}");
+    let bound = pods
+        .list(&ListParams::default())
+        .await
+        .expect("pods")
+        .items
+        .iter()
+        .filter(|p| {
+            p.metadata.name.as_deref().is_some_and(|n| n.starts_with("huge-"))
+                && p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some()
+        })
+        .count();
+    assert_eq!(bound, 0, "no member of a waiting gang is bound");
+    delete_nodes(&client, &names).await;
+}
+
+#[tokio::test]
+async fn a_job_with_8_parallel_pods_is_scheduled() {
+    let client = client().await;
+    let ns = TestNamespace::create(&client, "job").await;
+    let cell = unique("cell");
+    let names = nodes(&client, &cell, 4, 4, 0).await;
+    let scheduler = unique("yiyun-e2e");
+    let _running = SchedulerProcess::start(&scheduler, &["--leader-elect=false"]);
+    let template = pod("unused", &scheduler, &cell, "1", 0);
+    let job: Job = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "etl"},
+        "spec": {
+            "parallelism": 8, "completions": 8,
+            "template": {"spec": {
+                "schedulerName": scheduler, "restartPolicy": "Never",
+                "nodeSelector": {CELL: cell},
+                "tolerations": template.spec.as_ref().and_then(|s| s.tolerations.clone()),
+                "containers": [{"name": "etl", "image": "registry.local/etl:1", "resources": {"requests": {"cpu": "1"}}}]
+            }}
+        }
+    }))
+    .expect("a valid job");
+    Api::<Job>::namespaced(client.clone(), &ns.name)
+        .create(&PostParams::default(), &job)
+        .await
+        .expect("create job");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    eventually(WAIT, "8 job pods bound", || async {
+        let list = pods.list(&ListParams::default().labels("job-name=etl")).await.ok()?;
+        let bound = list
+            .items
+            .iter()
+            .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some())
+            .count();
+        (bound >= 8).then_some(())
+    })
+    .await;
+    delete_nodes(&client, &names).await;
+}
+
+#[tokio::test]
+async fn a_tenant_at_its_max_waits_until_a_pod_finishes() {
+    let client = client().await;
+    install_crds(&client).await;
+    let ns = TestNamespace::create(&client, "quota").await;
+    let tenant = unique("dept");
+    let tenants: Api<yiyun_crds::Tenant> = Api::all(client.clone());
+    tenants
+        .patch(
+            &tenant,
+            &PatchParams::apply(FIELD_MANAGER),
+            &Patch::Apply(&serde_json::json!({
+                "apiVersion": "yiyun.io/v1alpha1", "kind": "Tenant", "metadata": {"name": tenant},
+                "spec": {"displayName": "测试部门", "level": "province", "quota": {"max": {"cpu": "2"}}}
+            })),
+        )
+        .await
+        .expect("create the tenant");
+    Api::<Namespace>::all(client.clone())
+        .patch(
+            &ns.name,
+            &PatchParams::apply(FIELD_MANAGER),
+            &Patch::Apply(&serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns.name, "labels": {"yiyun.io/tenant": tenant}}})),
+        )
+        .await
+        .expect("label the namespace");
+    let cell = unique("cell");
+    let names = nodes(&client, &cell, 2, 2, 0).await;
+    let scheduler = unique("yiyun-e2e");
+    let _running = SchedulerProcess::start(&scheduler, &["--leader-elect=false"]);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    pods.create(&PostParams::default(), &pod("first", &scheduler, &cell, "2", 0)).await.expect("pod");
+    eventually(WAIT, "first bound", || node_of(&pods, "first")).await;
+    pods.create(&PostParams::default(), &pod("second", &scheduler, &cell, "1", 0)).await.expect("pod");
+    let message = eventually(WAIT, "second waits", || unschedulable_message(&pods, "second")).await;
+    assert_eq!(message, format!("tenant {tenant} at max cpu 2/2"));
+    pods.delete("first", &DeleteParams::default().grace_period(0)).await.expect("delete first");
+    eventually(WAIT, "second bound once first is gone", || node_of(&pods, "second")).await;
+    let _ = tenants.delete(&tenant, &DeleteParams::default()).await;
+    delete_nodes(&client, &names).await;
+}
+
+#[tokio::test]
+async fn a_standby_takes_over_when_the_leader_is_killed() {
+    let client = client().await;
+    let ns = TestNamespace::create(&client, "ha").await;
+    let cell = unique("cell");
+    let names = nodes(&client, &cell, 2, 2, 0).await;
+    let scheduler = unique("yiyun-e2e");
+    let lease = unique("lease");
+    let args = ["--lease-namespace", "default", "--lease-name", lease.as_str()];
+    let mut first = SchedulerProcess::start(&scheduler, &args);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    pods.create(&PostParams::default(), &pod("before", &scheduler, &cell, "1", 0)).await.expect("pod");
+    eventually(WAIT, "bound by the first scheduler", || node_of(&pods, "before")).await;
+    let mut second = SchedulerProcess::start(&scheduler, &args);
+    eventually(WAIT, "the second stands by", || async {
+        second.logs().contains("standing by").then_some(())
+    })
+    .await;
+    first.kill();
+    for index in 0..5 {
+        pods.create(&PostParams::default(), &pod(&format!("after-{index}"), &scheduler, &cell, "1", 0))
+            .await
+            .expect("pod");
+    }
+    for index in 0..5 {
+        let name = format!("after-{index}");
+        eventually(WAIT, &format!("{name} bound by the standby"), || node_of(&pods, &name)).await;
+    }
+    let logs = second.logs();
+    assert!(logs.contains("became the leader"), "{logs}");
+    assert!(!logs.contains("binding refused"), "no pod was bound twice: {logs}");
+    second.kill();
+    delete_nodes(&client, &names).await;
+}

@@ -1,0 +1,750 @@
+//! The scheduler as one task that owns the engine: watch events update its view, scheduling
+//! rounds decide and assume, binding tasks report back. Nothing else touches the engine, so it
+//! needs no lock.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use futures::{Stream, StreamExt, stream::BoxStream};
+use k8s_openapi::{
+    api::core::v1::{Binding, Namespace, Node as KubeNode, ObjectReference, Pod as KubePod},
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{Patch, PatchParams, PostParams},
+    runtime::{WatchStreamExt, watcher},
+};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+use yiyun_crds::{PodGroup, PodGroupPhase, Tenant, TopologyLevel, TopologyMode, labels};
+use yiyun_engine::{
+    Engine, Placement, Policy,
+    gang::{Gang, Level, Mode},
+    model::Pod,
+};
+
+use crate::{Config, Error, convert, metrics::Metrics, report::Reporter};
+
+/// Unschedulable pods are retried at least this often, whatever happens.
+const RETRY_UNSCHEDULABLE: Duration = Duration::from_secs(30);
+/// Watch events applied before the next scheduling round.
+const EVENT_BATCH: usize = 2_000;
+
+/// What the watches report. Boxed objects would add an allocation per event for nothing: the
+/// events are moved once, from the watch to `apply`.
+#[allow(clippy::large_enum_variant)]
+enum Update {
+    Node(watcher::Event<KubeNode>),
+    Pod(watcher::Event<KubePod>),
+    Namespace(watcher::Event<Namespace>),
+    PodGroup(watcher::Event<PodGroup>),
+    Tenant(watcher::Event<Tenant>),
+    Lost(String),
+}
+
+/// A pod waiting for a node.
+struct Pending {
+    pod: Pod,
+    uid: String,
+}
+
+/// A PodGroup as the scheduler tracks it.
+struct Group {
+    gang: Gang,
+    created: Instant,
+    timeout: Option<Duration>,
+    timed_out: bool,
+    /// The status last written: phase, placed, running.
+    written: Option<(PodGroupPhase, i32, i32)>,
+    /// What the gang lacks, while it waits.
+    waiting_for: Option<String>,
+}
+
+/// A pod bound to a node, as the watch last showed it.
+#[derive(Clone)]
+struct BoundPod {
+    pod: Pod,
+    gpus: Option<Vec<(u8, u16)>>,
+    running: bool,
+}
+
+/// The result of one binding.
+struct Bound {
+    key: String,
+    result: Result<(), kube::Error>,
+}
+
+/// Which watches have listed everything once.
+#[derive(Default)]
+struct Synced {
+    nodes: bool,
+    pods: bool,
+    namespaces: bool,
+    groups: bool,
+    tenants: bool,
+}
+
+impl Synced {
+    fn all(&self) -> bool {
+        self.nodes && self.pods && self.namespaces && self.groups && self.tenants
+    }
+}
+
+pub struct Scheduler {
+    config: Config,
+    client: Client,
+    engine: Engine,
+    /// Tenant of each namespace (label `yiyun.io/tenant`).
+    tenant_of: HashMap<String, String>,
+    pending: BTreeMap<String, Pending>,
+    /// Pending pods to try in the next round.
+    active: BTreeSet<String>,
+    /// Pending pods that did not fit, with when they were last tried.
+    unschedulable: HashMap<String, Instant>,
+    /// Something changed that may let unschedulable pods fit.
+    requeue: bool,
+    binding: HashSet<String>,
+    /// Bound pods by node, to account them again when their node (re)appears.
+    bound_on: HashMap<String, HashMap<String, BoundPod>>,
+    groups: HashMap<String, Group>,
+    synced: Synced,
+    /// Keys seen while a watch relists, to drop what is gone afterwards.
+    relisting_nodes: Option<HashSet<String>>,
+    relisting_pods: Option<HashSet<String>>,
+    bind_permits: Arc<Semaphore>,
+    bound_tx: mpsc::UnboundedSender<Bound>,
+    bound_rx: mpsc::UnboundedReceiver<Bound>,
+    reporter: Reporter,
+    metrics: Metrics,
+    first_bind_logged: bool,
+    started: Instant,
+}
+
+fn watch<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    tag: fn(watcher::Event<K>) -> Update,
+) -> BoxStream<'static, Update>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    watcher(api, config)
+        .default_backoff()
+        .map(move |event| match event {
+            Ok(event) => tag(event),
+            Err(err) => Update::Lost(err.to_string()),
+        })
+        .boxed()
+}
+
+impl Scheduler {
+    pub fn new(config: Config, client: Client, metrics: Metrics) -> Self {
+        let (bound_tx, bound_rx) = mpsc::unbounded_channel();
+        let mut engine = Engine::new(Policy::Yiyun, 1);
+        engine.set_evictions_per_minute(config.evictions_per_minute);
+        Scheduler {
+            bind_permits: Arc::new(Semaphore::new(config.bind_concurrency.max(1))),
+            reporter: Reporter::new(client.clone(), config.scheduler_name.clone()),
+            config,
+            client,
+            engine,
+            tenant_of: HashMap::new(),
+            pending: BTreeMap::new(),
+            active: BTreeSet::new(),
+            unschedulable: HashMap::new(),
+            requeue: false,
+            binding: HashSet::new(),
+            bound_on: HashMap::new(),
+            groups: HashMap::new(),
+            synced: Synced::default(),
+            relisting_nodes: None,
+            relisting_pods: None,
+            bound_tx,
+            bound_rx,
+            metrics,
+            first_bind_logged: false,
+            started: Instant::now(),
+        }
+    }
+
+    fn updates(&self) -> impl Stream<Item = Update> + use<> {
+        let client = &self.client;
+        // Finished pods hold nothing; the apiserver leaves them out.
+        let pods = watcher::Config::default().fields("status.phase!=Succeeded,status.phase!=Failed");
+        futures::stream::select_all([
+            watch(Api::<KubeNode>::all(client.clone()), watcher::Config::default(), Update::Node),
+            watch(Api::<KubePod>::all(client.clone()), pods, Update::Pod),
+            watch(Api::<Namespace>::all(client.clone()), watcher::Config::default(), Update::Namespace),
+            watch(Api::<PodGroup>::all(client.clone()), watcher::Config::default(), Update::PodGroup),
+            watch(Api::<Tenant>::all(client.clone()), watcher::Config::default(), Update::Tenant),
+        ])
+    }
+
+    /// Runs until `shutdown`.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), Error> {
+        let mut updates = self.updates();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                update = updates.next() => {
+                    let Some(update) = update else { return Err(Error::WatchEnded) };
+                    self.apply(update);
+                    // Apply what else has arrived before deciding anything.
+                    for _ in 0..EVENT_BATCH {
+                        match futures::FutureExt::now_or_never(updates.next()) {
+                            Some(Some(update)) => self.apply(update),
+                            Some(None) => return Err(Error::WatchEnded),
+                            None => break,
+                        }
+                    }
+                }
+                Some(bound) = self.bound_rx.recv() => self.bound(bound),
+                _ = tick.tick() => self.housekeeping(),
+            }
+            while let Ok(bound) = self.bound_rx.try_recv() {
+                self.bound(bound);
+            }
+            if self.synced.all() {
+                self.round();
+            }
+        }
+    }
+
+    fn apply(&mut self, update: Update) {
+        match update {
+            Update::Node(event) => self.node_event(event),
+            Update::Pod(event) => self.pod_event(event),
+            Update::Namespace(event) => match event {
+                watcher::Event::Apply(ns) | watcher::Event::InitApply(ns) => {
+                    let tenant = ns.labels().get(labels::TENANT).cloned();
+                    match tenant {
+                        Some(tenant) => self.tenant_of.insert(ns.name_any(), tenant),
+                        None => self.tenant_of.remove(&ns.name_any()),
+                    };
+                }
+                watcher::Event::Delete(ns) => {
+                    self.tenant_of.remove(&ns.name_any());
+                }
+                watcher::Event::InitDone => self.synced.namespaces = true,
+                watcher::Event::Init => {}
+            },
+            Update::PodGroup(event) => self.group_event(event),
+            Update::Tenant(event) => match event {
+                watcher::Event::Apply(tenant) | watcher::Event::InitApply(tenant) => {
+                    self.engine.upsert_tenant(crate::tenants::tenant(&tenant));
+                    self.requeue = true;
+                }
+                watcher::Event::InitDone => self.synced.tenants = true,
+                watcher::Event::Delete(_) | watcher::Event::Init => {}
+            },
+            Update::Lost(error) => warn!(%error, "a watch failed; it restarts with backoff"),
+        }
+    }
+
+    fn node_event(&mut self, event: watcher::Event<KubeNode>) {
+        match event {
+            watcher::Event::Init => self.relisting_nodes = Some(HashSet::new()),
+            watcher::Event::Apply(node) | watcher::Event::InitApply(node) => {
+                let name = node.name_any();
+                if let Some(seen) = &mut self.relisting_nodes {
+                    seen.insert(name.clone());
+                }
+                let known = self.engine.node_id(&name).is_some();
+                self.engine.upsert_node(convert::node(&node));
+                if !known {
+                    // Pods bound before the node was seen are accounted now.
+                    let bound: Vec<BoundPod> = self
+                        .bound_on
+                        .get(&name)
+                        .map(|pods| pods.values().cloned().collect())
+                        .unwrap_or_default();
+                    for bound in bound {
+                        self.account(&name, &bound.pod, bound.gpus);
+                    }
+                }
+                self.requeue = true;
+            }
+            watcher::Event::Delete(node) => {
+                self.engine.remove_node(&node.name_any());
+            }
+            watcher::Event::InitDone => {
+                if let Some(seen) = self.relisting_nodes.take() {
+                    let gone: Vec<String> = self
+                        .engine
+                        .node_ids()
+                        .filter_map(|id| self.engine.node(id).map(|node| node.name.clone()))
+                        .filter(|name| !seen.contains(name))
+                        .collect();
+                    for name in gone {
+                        self.engine.remove_node(&name);
+                    }
+                }
+                self.synced.nodes = true;
+                self.requeue = true;
+            }
+        }
+    }
+
+    /// Records a bound pod in the engine at its node.
+    fn account(&mut self, node_name: &str, pod: &Pod, gpus: Option<Vec<(u8, u16)>>) {
+        let Some(node) = self.engine.node_id(node_name) else { return };
+        if self.engine.placement_of(&pod.key).is_some_and(|placement| placement.node == node) {
+            return;
+        }
+        // Without a recorded assignment (bound by someone else), the lowest devices that fit.
+        let gpus = gpus.or_else(|| {
+            let (_, free) = self.engine.free(node)?;
+            let device = match pod.gpu {
+                yiyun_engine::model::GpuRequest::Fraction(milli) => {
+                    free.devices().iter().position(|&f| f >= milli).and_then(|d| u8::try_from(d).ok())
+                }
+                _ => None,
+            };
+            free.allocation(pod.gpu, device)
+        });
+        self.engine.assume(pod, &Placement { node, gpus: gpus.unwrap_or_default() });
+    }
+
+    fn pod_event(&mut self, event: watcher::Event<KubePod>) {
+        match event {
+            watcher::Event::Init => self.relisting_pods = Some(HashSet::new()),
+            watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) => {
+                let key = convert::pod_key(&pod);
+                if let Some(seen) = &mut self.relisting_pods {
+                    seen.insert(key.clone());
+                }
+                self.pod_applied(key, &pod);
+            }
+            watcher::Event::Delete(pod) => {
+                let key = convert::pod_key(&pod);
+                self.pod_gone(&key, pod.spec.as_ref().and_then(|s| s.node_name.clone()));
+            }
+            watcher::Event::InitDone => {
+                if let Some(seen) = self.relisting_pods.take() {
+                    let pending_gone: Vec<String> =
+                        self.pending.keys().filter(|key| !seen.contains(*key)).cloned().collect();
+                    for key in pending_gone {
+                        self.pod_gone(&key, None);
+                    }
+                    let bound_gone: Vec<(String, String)> = self
+                        .bound_on
+                        .iter()
+                        .flat_map(|(node, pods)| pods.keys().map(move |key| (key.clone(), node.clone())))
+                        .filter(|(key, _)| !seen.contains(key))
+                        .collect();
+                    for (key, node) in bound_gone {
+                        self.pod_gone(&key, Some(node));
+                    }
+                }
+                self.synced.pods = true;
+            }
+        }
+    }
+
+    fn pod_applied(&mut self, key: String, kube_pod: &KubePod) {
+        let spec = kube_pod.spec.as_ref();
+        let node_name = spec.and_then(|s| s.node_name.clone());
+        let namespace = kube_pod.metadata.namespace.clone().unwrap_or_default();
+        let tenant = self.tenant_of.get(&namespace).cloned();
+        let pod = convert::pod(kube_pod, tenant.as_deref());
+        if let Some(node_name) = node_name {
+            // Bound (by us or anyone): account it where it is.
+            self.pending.remove(&key);
+            self.active.remove(&key);
+            self.unschedulable.remove(&key);
+            let gpus = convert::gpu_assignment(kube_pod);
+            let running = kube_pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+            let bound = BoundPod { pod: pod.clone(), gpus: gpus.clone(), running };
+            self.bound_on.entry(node_name.clone()).or_default().insert(key, bound);
+            self.account(&node_name, &pod, gpus);
+            return;
+        }
+        let ours =
+            spec.and_then(|s| s.scheduler_name.as_deref()) == Some(self.config.scheduler_name.as_str());
+        if !ours || kube_pod.metadata.deletion_timestamp.is_some() {
+            return;
+        }
+        let uid = kube_pod.metadata.uid.clone().unwrap_or_default();
+        let changed = self.pending.get(&key).is_none_or(|pending| pending.pod != pod || pending.uid != uid);
+        if changed && !self.binding.contains(&key) {
+            self.pending.insert(key.clone(), Pending { pod, uid });
+            self.unschedulable.remove(&key);
+            self.active.insert(key);
+        }
+    }
+
+    fn pod_gone(&mut self, key: &str, node_name: Option<String>) {
+        self.pending.remove(key);
+        self.active.remove(key);
+        self.unschedulable.remove(key);
+        self.reporter.forget(key);
+        let node_name = node_name.or_else(|| {
+            self.bound_on.iter().find(|(_, pods)| pods.contains_key(key)).map(|(n, _)| n.clone())
+        });
+        if let Some(node_name) = node_name
+            && let Some(pods) = self.bound_on.get_mut(&node_name)
+        {
+            pods.remove(key);
+            if pods.is_empty() {
+                self.bound_on.remove(&node_name);
+            }
+        }
+        if !self.binding.contains(key) && self.engine.forget(key) {
+            self.requeue = true;
+        }
+    }
+
+    fn group_event(&mut self, event: watcher::Event<PodGroup>) {
+        match event {
+            watcher::Event::Apply(group) | watcher::Event::InitApply(group) => {
+                let key = format!("{}/{}", group.namespace().unwrap_or_default(), group.name_any());
+                let topology = group.spec.topology.as_ref().map(|t| {
+                    let level = match t.level {
+                        TopologyLevel::Rack => Level::Rack,
+                        TopologyLevel::Site => Level::Site,
+                        TopologyLevel::Region => Level::Region,
+                    };
+                    let mode = match t.mode {
+                        TopologyMode::Required => Mode::Required,
+                        TopologyMode::Preferred => Mode::Preferred,
+                    };
+                    (level, mode)
+                });
+                let age = group
+                    .metadata
+                    .creation_timestamp
+                    .as_ref()
+                    .map(|t| k8s_openapi::jiff::Timestamp::now().duration_since(t.0).unsigned_abs())
+                    .unwrap_or_default();
+                let created = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+                let status = group.status.clone().unwrap_or_default();
+                let timed_out = status.phase == PodGroupPhase::Timeout;
+                let written = group.status.as_ref().map(|s| (s.phase, s.placed, s.running));
+                let waiting_for = self.groups.get(&key).and_then(|g| g.waiting_for.clone());
+                self.groups.insert(
+                    key.clone(),
+                    Group {
+                        gang: Gang {
+                            name: key,
+                            min_member: usize::try_from(group.spec.min_member).unwrap_or(1).max(1),
+                            topology,
+                        },
+                        created,
+                        timeout: group
+                            .spec
+                            .schedule_timeout_seconds
+                            .and_then(|s| u64::try_from(s).ok())
+                            .map(Duration::from_secs),
+                        timed_out,
+                        written,
+                        waiting_for,
+                    },
+                );
+                self.requeue = true;
+            }
+            watcher::Event::Delete(group) => {
+                let key = format!("{}/{}", group.namespace().unwrap_or_default(), group.name_any());
+                self.engine.release_reservation(&key);
+                self.groups.remove(&key);
+            }
+            watcher::Event::InitDone => self.synced.groups = true,
+            watcher::Event::Init => {}
+        }
+    }
+
+    fn bound(&mut self, bound: Bound) {
+        self.binding.remove(&bound.key);
+        match bound.result {
+            Ok(()) => {
+                self.metrics.bound.inc();
+                if !self.first_bind_logged {
+                    self.first_bind_logged = true;
+                    info!(pod = %bound.key, seconds = self.started.elapsed().as_secs_f64(), "first pod bound");
+                }
+                // The watch will show it bound; until then it stays assumed and out of the queue.
+                self.pending.remove(&bound.key);
+            }
+            Err(err) => {
+                self.metrics.bind_errors.inc();
+                self.engine.forget(&bound.key);
+                match &err {
+                    // Already bound, or gone: the watch tells the rest.
+                    kube::Error::Api(status) if status.code == 409 || status.code == 404 => {
+                        debug!(pod = %bound.key, error = %err, "binding refused");
+                        self.pending.remove(&bound.key);
+                    }
+                    _ => {
+                        warn!(pod = %bound.key, error = %err, "binding failed; retrying");
+                        if self.pending.contains_key(&bound.key) {
+                            self.active.insert(bound.key);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn housekeeping(&mut self) {
+        let now = Instant::now();
+        let due: Vec<String> = self
+            .unschedulable
+            .iter()
+            .filter(|(_, since)| now.duration_since(**since) >= RETRY_UNSCHEDULABLE)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in due {
+            self.unschedulable.remove(&key);
+            self.active.insert(key);
+        }
+        self.metrics.pending.set(self.pending.len() as i64);
+        self.group_statuses();
+        self.engine.set_now(k8s_openapi::jiff::Timestamp::now().as_second().max(0) as u64);
+    }
+
+    /// Works out each PodGroup's phase, times out those that waited too long, and writes what
+    /// changed.
+    fn group_statuses(&mut self) {
+        let mut counts: HashMap<&str, (i32, i32)> = HashMap::new();
+        for bound in self.bound_on.values().flat_map(|pods| pods.values()) {
+            if let Some(gang) = &bound.pod.gang {
+                let entry = counts.entry(gang.as_str()).or_default();
+                entry.0 += 1;
+                entry.1 += i32::from(bound.running);
+            }
+        }
+        let mut writes = Vec::new();
+        let mut released = Vec::new();
+        for (key, group) in &mut self.groups {
+            let (placed, running) = counts.get(key.as_str()).copied().unwrap_or_default();
+            let min = i32::try_from(group.gang.min_member).unwrap_or(i32::MAX);
+            let expired = group.timeout.is_some_and(|timeout| group.created.elapsed() >= timeout);
+            if placed < min && expired && !group.timed_out {
+                group.timed_out = true;
+                released.push(key.clone());
+            }
+            let was_scheduled = group.written.is_some_and(|(phase, ..)| {
+                matches!(phase, PodGroupPhase::Scheduled | PodGroupPhase::Running | PodGroupPhase::Failed)
+            });
+            let phase = if group.timed_out && placed < min {
+                PodGroupPhase::Timeout
+            } else if running >= min {
+                PodGroupPhase::Running
+            } else if placed >= min {
+                PodGroupPhase::Scheduled
+            } else if was_scheduled {
+                PodGroupPhase::Failed
+            } else {
+                PodGroupPhase::Pending
+            };
+            if group.written != Some((phase, placed, running)) {
+                group.written = Some((phase, placed, running));
+                let message = match phase {
+                    PodGroupPhase::Pending => {
+                        group.waiting_for.clone().unwrap_or_else(|| "waiting for members".into())
+                    }
+                    PodGroupPhase::Timeout => {
+                        format!("not placed within {}s", group.timeout.map_or(0, |t| t.as_secs()))
+                    }
+                    PodGroupPhase::Failed => format!("{placed} of at least {min} pods left"),
+                    _ => format!("{placed} of {min} pods placed"),
+                };
+                writes.push((key.clone(), phase, placed, running, message));
+            }
+        }
+        for key in released {
+            self.engine.release_reservation(&key);
+        }
+        for (key, phase, placed, running, message) in writes {
+            let Some((namespace, name)) = key.split_once('/') else { continue };
+            let api: Api<PodGroup> = Api::namespaced(self.client.clone(), namespace);
+            let name = name.to_string();
+            let scheduled = matches!(phase, PodGroupPhase::Scheduled | PodGroupPhase::Running);
+            let status = serde_json::json!({"status": {
+                "phase": phase, "placed": placed, "running": running,
+                "conditions": [{
+                    "type": "Scheduled", "status": if scheduled { "True" } else { "False" },
+                    "reason": format!("{phase:?}"), "message": message,
+                    "lastTransitionTime": k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()),
+                }],
+            }});
+            tokio::spawn(async move {
+                if let Err(err) =
+                    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await
+                {
+                    debug!(group = %name, error = %err, "cannot write the PodGroup status");
+                }
+            });
+        }
+    }
+
+    /// One scheduling round over the active pods.
+    fn round(&mut self) {
+        if self.requeue {
+            self.requeue = false;
+            for key in self.unschedulable.drain().map(|(key, _)| key) {
+                self.active.insert(key);
+            }
+        }
+        if self.active.is_empty() {
+            return;
+        }
+        let keys = std::mem::take(&mut self.active);
+        let mut pods: Vec<Pod> = keys
+            .iter()
+            .filter(|key| !self.binding.contains(*key))
+            .filter_map(|key| self.pending.get(key).map(|pending| pending.pod.clone()))
+            .collect();
+        self.engine.queue_order(&mut pods);
+        let mut gangs: BTreeMap<String, Vec<Pod>> = BTreeMap::new();
+        for pod in pods {
+            if let Some(gang) = &pod.gang {
+                gangs.entry(gang.clone()).or_default().push(pod);
+                continue;
+            }
+            match self.engine.schedule(&pod) {
+                Ok(placement) => self.bind(&pod, placement),
+                Err(explanation) => self.unplaced(&pod, explanation.to_string()),
+            }
+        }
+        for (gang, members) in gangs {
+            self.schedule_gang(&gang, members);
+        }
+    }
+
+    fn schedule_gang(&mut self, key: &str, members: Vec<Pod>) {
+        let Some(group) = self.groups.get(key) else {
+            for pod in &members {
+                self.unplaced(pod, format!("PodGroup {key} does not exist"));
+            }
+            return;
+        };
+        if group.timed_out {
+            for pod in &members {
+                self.unplaced(pod, format!("PodGroup {key} timed out"));
+            }
+            return;
+        }
+        // Members already bound count towards minMember.
+        let in_gang = |pod: &Pod| pod.gang.as_deref() == Some(key);
+        let bound =
+            self.bound_on.values().flat_map(|pods| pods.values()).filter(|bound| in_gang(&bound.pod)).count()
+                + self.binding.iter().filter_map(|k| self.pending.get(k)).filter(|p| in_gang(&p.pod)).count();
+        let needed = group.gang.min_member.saturating_sub(bound);
+        if needed == 0 {
+            // The gang stands; later members are placed like any pod.
+            for pod in members {
+                match self.engine.schedule(&pod) {
+                    Ok(placement) => self.bind(&pod, placement),
+                    Err(explanation) => self.unplaced(&pod, explanation.to_string()),
+                }
+            }
+            return;
+        }
+        let gang = Gang { min_member: needed, ..group.gang.clone() };
+        if members.len() < needed {
+            let message =
+                format!("gang {key} has {} of its {} pods", members.len() + bound, group.gang.min_member);
+            for pod in &members {
+                self.unplaced(pod, message.clone());
+            }
+            return;
+        }
+        match self.engine.schedule_gang(&gang, &members) {
+            Ok(placements) => {
+                let placed = placements.len();
+                for (pod, placement) in members.iter().zip(placements) {
+                    self.bind(pod, placement);
+                }
+                // Members beyond minMember go one by one.
+                for pod in &members[placed..] {
+                    match self.engine.schedule(pod) {
+                        Ok(placement) => self.bind(pod, placement),
+                        Err(explanation) => self.unplaced(pod, explanation.to_string()),
+                    }
+                }
+            }
+            Err(explanation) => {
+                let message = explanation.to_string();
+                if let Some(group) = self.groups.get_mut(key) {
+                    group.waiting_for = Some(message.clone());
+                }
+                for pod in &members {
+                    self.unplaced(pod, message.clone());
+                }
+            }
+        }
+    }
+
+    fn unplaced(&mut self, pod: &Pod, message: String) {
+        self.metrics.unschedulable.inc();
+        self.unschedulable.insert(pod.key.clone(), Instant::now());
+        if let Some(pending) = self.pending.get(&pod.key) {
+            self.reporter.unschedulable(&pod.key, &pending.uid, &message);
+        }
+    }
+
+    fn bind(&mut self, pod: &Pod, placement: Placement) {
+        let Some(pending) = self.pending.get(&pod.key) else {
+            self.engine.forget(&pod.key);
+            return;
+        };
+        let Some(node) = self.engine.node(placement.node).map(|node| node.name.clone()) else {
+            self.engine.forget(&pod.key);
+            return;
+        };
+        self.binding.insert(pod.key.clone());
+        self.unschedulable.remove(&pod.key);
+        let (namespace, name) =
+            pod.key.split_once('/').map(|(n, p)| (n.to_string(), p.to_string())).unwrap_or_default();
+        let uid = pending.uid.clone();
+        let gpus = (!placement.gpus.is_empty()).then(|| convert::gpu_assignment_value(&placement.gpus));
+        let api: Api<KubePod> = Api::namespaced(self.client.clone(), &namespace);
+        let permits = self.bind_permits.clone();
+        let done = self.bound_tx.clone();
+        let key = pod.key.clone();
+        tokio::spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            let result = bind(&api, &name, &uid, &node, gpus).await;
+            let _ = done.send(Bound { key, result });
+        });
+    }
+}
+
+/// Records the GPU devices (if any) on the pod, then binds it through `pods/binding`.
+async fn bind(
+    api: &Api<KubePod>,
+    name: &str,
+    uid: &str,
+    node: &str,
+    gpus: Option<String>,
+) -> Result<(), kube::Error> {
+    if let Some(gpus) = gpus {
+        // Guarded by the uid: a pod deleted and recreated under the same name is not touched.
+        let patch = serde_json::json!({
+            "metadata": {"uid": uid, "annotations": {labels::GPU_ASSIGNMENT: gpus}}
+        });
+        api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    }
+    let binding = Binding {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            uid: Some(uid.to_string()),
+            ..ObjectMeta::default()
+        },
+        target: ObjectReference {
+            kind: Some("Node".into()),
+            name: Some(node.to_string()),
+            api_version: Some("v1".into()),
+            ..ObjectReference::default()
+        },
+    };
+    api.create_subresource::<Binding, serde_json::Value>("binding", name, &PostParams::default(), &binding)
+        .await?;
+    Ok(())
+}
