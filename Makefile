@@ -3,7 +3,7 @@ SHELL := /bin/bash
 # One target directory shared by every work tree and CI run on this machine.
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/yiyun/target
 
-.PHONY: test lint unit e2e crds demo demo-down cluster-binaries bench-tenancy bench-pools bench-engine simulate simulate-timeline simulate-scenario
+.PHONY: test lint unit e2e crds demo demo-down cluster-binaries bench-tenancy bench-pools bench-engine bench-scheduler simulate simulate-timeline simulate-scenario
 
 ## test: format check, clippy (warnings denied), unit tests, then e2e tests on a fresh local cluster
 test: lint unit e2e
@@ -63,3 +63,9 @@ simulate-timeline:
 simulate-scenario:
 	cargo build --release -p yiyun --locked
 	$(CARGO_TARGET_DIR)/release/yiyun simulate scenario examples/scheduling/scenario.yaml
+
+## bench-scheduler: yiyun-scheduler vs kube-scheduler and the apiserver ceiling, 1,000 and 5,000 kwok nodes (~25 min)
+bench-scheduler: cluster-binaries
+	cargo build --release -p yiyun --locked
+	source e2e/versions.env && KUBE_SCHEDULER=$$HOME/.cache/yiyun/bin/kube-scheduler-$$KUBERNETES_VERSION \
+	  e2e/with-cluster bench-$$$$ $(CARGO_TARGET_DIR)/release/yiyun bench scheduler

@@ -2,6 +2,7 @@
 //! against a baseline measured in the same run.
 
 pub mod pools;
+pub mod scheduler;
 pub mod tenancy;
 
 use std::{
@@ -38,6 +39,8 @@ pub enum Error {
     Io(#[from] std::io::Error),
     #[error("timed out: {0}")]
     Timeout(String),
+    #[error("JSON: {0}")]
+    Json(#[from] serde_json::Error),
 }
 
 /// Progress on stderr, so the table on stdout stays clean.
@@ -142,23 +145,12 @@ impl Controller {
         })
     }
 
-    /// User plus system CPU time, from /proc (clock ticks of 1/100 s on Linux).
     pub(crate) fn cpu_seconds(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        // Fields after the command name (which is in parentheses and may hold spaces).
-        let fields: Vec<&str> =
-            stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
-        let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
-        (ticks(11) + ticks(12)) / 100.0
+        cpu_seconds(self.child.id())
     }
 
     pub(crate) fn peak_rss_mib(&self) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            .map_or(0.0, |kib| kib / 1024.0)
+        peak_rss_mib(self.child.id())
     }
 
     pub(crate) fn stop(mut self) {
@@ -171,6 +163,26 @@ impl Drop for Controller {
     fn drop(&mut self) {
         let _ = self.child.kill();
     }
+}
+
+/// User plus system CPU time of a process, from /proc (clock ticks of 1/100 s on Linux).
+pub(crate) fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Peak resident memory of a process in MiB, from /proc.
+pub(crate) fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
 }
 
 /// Reconciles and writes per minute, and CPU seconds, of an idle controller over `seconds`.

@@ -39,6 +39,9 @@ enum Bench {
     Tenancy(yiyun_bench::tenancy::Config),
     /// Thousands of kwok nodes in node pools: labelled, relabelled, idle.
     Pools(yiyun_bench::pools::Config),
+    /// yiyun-scheduler against kube-scheduler (default and raised client limits) and the
+    /// apiserver's binding ceiling, on kwok nodes.
+    Scheduler(yiyun_bench::scheduler::Config),
     /// The placement engine alone, on one core: decisions per second against a full scan, a
     /// large gang, memory.
     Engine(yiyun_simulator::bench::BenchArgs),
@@ -62,6 +65,7 @@ fn main() -> anyhow::Result<()> {
             }
             Bench::Tenancy(config) => block_on(yiyun_bench::tenancy::run(config)),
             Bench::Pools(config) => block_on(yiyun_bench::pools::run(config)),
+            Bench::Scheduler(config) => block_on(yiyun_bench::scheduler::run(config)),
         },
         Command::Version => {
             println!("yiyun {}", env!("CARGO_PKG_VERSION"));
