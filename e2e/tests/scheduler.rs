@@ -311,3 +311,146 @@ async fn a_standby_takes_over_when_the_leader_is_killed() {
     second.kill();
     delete_nodes(&client, &names).await;
 }
+
+/// Applies a cluster-scoped yiyun object.
+async fn apply_yiyun<K>(client: &Client, name: &str, object: serde_json::Value)
+where
+    K: kube::Resource<Scope = kube::core::ClusterResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    Api::<K>::all(client.clone())
+        .patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&object))
+        .await
+        .unwrap_or_else(|err| panic!("apply {name}: {err}"));
+}
+
+#[tokio::test]
+async fn a_batch_pod_goes_west_and_a_realtime_pod_stays_east() {
+    let client = client().await;
+    install_crds(&client).await;
+    let ns = TestNamespace::create(&client, "east-west").await;
+    let (east, west) = (unique("wuhu"), unique("qingyang"));
+    let site = |name: &str, class: &str, region: &str, price: &str, pue: f64, links: serde_json::Value| {
+        serde_json::json!({"apiVersion": "yiyun.io/v1alpha1", "kind": "ComputeSite", "metadata": {"name": name},
+            "spec": {"region": region, "regionClass": class, "hub": "e2e", "city": "e2e", "powerPricePerKWh": price,
+                     "pue": pue, "carbonIntensity": 500, "links": links}})
+    };
+    let link =
+        serde_json::json!([{"to": west, "latencyMs": 28, "bandwidthGbps": 100, "pricePerGB": "0.005"}]);
+    apply_yiyun::<yiyun_crds::ComputeSite>(&client, &east, site(&east, "east", "anhui", "0.62", 1.4, link))
+        .await;
+    apply_yiyun::<yiyun_crds::ComputeSite>(
+        &client,
+        &west,
+        site(&west, "west", "gansu", "0.28", 1.15, serde_json::json!([])),
+    )
+    .await;
+    let cell = unique("cell");
+    let mut names = Vec::new();
+    for site in [&east, &west] {
+        let name = format!("{cell}-{site}");
+        let labels = serde_json::json!({CELL: cell, "yiyun.io/site": site});
+        let capacity =
+            serde_json::json!({"cpu": "64", "memory": "256Gi", "pods": "110", "nvidia.com/gpu": "8"});
+        create_kwok_node_with(&client, &name, labels, capacity).await;
+        names.push(name);
+    }
+    let scheduler = unique("yiyun-e2e");
+    let _running = SchedulerProcess::start(&scheduler, &["--leader-elect=false"]);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let with_data = |name: &str, class: &str| {
+        let mut pod = pod(name, &scheduler, &cell, "16", 4);
+        pod.metadata.annotations = Some(
+            [
+                ("yiyun.io/latency-class", class),
+                ("yiyun.io/data-site", east.as_str()),
+                ("yiyun.io/data-gb", "200"),
+                ("yiyun.io/expected-runtime-seconds", "28800"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        );
+        pod
+    };
+    pods.create(&PostParams::default(), &with_data("training", "batch")).await.expect("pod");
+    pods.create(&PostParams::default(), &with_data("inference", "realtime")).await.expect("pod");
+    let training = eventually(WAIT, "training bound", || node_of(&pods, "training")).await;
+    let inference = eventually(WAIT, "inference bound", || node_of(&pods, "inference")).await;
+    assert_eq!(training, format!("{cell}-{west}"), "batch work goes to the cheaper west");
+    assert_eq!(inference, format!("{cell}-{east}"), "realtime work stays within 10 ms of its data");
+    delete_nodes(&client, &names).await;
+    for site in [&east, &west] {
+        let _ =
+            Api::<yiyun_crds::ComputeSite>::all(client.clone()).delete(site, &DeleteParams::default()).await;
+    }
+}
+
+#[tokio::test]
+async fn a_lender_reclaims_what_a_borrower_took_by_preemption() {
+    let client = client().await;
+    install_crds(&client).await;
+    let (lender, borrower) = (unique("lender"), unique("borrower"));
+    let mut namespaces = Vec::new();
+    // A tenant reclaims only within its guarantee of every resource its pod asks for.
+    for (tenant, guaranteed) in [(&lender, "4"), (&borrower, "1")] {
+        apply_yiyun::<yiyun_crds::Tenant>(
+            &client,
+            tenant,
+            serde_json::json!({"apiVersion": "yiyun.io/v1alpha1", "kind": "Tenant", "metadata": {"name": tenant},
+                "spec": {"displayName": "测试", "level": "province",
+                    "quota": {"guaranteed": {"cpu": guaranteed, "memory": "4Gi"}, "max": {"cpu": "8", "memory": "64Gi"}}}}),
+        )
+        .await;
+        let ns = TestNamespace::create(&client, "reclaim").await;
+        Api::<Namespace>::all(client.clone())
+            .patch(
+                &ns.name,
+                &PatchParams::apply(FIELD_MANAGER),
+                &Patch::Apply(&serde_json::json!({"apiVersion": "v1", "kind": "Namespace",
+                    "metadata": {"name": ns.name, "labels": {"yiyun.io/tenant": tenant}}})),
+            )
+            .await
+            .expect("label the namespace");
+        namespaces.push(ns);
+    }
+    let cell = unique("cell");
+    let node = format!("{cell}-n0");
+    create_kwok_node_with(
+        &client,
+        &node,
+        serde_json::json!({CELL: cell}),
+        serde_json::json!({"cpu": "8", "memory": "64Gi", "pods": "110"}),
+    )
+    .await;
+    let scheduler = unique("yiyun-e2e");
+    let _running = SchedulerProcess::start(&scheduler, &["--leader-elect=false"]);
+    let lender_pods: Api<Pod> = Api::namespaced(client.clone(), &namespaces[0].name);
+    let borrower_pods: Api<Pod> = Api::namespaced(client.clone(), &namespaces[1].name);
+    for name in ["b1", "b2"] {
+        borrower_pods
+            .create(&PostParams::default(), &pod(name, &scheduler, &cell, "4", 0))
+            .await
+            .expect("pod");
+        eventually(WAIT, &format!("{name} bound while the cluster is idle"), || {
+            node_of(&borrower_pods, name)
+        })
+        .await;
+    }
+    lender_pods.create(&PostParams::default(), &pod("mine", &scheduler, &cell, "4", 0)).await.expect("pod");
+    eventually(WAIT, "the lender's pod bound after reclaim", || node_of(&lender_pods, "mine")).await;
+    let left = borrower_pods.list(&ListParams::default()).await.expect("pods").items;
+    let left: Vec<String> = left
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .map(|p| p.metadata.name.clone().unwrap_or_default())
+        .collect();
+    assert_eq!(left, vec!["b1".to_string()], "the latest borrowed pod was evicted, only it");
+    for tenant in [&lender, &borrower] {
+        let _ = Api::<yiyun_crds::Tenant>::all(client.clone()).delete(tenant, &DeleteParams::default()).await;
+    }
+    delete_nodes(&client, &[node]).await;
+}

@@ -21,7 +21,7 @@ use kube::{
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
-use yiyun_crds::{PodGroup, PodGroupPhase, Tenant, TopologyLevel, TopologyMode, labels};
+use yiyun_crds::{ComputeSite, PodGroup, PodGroupPhase, Tenant, TopologyLevel, TopologyMode, labels};
 use yiyun_engine::{
     Engine, Placement, Policy,
     gang::{Gang, Level, Mode},
@@ -44,6 +44,7 @@ enum Update {
     Namespace(watcher::Event<Namespace>),
     PodGroup(watcher::Event<PodGroup>),
     Tenant(watcher::Event<Tenant>),
+    Site(watcher::Event<ComputeSite>),
     Lost(String),
 }
 
@@ -73,10 +74,18 @@ struct BoundPod {
     running: bool,
 }
 
-/// The result of one binding.
-struct Bound {
-    key: String,
-    result: Result<(), kube::Error>,
+/// What a task reports back.
+enum Done {
+    /// A binding of pod `key`.
+    Bound { key: String, result: Result<(), kube::Error> },
+    /// An eviction of `victim` to make room for `preemptor`.
+    Evicted { victim: String, preemptor: String, result: Result<(), kube::Error> },
+}
+
+/// A pod waiting for the pods it preempted to be gone before it is bound where it was
+/// nominated.
+struct Nomination {
+    victims: HashSet<String>,
 }
 
 /// Which watches have listed everything once.
@@ -87,11 +96,12 @@ struct Synced {
     namespaces: bool,
     groups: bool,
     tenants: bool,
+    sites: bool,
 }
 
 impl Synced {
     fn all(&self) -> bool {
-        self.nodes && self.pods && self.namespaces && self.groups && self.tenants
+        self.nodes && self.pods && self.namespaces && self.groups && self.tenants && self.sites
     }
 }
 
@@ -112,13 +122,15 @@ pub struct Scheduler {
     /// Bound pods by node, to account them again when their node (re)appears.
     bound_on: HashMap<String, HashMap<String, BoundPod>>,
     groups: HashMap<String, Group>,
+    sites: BTreeMap<String, ComputeSite>,
     synced: Synced,
     /// Keys seen while a watch relists, to drop what is gone afterwards.
     relisting_nodes: Option<HashSet<String>>,
     relisting_pods: Option<HashSet<String>>,
     bind_permits: Arc<Semaphore>,
-    bound_tx: mpsc::UnboundedSender<Bound>,
-    bound_rx: mpsc::UnboundedReceiver<Bound>,
+    done_tx: mpsc::UnboundedSender<Done>,
+    done_rx: mpsc::UnboundedReceiver<Done>,
+    nominated: HashMap<String, Nomination>,
     reporter: Reporter,
     metrics: Metrics,
     first_bind_logged: bool,
@@ -144,7 +156,7 @@ where
 
 impl Scheduler {
     pub fn new(config: Config, client: Client, metrics: Metrics) -> Self {
-        let (bound_tx, bound_rx) = mpsc::unbounded_channel();
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
         let mut engine = Engine::new(Policy::Yiyun, 1);
         engine.set_evictions_per_minute(config.evictions_per_minute);
         Scheduler {
@@ -161,11 +173,13 @@ impl Scheduler {
             binding: HashSet::new(),
             bound_on: HashMap::new(),
             groups: HashMap::new(),
+            sites: BTreeMap::new(),
             synced: Synced::default(),
             relisting_nodes: None,
             relisting_pods: None,
-            bound_tx,
-            bound_rx,
+            done_tx,
+            done_rx,
+            nominated: HashMap::new(),
             metrics,
             first_bind_logged: false,
             started: Instant::now(),
@@ -182,6 +196,7 @@ impl Scheduler {
             watch(Api::<Namespace>::all(client.clone()), watcher::Config::default(), Update::Namespace),
             watch(Api::<PodGroup>::all(client.clone()), watcher::Config::default(), Update::PodGroup),
             watch(Api::<Tenant>::all(client.clone()), watcher::Config::default(), Update::Tenant),
+            watch(Api::<ComputeSite>::all(client.clone()), watcher::Config::default(), Update::Site),
         ])
     }
 
@@ -204,11 +219,11 @@ impl Scheduler {
                         }
                     }
                 }
-                Some(bound) = self.bound_rx.recv() => self.bound(bound),
+                Some(done) = self.done_rx.recv() => self.done(done),
                 _ = tick.tick() => self.housekeeping(),
             }
-            while let Ok(bound) = self.bound_rx.try_recv() {
-                self.bound(bound);
+            while let Ok(done) = self.done_rx.try_recv() {
+                self.done(done);
             }
             if self.synced.all() {
                 self.round();
@@ -243,6 +258,20 @@ impl Scheduler {
                 watcher::Event::InitDone => self.synced.tenants = true,
                 watcher::Event::Delete(_) | watcher::Event::Init => {}
             },
+            Update::Site(event) => {
+                match event {
+                    watcher::Event::Apply(site) | watcher::Event::InitApply(site) => {
+                        self.sites.insert(site.name_any(), site);
+                    }
+                    watcher::Event::Delete(site) => {
+                        self.sites.remove(&site.name_any());
+                    }
+                    watcher::Event::Init => self.sites.clear(),
+                    watcher::Event::InitDone => self.synced.sites = true,
+                }
+                self.engine.set_costs(crate::sites::cost_model(self.sites.values()));
+                self.requeue = true;
+            }
             Update::Lost(error) => warn!(%error, "a watch failed; it restarts with backoff"),
         }
     }
@@ -380,6 +409,21 @@ impl Scheduler {
     }
 
     fn pod_gone(&mut self, key: &str, node_name: Option<String>) {
+        if self.nominated.remove(key).is_some() {
+            // A nominated pod deleted before its victims went: give its room back.
+            self.engine.forget(key);
+        }
+        let ready: Vec<String> = self
+            .nominated
+            .iter_mut()
+            .filter_map(|(preemptor, nomination)| {
+                (nomination.victims.remove(key) && nomination.victims.is_empty()).then(|| preemptor.clone())
+            })
+            .collect();
+        for preemptor in ready {
+            self.nominated.remove(&preemptor);
+            self.bind_nominated(&preemptor);
+        }
         self.pending.remove(key);
         self.active.remove(key);
         self.unschedulable.remove(key);
@@ -458,31 +502,38 @@ impl Scheduler {
         }
     }
 
-    fn bound(&mut self, bound: Bound) {
-        self.binding.remove(&bound.key);
-        match bound.result {
+    fn done(&mut self, done: Done) {
+        match done {
+            Done::Bound { key, result } => self.bound(key, result),
+            Done::Evicted { victim, preemptor, result } => self.evicted(victim, preemptor, result),
+        }
+    }
+
+    fn bound(&mut self, key: String, result: Result<(), kube::Error>) {
+        self.binding.remove(&key);
+        match result {
             Ok(()) => {
                 self.metrics.bound.inc();
                 if !self.first_bind_logged {
                     self.first_bind_logged = true;
-                    info!(pod = %bound.key, seconds = self.started.elapsed().as_secs_f64(), "first pod bound");
+                    info!(pod = %key, seconds = self.started.elapsed().as_secs_f64(), "first pod bound");
                 }
                 // The watch will show it bound; until then it stays assumed and out of the queue.
-                self.pending.remove(&bound.key);
+                self.pending.remove(&key);
             }
             Err(err) => {
                 self.metrics.bind_errors.inc();
-                self.engine.forget(&bound.key);
+                self.engine.forget(&key);
                 match &err {
                     // Already bound, or gone: the watch tells the rest.
                     kube::Error::Api(status) if status.code == 409 || status.code == 404 => {
-                        debug!(pod = %bound.key, error = %err, "binding refused");
-                        self.pending.remove(&bound.key);
+                        debug!(pod = %key, error = %err, "binding refused");
+                        self.pending.remove(&key);
                     }
                     _ => {
-                        warn!(pod = %bound.key, error = %err, "binding failed; retrying");
-                        if self.pending.contains_key(&bound.key) {
-                            self.active.insert(bound.key);
+                        warn!(pod = %key, error = %err, "binding failed; retrying");
+                        if self.pending.contains_key(&key) {
+                            self.active.insert(key);
                         }
                     }
                 }
@@ -597,7 +648,7 @@ impl Scheduler {
         let keys = std::mem::take(&mut self.active);
         let mut pods: Vec<Pod> = keys
             .iter()
-            .filter(|key| !self.binding.contains(*key))
+            .filter(|key| !self.binding.contains(*key) && !self.nominated.contains_key(*key))
             .filter_map(|key| self.pending.get(key).map(|pending| pending.pod.clone()))
             .collect();
         self.engine.queue_order(&mut pods);
@@ -609,7 +660,11 @@ impl Scheduler {
             }
             match self.engine.schedule(&pod) {
                 Ok(placement) => self.bind(&pod, placement),
-                Err(explanation) => self.unplaced(&pod, explanation.to_string()),
+                Err(explanation) => {
+                    if !self.preempt(&pod) {
+                        self.unplaced(&pod, explanation.to_string());
+                    }
+                }
             }
         }
         for (gang, members) in gangs {
@@ -681,6 +736,82 @@ impl Scheduler {
         }
     }
 
+    /// Tries to make room for `pod` by preemption: the engine picks the victims and takes the
+    /// room; the victims are evicted (PodDisruptionBudgets can refuse) and the pod is bound to
+    /// its nominated node once they are gone.
+    fn preempt(&mut self, pod: &Pod) -> bool {
+        let now = k8s_openapi::jiff::Timestamp::now().as_second().max(0) as u64;
+        let Ok(preemption) = self.engine.preempt(pod, now) else { return false };
+        let Some(node) = self.engine.node(preemption.placement.node).map(|node| node.name.clone()) else {
+            return false;
+        };
+        info!(pod = %pod.key, %node, victims = ?preemption.victims, "preempting");
+        self.metrics.preemptions.inc();
+        self.nominated
+            .insert(pod.key.clone(), Nomination { victims: preemption.victims.iter().cloned().collect() });
+        let (namespace, name) = pod.key.split_once('/').unwrap_or_default();
+        let pods: Api<KubePod> = Api::namespaced(self.client.clone(), namespace);
+        let status = serde_json::json!({"status": {"nominatedNodeName": node}});
+        let name = name.to_string();
+        tokio::spawn(async move {
+            if let Err(err) = pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await
+            {
+                debug!(pod = %name, error = %err, "cannot write nominatedNodeName");
+            }
+        });
+        for victim in preemption.victims {
+            let Some((namespace, name)) = victim.split_once('/').map(|(n, p)| (n.to_string(), p.to_string()))
+            else {
+                continue;
+            };
+            let api: Api<KubePod> = Api::namespaced(self.client.clone(), &namespace);
+            let done = self.done_tx.clone();
+            let preemptor = pod.key.clone();
+            tokio::spawn(async move {
+                let result = api.evict(&name, &kube::api::EvictParams::default()).await.map(|_| ());
+                let _ = done.send(Done::Evicted { victim, preemptor, result });
+            });
+        }
+        true
+    }
+
+    fn evicted(&mut self, victim: String, preemptor: String, result: Result<(), kube::Error>) {
+        let Err(err) = result else { return };
+        if matches!(&err, kube::Error::Api(status) if status.code == 404) {
+            // Already gone: as good as evicted.
+            return;
+        }
+        // Refused (a PodDisruptionBudget answers 429): the victim stays, so its room is its own
+        // again and the preemptor waits.
+        warn!(%victim, pod = %preemptor, error = %err, "eviction refused; preemption abandoned");
+        if let Some(node) =
+            self.bound_on.iter().find(|(_, pods)| pods.contains_key(&victim)).map(|(n, _)| n.clone())
+            && let Some(bound) = self.bound_on.get(&node).and_then(|pods| pods.get(&victim)).cloned()
+        {
+            self.account(&node, &bound.pod, bound.gpus);
+        }
+        if self.nominated.remove(&preemptor).is_some() {
+            self.engine.forget(&preemptor);
+            if let Some(pod) = self.pending.get(&preemptor).map(|p| p.pod.clone()) {
+                self.unplaced(&pod, format!("preemption refused: {victim} may not be evicted now ({err})"));
+            }
+        }
+    }
+
+    /// Binds a nominated pod where the engine holds its room.
+    fn bind_nominated(&mut self, key: &str) {
+        let Some(pod) = self.pending.get(key).map(|pending| pending.pod.clone()) else {
+            self.engine.forget(key);
+            return;
+        };
+        match self.engine.placement_of(key) {
+            Some(placement) => self.bind(&pod, placement),
+            None => {
+                self.active.insert(key.to_string());
+            }
+        }
+    }
+
     fn unplaced(&mut self, pod: &Pod, message: String) {
         self.metrics.unschedulable.inc();
         self.unschedulable.insert(pod.key.clone(), Instant::now());
@@ -706,12 +837,12 @@ impl Scheduler {
         let gpus = (!placement.gpus.is_empty()).then(|| convert::gpu_assignment_value(&placement.gpus));
         let api: Api<KubePod> = Api::namespaced(self.client.clone(), &namespace);
         let permits = self.bind_permits.clone();
-        let done = self.bound_tx.clone();
+        let done = self.done_tx.clone();
         let key = pod.key.clone();
         tokio::spawn(async move {
             let _permit = permits.acquire_owned().await;
             let result = bind(&api, &name, &uid, &node, gpus).await;
-            let _ = done.send(Bound { key, result });
+            let _ = done.send(Done::Bound { key, result });
         });
     }
 }

@@ -7,6 +7,7 @@ mod core;
 mod leader;
 mod metrics;
 mod report;
+mod sites;
 mod tenants;
 
 use std::{net::SocketAddr, time::Duration};

@@ -10,6 +10,7 @@ pub struct Metrics {
     pub bound: Counter,
     pub bind_errors: Counter,
     pub unschedulable: Counter,
+    pub preemptions: Counter,
     pub pending: Gauge,
 }
 
@@ -22,6 +23,11 @@ impl Metrics {
             "unschedulable",
             "Scheduling attempts that found no node",
             metrics.unschedulable.clone(),
+        );
+        registry.register(
+            "preemptions",
+            "Pods that evicted others to make room",
+            metrics.preemptions.clone(),
         );
         registry.register("pending", "Pods waiting for a node", metrics.pending.clone());
         metrics
