@@ -46,6 +46,10 @@ pub struct Config {
     /// Leave out kube-scheduler with its default client limits (50 QPS; the slowest round).
     #[arg(long)]
     pub skip_default_limits: bool,
+    /// Pods left pending before yiyun-scheduler starts, on the largest node count: how soon a
+    /// restarted scheduler binds again (0 leaves this out).
+    #[arg(long, default_value_t = 50_000)]
+    pub restart_pods: usize,
 }
 
 const NODE_PREFIX: &str = "bench-sched";
@@ -362,6 +366,81 @@ async fn create_nodes(client: &Client, count: usize) -> Result<Vec<String>, Erro
     Ok((0..count).map(|index| format!("{NODE_PREFIX}-{index:05}")).collect())
 }
 
+/// Seconds from starting yiyun-scheduler, with `pods` pods already pending, to its first and to
+/// its last binding.
+async fn restart(client: &Client, config: &Config, nodes: usize) -> Result<(f64, f64, usize), Error> {
+    let namespace = format!("bench-restart-{}", rand_suffix());
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": namespace}}))?)
+        .await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    progress(&format!(
+        "restart: {} pending pods on {nodes} nodes, no scheduler running",
+        config.restart_pods
+    ));
+    stream::iter((0..config.restart_pods).map(|index| {
+        let pods = pods.clone();
+        async move {
+            pods.create(&PostParams::default(), &pod(index, Contender::Yiyun.scheduler_name()))
+                .await
+                .map(|_| ())
+        }
+    }))
+    .buffer_unordered(config.create_concurrency)
+    .try_collect::<Vec<_>>()
+    .await?;
+    let bound: Arc<Mutex<(Option<Instant>, Option<Instant>, usize)>> = Arc::default();
+    let recorder = {
+        let bound = bound.clone();
+        let pods = pods.clone();
+        let total = config.restart_pods;
+        tokio::spawn(async move {
+            let mut seen = std::collections::HashSet::new();
+            let mut events =
+                std::pin::pin!(watcher(pods, watcher::Config::default()).applied_objects().default_backoff());
+            while let Some(Ok(pod)) = events.next().await {
+                if pod.spec.as_ref().is_some_and(|s| s.node_name.is_some()) && seen.insert(pod.name_any()) {
+                    let mut bound = bound.lock().unwrap_or_else(|p| p.into_inner());
+                    bound.0.get_or_insert_with(Instant::now);
+                    bound.2 = seen.len();
+                    if seen.len() >= total {
+                        bound.1 = Some(Instant::now());
+                    }
+                }
+            }
+        })
+    };
+    // Let the recorder list the pending pods first.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    progress("restart: starting yiyun-scheduler");
+    let started = Instant::now();
+    let process = start(Contender::Yiyun, config)?;
+    let total = config.restart_pods;
+    let waited = wait_until(Duration::from_secs(config.timeout_seconds), "all pending pods bound", || {
+        let count = bound.lock().map(|b| b.2).unwrap_or(0);
+        async move { Ok((count >= total, format!("{count}/{total} bound"))) }
+    })
+    .await;
+    drop(process);
+    recorder.abort();
+    if let Err(err) = waited {
+        progress(&format!("restart: {err}"));
+    }
+    let (first, last, count) = *bound.lock().unwrap_or_else(|p| p.into_inner());
+    let since =
+        |at: Option<Instant>| at.map_or(f64::NAN, |at| at.saturating_duration_since(started).as_secs_f64());
+    progress("restart: cleaning up");
+    namespaces.delete(&namespace, &DeleteParams::default()).await?;
+    wait_until(Duration::from_secs(900), "the namespace deleted", || {
+        let namespaces = namespaces.clone();
+        let namespace = namespace.clone();
+        async move { Ok((namespaces.get_opt(&namespace).await?.is_none(), "deleting".into())) }
+    })
+    .await?;
+    Ok((since(first), since(last), count))
+}
+
 /// Runs the benchmark and prints its table.
 pub async fn run(config: Config) -> Result<(), Error> {
     let client = Client::try_default().await?;
@@ -373,11 +452,15 @@ pub async fn run(config: Config) -> Result<(), Error> {
     contenders.extend([Contender::KubeScheduler { qps: 5000, burst: 5000 }, Contender::Yiyun]);
     let mut counts = config.nodes.clone();
     counts.sort();
+    let mut restarted = None;
     for &count in &counts {
         let nodes = create_nodes(&client, count).await?;
         for &contender in &contenders {
             let outcome = round(&client, contender, &config, &nodes).await?;
             rows.push((count, contender, outcome));
+        }
+        if config.restart_pods > 0 && Some(&count) == counts.last() {
+            restarted = Some((count, restart(&client, &config, count).await?));
         }
     }
     println!(
@@ -396,6 +479,12 @@ pub async fn run(config: Config) -> Result<(), Error> {
             outcome.p99.as_secs_f64() * 1000.0,
             or_dash(outcome.cpu_seconds),
             or_dash(outcome.peak_rss_mib),
+        );
+    }
+    if let Some((nodes, (first, last, bound))) = restarted {
+        println!(
+            "restart with {} pods pending on {nodes} nodes: first pod bound {first:.1} s after yiyun-scheduler started, {bound} bound after {last:.1} s",
+            config.restart_pods
         );
     }
     for &count in &counts {
