@@ -390,7 +390,9 @@ async fn restart(client: &Client, config: &Config, nodes: usize) -> Result<(f64,
     .buffer_unordered(config.create_concurrency)
     .try_collect::<Vec<_>>()
     .await?;
-    let bound: Arc<Mutex<(Option<Instant>, Option<Instant>, usize)>> = Arc::default();
+    // First binding, last binding, pods bound.
+    type Progress = (Option<Instant>, Option<Instant>, usize);
+    let bound: Arc<Mutex<Progress>> = Arc::default();
     let recorder = {
         let bound = bound.clone();
         let pods = pods.clone();
