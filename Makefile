@@ -59,10 +59,10 @@ simulate-timeline:
 	cargo build --release -p yiyun --locked
 	$(CARGO_TARGET_DIR)/release/yiyun simulate timeline --traces ../shared/traces/openb
 
-## simulate-scenario: examples/scheduling/scenario.yaml, where each pod goes or why it waits
+## simulate-scenario: simulator/scenarios/east-west.yaml, where each pod goes or why it waits
 simulate-scenario:
 	cargo build --release -p yiyun --locked
-	$(CARGO_TARGET_DIR)/release/yiyun simulate scenario examples/scheduling/scenario.yaml
+	$(CARGO_TARGET_DIR)/release/yiyun simulate scenario simulator/scenarios/east-west.yaml
 
 ## bench-scheduler: yiyun-scheduler vs kube-scheduler and the apiserver ceiling, 1,000 and 5,000 kwok nodes (~25 min)
 bench-scheduler: cluster-binaries

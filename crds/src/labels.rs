@@ -17,6 +17,8 @@ pub const REGION: &str = "topology.kubernetes.io/region";
 pub const ZONE: &str = "topology.kubernetes.io/zone";
 pub const SITE: &str = "yiyun.io/site";
 pub const RACK: &str = "yiyun.io/rack";
+/// `east` or `west`: the region class of the node's site.
+pub const REGION_CLASS: &str = "yiyun.io/region-class";
 /// Model of a node's GPUs (e.g. `A800`); read from `nvidia.com/gpu.product` when absent.
 pub const GPU_MODEL: &str = "yiyun.io/gpu-model";
 pub const NVIDIA_GPU_PRODUCT: &str = "nvidia.com/gpu.product";

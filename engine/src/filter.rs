@@ -54,6 +54,7 @@ pub struct NodeClass {
     pub taints: Vec<Taint>,
     pub unschedulable: bool,
     pub region: String,
+    pub region_class: String,
     pub site: String,
     pub gpu_model: Option<String>,
 }
@@ -65,6 +66,7 @@ impl NodeClass {
             taints: node.taints.clone(),
             unschedulable: node.unschedulable,
             region: node.topology.region.clone(),
+            region_class: node.topology.region_class.clone(),
             site: node.topology.site.clone(),
             gpu_model: node.gpu_model.clone(),
         }
@@ -95,9 +97,11 @@ impl NodeClass {
         {
             return Some(Reason::GpuModel);
         }
+        // A tenant names regions (`anhui`) or region classes (`east`).
         if let Some(allowed) = allowed_regions
             && !allowed.is_empty()
             && !allowed.contains(&self.region)
+            && !allowed.contains(&self.region_class)
         {
             return Some(Reason::RegionNotAllowed(self.region.clone()));
         }
@@ -215,6 +219,13 @@ mod tests {
         assert_eq!(cordoned.reject(&pod, None), Some(Reason::Cordoned));
         let regions = vec!["gansu".to_string()];
         assert_eq!(class().reject(&pod, Some(&regions)), Some(Reason::RegionNotAllowed("anhui".into())));
+        let mut east = class();
+        east.region_class = "east".into();
+        assert_eq!(
+            east.reject(&pod, Some(&["east".to_string()])),
+            None,
+            "a region class names the region too"
+        );
         pod.gpu = crate::model::GpuRequest::Whole(1);
         pod.gpu_models = vec!["A100".into()];
         assert_eq!(class().reject(&pod, None), Some(Reason::GpuModel));

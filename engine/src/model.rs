@@ -79,6 +79,8 @@ pub enum Shortage {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Topology {
     pub region: String,
+    /// `east` or `west`, in the sense of "East Data, West Compute".
+    pub region_class: String,
     pub site: String,
     pub rack: String,
 }

@@ -59,6 +59,7 @@ pub fn node(node: &KubeNode) -> Node {
     out.gpus = u8::try_from(gpus.min(yiyun_engine::gpu::MAX_GPUS as u64)).unwrap_or(0);
     out.labels = node.metadata.labels.clone().unwrap_or_default();
     out.topology.region = out.labels.get(labels::REGION).cloned().unwrap_or_default();
+    out.topology.region_class = out.labels.get(labels::REGION_CLASS).cloned().unwrap_or_default();
     out.topology.site = out.labels.get(labels::SITE).cloned().unwrap_or_default();
     out.topology.rack = out.labels.get(labels::RACK).cloned().unwrap_or_default();
     out.gpu_model =

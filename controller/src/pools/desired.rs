@@ -13,8 +13,7 @@ use k8s_openapi::{
 };
 use yiyun_crds::{ComputeSite, NodePool, Onboarding, RegionClass, TaintEffect};
 
-pub use yiyun_crds::labels::{RACK, REGION, SITE, ZONE};
-pub const REGION_CLASS: &str = "yiyun.io/region-class";
+pub use yiyun_crds::labels::{RACK, REGION, REGION_CLASS, SITE, ZONE};
 pub const POOL: &str = "yiyun.io/node-pool";
 /// Label and NoSchedule taint of nodes dedicated to a tenant.
 pub const DEDICATED: &str = "yiyun.io/dedicated";
