@@ -229,10 +229,23 @@ pub struct SchedulerProcess {
 impl SchedulerProcess {
     /// Starts a scheduler named `name` on a free admin port with `extra` arguments.
     pub fn start(name: &str, extra: &[&str]) -> Self {
+        Self::spawn(name, extra, None)
+    }
+
+    /// Like [`start`](Self::start), with the credentials of another kubeconfig.
+    pub fn start_as(name: &str, extra: &[&str], kubeconfig: &std::path::Path) -> Self {
+        Self::spawn(name, extra, Some(kubeconfig))
+    }
+
+    fn spawn(name: &str, extra: &[&str], kubeconfig: Option<&std::path::Path>) -> Self {
         let log = std::env::temp_dir().join(format!("{}-{}.log", unique(name), std::process::id()));
         let file = std::fs::File::create(&log).expect("a log file");
         let admin = format!("127.0.0.1:{}", free_port());
-        let child = Command::new(yiyun_bin())
+        let mut command = Command::new(yiyun_bin());
+        if let Some(kubeconfig) = kubeconfig {
+            command.env("KUBECONFIG", kubeconfig);
+        }
+        let child = command
             .args(["scheduler", "--scheduler-name", name, "--admin-addr", &admin])
             .args(extra)
             .env("RUST_LOG", "info,yiyun_scheduler=debug")
