@@ -446,6 +446,7 @@ async fn restart(client: &Client, config: &Config, nodes: usize) -> Result<(f64,
 /// Runs the benchmark and prints its table.
 pub async fn run(config: Config) -> Result<(), Error> {
     let client = Client::try_default().await?;
+    crate::install_crds(&client, Duration::from_secs(60)).await?;
     let mut rows = Vec::new();
     let mut contenders = vec![Contender::Ceiling];
     if !config.skip_default_limits {

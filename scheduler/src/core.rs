@@ -45,7 +45,8 @@ enum Update {
     PodGroup(watcher::Event<PodGroup>),
     Tenant(watcher::Event<Tenant>),
     Site(watcher::Event<ComputeSite>),
-    Lost(String),
+    /// A watch failed (it restarts by itself): which kind, and why.
+    Lost(&'static str, String),
 }
 
 /// A pod waiting for a node.
@@ -137,7 +138,9 @@ pub struct Scheduler {
     started: Instant,
 }
 
+/// The events of one kind, tagged; `kind` names it when the watch fails.
 fn watch<K>(
+    kind: &'static str,
     api: Api<K>,
     config: watcher::Config,
     tag: fn(watcher::Event<K>) -> Update,
@@ -149,7 +152,7 @@ where
         .default_backoff()
         .map(move |event| match event {
             Ok(event) => tag(event),
-            Err(err) => Update::Lost(err.to_string()),
+            Err(err) => Update::Lost(kind, err.to_string()),
         })
         .boxed()
 }
@@ -191,12 +194,27 @@ impl Scheduler {
         // Finished pods hold nothing; the apiserver leaves them out.
         let pods = watcher::Config::default().fields("status.phase!=Succeeded,status.phase!=Failed");
         futures::stream::select_all([
-            watch(Api::<KubeNode>::all(client.clone()), watcher::Config::default(), Update::Node),
-            watch(Api::<KubePod>::all(client.clone()), pods, Update::Pod),
-            watch(Api::<Namespace>::all(client.clone()), watcher::Config::default(), Update::Namespace),
-            watch(Api::<PodGroup>::all(client.clone()), watcher::Config::default(), Update::PodGroup),
-            watch(Api::<Tenant>::all(client.clone()), watcher::Config::default(), Update::Tenant),
-            watch(Api::<ComputeSite>::all(client.clone()), watcher::Config::default(), Update::Site),
+            watch("Node", Api::<KubeNode>::all(client.clone()), watcher::Config::default(), Update::Node),
+            watch("Pod", Api::<KubePod>::all(client.clone()), pods, Update::Pod),
+            watch(
+                "Namespace",
+                Api::<Namespace>::all(client.clone()),
+                watcher::Config::default(),
+                Update::Namespace,
+            ),
+            watch(
+                "PodGroup",
+                Api::<PodGroup>::all(client.clone()),
+                watcher::Config::default(),
+                Update::PodGroup,
+            ),
+            watch("Tenant", Api::<Tenant>::all(client.clone()), watcher::Config::default(), Update::Tenant),
+            watch(
+                "ComputeSite",
+                Api::<ComputeSite>::all(client.clone()),
+                watcher::Config::default(),
+                Update::Site,
+            ),
         ])
     }
 
@@ -272,7 +290,27 @@ impl Scheduler {
                 self.engine.set_costs(crate::sites::cost_model(self.sites.values()));
                 self.requeue = true;
             }
-            Update::Lost(error) => warn!(%error, "a watch failed; it restarts with backoff"),
+            Update::Lost(kind, error) => {
+                // Without yiyun's CRDs there are no PodGroups, Tenants or ComputeSites: schedule
+                // without them rather than not at all (the watch keeps trying and picks them up
+                // once the CRDs are installed).
+                let absent = error.contains("404");
+                let synced = match kind {
+                    "PodGroup" if absent => Some(&mut self.synced.groups),
+                    "Tenant" if absent => Some(&mut self.synced.tenants),
+                    "ComputeSite" if absent => Some(&mut self.synced.sites),
+                    _ => None,
+                };
+                match synced {
+                    Some(flag) => {
+                        if !*flag {
+                            warn!(kind, "the yiyun.io CRD is not installed; scheduling without it");
+                        }
+                        *flag = true;
+                    }
+                    None => warn!(kind, %error, "a watch failed; it restarts with backoff"),
+                }
+            }
         }
     }
 
