@@ -33,7 +33,30 @@ async fn nodes(client: &Client, cell: &str, count: usize, per_rack: usize, gpus:
         create_kwok_node_with(client, &name, labels, capacity).await;
         names.push(name);
     }
+    wait_ready(client, &names).await;
     names
+}
+
+/// Waits until kwok has made the nodes Ready and the node lifecycle controller has lifted its
+/// `not-ready` taint: before that the nodes are (rightly) filtered out, and a test that expects a
+/// particular node would depend on who wins that race.
+async fn wait_ready(client: &Client, names: &[String]) {
+    let api: Api<Node> = Api::all(client.clone());
+    for name in names {
+        eventually(WAIT, &format!("node {name} Ready and untainted"), || async {
+            let node = api.get(name).await.ok()?;
+            let ready = node
+                .status
+                .as_ref()?
+                .conditions
+                .as_ref()?
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            let taints = node.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
+            (ready && taints.iter().all(|t| t.key == "kwok.x-k8s.io/node")).then_some(())
+        })
+        .await;
+    }
 }
 
 async fn delete_nodes(client: &Client, names: &[String]) {
@@ -361,6 +384,7 @@ async fn a_batch_pod_goes_west_and_a_realtime_pod_stays_east() {
         create_kwok_node_with(&client, &name, labels, capacity).await;
         names.push(name);
     }
+    wait_ready(&client, &names).await;
     let scheduler = unique("yiyun-e2e");
     let _running = SchedulerProcess::start(&scheduler, &["--leader-elect=false"]);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);

@@ -109,10 +109,7 @@ impl Engine {
         if let Some(tenant) = &first.tenant {
             let mut total = crate::tenants::Usage::default();
             for pod in members {
-                let usage = crate::engine::usage_of(pod);
-                total.cpu_milli += usage.cpu_milli;
-                total.memory_bytes += usage.memory_bytes;
-                total.gpu_milli += usage.gpu_milli;
+                total.add(crate::engine::usage_of(pod));
             }
             if let Some(limit) = self.tenants.limit_for(tenant, total) {
                 return Err(Explanation::tenant_limit(self.node_count(), limit));
@@ -201,22 +198,12 @@ impl Engine {
         while let Some(&id) = nodes.get(*cursor) {
             let view = self.node_view(id)?;
             let held = self.reserved.get(&id).is_some_and(|hold| !hold.admits(pod, self.now));
-            if !held && verdicts[view.class as usize].is_ok() && copies(&view, pod) > 0 {
-                let device = match pod.gpu {
-                    // The tightest device that fits.
-                    GpuRequest::Fraction(milli) => view
-                        .gpus
-                        .devices()
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, free)| **free >= milli)
-                        .min_by_key(|(_, free)| **free)
-                        .map(|(device, _)| device as u8),
-                    _ => None,
-                };
-                if let Some(gpus) = view.gpus.allocation(pod.gpu, device) {
-                    return Some(Placement { node: id, gpus });
-                }
+            if !held
+                && verdicts[view.class as usize].is_ok()
+                && copies(&view, pod) > 0
+                && let Some(gpus) = view.gpus.tightest_allocation(pod.gpu)
+            {
+                return Some(Placement { node: id, gpus });
             }
             *cursor += 1;
         }

@@ -85,6 +85,22 @@ impl GpuFree {
         }
     }
 
+    /// Where `request` goes on these devices with nothing else to go by: the lowest idle
+    /// devices for whole GPUs, the tightest device that fits for a fraction.
+    pub fn tightest_allocation(&self, request: GpuRequest) -> Option<Vec<(u8, u16)>> {
+        let device = match request {
+            GpuRequest::Fraction(milli) => self
+                .devices()
+                .iter()
+                .enumerate()
+                .filter(|(_, free)| **free >= milli)
+                .min_by_key(|(_, free)| **free)
+                .and_then(|(device, _)| u8::try_from(device).ok()),
+            _ => None,
+        };
+        self.allocation(request, device)
+    }
+
     /// The lowest-numbered device with exactly `free` milli free.
     pub fn device_with(&self, free: u16) -> Option<u8> {
         self.devices().iter().position(|&milli| milli == free).and_then(|device| u8::try_from(device).ok())
@@ -219,17 +235,7 @@ impl Workload {
                 }
             } else {
                 let mut next = *gpus;
-                let device = match shape.gpu {
-                    GpuRequest::Fraction(milli) => next
-                        .devices()
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, free)| **free >= milli)
-                        .min_by_key(|(_, free)| **free)
-                        .map(|(device, _)| device as u8),
-                    _ => None,
-                };
-                if let Some(allocation) = next.allocation(shape.gpu, device) {
+                if let Some(allocation) = next.tightest_allocation(shape.gpu) {
                     next.take(&allocation);
                 }
                 self.fragmentation(cpu_free - shape.cpu_milli, memory_free - shape.memory_bytes, &next, model)

@@ -5,12 +5,7 @@
 
 use std::{cmp::Ordering, collections::BTreeMap};
 
-use crate::{
-    Engine, Explanation, PlacedPod, Placement,
-    engine::usage_of,
-    model::{GpuRequest, Pod},
-    tenants::Usage,
-};
+use crate::{Engine, Explanation, PlacedPod, Placement, engine::usage_of, model::Pod, tenants::Usage};
 
 /// What a preemption does: evict `victims`, then place the pod as `placement`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -99,7 +94,7 @@ impl Engine {
             if !better {
                 continue;
             }
-            let Some(allocation) = gpus.allocation(pod.gpu, tightest_device(&gpus, pod.gpu)) else {
+            let Some(allocation) = gpus.tightest_allocation(pod.gpu) else {
                 continue;
             };
             best = Some((
@@ -169,14 +164,4 @@ impl Engine {
 
 fn fits(free: &crate::model::Resources, gpus: &crate::gpu::GpuFree, pod: &Pod) -> bool {
     free.first_shortage(&pod.requests).is_none() && gpus.fits(pod.gpu)
-}
-
-fn tightest_device(gpus: &crate::gpu::GpuFree, request: GpuRequest) -> Option<u8> {
-    let GpuRequest::Fraction(milli) = request else { return None };
-    gpus.devices()
-        .iter()
-        .enumerate()
-        .filter(|(_, free)| **free >= milli)
-        .min_by_key(|(_, free)| **free)
-        .map(|(device, _)| device as u8)
 }

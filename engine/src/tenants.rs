@@ -15,7 +15,7 @@ impl Usage {
     /// No limit on any resource.
     pub const UNLIMITED: Usage = Usage { cpu_milli: u64::MAX, memory_bytes: u64::MAX, gpu_milli: u64::MAX };
 
-    fn add(&mut self, other: Usage) {
+    pub(crate) fn add(&mut self, other: Usage) {
         self.cpu_milli = self.cpu_milli.saturating_add(other.cpu_milli);
         self.memory_bytes = self.memory_bytes.saturating_add(other.memory_bytes);
         self.gpu_milli = self.gpu_milli.saturating_add(other.gpu_milli);

@@ -364,17 +364,8 @@ impl Scheduler {
         if self.engine.placement_of(&pod.key).is_some_and(|placement| placement.node == node) {
             return;
         }
-        // Without a recorded assignment (bound by someone else), the lowest devices that fit.
-        let gpus = gpus.or_else(|| {
-            let (_, free) = self.engine.free(node)?;
-            let device = match pod.gpu {
-                yiyun_engine::model::GpuRequest::Fraction(milli) => {
-                    free.devices().iter().position(|&f| f >= milli).and_then(|d| u8::try_from(d).ok())
-                }
-                _ => None,
-            };
-            free.allocation(pod.gpu, device)
-        });
+        // Without a recorded assignment (bound by someone else), devices as the engine would pick.
+        let gpus = gpus.or_else(|| self.engine.free(node)?.1.tightest_allocation(pod.gpu));
         self.engine.assume(pod, &Placement { node, gpus: gpus.unwrap_or_default() });
     }
 
@@ -446,6 +437,7 @@ impl Scheduler {
         }
     }
 
+    /// A pod deleted or finished; `node_name` is where it was bound (none for a pending pod).
     fn pod_gone(&mut self, key: &str, node_name: Option<String>) {
         if self.nominated.remove(key).is_some() {
             // A nominated pod deleted before its victims went: give its room back.
@@ -466,9 +458,6 @@ impl Scheduler {
         self.active.remove(key);
         self.unschedulable.remove(key);
         self.reporter.forget(key);
-        let node_name = node_name.or_else(|| {
-            self.bound_on.iter().find(|(_, pods)| pods.contains_key(key)).map(|(n, _)| n.clone())
-        });
         if let Some(node_name) = node_name
             && let Some(pods) = self.bound_on.get_mut(&node_name)
         {
@@ -732,10 +721,7 @@ impl Scheduler {
         if needed == 0 {
             // The gang stands; later members are placed like any pod.
             for pod in members {
-                match self.engine.schedule(&pod) {
-                    Ok(placement) => self.bind(&pod, placement),
-                    Err(explanation) => self.unplaced(&pod, explanation.to_string()),
-                }
+                self.place_alone(&pod);
             }
             return;
         }
@@ -756,10 +742,7 @@ impl Scheduler {
                 }
                 // Members beyond minMember go one by one.
                 for pod in &members[placed..] {
-                    match self.engine.schedule(pod) {
-                        Ok(placement) => self.bind(pod, placement),
-                        Err(explanation) => self.unplaced(pod, explanation.to_string()),
-                    }
+                    self.place_alone(pod);
                 }
             }
             Err(explanation) => {
@@ -847,6 +830,14 @@ impl Scheduler {
             None => {
                 self.active.insert(key.to_string());
             }
+        }
+    }
+
+    /// Places a pod that belongs to no waiting gang, or records why it waits.
+    fn place_alone(&mut self, pod: &Pod) {
+        match self.engine.schedule(pod) {
+            Ok(placement) => self.bind(pod, placement),
+            Err(explanation) => self.unplaced(pod, explanation.to_string()),
         }
     }
 
