@@ -192,7 +192,11 @@ impl Scheduler {
     fn updates(&self) -> impl Stream<Item = Update> + use<> {
         let client = &self.client;
         // Finished pods hold nothing; the apiserver leaves them out.
-        let pods = watcher::Config::default().fields("status.phase!=Succeeded,status.phase!=Failed");
+        // Large pages: a restarted scheduler lists tens of thousands of pods before it may bind,
+        // and every page is a round trip.
+        let pods = watcher::Config::default()
+            .fields("status.phase!=Succeeded,status.phase!=Failed")
+            .page_size(10_000);
         futures::stream::select_all([
             watch("Node", Api::<KubeNode>::all(client.clone()), watcher::Config::default(), Update::Node),
             watch("Pod", Api::<KubePod>::all(client.clone()), pods, Update::Pod),
