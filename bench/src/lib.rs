@@ -41,6 +41,8 @@ pub enum Error {
     Timeout(String),
     #[error("JSON: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("HTTP: {0}")]
+    Http(#[from] http::Error),
 }
 
 /// Progress on stderr, so the table on stdout stays clean.
@@ -67,6 +69,41 @@ pub(crate) async fn install_crds(client: &Client, timeout: Duration) -> Result<(
         .await?;
     }
     Ok(())
+}
+
+/// Waits (at most three minutes) until the apiserver has taken no write for 2 s: the cluster's
+/// own controllers done with what the previous phase caused (kube-controller-manager gives every
+/// new namespace a ServiceAccount and a ConfigMap, and counts every new quota), so that a phase
+/// measures only itself.
+pub(crate) async fn quiet_cluster(client: &Client) -> Result<(), Error> {
+    progress("waiting until the apiserver has taken no write for 2 s");
+    let started = Instant::now();
+    let mut last = apiserver_writes(client).await?;
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let now = apiserver_writes(client).await?;
+        if now == last {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(180) {
+            progress("the cluster is still writing after 3 min; measuring anyway");
+            return Ok(());
+        }
+        last = now;
+    }
+}
+
+/// Writes the apiserver has served, from its own metrics; lease renewals do not count.
+async fn apiserver_writes(client: &Client) -> Result<f64, Error> {
+    const WRITES: [&str; 6] = ["POST", "PUT", "PATCH", "APPLY", "DELETE", "DELETECOLLECTION"];
+    let request = http::Request::get("/metrics").body(Vec::new())?;
+    let metrics = client.request_text(request).await?;
+    Ok(metrics
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_total{") && !l.contains(r#"resource="leases""#))
+        .filter(|l| WRITES.iter().any(|verb| l.contains(&format!(r#"verb="{verb}""#))))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
 }
 
 /// Polls `check` every 100 ms until it reports done, printing its progress every 5 s.
@@ -145,6 +182,21 @@ impl Controller {
         })
     }
 
+    /// Waits (at most two minutes) until the controller has done nothing for 2 s: no reconcile,
+    /// and the echoes of its last writes (kube-controller-manager's quota counts included) seen.
+    pub(crate) async fn settle(&self) -> Result<(), Error> {
+        let mut last = self.counters()?;
+        for _ in 0..60 {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let now = self.counters()?;
+            if now.reconciles == last.reconciles && now.cpu_seconds - last.cpu_seconds < 0.05 {
+                break;
+            }
+            last = now;
+        }
+        Ok(())
+    }
+
     pub(crate) fn cpu_seconds(&self) -> f64 {
         cpu_seconds(self.child.id())
     }
@@ -186,18 +238,10 @@ pub(crate) fn peak_rss_mib(pid: u32) -> f64 {
 }
 
 /// Reconciles and writes per minute, and CPU seconds, of an idle controller over `seconds`.
-/// Idle starts once the echoes of the last writes have settled: no reconcile for 2 s.
+/// Idle starts once the echoes of the last writes have settled.
 pub(crate) async fn idle(controller: &Controller, seconds: u64) -> Result<(f64, f64, f64), Error> {
     progress(&format!("watching the idle controller for {seconds}s"));
-    let mut settled = controller.counters()?.reconciles;
-    for _ in 0..60 {
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let now = controller.counters()?.reconciles;
-        if now == settled {
-            break;
-        }
-        settled = now;
-    }
+    controller.settle().await?;
     let before = controller.counters()?;
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     let after = controller.counters()?;

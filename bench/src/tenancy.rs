@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 use yiyun_crds::Tenant;
 use yiyun_quota::{Amounts, Level, Milli, Resource, Standing, TenantNode, World};
 
-use crate::{Common, Controller, Error, MANAGER, idle, install_crds, progress, wait_until};
+use crate::{Common, Controller, Error, MANAGER, idle, install_crds, progress, quiet_cluster, wait_until};
 
 const PREFIX: &str = "bench";
 
@@ -157,6 +157,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     install_crds(&client, timeout).await?;
 
     // 1. Baseline: the same objects, written straight.
+    quiet_cluster(&client).await?;
     progress("phase 1/5: baseline, writing the same objects directly");
     let started = Instant::now();
     let baseline_names: Vec<String> = (0..namespaces).map(|i| format!("{PREFIX}-base-{i}")).collect();
@@ -166,7 +167,8 @@ pub async fn run(config: Config) -> Result<(), Error> {
         .await?;
     let baseline = started.elapsed();
 
-    // 2. The tree, reconciled by the controller.
+    // 2. The tree, reconciled by the controller, once the cluster is done with the baseline.
+    quiet_cluster(&client).await?;
     let mut controller = Controller::start()?;
     controller.wait_ready(timeout).await?;
     progress("phase 2/5: applying the tree");
@@ -197,17 +199,28 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let expected = expected_allocations(&specs, 18000, config.namespaces);
     let before = expected_allocations(&specs, root_max, config.namespaces);
     let changing = expected.iter().filter(|(name, cpu)| before.get(*name) != Some(*cpu)).count();
+    // From a quiet cluster, as an admin's change would come: the controller done with phase 2,
+    // kube-controller-manager done with the 2,000 new namespaces and quotas.
+    quiet_cluster(&client).await?;
+    let cpu_before = controller.cpu_seconds();
+    let writes_before = controller.counters()?.writes;
     let started = Instant::now();
     apply(&client, tenant_object(&specs[0], 18000, config.namespaces)).await?;
+    let halfway = std::cell::Cell::new(None);
     wait_until(timeout, "every allocation updated", || async {
         let right = watched.count(|t| {
             let allocated = t.status.as_ref().and_then(|s| s.allocated.as_ref()?.cpu.clone());
             allocated.is_some_and(|cpu| Some(&cpu.0) == expected.get(&t.name_any()))
         });
+        if halfway.get().is_none() && right * 2 >= specs.len() {
+            halfway.set(Some(started.elapsed()));
+        }
         Ok((right == specs.len(), format!("{right}/{} allocations current", specs.len())))
     })
     .await?;
     let to_propagate = started.elapsed();
+    let cpu_propagate = controller.cpu_seconds() - cpu_before;
+    let writes_propagate = controller.counters()?.writes - writes_before;
 
     // 4. Idle.
     progress("phase 4/5: idle");
@@ -215,6 +228,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
 
     // 5. Deletion, leaves first through the finalizers.
     progress("phase 5/5: deleting the tree");
+    quiet_cluster(&client).await?;
     let started = Instant::now();
     stream::iter(specs.iter().map(|s| delete(&tenants, &s.name)))
         .buffer_unordered(config.common.concurrency)
@@ -260,6 +274,8 @@ pub async fn run(config: Config) -> Result<(), Error> {
         specs.len(),
         secs(to_propagate)
     );
+    println!("| … half of them updated | {} | |", secs(halfway.get().unwrap_or(to_propagate)));
+    println!("| controller writes, CPU for the change | {writes_propagate:.0}, {cpu_propagate:.1} s | |");
     println!("| idle reconciles per minute | {idle_reconciles:.1} | 0 beyond resyncs (every 30 min) |");
     println!("| idle writes per minute | {idle_writes:.1} | 0 |");
     println!("| idle controller CPU over {}s | {idle_cpu:.2} s | |", config.common.idle_seconds);

@@ -82,6 +82,18 @@ fn usage_adds_up_the_tree() {
 }
 
 #[test]
+fn each_tenant_knows_the_namespaces_labelled_as_its_own() {
+    let mut world = anhui();
+    world.namespaces.insert("edu".into(), owned("jj-edu", cpu("10")));
+    // No longer in jj-edu's spec, still labelled: the reconcile must release it.
+    world.namespaces.insert("edu-old".into(), owned("jj-edu", Amounts::default()));
+    world.namespaces.insert("unmanaged".into(), ObservedNamespace::default());
+    let plan = plan(&world);
+    assert_eq!(plan.get("jj-edu").unwrap().owned, ["edu", "edu-old"]);
+    assert!(plan.get("jj-health").unwrap().owned.is_empty());
+}
+
+#[test]
 fn a_missing_parent_is_named_and_descendants_wait() {
     let mut world = anhui();
     world.tenants.push(node("orphan", Some("hefei"), Level::County, cpu("1"), cpu("1"), &[]));

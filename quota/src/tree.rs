@@ -8,7 +8,7 @@
 //! split follows usage, so a namespace that grows is given more as long as its ancestors have
 //! room.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use crate::{Amounts, Milli, Resource};
 
@@ -106,6 +106,8 @@ pub struct TenantPlan {
     pub path: Vec<String>,
     /// Direct children, in precedence order.
     pub children: Vec<String>,
+    /// Namespaces labelled as the tenant's now, listed in its spec or not.
+    pub owned: Vec<String>,
     pub own_usage: Amounts,
     pub subtree_usage: Amounts,
     /// ResourceQuota limits per namespace the tenant owns; a resource absent here has no
@@ -138,8 +140,8 @@ impl Plan {
 
 /// Computes the plan of every tenant.
 pub fn plan(world: &World) -> Plan {
-    let tenants: BTreeMap<&str, &TenantNode> = world.tenants.iter().map(|t| (t.name.as_str(), t)).collect();
-    let mut children: BTreeMap<&str, Vec<&TenantNode>> = BTreeMap::new();
+    let tenants: HashMap<&str, &TenantNode> = world.tenants.iter().map(|t| (t.name.as_str(), t)).collect();
+    let mut children: HashMap<&str, Vec<&TenantNode>> = HashMap::new();
     for tenant in &world.tenants {
         if let Some(parent) = tenant.parent.as_deref().filter(|p| tenants.contains_key(p)) {
             children.entry(parent).or_default().push(tenant);
@@ -149,7 +151,7 @@ pub fn plan(world: &World) -> Plan {
         siblings.sort_by(|a, b| a.precedence().cmp(&b.precedence()));
     }
 
-    let mut plans: BTreeMap<String, TenantPlan> = world
+    let mut plans: HashMap<String, TenantPlan> = world
         .tenants
         .iter()
         .map(|t| {
@@ -182,16 +184,18 @@ pub fn plan(world: &World) -> Plan {
         plan.path = path;
     }
     // Tenants no root reaches: a missing parent or a cycle somewhere above them.
-    let reached: BTreeSet<&str> = order.iter().map(|t| t.name.as_str()).collect();
+    let reached: HashSet<&str> = order.iter().map(|t| t.name.as_str()).collect();
     for tenant in world.tenants.iter().filter(|t| !reached.contains(t.name.as_str())) {
         let problem = unreachable_problem(tenant, &tenants);
         plans.get_mut(&tenant.name).expect("every tenant has a plan").problem = Some(problem);
     }
 
     // Usage, children before parents.
-    for tenant in &world.tenants {
-        let own = own_usage(&tenant.name, world);
-        plans.get_mut(&tenant.name).expect("every tenant has a plan").own_usage = own;
+    for (namespace, observed) in &world.namespaces {
+        if let Some(plan) = observed.owner.as_ref().and_then(|owner| plans.get_mut(owner)) {
+            plan.owned.push(namespace.clone());
+            plan.own_usage.add(&observed.used);
+        }
     }
     for tenant in order.iter().rev() {
         let mut subtree = plans[&tenant.name].own_usage.clone();
@@ -206,7 +210,7 @@ pub fn plan(world: &World) -> Plan {
     }
 
     // Split the ceilings, parents before children.
-    let mut budgets: BTreeMap<&str, BTreeMap<Resource, Option<Milli>>> = BTreeMap::new();
+    let mut budgets: HashMap<&str, BTreeMap<Resource, Option<Milli>>> = HashMap::new();
     for tenant in &order {
         if plans[&tenant.name].problem.is_some() {
             continue;
@@ -224,8 +228,8 @@ pub fn plan(world: &World) -> Plan {
         plan.allocated = budget.into_iter().filter_map(|(r, amount)| Some((r, amount?))).collect();
     }
 
-    hold_growth_until_shrinks_land(world, &tenants, &order, &children, &mut plans);
-    Plan { tenants: plans }
+    hold_growth_until_shrinks_land(world, &order, &mut plans);
+    Plan { tenants: plans.into_iter().collect() }
 }
 
 /// Namespace quotas change by separate writes that land in any order. Raising one limit before
@@ -235,73 +239,79 @@ pub fn plan(world: &World) -> Plan {
 /// its current limit; when the lowered limits land, the plan changes and the growth follows.
 fn hold_growth_until_shrinks_land(
     world: &World,
-    tenants: &BTreeMap<&str, &TenantNode>,
     order: &[&TenantNode],
-    children: &BTreeMap<&str, Vec<&TenantNode>>,
-    plans: &mut BTreeMap<String, TenantPlan>,
+    plans: &mut HashMap<String, TenantPlan>,
 ) {
-    let mut owned: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-    for (namespace, observed) in &world.namespaces {
-        if let Some(owner) = observed.owner.as_deref() {
-            owned.entry(owner).or_default().insert(namespace);
+    // Tenants by their place in `order` (parents first), so the passes below index vectors
+    // instead of looking names up: this runs on every change of a 1,000-tenant tree.
+    let position: HashMap<&str, usize> =
+        order.iter().enumerate().map(|(i, t)| (t.name.as_str(), i)).collect();
+    let parent: Vec<Option<usize>> =
+        order.iter().map(|t| t.parent.as_deref().and_then(|p| position.get(p).copied())).collect();
+    // Every namespace each tenant owns now or is planned to: the observed one, and its planned limits.
+    type Limits<'a> = (Option<&'a ObservedNamespace>, Option<&'a Amounts>);
+    let mut namespaces: Vec<BTreeMap<&str, Limits>> = vec![BTreeMap::new(); order.len()];
+    for (name, observed) in &world.namespaces {
+        if let Some(&i) = observed.owner.as_deref().and_then(|owner| position.get(owner)) {
+            namespaces[i].insert(name.as_str(), (Some(observed), None));
         }
     }
-    let current = |namespace: &str, resource: Resource| {
-        world.namespaces.get(namespace).and_then(|o| o.hard.get(resource)).unwrap_or_default()
+    for (i, tenant) in order.iter().enumerate() {
+        for (name, hard) in &plans[&tenant.name].namespace_hard {
+            namespaces[i].entry(name.as_str()).or_insert((world.namespaces.get(name), None)).1 = Some(hard);
+        }
+    }
+    let current = |observed: Option<&ObservedNamespace>, resource: Resource| {
+        observed.and_then(|o| o.hard.get(resource)).unwrap_or_default()
     };
+    let mut holds: Vec<(usize, Resource)> = Vec::new();
     for resource in Resource::ALL {
         // What each subtree's namespaces could admit at most while the writes are in flight.
-        let mut exposure: BTreeMap<&str, Milli> = BTreeMap::new();
-        for tenant in order.iter().rev() {
-            let plan = &plans[&tenant.name];
-            let mut namespaces: BTreeSet<&str> = owned.get(tenant.name.as_str()).cloned().unwrap_or_default();
-            namespaces.extend(plan.namespace_hard.keys().map(String::as_str));
-            let mut total: Milli = namespaces
-                .iter()
-                .map(|ns| {
-                    let desired =
-                        plan.namespace_hard.get(*ns).and_then(|h| h.get(resource)).unwrap_or_default();
-                    current(ns, resource).max(desired)
-                })
-                .sum();
-            for child in children.get(tenant.name.as_str()).into_iter().flatten() {
-                total += exposure.get(child.name.as_str()).copied().unwrap_or_default();
+        let mut exposure: Vec<Milli> = namespaces
+            .iter()
+            .map(|owned| {
+                owned
+                    .values()
+                    .map(|(observed, desired)| {
+                        let desired = desired.and_then(|h| h.get(resource)).unwrap_or_default();
+                        current(*observed, resource).max(desired)
+                    })
+                    .sum()
+            })
+            .collect();
+        for i in (0..order.len()).rev() {
+            if let Some(p) = parent[i] {
+                let below = exposure[i];
+                exposure[p] += below;
             }
-            exposure.insert(tenant.name.as_str(), total);
         }
-        for tenant in order {
-            // The tenant and its ancestors, each with its ceiling for this resource.
-            let mut overexposed = false;
-            let mut ancestor = Some(*tenant);
-            while let Some(a) = ancestor {
-                if let Some(ceiling) = a.max.get(resource)
-                    && exposure.get(a.name.as_str()).copied().unwrap_or_default() > ceiling
-                {
-                    overexposed = true;
-                    break;
-                }
-                ancestor = a.parent.as_deref().and_then(|p| tenants.get(p).copied());
+        // Over a ceiling of its own or of an ancestor; parents come first in `order`.
+        let mut overexposed = vec![false; order.len()];
+        for (i, tenant) in order.iter().enumerate() {
+            let own = tenant.max.get(resource).is_some_and(|ceiling| exposure[i] > ceiling);
+            overexposed[i] = own || parent[i].is_some_and(|p| overexposed[p]);
+            if overexposed[i] {
+                holds.push((i, resource));
             }
-            if !overexposed {
-                continue;
-            }
-            let plan = plans.get_mut(&tenant.name).expect("every tenant has a plan");
-            for (namespace, hard) in plan.namespace_hard.iter_mut() {
-                // Up to its own usage a limit admits nothing new, so that much is always safe.
-                let used =
-                    world.namespaces.get(namespace).map(|o| o.used.amount(resource)).unwrap_or_default();
-                let safe = current(namespace, resource).max(used);
-                if hard.get(resource).is_some_and(|desired| desired > safe) {
-                    hard.set(resource, safe);
-                }
+        }
+    }
+    for (i, resource) in holds {
+        let plan = plans.get_mut(&order[i].name).expect("every tenant has a plan");
+        for (namespace, hard) in plan.namespace_hard.iter_mut() {
+            // Up to its own usage a limit admits nothing new, so that much is always safe.
+            let observed = world.namespaces.get(namespace);
+            let used = observed.map(|o| o.used.amount(resource)).unwrap_or_default();
+            let safe = current(observed, resource).max(used);
+            if hard.get(resource).is_some_and(|desired| desired > safe) {
+                hard.set(resource, safe);
             }
         }
     }
 }
 
 /// For each claimed namespace, the tenant that gets it: the one with precedence.
-fn namespace_winners(world: &World) -> BTreeMap<&str, &str> {
-    let mut winners: BTreeMap<&str, &TenantNode> = BTreeMap::new();
+fn namespace_winners(world: &World) -> HashMap<&str, &str> {
+    let mut winners: HashMap<&str, &TenantNode> = HashMap::new();
     for tenant in &world.tenants {
         for namespace in &tenant.namespaces {
             let winner = winners.entry(namespace).or_insert(tenant);
@@ -316,10 +326,10 @@ fn namespace_winners(world: &World) -> BTreeMap<&str, &str> {
 /// The rules that span objects, for a tenant whose parents all resolve.
 fn check(
     tenant: &TenantNode,
-    tenants: &BTreeMap<&str, &TenantNode>,
-    children: &BTreeMap<&str, Vec<&TenantNode>>,
-    plans: &BTreeMap<String, TenantPlan>,
-    namespace_winners: &BTreeMap<&str, &str>,
+    tenants: &HashMap<&str, &TenantNode>,
+    children: &HashMap<&str, Vec<&TenantNode>>,
+    plans: &HashMap<String, TenantPlan>,
+    namespace_winners: &HashMap<&str, &str>,
     world: &World,
 ) -> Option<Problem> {
     if let Some(parent_name) = tenant.parent.as_deref() {
@@ -377,7 +387,7 @@ fn check(
 fn max_exceeds_ceiling(
     tenant: &TenantNode,
     parent: &TenantNode,
-    tenants: &BTreeMap<&str, &TenantNode>,
+    tenants: &HashMap<&str, &TenantNode>,
 ) -> Option<Problem> {
     for resource in Resource::ALL {
         let Some(max) = tenant.max.get(resource) else {
@@ -424,7 +434,7 @@ fn guarantee_overcommitted(
     tenant: &TenantNode,
     parent: &TenantNode,
     siblings: &[&TenantNode],
-    plans: &BTreeMap<String, TenantPlan>,
+    plans: &HashMap<String, TenantPlan>,
 ) -> Option<Problem> {
     for resource in Resource::ALL {
         let Some(own) = tenant.guaranteed.get(resource).filter(|g| *g > Milli::ZERO) else {
@@ -467,7 +477,7 @@ fn guarantee_overcommitted(
 
 /// Why a tenant that no root reaches is not ready: its parent is missing, it sits on a cycle,
 /// or something above it does.
-fn unreachable_problem(tenant: &TenantNode, tenants: &BTreeMap<&str, &TenantNode>) -> Problem {
+fn unreachable_problem(tenant: &TenantNode, tenants: &HashMap<&str, &TenantNode>) -> Problem {
     let mut chain: Vec<&str> = vec![tenant.name.as_str()];
     let mut current = tenant;
     loop {
@@ -511,14 +521,6 @@ fn unreachable_problem(tenant: &TenantNode, tenants: &BTreeMap<&str, &TenantNode
     }
 }
 
-fn own_usage(tenant: &str, world: &World) -> Amounts {
-    let mut usage = Amounts::default();
-    for observed in world.namespaces.values().filter(|ns| ns.owner.as_deref() == Some(tenant)) {
-        usage.add(&observed.used);
-    }
-    usage
-}
-
 struct Split<'a> {
     namespaces: BTreeMap<String, Amounts>,
     children: Vec<(&'a str, BTreeMap<Resource, Option<Milli>>)>,
@@ -529,7 +531,7 @@ fn split_budget<'a>(
     tenant: &TenantNode,
     budget: &BTreeMap<Resource, Option<Milli>>,
     children: &[&'a TenantNode],
-    plans: &BTreeMap<String, TenantPlan>,
+    plans: &HashMap<String, TenantPlan>,
     world: &World,
 ) -> Split<'a> {
     // By name: the split must not depend on who came first, or it would shift by a unit
@@ -583,7 +585,7 @@ fn split_budget<'a>(
 fn frozen_hold(
     child: &TenantNode,
     resource: Resource,
-    plans: &BTreeMap<String, TenantPlan>,
+    plans: &HashMap<String, TenantPlan>,
     world: &World,
 ) -> Milli {
     let usage = plans[&child.name].subtree_usage.amount(resource);

@@ -239,17 +239,20 @@ async fn plan_tree(ctx: Arc<Context>, changed: mpsc::Sender<ObjectRef<Tenant>>, 
         return;
     }
     let mut last = Arc::new(Plan::default());
+    let mut observer = observe::Observer::default();
     loop {
         let started = Instant::now();
         let stores = &ctx.stores;
         let world =
-            observe::world(&stores.tenants.state(), &stores.namespaces.state(), &stores.quotas.state());
+            observer.world(&stores.tenants.state(), &stores.namespaces.state(), &stores.quotas.state());
+        let observed = started.elapsed();
         let plan = Arc::new(yiyun_quota::plan(&world));
         ctx.metrics.planned();
         ctx.plans.latest.send_replace(Some(plan.clone()));
         let names: Vec<String> = plan.changed_since(&last).map(String::from).collect();
         tracing::debug!(
             changed = names.len(),
+            observe_micros = observed.as_micros() as u64,
             micros = started.elapsed().as_micros() as u64,
             "tenant tree planned"
         );

@@ -75,10 +75,11 @@ async fn reconcile_tenant(tenant: &Tenant, ctx: &Context) -> Result<Action, Erro
         async move { keep_namespace(&objects, ctx).await }
     });
     futures::future::try_join_all(kept).await?;
-    // Namespaces the tenant owned but no longer lists are released like on deletion.
-    for namespace in owned_namespaces(&name, ctx) {
-        if !tenant.spec.namespaces.iter().any(|ns| ns.name == namespace) {
-            release_namespace(&namespace, &name, tenant.spec.deletion_policy, ctx).await?;
+    // Namespaces the tenant owned but no longer lists are released like on deletion. The plan
+    // knows which it owns: scanning every namespace per reconcile costs more than all the rest.
+    for namespace in &tenant_plan.owned {
+        if !tenant.spec.namespaces.iter().any(|ns| &ns.name == namespace) {
+            release_namespace(namespace, &name, tenant.spec.deletion_policy, ctx).await?;
         }
     }
     let count = tenant.spec.namespaces.len();
