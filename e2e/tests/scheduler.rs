@@ -259,7 +259,7 @@ async fn a_job_with_8_parallel_pods_is_scheduled() {
 }
 
 #[tokio::test]
-async fn a_tenant_at_its_max_waits_until_a_pod_finishes() {
+async fn a_tenant_at_its_max_waits_until_a_pod_finishes_or_the_tenant_is_deleted() {
     let client = client().await;
     install_crds(&client).await;
     let ns = TestNamespace::create(&client, "quota").await;
@@ -296,7 +296,12 @@ async fn a_tenant_at_its_max_waits_until_a_pod_finishes() {
     assert_eq!(message, format!("tenant {tenant} at max cpu 2/2"));
     pods.delete("first", &DeleteParams::default().grace_period(0)).await.expect("delete first");
     eventually(WAIT, "second bound once first is gone", || node_of(&pods, "second")).await;
-    let _ = tenants.delete(&tenant, &DeleteParams::default()).await;
+    pods.create(&PostParams::default(), &pod("third", &scheduler, &cell, "2", 0)).await.expect("pod");
+    let message = eventually(WAIT, "third waits", || unschedulable_message(&pods, "third")).await;
+    assert_eq!(message, format!("tenant {tenant} at max cpu 1/2"));
+    // Deleted, the tenant bounds its namespace's pods no more.
+    tenants.delete(&tenant, &DeleteParams::default()).await.expect("delete the tenant");
+    eventually(WAIT, "third bound once the tenant is gone", || node_of(&pods, "third")).await;
     delete_nodes(&client, &names).await;
 }
 

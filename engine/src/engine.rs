@@ -309,6 +309,10 @@ impl Engine {
         self.tenants.upsert(tenant);
     }
 
+    pub fn remove_tenant(&mut self, name: &str) {
+        self.tenants.remove(name);
+    }
+
     pub fn tenants(&self) -> &Tenants {
         &self.tenants
     }

@@ -112,6 +112,25 @@ impl Tenants {
         self.tenants.insert(tenant.name.clone(), TenantState { tenant, subtree });
     }
 
+    /// Forgets a deleted tenant. Its ancestors stop counting what its subtree holds: those pods
+    /// belong to no known tenant now, and refunding them later reaches nobody. A child left
+    /// behind is a root of its own until its parent comes back.
+    pub fn remove(&mut self, name: &str) {
+        let Some(held) = self.tenants.get(name).map(|state| state.subtree) else { return };
+        let ancestors: Vec<String> = self.chain(name).skip(1).map(|tenant| tenant.name.clone()).collect();
+        for ancestor in ancestors {
+            if let Some(state) = self.tenants.get_mut(&ancestor) {
+                state.subtree.sub(held);
+            }
+        }
+        self.tenants.remove(name);
+    }
+
+    /// Names of every known tenant.
+    pub fn names(&self) -> impl Iterator<Item = &str> + '_ {
+        self.tenants.keys().map(String::as_str)
+    }
+
     pub fn get(&self, name: &str) -> Option<&Tenant> {
         self.tenants.get(name).map(|state| &state.tenant)
     }
@@ -234,5 +253,24 @@ mod tests {
         assert!(tenants.is_borrowing("wuhu-dsj"));
         tenants.refund("wuhu-dsj", cpu(6_000));
         assert_eq!(tenants.subtree_usage("wuhu"), Usage::default());
+    }
+
+    #[test]
+    fn a_removed_tenant_holds_nothing_and_bounds_nothing() {
+        let mut tenants = Tenants::default();
+        tenants.upsert(tenant("wuhu", None, 10_000));
+        tenants.upsert(tenant("wuhu-dsj", Some("wuhu"), 8_000));
+        tenants.upsert(tenant("wuhu-gaj", Some("wuhu"), 8_000));
+        let cpu = |milli| Usage { cpu_milli: milli, ..Usage::default() };
+        tenants.charge("wuhu-dsj", cpu(6_000));
+        tenants.charge("wuhu-gaj", cpu(1_000));
+        tenants.remove("wuhu-dsj");
+        assert!(tenants.get("wuhu-dsj").is_none());
+        assert_eq!(tenants.subtree_usage("wuhu"), cpu(1_000));
+        // Its pods are bounded by no ceiling, and leaving refunds no one.
+        assert_eq!(tenants.limit_for("wuhu-dsj", cpu(50_000)), None);
+        tenants.refund("wuhu-dsj", cpu(6_000));
+        assert_eq!(tenants.subtree_usage("wuhu"), cpu(1_000));
+        assert_eq!(tenants.names().collect::<std::collections::BTreeSet<_>>(), ["wuhu", "wuhu-gaj"].into());
     }
 }

@@ -128,6 +128,7 @@ pub struct Scheduler {
     /// Keys seen while a watch relists, to drop what is gone afterwards.
     relisting_nodes: Option<HashSet<String>>,
     relisting_pods: Option<HashSet<String>>,
+    relisting_tenants: Option<HashSet<String>>,
     bind_permits: Arc<Semaphore>,
     done_tx: mpsc::UnboundedSender<Done>,
     done_rx: mpsc::UnboundedReceiver<Done>,
@@ -180,6 +181,7 @@ impl Scheduler {
             synced: Synced::default(),
             relisting_nodes: None,
             relisting_pods: None,
+            relisting_tenants: None,
             done_tx,
             done_rx,
             nominated: HashMap::new(),
@@ -272,14 +274,36 @@ impl Scheduler {
                 watcher::Event::Init => {}
             },
             Update::PodGroup(event) => self.group_event(event),
-            Update::Tenant(event) => match event {
-                watcher::Event::Apply(tenant) | watcher::Event::InitApply(tenant) => {
-                    self.engine.upsert_tenant(crate::tenants::tenant(&tenant));
-                    self.requeue = true;
+            Update::Tenant(event) => {
+                match event {
+                    watcher::Event::Init => self.relisting_tenants = Some(HashSet::new()),
+                    watcher::Event::Apply(tenant) | watcher::Event::InitApply(tenant) => {
+                        if let Some(seen) = &mut self.relisting_tenants {
+                            seen.insert(tenant.name_any());
+                        }
+                        self.engine.upsert_tenant(crate::tenants::tenant(&tenant));
+                    }
+                    // A deleted tenant's ceiling no longer holds its namespaces' pods.
+                    watcher::Event::Delete(tenant) => self.engine.remove_tenant(&tenant.name_any()),
+                    watcher::Event::InitDone => {
+                        // Tenants deleted while the watch was down sent no Delete.
+                        if let Some(seen) = self.relisting_tenants.take() {
+                            let gone: Vec<String> = self
+                                .engine
+                                .tenants()
+                                .names()
+                                .filter(|name| !seen.contains(*name))
+                                .map(String::from)
+                                .collect();
+                            for name in gone {
+                                self.engine.remove_tenant(&name);
+                            }
+                        }
+                        self.synced.tenants = true;
+                    }
                 }
-                watcher::Event::InitDone => self.synced.tenants = true,
-                watcher::Event::Delete(_) | watcher::Event::Init => {}
-            },
+                self.requeue = true;
+            }
             Update::Site(event) => {
                 match event {
                     watcher::Event::Apply(site) | watcher::Event::InitApply(site) => {
