@@ -16,6 +16,7 @@ use std::{
 };
 
 use futures::{StreamExt, TryStreamExt, stream};
+use k8s_openapi::api::core::v1::ResourceQuota;
 use kube::{
     Api, Client, ResourceExt,
     api::{DeleteParams, DynamicObject, Patch, PatchParams},
@@ -167,12 +168,44 @@ pub async fn run(config: Config) -> Result<(), Error> {
         .await?;
     let baseline = started.elapsed();
 
+    // The floor of phase 3: what a root change writes (each tenant's quotas, then its status),
+    // written directly to as many stand-in tenants over the baseline's namespaces, as many at
+    // once as the controller reconciles.
+    let tenants: Api<Tenant> = Api::all(client.clone());
+    let stand_ins: Vec<String> = (0..specs.len()).map(|i| format!("{PREFIX}-base-t{i}")).collect();
+    stream::iter(stand_ins.iter().map(|name| {
+        let object = json!({
+            "apiVersion": "yiyun.io/v1alpha1", "kind": "Tenant", "metadata": {"name": name},
+            "spec": {"displayName": "基准", "level": "province", "quota": {"max": {"cpu": 20}}}
+        });
+        apply(&client, object)
+    }))
+    .buffer_unordered(config.common.concurrency)
+    .try_collect::<Vec<()>>()
+    .await?;
+    quiet_cluster(&client).await?;
+    let started = Instant::now();
+    let per_tenant = baseline_names.chunks(config.namespaces.max(1));
+    stream::iter(
+        stand_ins
+            .iter()
+            .zip(per_tenant)
+            .map(|(tenant, namespaces)| write_root_change_directly(&client, tenant, namespaces)),
+    )
+    .buffer_unordered(RECONCILE_CONCURRENCY)
+    .try_collect::<Vec<()>>()
+    .await?;
+    let root_change_floor = started.elapsed();
+    stream::iter(stand_ins.iter().map(|name| delete(&tenants, name)))
+        .buffer_unordered(config.common.concurrency)
+        .try_collect::<Vec<()>>()
+        .await?;
+
     // 2. The tree, reconciled by the controller, once the cluster is done with the baseline.
     quiet_cluster(&client).await?;
     let mut controller = Controller::start()?;
     controller.wait_ready(timeout).await?;
     progress("phase 2/5: applying the tree");
-    let tenants: Api<Tenant> = Api::all(client.clone());
     let watched = WatchedTenants::start(tenants.clone());
     let cpu_before = controller.cpu_seconds();
     let writes_before = controller.counters()?.writes;
@@ -274,6 +307,10 @@ pub async fn run(config: Config) -> Result<(), Error> {
         specs.len(),
         secs(to_propagate)
     );
+    println!(
+        "| … the same writes made directly (2 quotas then a status per tenant, {RECONCILE_CONCURRENCY} at once) | {} | (apiserver limit) |",
+        secs(root_change_floor)
+    );
     println!("| … half of them updated | {} | |", secs(halfway.get().unwrap_or(to_propagate)));
     println!("| controller writes, CPU for the change | {writes_propagate:.0}, {cpu_propagate:.1} s | |");
     println!("| idle reconciles per minute | {idle_reconciles:.1} | 0 beyond resyncs (every 30 min) |");
@@ -298,6 +335,41 @@ async fn delete(tenants: &Api<Tenant>, name: &str) -> Result<(), Error> {
         Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
         Err(err) => Err(err.into()),
     }
+}
+
+/// Tenants the tenancy controller reconciles at once.
+const RECONCILE_CONCURRENCY: usize = 64;
+
+/// What the controller writes for one tenant when the root's ceiling changes: a lower quota in
+/// each of its namespaces, then its status.
+async fn write_root_change_directly(
+    client: &Client,
+    tenant: &str,
+    namespaces: &[String],
+) -> Result<(), Error> {
+    let quotas = namespaces.iter().map(|ns| async move {
+        let quota = json!({
+            "apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "q", "namespace": ns},
+            "spec": {"hard": {"requests.cpu": "9"}}
+        });
+        let api: Api<ResourceQuota> = Api::namespaced(client.clone(), ns);
+        api.patch("q", &PatchParams::apply(MANAGER).force(), &Patch::Apply(&quota)).await.map(|_| ())
+    });
+    futures::future::try_join_all(quotas).await?;
+    let status = json!({
+        "apiVersion": "yiyun.io/v1alpha1", "kind": "Tenant",
+        "status": {
+            "observedGeneration": 1,
+            "conditions": [{"type": "Ready", "status": "True", "reason": "Reconciled",
+                "message": "2 namespace(s) in place with quota, defaults, access and isolation",
+                "observedGeneration": 1, "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+            "path": [tenant], "namespaces": namespaces,
+            "usage": {"own": {"cpu": "0"}, "subtree": {"cpu": "0"}}, "allocated": {"cpu": "18"}, "children": 0
+        }
+    });
+    let tenants: Api<Tenant> = Api::all(client.clone());
+    tenants.patch_status(tenant, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&status)).await?;
+    Ok(())
 }
 
 /// The objects the controller keeps in one namespace, written by a plain client.
