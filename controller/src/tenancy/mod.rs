@@ -10,6 +10,7 @@ mod observe;
 mod reconcile;
 
 use std::{
+    collections::HashMap,
     fmt::Debug,
     sync::Arc,
     time::{Duration, Instant},
@@ -22,7 +23,7 @@ use k8s_openapi::api::{
     rbac::v1::RoleBinding,
 };
 use kube::{
-    Api, Client, Resource,
+    Api, Client, Resource, ResourceExt,
     core::PartialObjectMeta,
     runtime::{
         Controller, Predicate, PredicateConfig, WatchStreamExt,
@@ -70,8 +71,14 @@ impl Stores {
 /// (see [`PLAN_SETTLE`]); reconciles read the latest. One computation serves every reconcile in
 /// between: the planner asks again for any tenant whose part changed.
 struct Plans {
-    latest: watch::Sender<Option<Arc<Plan>>>,
+    latest: watch::Sender<Option<Arc<Planned>>>,
     changed: Notify,
+}
+
+/// A plan and the generation of every Tenant it was made from.
+struct Planned {
+    plan: Arc<Plan>,
+    generations: HashMap<String, i64>,
 }
 
 /// The planner plans once changes have paused this long…
@@ -104,10 +111,26 @@ impl Context {
     /// listed (a plan from half-filled watches would report parents missing that merely are not
     /// listed yet).
     async fn plan(&self) -> Result<Arc<Plan>, Error> {
+        self.plan_seeing(|_| true).await
+    }
+
+    /// The latest plan once it was made from `tenant`'s spec or a later one. A reconcile
+    /// started by a spec change must not judge the new spec by the plan of the old one: it
+    /// would report Ready for a spec the plan may yet find wrong.
+    async fn plan_for(&self, tenant: &Tenant) -> Result<Arc<Plan>, Error> {
+        let name = tenant.name_any();
+        let generation = tenant.metadata.generation.unwrap_or_default();
+        self.plan_seeing(|planned| planned.generations.get(&name).is_some_and(|g| *g >= generation)).await
+    }
+
+    async fn plan_seeing(&self, seen: impl Fn(&Planned) -> bool) -> Result<Arc<Plan>, Error> {
         let mut latest = self.plans.latest.subscribe();
-        let first = tokio::time::timeout(crate::watches::SYNC_WAIT, latest.wait_for(Option::is_some));
-        let plan = first.await.map_err(|_| Error::NotSynced)?.map_err(|_| Error::WatchStopped)?;
-        plan.clone().ok_or(Error::WatchStopped)
+        let wanted = latest.wait_for(|planned| planned.as_ref().is_some_and(|p| seen(p)));
+        let planned = tokio::time::timeout(crate::watches::SYNC_WAIT, wanted)
+            .await
+            .map_err(|_| Error::NotSynced)?
+            .map_err(|_| Error::WatchStopped)?;
+        planned.as_ref().map(|p| p.plan.clone()).ok_or(Error::WatchStopped)
     }
 }
 
@@ -184,7 +207,7 @@ pub async fn run(
                 if quotas.get(&ObjectRef::from_obj(&quota)).is_none() {
                     return Some(tenant);
                 }
-                let latest = plans.latest.borrow().clone();
+                let latest = plans.latest.borrow().as_ref().map(|p| p.plan.clone());
                 let planned = latest.as_ref().and_then(|plan| plan.get(&tenant.name));
                 let hard = quota.spec.as_ref().and_then(|s| s.hard.clone()).unwrap_or_default();
                 let namespace = quota.metadata.namespace.clone().unwrap_or_default();
@@ -248,12 +271,14 @@ async fn plan_tree(ctx: Arc<Context>, changed: mpsc::Sender<ObjectRef<Tenant>>, 
     loop {
         let started = Instant::now();
         let stores = &ctx.stores;
-        let world =
-            observer.world(&stores.tenants.state(), &stores.namespaces.state(), &stores.quotas.state());
+        let tenants = stores.tenants.state();
+        let world = observer.world(&tenants, &stores.namespaces.state(), &stores.quotas.state());
         let observed = started.elapsed();
         let plan = Arc::new(yiyun_quota::plan(&world));
         ctx.metrics.planned();
-        ctx.plans.latest.send_replace(Some(plan.clone()));
+        let generations =
+            tenants.iter().map(|t| (t.name_any(), t.metadata.generation.unwrap_or_default())).collect();
+        ctx.plans.latest.send_replace(Some(Arc::new(Planned { plan: plan.clone(), generations })));
         let names: Vec<String> = plan.changed_since(&last).map(String::from).collect();
         tracing::debug!(
             changed = names.len(),

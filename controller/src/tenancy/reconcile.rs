@@ -59,7 +59,7 @@ pub fn error_policy(tenant: Arc<Tenant>, error: &Error, _ctx: Arc<Context>) -> A
 }
 
 async fn reconcile_tenant(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
-    let plan = ctx.plan().await?;
+    let plan = ctx.plan_for(tenant).await?;
     let name = tenant.name_any();
     let Some(tenant_plan) = plan.get(&name) else {
         // The watch has not shown this tenant to the plan yet.
