@@ -184,6 +184,13 @@ pub async fn run(config: Config) -> Result<(), Error> {
     .try_collect::<Vec<()>>()
     .await?;
     quiet_cluster(&client).await?;
+    // Timed like phase 3: until a watch shows every status.
+    let watched = WatchedTenants::start(tenants.clone());
+    wait_until(timeout, "the stand-ins listed", || async {
+        let listed = watched.count(|t| t.name_any().starts_with(&format!("{PREFIX}-base-t")));
+        Ok((listed == stand_ins.len(), format!("{listed} stand-ins listed")))
+    })
+    .await?;
     let started = Instant::now();
     let per_tenant = baseline_names.chunks(config.namespaces.max(1));
     stream::iter(
@@ -195,7 +202,16 @@ pub async fn run(config: Config) -> Result<(), Error> {
     .buffer_unordered(RECONCILE_CONCURRENCY)
     .try_collect::<Vec<()>>()
     .await?;
+    let floor_written = started.elapsed();
+    wait_until(timeout, "every stand-in's status shown", || async {
+        let shown = watched.count(|t| {
+            t.status.as_ref().and_then(|s| s.allocated.as_ref()?.cpu.clone()).is_some_and(|cpu| cpu.0 == "18")
+        });
+        Ok((shown == stand_ins.len(), format!("{shown}/{} stand-in statuses shown", stand_ins.len())))
+    })
+    .await?;
     let root_change_floor = started.elapsed();
+    drop(watched);
     stream::iter(stand_ins.iter().map(|name| delete(&tenants, name)))
         .buffer_unordered(config.common.concurrency)
         .try_collect::<Vec<()>>()
@@ -308,8 +324,9 @@ pub async fn run(config: Config) -> Result<(), Error> {
         secs(to_propagate)
     );
     println!(
-        "| … the same writes made directly (2 quotas then a status per tenant, {RECONCILE_CONCURRENCY} at once) | {} | (apiserver limit) |",
-        secs(root_change_floor)
+        "| … the same writes made directly (2 quotas then a status per tenant, {RECONCILE_CONCURRENCY} at once), all shown | {} (written in {}) | (apiserver limit) |",
+        secs(root_change_floor),
+        secs(floor_written)
     );
     println!("| … half of them updated | {} | |", secs(halfway.get().unwrap_or(to_propagate)));
     println!("| controller writes, CPU for the change | {writes_propagate:.0}, {cpu_propagate:.1} s | |");
