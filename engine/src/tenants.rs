@@ -117,12 +117,7 @@ impl Tenants {
     /// behind is a root of its own until its parent comes back.
     pub fn remove(&mut self, name: &str) {
         let Some(held) = self.tenants.get(name).map(|state| state.subtree) else { return };
-        let ancestors: Vec<String> = self.chain(name).skip(1).map(|tenant| tenant.name.clone()).collect();
-        for ancestor in ancestors {
-            if let Some(state) = self.tenants.get_mut(&ancestor) {
-                state.subtree.sub(held);
-            }
-        }
+        self.refund(name, held);
         self.tenants.remove(name);
     }
 
@@ -237,13 +232,22 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_whole_chain_is_held_to_its_max() {
+    /// A city with two departments.
+    fn wuhu() -> Tenants {
         let mut tenants = Tenants::default();
         tenants.upsert(tenant("wuhu", None, 10_000));
         tenants.upsert(tenant("wuhu-dsj", Some("wuhu"), 8_000));
         tenants.upsert(tenant("wuhu-gaj", Some("wuhu"), 8_000));
-        let cpu = |milli| Usage { cpu_milli: milli, ..Usage::default() };
+        tenants
+    }
+
+    fn cpu(milli: u64) -> Usage {
+        Usage { cpu_milli: milli, ..Usage::default() }
+    }
+
+    #[test]
+    fn the_whole_chain_is_held_to_its_max() {
+        let mut tenants = wuhu();
         tenants.charge("wuhu-dsj", cpu(6_000));
         assert_eq!(tenants.limit_for("wuhu-dsj", cpu(2_000)), None);
         let limit = tenants.limit_for("wuhu-dsj", cpu(3_000)).expect("over the department's max");
@@ -257,11 +261,7 @@ mod tests {
 
     #[test]
     fn a_removed_tenant_holds_nothing_and_bounds_nothing() {
-        let mut tenants = Tenants::default();
-        tenants.upsert(tenant("wuhu", None, 10_000));
-        tenants.upsert(tenant("wuhu-dsj", Some("wuhu"), 8_000));
-        tenants.upsert(tenant("wuhu-gaj", Some("wuhu"), 8_000));
-        let cpu = |milli| Usage { cpu_milli: milli, ..Usage::default() };
+        let mut tenants = wuhu();
         tenants.charge("wuhu-dsj", cpu(6_000));
         tenants.charge("wuhu-gaj", cpu(1_000));
         tenants.remove("wuhu-dsj");
