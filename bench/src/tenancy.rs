@@ -256,7 +256,17 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let started = Instant::now();
     apply(&client, tenant_object(&specs[0], 18000, config.namespaces)).await?;
     let halfway = std::cell::Cell::new(None);
+    // When the controller's writes began and when the last one was counted.
+    let first_write = std::cell::Cell::new(None);
+    let last_write = std::cell::Cell::new((writes_before, Duration::ZERO));
     wait_until(timeout, "every allocation updated", || async {
+        let writes = controller.counters()?.writes;
+        if writes > last_write.get().0 {
+            last_write.set((writes, started.elapsed()));
+            if first_write.get().is_none() {
+                first_write.set(Some(started.elapsed()));
+            }
+        }
         let right = watched.count(|t| {
             let allocated = t.status.as_ref().and_then(|s| s.allocated.as_ref()?.cpu.clone());
             allocated.is_some_and(|cpu| Some(&cpu.0) == expected.get(&t.name_any()))
@@ -329,6 +339,11 @@ pub async fn run(config: Config) -> Result<(), Error> {
         secs(floor_written)
     );
     println!("| … half of them updated | {} | |", secs(halfway.get().unwrap_or(to_propagate)));
+    println!(
+        "| … controller's first and last write (polled every 0.1 s) | {}, {} | |",
+        first_write.get().map_or_else(|| "none".to_string(), secs),
+        secs(last_write.get().1)
+    );
     println!("| controller writes, CPU for the change | {writes_propagate:.0}, {cpu_propagate:.1} s | |");
     println!("| idle reconciles per minute | {idle_reconciles:.1} | 0 beyond resyncs (every 30 min) |");
     println!("| idle writes per minute | {idle_writes:.1} | 0 |");

@@ -276,7 +276,8 @@ pub struct TenantStatus {
     /// Namespaces yiyun created for the tenant.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub namespaces: Vec<String>,
-    /// Resources in use, in the tenant's own namespaces and in its whole subtree.
+    /// Resources in use, in the tenant's own namespaces and in its whole subtree: those its
+    /// tree names in any `quota.guaranteed` or `quota.max`, the only ones its quotas count.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<TenantUsage>,
     /// What the whole subtree may use now: `quota.max`, or less where an ancestor's ceiling is

@@ -9,7 +9,7 @@ use k8s_openapi::{
         networking::v1::NetworkPolicy,
         rbac::v1::RoleBinding,
     },
-    apimachinery::pkg::apis::meta::v1::Condition,
+    apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::Condition},
 };
 use kube::{
     Api, Client, ResourceExt,
@@ -323,6 +323,19 @@ async fn edited_or_deleted_managed_objects_are_restored() {
     bindings.delete("yiyun-owners", &DeleteParams::default()).await.unwrap();
     let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), &tree.ns_a1);
     policies.delete("yiyun-isolation", &DeleteParams::default()).await.unwrap();
+    // A limit yiyun applied on a resource the tree does not count, as a version that counted
+    // every resource did, is taken away.
+    let b_quotas: Api<ResourceQuota> = Api::namespaced(client.clone(), &tree.ns_b);
+    let older = b_quotas.get("yiyun-quota").await.unwrap();
+    let mut hard = older.spec.clone().unwrap().hard.unwrap();
+    hard.insert("requests.nvidia.com/gpu".into(), Quantity("1E".into()));
+    let older = json!({
+        "apiVersion": "v1", "kind": "ResourceQuota",
+        "metadata": {"name": "yiyun-quota", "namespace": tree.ns_b, "labels": older.labels()},
+        "spec": {"hard": hard}
+    });
+    let as_yiyun = PatchParams::apply("yiyun-controller").force();
+    b_quotas.patch("yiyun-quota", &as_yiyun, &Patch::Apply(&older)).await.unwrap();
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let relabel = json!({"metadata": {"labels": {"yiyun.io/security-level": "1"}}});
     namespaces.patch(&tree.ns_a1, &PatchParams::default(), &Patch::Merge(&relabel)).await.unwrap();
@@ -333,6 +346,12 @@ async fn edited_or_deleted_managed_objects_are_restored() {
     .await;
     eventually(WAIT, "the deleted quota restored", || async {
         (quota_cpu(&a2_quotas.get_opt("yiyun-quota").await.ok()??) == "2").then_some(())
+    })
+    .await;
+    eventually(WAIT, "the uncounted resource's limit removed", || async {
+        let hard = b_quotas.get("yiyun-quota").await.ok()?.spec?.hard?;
+        let keys: Vec<&str> = hard.keys().map(String::as_str).collect();
+        (keys == ["pods", "requests.cpu", "requests.memory"]).then_some(())
     })
     .await;
     eventually(WAIT, "the owners' binding restored", || async {

@@ -319,6 +319,32 @@ fn resources_without_a_ceiling_anywhere_are_left_unlimited() {
 }
 
 #[test]
+fn the_whole_tree_counts_every_resource_any_of_its_tenants_names() {
+    let mut world = anhui();
+    // The root guarantees pods, one department bounds GPUs; a second tree names memory only.
+    world.tenants[0].guaranteed.set(Resource::Pods, Milli::units(100));
+    let health = world.tenants.iter_mut().find(|t| t.name == "jj-health").unwrap();
+    health.max.set(Resource::Gpu, Milli::units(2));
+    let memory = amounts(&[(Resource::Memory, "64Gi")]);
+    world.tenants.push(node("hefei", None, Level::Province, Amounts::default(), memory, &["hf"]));
+    let plan = plan(&world);
+    for tenant in ["anhui", "wuhu", "wuhu-data", "jj-edu", "jj-health"] {
+        assert_eq!(
+            plan.get(tenant).unwrap().counted,
+            [Resource::Cpu, Resource::Gpu, Resource::Pods],
+            "{tenant}"
+        );
+    }
+    assert_eq!(plan.get("hefei").unwrap().counted, [Resource::Memory]);
+    // Counted is not bounded: only jj-health's subtree has a GPU ceiling.
+    assert_eq!(plan.get("jj-edu").unwrap().namespace_hard["edu"].get(Resource::Gpu), None);
+    assert_eq!(
+        plan.get("jj-health").unwrap().namespace_hard["health"].get(Resource::Gpu),
+        Some(Milli::units(2))
+    );
+}
+
+#[test]
 fn a_frozen_child_keeps_what_its_namespaces_admit() {
     let mut world = anhui();
     world.namespaces.insert(

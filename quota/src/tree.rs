@@ -8,7 +8,7 @@
 //! split follows usage, so a namespace that grows is given more as long as its ancestors have
 //! room.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use crate::{Amounts, Milli, Resource};
 
@@ -78,7 +78,8 @@ pub struct ObservedNamespace {
     pub orphaned: bool,
     /// Requests counted by its yiyun ResourceQuota.
     pub used: Amounts,
-    /// Its yiyun ResourceQuota's current limits.
+    /// Its yiyun ResourceQuota's current limits: every resource once the quota exists (one it
+    /// does not list as unlimited, for it limits nothing), none without a quota.
     pub hard: Amounts,
 }
 
@@ -113,6 +114,11 @@ pub struct TenantPlan {
     /// ResourceQuota limits per namespace the tenant owns; a resource absent here has no
     /// ceiling anywhere up the tree. Empty when the tenant has a problem.
     pub namespace_hard: BTreeMap<String, Amounts>,
+    /// The resources the tenant's tree names in any guarantee or ceiling: its namespaces'
+    /// quotas count these (without a limit where no ceiling applies) and only these, so usage
+    /// adds up the same way everywhere in the tree. Counting a resource nobody bounds would
+    /// make every quota write, quota sync and pod admission do more for nothing.
+    pub counted: Vec<Resource>,
     /// What the subtree may use now: its `max`, or less where an ancestor's ceiling is shared
     /// among more than it can hold. Absent resources are unlimited. Empty with a problem.
     pub allocated: Amounts,
@@ -182,6 +188,25 @@ pub fn plan(world: &World) -> Plan {
         let plan = plans.get_mut(&tenant.name).expect("every tenant has a plan");
         plan.problem = problem;
         plan.path = path;
+    }
+    // The resources each tree names, gathered up to its root and handed down again.
+    let mut named: HashMap<&str, BTreeSet<Resource>> = world
+        .tenants
+        .iter()
+        .map(|t| (t.name.as_str(), t.guaranteed.0.keys().chain(t.max.0.keys()).copied().collect()))
+        .collect();
+    for tenant in order.iter().rev() {
+        if let Some(parent) = tenant.parent.as_deref() {
+            let below = named[tenant.name.as_str()].clone();
+            named.get_mut(parent).expect("a reached tenant's parent is a tenant").extend(below);
+        }
+    }
+    for tenant in &order {
+        let counted = match tenant.parent.as_deref() {
+            Some(parent) => plans[parent].counted.clone(),
+            None => named[tenant.name.as_str()].iter().copied().collect(),
+        };
+        plans.get_mut(&tenant.name).expect("every tenant has a plan").counted = counted;
     }
     // Tenants no root reaches: a missing parent or a cycle somewhere above them.
     let reached: HashSet<&str> = order.iter().map(|t| t.name.as_str()).collect();

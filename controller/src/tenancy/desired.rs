@@ -29,8 +29,8 @@ pub const OWNERS: &str = "yiyun-owners";
 pub const MEMBERS: &str = "yiyun-members";
 pub const ISOLATION: &str = "yiyun-isolation";
 
-/// The ResourceQuota limit of a resource with no ceiling anywhere up the tree: high enough never
-/// to bind, present so the apiserver still counts the namespace's usage.
+/// The ResourceQuota limit of a resource the tree counts but no ceiling up the tree bounds: high
+/// enough never to bind, present so the apiserver counts the namespace's usage of it.
 pub const UNLIMITED: &str = "1E";
 
 /// Everything yiyun keeps in one tenant namespace. `None` means the object must not exist.
@@ -72,7 +72,10 @@ pub fn namespace_objects(tenant: &Tenant, plan: &TenantPlan, namespace: &str) ->
         },
         quota: ResourceQuota {
             metadata: meta(QUOTA, namespace, name),
-            spec: Some(ResourceQuotaSpec { hard: Some(quota_hard(&hard)), ..ResourceQuotaSpec::default() }),
+            spec: Some(ResourceQuotaSpec {
+                hard: Some(quota_hard(&hard, &plan.counted)),
+                ..ResourceQuotaSpec::default()
+            }),
             ..ResourceQuota::default()
         },
         limit_range: limit_range(namespace, name),
@@ -111,7 +114,7 @@ fn meta(name: &str, namespace: &str, tenant: &str) -> ObjectMeta {
 /// Whether a namespace's ResourceQuota limits are what the plan wants for it (by value: the
 /// apiserver rewrites quantities in canonical form).
 pub fn quota_as_planned(plan: &TenantPlan, namespace: &str, current: &BTreeMap<String, Quantity>) -> bool {
-    let wanted = quota_hard(&plan.namespace_hard.get(namespace).cloned().unwrap_or_default());
+    let wanted = quota_hard(&plan.namespace_hard.get(namespace).cloned().unwrap_or_default(), &plan.counted);
     wanted.len() == current.len()
         && wanted.iter().all(|(key, q)| {
             current.get(key).is_some_and(|c| {
@@ -120,10 +123,10 @@ pub fn quota_as_planned(plan: &TenantPlan, namespace: &str, current: &BTreeMap<S
         })
 }
 
-fn quota_hard(hard: &Amounts) -> BTreeMap<String, Quantity> {
-    Resource::ALL
-        .into_iter()
-        .map(|r| {
+fn quota_hard(hard: &Amounts, counted: &[Resource]) -> BTreeMap<String, Quantity> {
+    counted
+        .iter()
+        .map(|&r| {
             let limit = hard.get(r).map_or_else(|| UNLIMITED.to_string(), |m| m.format(r.is_bytes()));
             (r.quota_key().to_string(), Quantity(limit))
         })
@@ -253,6 +256,7 @@ mod tests {
         TenantPlan {
             path: vec!["anhui".into(), "wuhu".into(), "jiujiang".into(), "jj-edu".into()],
             namespace_hard: BTreeMap::from([("edu".into(), hard)]),
+            counted: vec![Resource::Cpu, Resource::Memory, Resource::Pods],
             ..TenantPlan::default()
         }
     }
@@ -272,13 +276,12 @@ mod tests {
     }
 
     #[test]
-    fn the_quota_limits_every_resource_and_marks_the_unlimited_ones() {
+    fn the_quota_counts_what_the_tree_names_and_limits_what_it_bounds() {
         let hard = namespace_objects(&edu(), &plan(), "edu").quota.spec.unwrap().hard.unwrap();
         assert_eq!(hard["requests.cpu"].0, "80");
         assert_eq!(hard["requests.memory"].0, "320Gi");
-        assert_eq!(hard["requests.nvidia.com/gpu"].0, UNLIMITED);
         assert_eq!(hard["pods"].0, UNLIMITED);
-        assert_eq!(hard.len(), 5);
+        assert_eq!(hard.len(), 3, "GPUs and storage are named nowhere in the tree: {hard:?}");
     }
 
     #[test]

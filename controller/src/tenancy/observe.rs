@@ -16,7 +16,7 @@ use yiyun_crds::{
 };
 use yiyun_quota::{Amounts, Milli, ObservedNamespace, Resource, Standing, TenantNode, World};
 
-use super::desired::QUOTA;
+use super::desired::{QUOTA, UNLIMITED};
 
 /// Turns the stores into the [`World`] the planner plans from. The tree is planned again after
 /// every burst of changes, so objects converted before are kept by resourceVersion and reused
@@ -63,7 +63,7 @@ impl Observer {
                         .and_then(|s| s.used.as_ref())
                         .map(quota_amounts)
                         .unwrap_or_default(),
-                    quota.spec.as_ref().and_then(|s| s.hard.as_ref()).map(quota_amounts).unwrap_or_default(),
+                    quota.spec.as_ref().and_then(|s| s.hard.as_ref()).map(quota_limits).unwrap_or_default(),
                 ),
             };
             counted.insert(namespace, (version, amounts.0, amounts.1));
@@ -154,6 +154,18 @@ pub fn resource_amounts(amounts: &Amounts) -> ResourceAmounts {
         storage: format(Resource::Storage),
         pods: format(Resource::Pods),
     }
+}
+
+/// A quota's limits: a resource it does not list, it does not limit.
+fn quota_limits(hard: &BTreeMap<String, Quantity>) -> Amounts {
+    let mut limits = quota_amounts(hard);
+    let unlimited = Milli::parse(UNLIMITED).expect("a valid quantity");
+    for resource in Resource::ALL {
+        if limits.get(resource).is_none() {
+            limits.set(resource, unlimited);
+        }
+    }
+    limits
 }
 
 fn quota_amounts(list: &BTreeMap<String, Quantity>) -> Amounts {

@@ -3,7 +3,7 @@
 
 use std::{sync::Arc, time::Duration, time::Instant};
 
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, ResourceQuota};
 use kube::{
     Api, Resource, ResourceExt,
     api::{DeleteParams, Patch, PatchParams},
@@ -105,7 +105,7 @@ async fn keep_namespace(objects: &NamespaceObjects, ctx: &Context) -> Result<(),
     let stores = &ctx.stores;
     let ns = namespace.as_str();
     futures::try_join!(
-        keep(ctx, "ResourceQuota", &stores.quotas, desired::QUOTA, ns, Some(&objects.quota)),
+        keep_quota(ctx, ns, &objects.quota),
         keep(ctx, "LimitRange", &stores.limit_ranges, desired::LIMIT_RANGE, ns, Some(&objects.limit_range)),
         keep(ctx, "RoleBinding", &stores.role_bindings, desired::OWNERS, ns, objects.owners.as_ref()),
         keep(ctx, "RoleBinding", &stores.role_bindings, desired::MEMBERS, ns, objects.members.as_ref()),
@@ -118,6 +118,20 @@ async fn keep_namespace(objects: &NamespaceObjects, ctx: &Context) -> Result<(),
             objects.isolation.as_ref()
         ),
     )?;
+    Ok(())
+}
+
+/// Like [`keep`], but the quota must list exactly the resources the tree counts: a limit on one
+/// it no longer counts has to go, which the containment check of [`apply`] would not notice.
+async fn keep_quota(ctx: &Context, namespace: &str, desired: &ResourceQuota) -> Result<(), Error> {
+    let listed = |quota: &ResourceQuota| {
+        let hard = quota.spec.as_ref().and_then(|s| s.hard.as_ref());
+        hard.map(|h| h.keys().cloned().collect::<Vec<_>>()).unwrap_or_default()
+    };
+    let current = ctx.stores.quotas.get(&ObjectRef::new(desired::QUOTA).within(namespace));
+    let current = current.filter(|c| listed(c) == listed(desired));
+    let api = Api::namespaced(ctx.client.clone(), namespace);
+    write(ctx, "ResourceQuota", apply(&api, desired, current.as_deref()).await?);
     Ok(())
 }
 
