@@ -116,7 +116,7 @@ pub struct TenantPlan {
     pub namespace_hard: BTreeMap<String, Amounts>,
     /// The resources the tenant's tree names in any guarantee or ceiling: its namespaces'
     /// quotas count these (without a limit where no ceiling applies) and only these, so usage
-    /// adds up the same way everywhere in the tree. Counting a resource nobody bounds would
+    /// adds up the same way everywhere in the tree. Counting a resource nobody names would
     /// make every quota write, quota sync and pod admission do more for nothing.
     pub counted: Vec<Resource>,
     /// What the subtree may use now: its `max`, or less where an ancestor's ceiling is shared
