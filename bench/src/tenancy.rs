@@ -3,8 +3,9 @@
 //! 1. Baseline: the same namespaces and objects the controller keeps, written directly by a
 //!    plain client with the same concurrency: the apiserver's own limit for this workload.
 //! 2. The tree applied with `yiyun controller` running: time until every tenant is Ready.
-//! 3. The root's ceiling lowered: time until every tenant's `status.allocated` shows the new
-//!    split (the expected values come from the same pure plan the controller uses).
+//! 3. The root's ceiling lowered, then changed twice more: time until every tenant's
+//!    `status.allocated` shows the new split (the expected values come from the same pure plan
+//!    the controller uses).
 //! 4. Idle: reconciles and writes per minute with nothing changing.
 //! 5. The tree deleted: time until every tenant is gone.
 //!
@@ -243,43 +244,17 @@ pub async fn run(config: Config) -> Result<(), Error> {
     // At least: every managed object once, and one status per tenant.
     let least_writes = namespaces * 5 + specs.len();
 
-    // 3. A lower root ceiling, seen in every subtree's allocation.
-    progress("phase 3/5: lowering the root ceiling from 20000 to 18000 CPUs");
-    let expected = expected_allocations(&specs, 18000, config.namespaces);
-    let before = expected_allocations(&specs, root_max, config.namespaces);
-    let changing = expected.iter().filter(|(name, cpu)| before.get(*name) != Some(*cpu)).count();
-    // From a quiet cluster, as an admin's change would come: the controller done with phase 2,
-    // kube-controller-manager done with the 2,000 new namespaces and quotas.
-    quiet_cluster(&client).await?;
-    let cpu_before = controller.cpu_seconds();
-    let writes_before = controller.counters()?.writes;
-    let started = Instant::now();
-    apply(&client, tenant_object(&specs[0], 18000, config.namespaces)).await?;
-    let halfway = std::cell::Cell::new(None);
-    // When the controller's writes began and when the last one was counted.
-    let first_write = std::cell::Cell::new(None);
-    let last_write = std::cell::Cell::new((writes_before, Duration::ZERO));
-    wait_until(timeout, "every allocation updated", || async {
-        let writes = controller.counters()?.writes;
-        if writes > last_write.get().0 {
-            last_write.set((writes, started.elapsed()));
-            if first_write.get().is_none() {
-                first_write.set(Some(started.elapsed()));
-            }
-        }
-        let right = watched.count(|t| {
-            let allocated = t.status.as_ref().and_then(|s| s.allocated.as_ref()?.cpu.clone());
-            allocated.is_some_and(|cpu| Some(&cpu.0) == expected.get(&t.name_any()))
-        });
-        if halfway.get().is_none() && right * 2 >= specs.len() {
-            halfway.set(Some(started.elapsed()));
-        }
-        Ok((right == specs.len(), format!("{right}/{} allocations current", specs.len())))
-    })
-    .await?;
-    let to_propagate = started.elapsed();
-    let cpu_propagate = controller.cpu_seconds() - cpu_before;
-    let writes_propagate = controller.counters()?.writes - writes_before;
+    // 3. A lower root ceiling, seen in every subtree's allocation; then two more changes, for
+    // the spread between changes within one run.
+    progress("phase 3/5: changing the root ceiling from 20000 to 18000, 16000, then 18000 CPUs");
+    let mut changes = Vec::new();
+    for (from, to) in [(root_max, 18000), (18000, 16000), (16000, 18000)] {
+        changes.push(
+            change_root(&client, &controller, &watched, &specs, (from, to), config.namespaces, timeout)
+                .await?,
+        );
+    }
+    let first = &changes[0];
 
     // 4. Idle.
     progress("phase 4/5: idle");
@@ -329,22 +304,32 @@ pub async fn run(config: Config) -> Result<(), Error> {
     println!("| controller CPU until Ready | {cpu_ready:.1} s | |");
     println!("| controller writes until Ready | {writes_ready:.0} (at least {least_writes}) | |");
     println!(
-        "| root ceiling lowered → {changing} allocations updated, all {} checked | {} | < 5 s |",
+        "| root ceiling lowered → {} allocations updated, all {} checked | {} | < 5 s |",
+        first.changing,
         specs.len(),
-        secs(to_propagate)
+        secs(first.time)
     );
     println!(
         "| … the same writes made directly (2 quotas then a status per tenant, {RECONCILE_CONCURRENCY} at once), all shown | {} (written in {}) | (apiserver limit) |",
         secs(root_change_floor),
         secs(floor_written)
     );
-    println!("| … half of them updated | {} | |", secs(halfway.get().unwrap_or(to_propagate)));
+    println!("| … half of them updated | {} | |", secs(first.halfway));
     println!(
         "| … controller's first and last write (polled every 0.1 s) | {}, {} | |",
-        first_write.get().map_or_else(|| "none".to_string(), secs),
-        secs(last_write.get().1)
+        first.first_write.map_or_else(|| "none".to_string(), secs),
+        secs(first.last_write)
     );
-    println!("| controller writes, CPU for the change | {writes_propagate:.0}, {cpu_propagate:.1} s | |");
+    println!("| controller writes, CPU for the change | {:.0}, {:.1} s | |", first.writes, first.cpu);
+    for change in &changes[1..] {
+        println!(
+            "| root ceiling {} → {} CPUs, {} allocations updated | {} | < 5 s |",
+            change.root.0,
+            change.root.1,
+            change.changing,
+            secs(change.time)
+        );
+    }
     println!("| idle reconciles per minute | {idle_reconciles:.1} | 0 beyond resyncs (every 30 min) |");
     println!("| idle writes per minute | {idle_writes:.1} | 0 |");
     println!("| idle controller CPU over {}s | {idle_cpu:.2} s | |", config.common.idle_seconds);
@@ -352,6 +337,76 @@ pub async fn run(config: Config) -> Result<(), Error> {
     println!("| controller peak RSS | {peak_rss:.0} MiB | |");
     println!("| controller CPU in total | {total_cpu:.1} s | |");
     Ok(())
+}
+
+/// What one change of the root's ceiling took.
+struct RootChange {
+    /// The root's ceiling before and after, in CPUs.
+    root: (u32, u32),
+    /// Tenants whose allocation changes.
+    changing: usize,
+    /// Until every tenant's status showed its new allocation.
+    time: Duration,
+    halfway: Duration,
+    /// When the controller's writes began and when the last one was counted.
+    first_write: Option<Duration>,
+    last_write: Duration,
+    writes: f64,
+    cpu: f64,
+}
+
+/// Sets the root's ceiling to `root.1` CPUs and waits until every status shows the new split.
+async fn change_root(
+    client: &Client,
+    controller: &Controller,
+    watched: &WatchedTenants,
+    specs: &[Spec],
+    root: (u32, u32),
+    per_tenant: usize,
+    timeout: Duration,
+) -> Result<RootChange, Error> {
+    let expected = expected_allocations(specs, root.1, per_tenant);
+    let before = expected_allocations(specs, root.0, per_tenant);
+    let changing = expected.iter().filter(|(name, cpu)| before.get(*name) != Some(*cpu)).count();
+    // From a quiet cluster, as an admin's change would come: the controller done with what came
+    // before, kube-controller-manager done with the new namespaces and quotas.
+    quiet_cluster(client).await?;
+    let cpu_before = controller.cpu_seconds();
+    let writes_before = controller.counters()?.writes;
+    let started = Instant::now();
+    apply(client, tenant_object(&specs[0], root.1, per_tenant)).await?;
+    let halfway = std::cell::Cell::new(None);
+    let first_write = std::cell::Cell::new(None);
+    let last_write = std::cell::Cell::new((writes_before, Duration::ZERO));
+    wait_until(timeout, "every allocation updated", || async {
+        let writes = controller.counters()?.writes;
+        if writes > last_write.get().0 {
+            last_write.set((writes, started.elapsed()));
+            if first_write.get().is_none() {
+                first_write.set(Some(started.elapsed()));
+            }
+        }
+        let right = watched.count(|t| {
+            let allocated = t.status.as_ref().and_then(|s| s.allocated.as_ref()?.cpu.clone());
+            allocated.is_some_and(|cpu| Some(&cpu.0) == expected.get(&t.name_any()))
+        });
+        if halfway.get().is_none() && right * 2 >= specs.len() {
+            halfway.set(Some(started.elapsed()));
+        }
+        Ok((right == specs.len(), format!("{right}/{} allocations current", specs.len())))
+    })
+    .await?;
+    let time = started.elapsed();
+    Ok(RootChange {
+        root,
+        changing,
+        time,
+        halfway: halfway.get().unwrap_or(time),
+        first_write: first_write.get(),
+        last_write: last_write.get().1,
+        writes: controller.counters()?.writes - writes_before,
+        cpu: controller.cpu_seconds() - cpu_before,
+    })
 }
 
 async fn apply(client: &Client, object: Value) -> Result<(), Error> {
