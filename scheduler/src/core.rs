@@ -274,36 +274,7 @@ impl Scheduler {
                 watcher::Event::Init => {}
             },
             Update::PodGroup(event) => self.group_event(event),
-            Update::Tenant(event) => {
-                match event {
-                    watcher::Event::Init => self.relisting_tenants = Some(HashSet::new()),
-                    watcher::Event::Apply(tenant) | watcher::Event::InitApply(tenant) => {
-                        if let Some(seen) = &mut self.relisting_tenants {
-                            seen.insert(tenant.name_any());
-                        }
-                        self.engine.upsert_tenant(crate::tenants::tenant(&tenant));
-                    }
-                    // A deleted tenant's ceiling no longer holds its namespaces' pods.
-                    watcher::Event::Delete(tenant) => self.engine.remove_tenant(&tenant.name_any()),
-                    watcher::Event::InitDone => {
-                        // Tenants deleted while the watch was down sent no Delete.
-                        if let Some(seen) = self.relisting_tenants.take() {
-                            let gone: Vec<String> = self
-                                .engine
-                                .tenants()
-                                .names()
-                                .filter(|name| !seen.contains(*name))
-                                .map(String::from)
-                                .collect();
-                            for name in gone {
-                                self.engine.remove_tenant(&name);
-                            }
-                        }
-                        self.synced.tenants = true;
-                    }
-                }
-                self.requeue = true;
-            }
+            Update::Tenant(event) => self.tenant_event(event),
             Update::Site(event) => {
                 match event {
                     watcher::Event::Apply(site) | watcher::Event::InitApply(site) => {
@@ -340,6 +311,37 @@ impl Scheduler {
                 }
             }
         }
+    }
+
+    fn tenant_event(&mut self, event: watcher::Event<Tenant>) {
+        match event {
+            watcher::Event::Init => self.relisting_tenants = Some(HashSet::new()),
+            watcher::Event::Apply(tenant) | watcher::Event::InitApply(tenant) => {
+                if let Some(seen) = &mut self.relisting_tenants {
+                    seen.insert(tenant.name_any());
+                }
+                self.engine.upsert_tenant(crate::tenants::tenant(&tenant));
+            }
+            // A deleted tenant's ceiling no longer holds its namespaces' pods.
+            watcher::Event::Delete(tenant) => self.engine.remove_tenant(&tenant.name_any()),
+            watcher::Event::InitDone => {
+                // Tenants deleted while the watch was down sent no Delete.
+                if let Some(seen) = self.relisting_tenants.take() {
+                    let gone: Vec<String> = self
+                        .engine
+                        .tenants()
+                        .names()
+                        .filter(|name| !seen.contains(*name))
+                        .map(String::from)
+                        .collect();
+                    for name in gone {
+                        self.engine.remove_tenant(&name);
+                    }
+                }
+                self.synced.tenants = true;
+            }
+        }
+        self.requeue = true;
     }
 
     fn node_event(&mut self, event: watcher::Event<KubeNode>) {

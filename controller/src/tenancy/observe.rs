@@ -50,7 +50,7 @@ impl Observer {
             .collect::<Vec<_>>();
         self.tenants = converted;
 
-        let mut counted = HashMap::with_capacity(quotas.len());
+        let mut converted = HashMap::with_capacity(quotas.len());
         for quota in quotas.iter().filter(|q| q.name_any() == QUOTA) {
             let Some(namespace) = quota.metadata.namespace.clone() else { continue };
             let version = quota.metadata.resource_version.clone();
@@ -66,9 +66,9 @@ impl Observer {
                     quota.spec.as_ref().and_then(|s| s.hard.as_ref()).map(quota_limits).unwrap_or_default(),
                 ),
             };
-            counted.insert(namespace, (version, amounts.0, amounts.1));
+            converted.insert(namespace, (version, amounts.0, amounts.1));
         }
-        self.quotas = counted;
+        self.quotas = converted;
 
         // Only namespaces a tenant owns, claims or may adopt matter to the plan; a cluster has
         // many others.
