@@ -227,6 +227,24 @@ pub(crate) fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// CPU seconds used so far by the processes of a local cluster from `e2e/cluster`, which keeps
+/// their pids next to its kubeconfig; none against any other cluster.
+pub(crate) fn cluster_cpu_seconds() -> Vec<(&'static str, f64)> {
+    let Some(kubeconfig) = std::env::var_os("KUBECONFIG").map(std::path::PathBuf::from) else {
+        return Vec::new();
+    };
+    let Some(state) = kubeconfig.parent() else {
+        return Vec::new();
+    };
+    ["kube-apiserver", "etcd", "kube-controller-manager"]
+        .into_iter()
+        .filter_map(|component| {
+            let pid = std::fs::read_to_string(state.join(format!("{component}.pid"))).ok()?;
+            Some((component, cpu_seconds(pid.trim().parse().ok()?)))
+        })
+        .collect()
+}
+
 /// Peak resident memory of a process in MiB, from /proc.
 pub(crate) fn peak_rss_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();

@@ -27,7 +27,10 @@ use serde_json::{Value, json};
 use yiyun_crds::Tenant;
 use yiyun_quota::{Amounts, Level, Milli, Resource, Standing, TenantNode, World};
 
-use crate::{Common, Controller, Error, MANAGER, idle, install_crds, progress, quiet_cluster, wait_until};
+use crate::{
+    Common, Controller, Error, MANAGER, cluster_cpu_seconds, cpu_seconds, idle, install_crds, progress,
+    quiet_cluster, wait_until,
+};
 
 const PREFIX: &str = "bench";
 
@@ -192,6 +195,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         Ok((listed == stand_ins.len(), format!("{listed} stand-ins listed")))
     })
     .await?;
+    let floor_cpu_before = others_cpu_seconds();
     let started = Instant::now();
     let per_tenant = baseline_names.chunks(config.namespaces.max(1));
     stream::iter(
@@ -212,6 +216,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     })
     .await?;
     let root_change_floor = started.elapsed();
+    let floor_cpu = cpu_since(floor_cpu_before);
     drop(watched);
     stream::iter(stand_ins.iter().map(|name| delete(&tenants, name)))
         .buffer_unordered(config.common.concurrency)
@@ -328,6 +333,10 @@ pub async fn run(config: Config) -> Result<(), Error> {
         secs(root_change_floor),
         secs(floor_written)
     );
+    let cpu_list = |cpu: &[(&str, f64)]| {
+        cpu.iter().map(|(name, cpu)| format!("{name} {cpu:.1} s")).collect::<Vec<_>>().join(", ")
+    };
+    println!("| … CPU of the processes meanwhile | {} | |", cpu_list(&floor_cpu));
     println!("| first change: half of the allocations updated | {} | |", secs(first.halfway));
     println!(
         "| first change: controller's first and last write (polled every 0.1 s) | {}, {} | |",
@@ -335,6 +344,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         secs(first.last_write)
     );
     println!("| first change: controller writes, CPU | {:.0}, {:.1} s | |", first.writes, first.cpu);
+    println!("| first change: CPU of the other processes | {} | |", cpu_list(&first.others_cpu));
     println!("| idle reconciles per minute | {idle_reconciles:.1} | 0 beyond resyncs (every 30 min) |");
     println!("| idle writes per minute | {idle_writes:.1} | 0 |");
     println!("| idle controller CPU over {}s | {idle_cpu:.2} s | |", config.common.idle_seconds);
@@ -358,6 +368,9 @@ struct RootChange {
     last_write: Duration,
     writes: f64,
     cpu: f64,
+    /// CPU seconds each other process used meanwhile: the local cluster's, then the benchmark's
+    /// own (its watch and polling).
+    others_cpu: Vec<(&'static str, f64)>,
 }
 
 /// Sets the root's ceiling to `root.1` CPUs and waits until every status shows the new split.
@@ -377,6 +390,7 @@ async fn change_root(
     // before, kube-controller-manager done with the new namespaces and quotas.
     quiet_cluster(client).await?;
     let cpu_before = controller.cpu_seconds();
+    let others_before = others_cpu_seconds();
     let writes_before = controller.counters()?.writes;
     let started = Instant::now();
     apply(client, tenant_object(&specs[0], root.1, per_tenant)).await?;
@@ -411,7 +425,23 @@ async fn change_root(
         last_write: last_write.get().1,
         writes: controller.counters()?.writes - writes_before,
         cpu: controller.cpu_seconds() - cpu_before,
+        others_cpu: cpu_since(others_before),
     })
+}
+
+/// CPU seconds each process used since `before` was taken by [`others_cpu_seconds`].
+fn cpu_since(before: Vec<(&'static str, f64)>) -> Vec<(&'static str, f64)> {
+    others_cpu_seconds()
+        .into_iter()
+        .zip(before)
+        .map(|((name, after), (_, before))| (name, after - before))
+        .collect()
+}
+
+fn others_cpu_seconds() -> Vec<(&'static str, f64)> {
+    let mut cpu = cluster_cpu_seconds();
+    cpu.push(("benchmark", cpu_seconds(std::process::id())));
+    cpu
 }
 
 async fn apply(client: &Client, object: Value) -> Result<(), Error> {
