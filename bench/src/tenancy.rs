@@ -24,7 +24,7 @@ use kube::{
     core::{ApiResource, GroupVersionKind},
 };
 use serde_json::{Value, json};
-use yiyun_crds::Tenant;
+use yiyun_crds::{TENANT_FINALIZER, Tenant};
 use yiyun_quota::{Amounts, Level, Milli, Resource, Standing, TenantNode, World};
 
 use crate::{
@@ -160,6 +160,8 @@ pub async fn run(config: Config) -> Result<(), Error> {
     ));
 
     install_crds(&client, timeout).await?;
+    // The root's ceiling in CPUs, before phase 3 changes it.
+    let root_max = 20000;
 
     // 1. Baseline: the same objects, written straight.
     quiet_cluster(&client).await?;
@@ -173,16 +175,33 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let baseline = started.elapsed();
 
     // The floor of phase 3: what a root change writes (each tenant's quotas, then its status),
-    // written directly to as many stand-in tenants over the baseline's namespaces, as many at
-    // once as the controller reconciles.
+    // written directly to stand-ins of the tree's tenants over the baseline's namespaces, as many
+    // at once as the controller reconciles. The stand-ins are shaped like the tree's tenants
+    // (spec, finalizer, a status written once before) so that the same writes cost the same.
     let tenants: Api<Tenant> = Api::all(client.clone());
-    let stand_ins: Vec<String> = (0..specs.len()).map(|i| format!("{PREFIX}-base-t{i}")).collect();
-    stream::iter(stand_ins.iter().map(|name| {
-        let object = json!({
-            "apiVersion": "yiyun.io/v1alpha1", "kind": "Tenant", "metadata": {"name": name},
-            "spec": {"displayName": "基准", "level": "province", "quota": {"max": {"cpu": 20}}}
-        });
-        apply(&client, object)
+    let stand_ins: Vec<StandIn> = specs
+        .iter()
+        .zip(baseline_names.chunks(config.namespaces.max(1)))
+        .enumerate()
+        .map(|(i, (spec, namespaces))| StandIn {
+            name: format!("{PREFIX}-base-t{i}"),
+            path: path_of(spec, &specs),
+            namespaces: namespaces.to_vec(),
+        })
+        .collect();
+    stream::iter(specs.iter().zip(&stand_ins).map(|(spec, stand_in)| {
+        let mut object = tenant_object(spec, root_max, config.namespaces);
+        object["metadata"]["name"] = json!(stand_in.name);
+        object["spec"]["namespaces"] = stand_in.namespaces.iter().map(|n| json!({"name": n})).collect();
+        let client = &client;
+        async move {
+            apply(client, object).await?;
+            let finalizer = json!({"metadata": {"finalizers": [TENANT_FINALIZER]}});
+            Api::<Tenant>::all(client.clone())
+                .patch(&stand_in.name, &PatchParams::default(), &Patch::Merge(&finalizer))
+                .await?;
+            write_root_change_directly(client, stand_in, 20).await
+        }
     }))
     .buffer_unordered(config.common.concurrency)
     .try_collect::<Vec<()>>()
@@ -197,16 +216,10 @@ pub async fn run(config: Config) -> Result<(), Error> {
     .await?;
     let floor_cpu_before = others_cpu_seconds();
     let started = Instant::now();
-    let per_tenant = baseline_names.chunks(config.namespaces.max(1));
-    stream::iter(
-        stand_ins
-            .iter()
-            .zip(per_tenant)
-            .map(|(tenant, namespaces)| write_root_change_directly(&client, tenant, namespaces)),
-    )
-    .buffer_unordered(RECONCILE_CONCURRENCY)
-    .try_collect::<Vec<()>>()
-    .await?;
+    stream::iter(stand_ins.iter().map(|stand_in| write_root_change_directly(&client, stand_in, 18)))
+        .buffer_unordered(RECONCILE_CONCURRENCY)
+        .try_collect::<Vec<()>>()
+        .await?;
     let floor_written = started.elapsed();
     wait_until(timeout, "every stand-in's status shown", || async {
         let shown = watched.count(|t| {
@@ -218,10 +231,14 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let root_change_floor = started.elapsed();
     let floor_cpu = cpu_since(floor_cpu_before);
     drop(watched);
-    stream::iter(stand_ins.iter().map(|name| delete(&tenants, name)))
-        .buffer_unordered(config.common.concurrency)
-        .try_collect::<Vec<()>>()
-        .await?;
+    stream::iter(stand_ins.iter().map(|stand_in| async {
+        let no_finalizer = json!({"metadata": {"finalizers": null}});
+        tenants.patch(&stand_in.name, &PatchParams::default(), &Patch::Merge(&no_finalizer)).await?;
+        delete(&tenants, &stand_in.name).await
+    }))
+    .buffer_unordered(config.common.concurrency)
+    .try_collect::<Vec<()>>()
+    .await?;
 
     // 2. The tree, reconciled by the controller, once the cluster is done with the baseline.
     quiet_cluster(&client).await?;
@@ -232,7 +249,6 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let cpu_before = controller.cpu_seconds();
     let writes_before = controller.counters()?.writes;
     let started = Instant::now();
-    let root_max = 20000;
     stream::iter(specs.iter().map(|spec| apply(&client, tenant_object(spec, root_max, config.namespaces))))
         .buffer_unordered(config.common.concurrency)
         .try_collect::<Vec<()>>()
@@ -329,7 +345,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         changes.iter().map(|c| format!("{}→{}: {}", c.root.0, c.root.1, secs(c.time))).collect();
     println!("| … each change, in order | {} | |", each.join(", "));
     println!(
-        "| … the same writes made directly (2 quotas then a status per tenant, {RECONCILE_CONCURRENCY} at once), all shown | {} (written in {}) | (apiserver limit) |",
+        "| … the same writes made directly to stand-ins of the same shape (2 quotas then a status per tenant, {RECONCILE_CONCURRENCY} at once), all shown | {} (written in {}) | (apiserver limit) |",
         secs(root_change_floor),
         secs(floor_written)
     );
@@ -466,17 +482,38 @@ const ROOT_CEILINGS: [u32; 5] = [18000, 16000, 18000, 16000, 20000];
 /// Tenants the tenancy controller reconciles at once.
 const RECONCILE_CONCURRENCY: usize = 64;
 
-/// What the controller writes for one tenant when the root's ceiling changes: a lower quota in
-/// each of its namespaces, then its status.
+/// A tenant of the tree's shape over the baseline's namespaces, with no controller.
+struct StandIn {
+    name: String,
+    /// The path of the tree's tenant it stands in for.
+    path: Vec<String>,
+    namespaces: Vec<String>,
+}
+
+/// Names from the root down to `spec`.
+fn path_of(spec: &Spec, specs: &[Spec]) -> Vec<String> {
+    let by_name: BTreeMap<&str, &Spec> = specs.iter().map(|s| (s.name.as_str(), s)).collect();
+    let mut path = vec![spec.name.clone()];
+    let mut parent = spec.parent.as_deref();
+    while let Some(name) = parent {
+        path.push(name.to_string());
+        parent = by_name.get(name).and_then(|s| s.parent.as_deref());
+    }
+    path.reverse();
+    path
+}
+
+/// What the controller writes for one tenant when the root's ceiling changes: new quotas in
+/// its namespaces (half of `allocated` each, like the baseline's), then its status.
 async fn write_root_change_directly(
     client: &Client,
-    tenant: &str,
-    namespaces: &[String],
+    stand_in: &StandIn,
+    allocated: u32,
 ) -> Result<(), Error> {
-    let quotas = namespaces.iter().map(|ns| async move {
+    let quotas = stand_in.namespaces.iter().map(|ns| async move {
         let quota = json!({
             "apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "q", "namespace": ns},
-            "spec": {"hard": {"requests.cpu": "9"}}
+            "spec": {"hard": {"requests.cpu": (allocated / 2).to_string()}}
         });
         let api: Api<ResourceQuota> = Api::namespaced(client.clone(), ns);
         api.patch("q", &PatchParams::apply(MANAGER).force(), &Patch::Apply(&quota)).await.map(|_| ())
@@ -489,12 +526,15 @@ async fn write_root_change_directly(
             "conditions": [{"type": "Ready", "status": "True", "reason": "Reconciled",
                 "message": "2 namespace(s) in place with quota, defaults, access and isolation",
                 "observedGeneration": 1, "lastTransitionTime": "2026-01-01T00:00:00Z"}],
-            "path": [tenant], "namespaces": namespaces,
-            "usage": {"own": {"cpu": "0"}, "subtree": {"cpu": "0"}}, "allocated": {"cpu": "18"}, "children": 0
+            "path": stand_in.path, "namespaces": stand_in.namespaces,
+            "usage": {"own": {"cpu": "0"}, "subtree": {"cpu": "0"}}, "allocated": {"cpu": allocated.to_string()},
+            "children": 0
         }
     });
     let tenants: Api<Tenant> = Api::all(client.clone());
-    tenants.patch_status(tenant, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&status)).await?;
+    tenants
+        .patch_status(&stand_in.name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&status))
+        .await?;
     Ok(())
 }
 

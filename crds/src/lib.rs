@@ -20,8 +20,8 @@ pub use site::{
     RegionClass, SiteLink, TaintEffect,
 };
 pub use tenant::{
-    DeletionPolicy, NetworkIsolation, ResourceAmounts, Subject, SubjectKind, Tenant, TenantLevel,
-    TenantNamespace, TenantQuota, TenantSpec, TenantStatus, TenantUsage,
+    DeletionPolicy, NetworkIsolation, ResourceAmounts, Subject, SubjectKind, TENANT_FINALIZER, Tenant,
+    TenantLevel, TenantNamespace, TenantQuota, TenantSpec, TenantStatus, TenantUsage,
 };
 
 /// The API group of every yiyun kind.

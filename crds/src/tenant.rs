@@ -7,6 +7,9 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// Blocks a Tenant's deletion until the tenancy controller has released its namespaces.
+pub const TENANT_FINALIZER: &str = "yiyun.io/tenant-cleanup";
+
 /// A government unit of the one cloud: a province, city, county or department. Tenants form a
 /// tree through `spec.parent`; each owns namespaces and holds guaranteed and maximum quota for
 /// its whole subtree.

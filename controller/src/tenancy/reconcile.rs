@@ -15,7 +15,7 @@ use kube::{
 };
 use serde::{Serialize, de::DeserializeOwned};
 use tracing::{info, warn};
-use yiyun_crds::{DeletionPolicy, Tenant, TenantStatus, TenantUsage, labels::TENANT};
+use yiyun_crds::{DeletionPolicy, TENANT_FINALIZER, Tenant, TenantStatus, TenantUsage, labels::TENANT};
 use yiyun_quota::TenantPlan;
 
 use super::{
@@ -28,15 +28,13 @@ use crate::{
     apply::{FIELD_MANAGER, apply},
 };
 
-/// Blocks a Tenant's deletion until its namespaces are released.
-pub const FINALIZER: &str = "yiyun.io/tenant-cleanup";
 /// A safety net: everything is event-driven, this only repairs what a lost event missed.
 const RESYNC: Duration = Duration::from_secs(30 * 60);
 
 pub async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let api: Api<Tenant> = Api::all(ctx.client.clone());
-    let result = finalizer(&api, FINALIZER, tenant, |event| async {
+    let result = finalizer(&api, TENANT_FINALIZER, tenant, |event| async {
         match event {
             Event::Apply(tenant) => reconcile_tenant(&tenant, &ctx).await,
             Event::Cleanup(tenant) => release_tenant(&tenant, &ctx).await,
