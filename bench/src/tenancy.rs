@@ -17,14 +17,14 @@ use std::{
 };
 
 use futures::{StreamExt, TryStreamExt, stream};
-use k8s_openapi::api::core::v1::ResourceQuota;
+use k8s_openapi::{api::core::v1::ResourceQuota, apimachinery::pkg::api::resource::Quantity};
 use kube::{
     Api, Client, ResourceExt,
-    api::{DeleteParams, DynamicObject, Patch, PatchParams},
+    api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams},
     core::{ApiResource, GroupVersionKind},
 };
 use serde_json::{Value, json};
-use yiyun_crds::{TENANT_FINALIZER, Tenant};
+use yiyun_crds::{FIELD_MANAGER, TENANT_FINALIZER, Tenant, labels::TENANT};
 use yiyun_quota::{Amounts, Level, Milli, Resource, Standing, TenantNode, World};
 
 use crate::{
@@ -285,6 +285,27 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let mut times: Vec<Duration> = changes.iter().map(|c| c.time).collect();
     times.sort();
 
+    // The same writes on the tree's own objects, with the controller stopped: the floor in the
+    // cluster as it is now. Then the controller, restarted, finds 3,000 objects not as planned.
+    let mut peak_rss = controller.peak_rss_mib();
+    let mut total_cpu = controller.cpu_seconds();
+    controller.stop();
+    quiet_cluster(&client).await?;
+    let direct = write_tree_change_directly(&client, &watched, timeout).await?;
+    let started = Instant::now();
+    let mut controller = Controller::start()?;
+    controller.wait_ready(timeout).await?;
+    let expected = expected_allocations(&specs, from, config.namespaces);
+    wait_until(timeout, "every allocation restored", || async {
+        let right = watched.count(|t| {
+            let allocated = t.status.as_ref().and_then(|s| s.allocated.as_ref()?.cpu.clone());
+            allocated.is_some_and(|cpu| Some(&cpu.0) == expected.get(&t.name_any()))
+        });
+        Ok((right == specs.len(), format!("{right}/{} allocations restored", specs.len())))
+    })
+    .await?;
+    let restored = started.elapsed();
+
     // 4. Idle.
     progress("phase 4/5: idle");
     let (idle_reconciles, idle_writes, idle_cpu) = idle(&controller, config.common.idle_seconds).await?;
@@ -303,8 +324,8 @@ pub async fn run(config: Config) -> Result<(), Error> {
     })
     .await?;
     let to_delete = started.elapsed();
-    let peak_rss = controller.peak_rss_mib();
-    let total_cpu = controller.cpu_seconds();
+    peak_rss = peak_rss.max(controller.peak_rss_mib());
+    total_cpu += controller.cpu_seconds();
     controller.stop();
     let namespaces_api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
     for ns in &baseline_names {
@@ -353,6 +374,16 @@ pub async fn run(config: Config) -> Result<(), Error> {
         cpu.iter().map(|(name, cpu)| format!("{name} {cpu:.1} s")).collect::<Vec<_>>().join(", ")
     };
     println!("| … CPU of the processes meanwhile | {} | |", cpu_list(&floor_cpu));
+    println!(
+        "| … the same writes made directly to the tree's own objects after the changes, controller stopped | {} (written in {}) | (apiserver limit) |",
+        secs(direct.shown),
+        secs(direct.written)
+    );
+    println!("| … CPU of the processes meanwhile | {} | |", cpu_list(&direct.cpu));
+    println!(
+        "| controller restarted with all 3,000 of those objects off plan → every allocation restored | {} | |",
+        secs(restored)
+    );
     println!("| first change: half of the allocations updated | {} | |", secs(first.halfway));
     println!(
         "| first change: controller's first and last write (polled every 0.1 s) | {}, {} | |",
@@ -481,6 +512,79 @@ const ROOT_CEILINGS: [u32; 5] = [18000, 16000, 18000, 16000, 20000];
 
 /// Tenants the tenancy controller reconciles at once.
 const RECONCILE_CONCURRENCY: usize = 64;
+
+/// How long direct writes took and what they cost.
+struct DirectWrites {
+    written: Duration,
+    /// Until a watch showed every status.
+    shown: Duration,
+    cpu: Vec<(&'static str, f64)>,
+}
+
+/// What the controller writes for a root change, made by this client to the tree's own
+/// objects: each tenant's quotas (with the controller's field manager and labels), then its
+/// status (the current one with another allocation), as many tenants at once as the controller
+/// reconciles. The values are not the plan's: only the cost of the writes is wanted.
+async fn write_tree_change_directly(
+    client: &Client,
+    watched: &WatchedTenants,
+    timeout: Duration,
+) -> Result<DirectWrites, Error> {
+    const MARK: &str = "1";
+    let quotas: Api<ResourceQuota> = Api::all(client.clone());
+    let mut by_tenant: BTreeMap<String, Vec<ResourceQuota>> = BTreeMap::new();
+    for quota in quotas.list(&ListParams::default().labels(TENANT)).await? {
+        if let Some(tenant) = quota.labels().get(TENANT) {
+            by_tenant.entry(tenant.clone()).or_default().push(quota);
+        }
+    }
+    let tenants: Vec<Tenant> = watched.store.state().iter().map(|t| (**t).clone()).collect();
+    let cpu_before = others_cpu_seconds();
+    let started = Instant::now();
+    stream::iter(tenants.iter().map(|tenant| {
+        let quotas = by_tenant.get(&tenant.name_any()).cloned().unwrap_or_default();
+        async move {
+            let writes = quotas.iter().map(|quota| async move {
+                let namespace = quota.namespace().unwrap_or_default();
+                let mut hard = quota.spec.as_ref().and_then(|s| s.hard.clone()).unwrap_or_default();
+                hard.insert("requests.cpu".into(), Quantity(MARK.into()));
+                let body = json!({
+                    "apiVersion": "v1", "kind": "ResourceQuota",
+                    "metadata": {"name": quota.name_any(), "namespace": namespace, "labels": quota.labels()},
+                    "spec": {"hard": hard}
+                });
+                let api: Api<ResourceQuota> = Api::namespaced(client.clone(), &namespace);
+                api.patch(&quota.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
+                    .await
+                    .map(|_| ())
+            });
+            futures::future::try_join_all(writes).await?;
+            let mut status = serde_json::to_value(&tenant.status)?;
+            status["allocated"]["cpu"] = json!(MARK);
+            let body = json!({"apiVersion": "yiyun.io/v1alpha1", "kind": "Tenant", "status": status});
+            let api: Api<Tenant> = Api::all(client.clone());
+            api.patch_status(
+                &tenant.name_any(),
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&body),
+            )
+            .await?;
+            Ok::<(), Error>(())
+        }
+    }))
+    .buffer_unordered(RECONCILE_CONCURRENCY)
+    .try_collect::<Vec<()>>()
+    .await?;
+    let written = started.elapsed();
+    wait_until(timeout, "every direct status shown", || async {
+        let shown = watched.count(|t| {
+            t.status.as_ref().and_then(|s| s.allocated.as_ref()?.cpu.clone()).is_some_and(|cpu| cpu.0 == MARK)
+        });
+        Ok((shown == tenants.len(), format!("{shown}/{} statuses shown", tenants.len())))
+    })
+    .await?;
+    Ok(DirectWrites { written, shown: started.elapsed(), cpu: cpu_since(cpu_before) })
+}
 
 /// A tenant of the tree's shape over the baseline's namespaces, with no controller.
 struct StandIn {

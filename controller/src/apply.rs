@@ -8,8 +8,7 @@ use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
 use yiyun_quota::Milli;
 
-/// The field manager of everything the controllers apply.
-pub const FIELD_MANAGER: &str = "yiyun-controller";
+pub use yiyun_crds::FIELD_MANAGER;
 
 /// Applies `desired` unless `current` already contains every field of it. Returns whether it
 /// wrote. Skipping matters: a controller that rewrites unchanged objects loads the apiserver

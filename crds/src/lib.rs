@@ -27,6 +27,9 @@ pub use tenant::{
 /// The API group of every yiyun kind.
 pub const GROUP: &str = "yiyun.io";
 
+/// The field manager of everything yiyun's controllers apply.
+pub const FIELD_MANAGER: &str = "yiyun-controller";
+
 /// Every CustomResourceDefinition yiyun serves, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
     vec![Tenant::crd(), ComputeSite::crd(), NodePool::crd(), PodGroup::crd()]
