@@ -1,11 +1,13 @@
 //! `yiyun bench tenancy`: a province-wide tenant tree on a real cluster, timed end to end.
 //!
 //! 1. Baseline: the same namespaces and objects the controller keeps, written directly by a
-//!    plain client with the same concurrency: the apiserver's own limit for this workload.
+//!    plain client with the same concurrency: the apiserver's own limit for this workload. Then
+//!    what a root change writes, written directly to stand-ins of the tree's tenants.
 //! 2. The tree applied with `yiyun controller` running: time until every tenant is Ready.
-//! 3. The root's ceiling lowered, then changed twice more: time until every tenant's
+//! 3. The root's ceiling lowered, then changed four times more: time until every tenant's
 //!    `status.allocated` shows the new split (the expected values come from the same pure plan
-//!    the controller uses).
+//!    the controller uses). The same writes then go directly to the tree's own objects with the
+//!    controller stopped, and the restarted controller repairs them.
 //! 4. Idle: reconciles and writes per minute with nothing changing.
 //! 5. The tree deleted: time until every tenant is gone.
 //!
@@ -214,22 +216,13 @@ pub async fn run(config: Config) -> Result<(), Error> {
         Ok((listed == stand_ins.len(), format!("{listed} stand-ins listed")))
     })
     .await?;
-    let floor_cpu_before = others_cpu_seconds();
-    let started = Instant::now();
-    stream::iter(stand_ins.iter().map(|stand_in| write_root_change_directly(&client, stand_in, 18)))
-        .buffer_unordered(RECONCILE_CONCURRENCY)
-        .try_collect::<Vec<()>>()
-        .await?;
-    let floor_written = started.elapsed();
-    wait_until(timeout, "every stand-in's status shown", || async {
-        let shown = watched.count(|t| {
-            t.status.as_ref().and_then(|s| s.allocated.as_ref()?.cpu.clone()).is_some_and(|cpu| cpu.0 == "18")
-        });
-        Ok((shown == stand_ins.len(), format!("{shown}/{} stand-in statuses shown", stand_ins.len())))
-    })
+    let floor = timed_direct_writes(
+        stand_ins.iter().map(|stand_in| write_root_change_directly(&client, stand_in, 18)),
+        &watched,
+        "18",
+        timeout,
+    )
     .await?;
-    let root_change_floor = started.elapsed();
-    let floor_cpu = cpu_since(floor_cpu_before);
     drop(watched);
     stream::iter(stand_ins.iter().map(|stand_in| async {
         let no_finalizer = json!({"metadata": {"finalizers": null}});
@@ -298,8 +291,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let expected = expected_allocations(&specs, from, config.namespaces);
     wait_until(timeout, "every allocation restored", || async {
         let right = watched.count(|t| {
-            let allocated = t.status.as_ref().and_then(|s| s.allocated.as_ref()?.cpu.clone());
-            allocated.is_some_and(|cpu| Some(&cpu.0) == expected.get(&t.name_any()))
+            allocated_cpu(t).is_some_and(|cpu| Some(cpu) == expected.get(&t.name_any()).map(String::as_str))
         });
         Ok((right == specs.len(), format!("{right}/{} allocations restored", specs.len())))
     })
@@ -367,13 +359,13 @@ pub async fn run(config: Config) -> Result<(), Error> {
     println!("| … each change, in order | {} | |", each.join(", "));
     println!(
         "| … the same writes made directly to stand-ins of the same shape (2 quotas then a status per tenant, {RECONCILE_CONCURRENCY} at once), all shown | {} (written in {}) | (apiserver limit) |",
-        secs(root_change_floor),
-        secs(floor_written)
+        secs(floor.shown),
+        secs(floor.written)
     );
     let cpu_list = |cpu: &[(&str, f64)]| {
         cpu.iter().map(|(name, cpu)| format!("{name} {cpu:.1} s")).collect::<Vec<_>>().join(", ")
     };
-    println!("| … CPU of the processes meanwhile | {} | |", cpu_list(&floor_cpu));
+    println!("| … CPU of the processes meanwhile | {} | |", cpu_list(&floor.cpu));
     println!(
         "| … the same writes made directly to the tree's own objects after the changes, controller stopped | {} (written in {}) | (apiserver limit) |",
         secs(direct.shown),
@@ -390,7 +382,10 @@ pub async fn run(config: Config) -> Result<(), Error> {
         first.first_write.map_or_else(|| "none".to_string(), secs),
         secs(first.last_write)
     );
-    println!("| first change: controller writes, CPU | {:.0}, {:.1} s | |", first.writes, first.cpu);
+    println!(
+        "| first change: controller writes, reconciles, CPU | {:.0}, {:.0}, {:.1} s | |",
+        first.writes, first.reconciles, first.cpu
+    );
     println!("| first change: CPU of the other processes | {} | |", cpu_list(&first.others_cpu));
     println!("| idle reconciles per minute | {idle_reconciles:.1} | 0 beyond resyncs (every 30 min) |");
     println!("| idle writes per minute | {idle_writes:.1} | 0 |");
@@ -414,6 +409,7 @@ struct RootChange {
     first_write: Option<Duration>,
     last_write: Duration,
     writes: f64,
+    reconciles: f64,
     cpu: f64,
     /// CPU seconds each other process used meanwhile: the local cluster's, then the benchmark's
     /// own (its watch and polling).
@@ -438,7 +434,8 @@ async fn change_root(
     quiet_cluster(client).await?;
     let cpu_before = controller.cpu_seconds();
     let others_before = others_cpu_seconds();
-    let writes_before = controller.counters()?.writes;
+    let counted_before = controller.counters()?;
+    let writes_before = counted_before.writes;
     let started = Instant::now();
     apply(client, tenant_object(&specs[0], root.1, per_tenant)).await?;
     let halfway = std::cell::Cell::new(None);
@@ -453,8 +450,7 @@ async fn change_root(
             }
         }
         let right = watched.count(|t| {
-            let allocated = t.status.as_ref().and_then(|s| s.allocated.as_ref()?.cpu.clone());
-            allocated.is_some_and(|cpu| Some(&cpu.0) == expected.get(&t.name_any()))
+            allocated_cpu(t).is_some_and(|cpu| Some(cpu) == expected.get(&t.name_any()).map(String::as_str))
         });
         if halfway.get().is_none() && right * 2 >= specs.len() {
             halfway.set(Some(started.elapsed()));
@@ -471,6 +467,7 @@ async fn change_root(
         first_write: first_write.get(),
         last_write: last_write.get().1,
         writes: controller.counters()?.writes - writes_before,
+        reconciles: controller.counters()?.reconciles - counted_before.reconciles,
         cpu: controller.cpu_seconds() - cpu_before,
         others_cpu: cpu_since(others_before),
     })
@@ -539,9 +536,7 @@ async fn write_tree_change_directly(
         }
     }
     let tenants: Vec<Tenant> = watched.store.state().iter().map(|t| (**t).clone()).collect();
-    let cpu_before = others_cpu_seconds();
-    let started = Instant::now();
-    stream::iter(tenants.iter().map(|tenant| {
+    let writes = tenants.iter().map(|tenant| {
         let quotas = by_tenant.get(&tenant.name_any()).cloned().unwrap_or_default();
         async move {
             let writes = quotas.iter().map(|quota| async move {
@@ -571,19 +566,34 @@ async fn write_tree_change_directly(
             .await?;
             Ok::<(), Error>(())
         }
-    }))
-    .buffer_unordered(RECONCILE_CONCURRENCY)
-    .try_collect::<Vec<()>>()
-    .await?;
+    });
+    timed_direct_writes(writes, watched, MARK, timeout).await
+}
+
+/// Runs `writes`, as many at once as the controller reconciles, and waits until the watch
+/// shows `allocated` CPUs in the status of every tenant.
+async fn timed_direct_writes(
+    writes: impl Iterator<Item = impl Future<Output = Result<(), Error>>>,
+    watched: &WatchedTenants,
+    allocated: &str,
+    timeout: Duration,
+) -> Result<DirectWrites, Error> {
+    let cpu_before = others_cpu_seconds();
+    let started = Instant::now();
+    stream::iter(writes).buffer_unordered(RECONCILE_CONCURRENCY).try_collect::<Vec<()>>().await?;
     let written = started.elapsed();
-    wait_until(timeout, "every direct status shown", || async {
-        let shown = watched.count(|t| {
-            t.status.as_ref().and_then(|s| s.allocated.as_ref()?.cpu.clone()).is_some_and(|cpu| cpu.0 == MARK)
-        });
-        Ok((shown == tenants.len(), format!("{shown}/{} statuses shown", tenants.len())))
+    wait_until(timeout, "every direct write shown", || async {
+        let tenants = watched.count(|_| true);
+        let shown = watched.count(|t| allocated_cpu(t) == Some(allocated));
+        Ok((shown == tenants, format!("{shown}/{tenants} statuses shown")))
     })
     .await?;
     Ok(DirectWrites { written, shown: started.elapsed(), cpu: cpu_since(cpu_before) })
+}
+
+/// The CPU a tenant's status shows as allocated.
+fn allocated_cpu(tenant: &Tenant) -> Option<&str> {
+    Some(tenant.status.as_ref()?.allocated.as_ref()?.cpu.as_ref()?.0.as_str())
 }
 
 /// A tenant of the tree's shape over the baseline's namespaces, with no controller.
