@@ -279,7 +279,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     times.sort();
 
     // The same writes on the tree's own objects, with the controller stopped: the floor in the
-    // cluster as it is now. Then the controller, restarted, finds 3,000 objects not as planned.
+    // cluster as it is now. Then the controller, restarted, finds all of them not as planned.
     let mut peak_rss = controller.peak_rss_mib();
     let mut total_cpu = controller.cpu_seconds();
     controller.stop();
@@ -373,7 +373,8 @@ pub async fn run(config: Config) -> Result<(), Error> {
     );
     println!("| … CPU of the processes meanwhile | {} | |", cpu_list(&direct.cpu));
     println!(
-        "| controller restarted with all 3,000 of those objects off plan → every allocation restored | {} | |",
+        "| controller restarted with all {} of those objects off plan → every allocation restored | {} | |",
+        specs.len() * (config.namespaces + 1),
         secs(restored)
     );
     println!("| first change: half of the allocations updated | {} | |", secs(first.halfway));
@@ -618,16 +619,17 @@ fn path_of(spec: &Spec, specs: &[Spec]) -> Vec<String> {
 }
 
 /// What the controller writes for one tenant when the root's ceiling changes: new quotas in
-/// its namespaces (half of `allocated` each, like the baseline's), then its status.
+/// its namespaces (`allocated` split equally, as in the tree), then its status.
 async fn write_root_change_directly(
     client: &Client,
     stand_in: &StandIn,
     allocated: u32,
 ) -> Result<(), Error> {
+    let share = allocated / u32::try_from(stand_in.namespaces.len()).unwrap_or(u32::MAX).max(1);
     let quotas = stand_in.namespaces.iter().map(|ns| async move {
         let quota = json!({
             "apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "q", "namespace": ns},
-            "spec": {"hard": {"requests.cpu": (allocated / 2).to_string()}}
+            "spec": {"hard": {"requests.cpu": share.to_string()}}
         });
         let api: Api<ResourceQuota> = Api::namespaced(client.clone(), ns);
         api.patch("q", &PatchParams::apply(MANAGER).force(), &Patch::Apply(&quota)).await.map(|_| ())
