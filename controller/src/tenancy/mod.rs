@@ -83,9 +83,6 @@ struct Planned {
 
 /// The planner plans once changes have paused this long…
 const PLAN_SETTLE: Duration = Duration::from_millis(100);
-/// …or this long when the tree had been quiet for [`PLAN_MAX_WAIT`]: a lone edit, such as an
-/// admin changing a ceiling, is planned at once; the burst of echoes it starts is batched.
-const PLAN_SETTLE_AFTER_QUIET: Duration = Duration::from_millis(10);
 /// …or, while they keep coming, this long after the first. A change at the root rewrites
 /// thousands of quotas and statuses, and their echoes arrive every few milliseconds: planning
 /// the whole tree for each pause-free 100 ms took half the controller's CPU, CPU the apiserver
@@ -195,10 +192,8 @@ pub async fn run(
     // its spec (generation, which deletion bumps too) and finalizers do.
     let tenant_events = tenant_events
         .predicate_filter(predicates::generation.combine(predicates::finalizers), PredicateConfig::default());
-    // The planner batches bursts already; the debounce only merges a Tenant's own event with the
-    // planner's request for the same tenant, which follow within milliseconds.
     Controller::for_stream(tenant_events, tenants)
-        .with_config(ControllerConfig::default().concurrency(64).debounce(Duration::from_millis(10)))
+        .with_config(ControllerConfig::default().concurrency(64).debounce(Duration::from_millis(100)))
         .watches_stream(namespace_events, |ns| tenant_of(&ns))
         .watches_stream(quota_events, {
             // Most quota events are status updates (usage counted by kube-controller-manager)
@@ -297,18 +292,15 @@ async fn plan_tree(ctx: Arc<Context>, changed: mpsc::Sender<ObjectRef<Tenant>>, 
             }
         }
         last = plan;
-        let planned_at = Instant::now();
         tokio::select! {
             () = ctx.plans.changed.notified() => {}
             () = shutdown.cancelled() => return,
         }
-        let settle =
-            if planned_at.elapsed() >= PLAN_MAX_WAIT { PLAN_SETTLE_AFTER_QUIET } else { PLAN_SETTLE };
         let deadline = tokio::time::Instant::now() + PLAN_MAX_WAIT;
         loop {
             tokio::select! {
                 () = ctx.plans.changed.notified() => {}
-                () = tokio::time::sleep(settle) => break,
+                () = tokio::time::sleep(PLAN_SETTLE) => break,
                 () = tokio::time::sleep_until(deadline) => break,
                 () = shutdown.cancelled() => return,
             }
