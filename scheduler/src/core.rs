@@ -262,14 +262,9 @@ impl Scheduler {
             Update::Namespace(event) => match event {
                 watcher::Event::Apply(ns) | watcher::Event::InitApply(ns) => {
                     let tenant = ns.labels().get(labels::TENANT).cloned();
-                    match tenant {
-                        Some(tenant) => self.tenant_of.insert(ns.name_any(), tenant),
-                        None => self.tenant_of.remove(&ns.name_any()),
-                    };
+                    self.set_tenant_of(ns.name_any(), tenant);
                 }
-                watcher::Event::Delete(ns) => {
-                    self.tenant_of.remove(&ns.name_any());
-                }
+                watcher::Event::Delete(ns) => self.set_tenant_of(ns.name_any(), None),
                 watcher::Event::InitDone => self.synced.namespaces = true,
                 watcher::Event::Init => {}
             },
@@ -311,6 +306,29 @@ impl Scheduler {
                 }
             }
         }
+    }
+
+    /// Records the tenant a namespace belongs to. Pods seen there before (the watches are
+    /// independent, so a pod can arrive before its namespace) are charged to it from now on.
+    fn set_tenant_of(&mut self, namespace: String, tenant: Option<String>) {
+        if self.tenant_of.get(&namespace) == tenant.as_ref() {
+            return;
+        }
+        match &tenant {
+            Some(tenant) => self.tenant_of.insert(namespace.clone(), tenant.clone()),
+            None => self.tenant_of.remove(&namespace),
+        };
+        let in_namespace = |key: &str| key.split_once('/').is_some_and(|(ns, _)| ns == namespace);
+        let pending = self.pending.iter_mut().map(|(key, pending)| (key, &mut pending.pod));
+        let bound =
+            self.bound_on.values_mut().flat_map(|pods| pods.iter_mut().map(|(key, b)| (key, &mut b.pod)));
+        for (key, pod) in pending.chain(bound).filter(|(key, _)| in_namespace(key)) {
+            pod.tenant = tenant.clone();
+            if let Some(placement) = self.engine.placement_of(key) {
+                self.engine.assume(pod, &placement);
+            }
+        }
+        self.requeue = true;
     }
 
     fn tenant_event(&mut self, event: watcher::Event<Tenant>) {
