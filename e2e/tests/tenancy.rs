@@ -142,8 +142,15 @@ async fn a_tree_gets_namespaces_quotas_defaults_access_isolation_and_status() {
     assert_eq!(status.path, [tree.root.clone(), tree.city.clone(), tree.dept_a.clone()]);
     assert_eq!(status.namespaces, [tree.ns_a1.clone(), tree.ns_a2.clone()]);
     assert_eq!(dept_a.spec.display_name, "数据资源管理局", "Chinese names round-trip");
-    let city = wait_ready(&client, &tree.city, "True").await;
-    assert_eq!(city.status.unwrap().children, 2);
+    wait_ready(&client, &tree.city, "True").await;
+    // The tenants are applied one after another: the city may be Ready before the planner has
+    // seen its second child, and its status counts both once it has.
+    let tenants: Api<Tenant> = Api::all(client.clone());
+    eventually(WAIT, "the city's status counts both children", || async {
+        let children = tenants.get(&tree.city).await.ok()?.status?.children;
+        (children == 2).then_some(())
+    })
+    .await;
     wait_ready(&client, &tree.dept_b, "True").await;
 
     let namespaces: Api<Namespace> = Api::all(client.clone());
@@ -313,6 +320,7 @@ async fn edited_or_deleted_managed_objects_are_restored() {
     let controller = InProcessController::start();
     let tree = Tree::apply(&client, "drift").await;
     wait_ready(&client, &tree.dept_a, "True").await;
+    wait_ready(&client, &tree.dept_b, "True").await;
 
     let quotas: Api<ResourceQuota> = Api::namespaced(client.clone(), &tree.ns_a1);
     let hack = json!({"spec": {"hard": {"requests.cpu": "1000"}}});
