@@ -306,6 +306,47 @@ async fn a_tenant_at_its_max_waits_until_a_pod_finishes_or_the_tenant_is_deleted
 }
 
 #[tokio::test]
+async fn a_pod_bound_before_its_namespace_joined_a_tenant_counts_against_it() {
+    let client = client().await;
+    install_crds(&client).await;
+    let ns = TestNamespace::create(&client, "late").await;
+    let tenant = unique("dept");
+    let tenants: Api<yiyun_crds::Tenant> = Api::all(client.clone());
+    tenants
+        .patch(
+            &tenant,
+            &PatchParams::apply(FIELD_MANAGER),
+            &Patch::Apply(&serde_json::json!({
+                "apiVersion": "yiyun.io/v1alpha1", "kind": "Tenant", "metadata": {"name": tenant},
+                "spec": {"displayName": "测试部门", "level": "province", "quota": {"max": {"cpu": "2"}}}
+            })),
+        )
+        .await
+        .expect("create the tenant");
+    let cell = unique("cell");
+    let names = nodes(&client, &cell, 2, 2, 0).await;
+    let scheduler = unique("yiyun-e2e");
+    let _running = SchedulerProcess::start(&scheduler, &["--leader-elect=false"]);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    pods.create(&PostParams::default(), &pod("first", &scheduler, &cell, "2", 0)).await.expect("pod");
+    eventually(WAIT, "first bound", || node_of(&pods, "first")).await;
+    // Only now does the namespace join the tenant: the pod already bound there counts.
+    Api::<Namespace>::all(client.clone())
+        .patch(
+            &ns.name,
+            &PatchParams::apply(FIELD_MANAGER),
+            &Patch::Apply(&serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns.name, "labels": {"yiyun.io/tenant": tenant}}})),
+        )
+        .await
+        .expect("label the namespace");
+    pods.create(&PostParams::default(), &pod("second", &scheduler, &cell, "1", 0)).await.expect("pod");
+    let message = eventually(WAIT, "second waits", || unschedulable_message(&pods, "second")).await;
+    assert_eq!(message, format!("tenant {tenant} at max cpu 2/2"));
+    tenants.delete(&tenant, &DeleteParams::default()).await.expect("delete the tenant");
+    delete_nodes(&client, &names).await;
+}
+
+#[tokio::test]
 async fn a_standby_takes_over_when_the_leader_is_killed() {
     let client = client().await;
     let ns = TestNamespace::create(&client, "ha").await;

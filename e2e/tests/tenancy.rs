@@ -342,7 +342,7 @@ async fn edited_or_deleted_managed_objects_are_restored() {
         "metadata": {"name": "yiyun-quota", "namespace": tree.ns_b, "labels": older.labels()},
         "spec": {"hard": hard}
     });
-    let as_yiyun = PatchParams::apply("yiyun-controller").force();
+    let as_yiyun = PatchParams::apply(yiyun_crds::FIELD_MANAGER).force();
     b_quotas.patch("yiyun-quota", &as_yiyun, &Patch::Apply(&older)).await.unwrap();
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let relabel = json!({"metadata": {"labels": {"yiyun.io/security-level": "1"}}});
