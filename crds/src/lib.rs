@@ -51,7 +51,10 @@ mod tests {
 
     #[test]
     fn checked_in_crds_match_the_rust_types() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/yiyun/crds/crds.yaml");
+        // Found at run time: the target directory is shared between checkouts, and a path
+        // compiled in would point at whichever checkout built this test first.
+        let package = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default();
+        let path = std::path::Path::new(&package).join("../charts/yiyun/crds/crds.yaml");
         let checked_in = std::fs::read_to_string(path).unwrap_or_default();
         let generated = crds_yaml().unwrap();
         assert!(

@@ -179,6 +179,15 @@ pub fn yiyun_bin() -> PathBuf {
     bin
 }
 
+/// The text of `path`, relative to the repository root of the checkout under test. The root is
+/// found at run time: the target directory is shared between checkouts, and a path compiled in
+/// would point at whichever checkout built the test first.
+pub fn repo_file(path: &str) -> String {
+    let package = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR for tests");
+    let file = std::path::Path::new(&package).join("..").join(path);
+    std::fs::read_to_string(&file).unwrap_or_else(|err| panic!("{}: {err}", file.display()))
+}
+
 /// A loopback port free right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()

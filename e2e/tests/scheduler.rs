@@ -532,11 +532,7 @@ async fn a_lender_reclaims_what_a_borrower_took_by_preemption() {
 async fn the_shipped_rbac_is_all_the_scheduler_needs() {
     let client = client().await;
     install_crds(&client).await;
-    let manifest = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../charts/yiyun/templates/scheduler-rbac.yaml"
-    ))
-    .expect("the RBAC manifest");
+    let manifest = yiyun_e2e::repo_file("charts/yiyun/templates/scheduler-rbac.yaml");
     let (ok, out) =
         yiyun_e2e::kubectl_apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: yiyun-system}\n");
     assert!(ok, "{out}");

@@ -1,16 +1,14 @@
 //! ComputeSite and NodePool: the schema and CEL rules the apiserver enforces.
 
-use yiyun_e2e::{client, install_crds, kubectl, kubectl_apply as apply, unique};
+use yiyun_e2e::{client, install_crds, kubectl, kubectl_apply as apply, repo_file, unique};
 
 #[tokio::test]
 async fn the_example_sites_and_pools_are_valid_and_shown_usefully() {
     let client = client().await;
     install_crds(&client).await;
-    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/sites");
-    let (ok, out) = apply(&std::fs::read_to_string(format!("{examples}/sites.yaml")).expect("sites.yaml"));
+    let (ok, out) = apply(&repo_file("examples/sites/sites.yaml"));
     assert!(ok, "{out}");
-    let (ok, out) =
-        apply(&std::fs::read_to_string(format!("{examples}/nodepools.yaml")).expect("nodepools.yaml"));
+    let (ok, out) = apply(&repo_file("examples/sites/nodepools.yaml"));
     assert!(ok, "{out}");
     let table = String::from_utf8_lossy(&kubectl(&["get", "site", "qingyang"]).stdout).into_owned();
     assert!(table.contains("CNY/KWH") && table.contains("west") && table.contains("0.32"), "{table}");
