@@ -520,7 +520,7 @@ struct DirectWrites {
 }
 
 /// What the controller writes for a root change, made by this client to the tree's own
-/// objects: each tenant's quotas (with the controller's field manager and labels), then its
+/// objects: each tenant's quota limits (a merge patch with the controller's field manager), then its
 /// status (the current one with another allocation), as many tenants at once as the controller
 /// reconciles. The values are not the plan's: only the cost of the writes is wanted.
 async fn write_tree_change_directly(
@@ -544,15 +544,11 @@ async fn write_tree_change_directly(
                 let namespace = quota.namespace().unwrap_or_default();
                 let mut hard = quota.spec.as_ref().and_then(|s| s.hard.clone()).unwrap_or_default();
                 hard.insert("requests.cpu".into(), Quantity(MARK.into()));
-                let body = json!({
-                    "apiVersion": "v1", "kind": "ResourceQuota",
-                    "metadata": {"name": quota.name_any(), "namespace": namespace, "labels": quota.labels()},
-                    "spec": {"hard": hard}
-                });
+                let limits = json!({"spec": {"hard": hard}});
                 let api: Api<ResourceQuota> = Api::namespaced(client.clone(), &namespace);
-                api.patch(&quota.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
-                    .await
-                    .map(|_| ())
+                let params =
+                    PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..PatchParams::default() };
+                api.patch(&quota.name_any(), &params, &Patch::Merge(&limits)).await.map(|_| ())
             });
             futures::future::try_join_all(writes).await?;
             let mut status = serde_json::to_value(&tenant.status)?;
@@ -627,12 +623,10 @@ async fn write_root_change_directly(
 ) -> Result<(), Error> {
     let share = allocated / u32::try_from(stand_in.namespaces.len()).unwrap_or(u32::MAX).max(1);
     let quotas = stand_in.namespaces.iter().map(|ns| async move {
-        let quota = json!({
-            "apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "q", "namespace": ns},
-            "spec": {"hard": {"requests.cpu": share.to_string()}}
-        });
+        let limits = json!({"spec": {"hard": {"requests.cpu": share.to_string()}}});
         let api: Api<ResourceQuota> = Api::namespaced(client.clone(), ns);
-        api.patch("q", &PatchParams::apply(MANAGER).force(), &Patch::Apply(&quota)).await.map(|_| ())
+        let params = PatchParams { field_manager: Some(MANAGER.into()), ..PatchParams::default() };
+        api.patch("q", &params, &Patch::Merge(&limits)).await.map(|_| ())
     });
     futures::future::try_join_all(quotas).await?;
     let status = json!({

@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
 /// Reflects watch `events` into a store and passes on the objects they touch, calling
-/// `on_change` after each (the store already holds the change then). The receiver turns true
+/// `on_change` with each (the store already holds the change then). The receiver turns true
 /// once the watch has listed: kube's own store readiness wakes only one of several waiters, and
 /// a controller built on the store is one already.
 ///
@@ -24,7 +24,7 @@ use tokio::sync::watch;
 /// leave `managedFields` unset, which keeps the server's.
 pub fn reflect<K>(
     events: impl Stream<Item = watcher::Result<Event<K>>> + Send + 'static,
-    on_change: impl Fn() + Send + 'static,
+    on_change: impl Fn(&K) + Send + 'static,
 ) -> (Store<K>, watch::Receiver<bool>, impl Stream<Item = Result<K, watcher::Error>> + Send + 'static)
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
@@ -39,7 +39,11 @@ where
             }
         })
         .touched_objects()
-        .inspect(move |_| on_change());
+        .inspect(move |object| {
+            if let Ok(object) = object {
+                on_change(object);
+            }
+        });
     (reader, listed, events)
 }
 

@@ -344,6 +344,11 @@ async fn edited_or_deleted_managed_objects_are_restored() {
     });
     let as_yiyun = PatchParams::apply(yiyun_crds::FIELD_MANAGER).force();
     b_quotas.patch("yiyun-quota", &as_yiyun, &Patch::Apply(&older)).await.unwrap();
+    // Likewise one set by the merge patch yiyun changes limits with (an update, not an apply).
+    let storage = json!({"spec": {"hard": {"requests.storage": "1E"}}});
+    let patch_as_yiyun =
+        PatchParams { field_manager: Some(yiyun_crds::FIELD_MANAGER.into()), ..Default::default() };
+    b_quotas.patch("yiyun-quota", &patch_as_yiyun, &Patch::Merge(&storage)).await.unwrap();
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let relabel = json!({"metadata": {"labels": {"yiyun.io/security-level": "1"}}});
     namespaces.patch(&tree.ns_a1, &PatchParams::default(), &Patch::Merge(&relabel)).await.unwrap();

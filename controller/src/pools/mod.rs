@@ -46,10 +46,10 @@ struct Context {
 /// Runs the node-pool controller until `shutdown`.
 pub async fn run(client: Client, metrics: Metrics, shutdown: CancellationToken) -> Result<(), Error> {
     let changed = Arc::new(Notify::new());
-    let poke = |changed: &Arc<Notify>| {
+    fn poke<K>(changed: &Arc<Notify>) -> impl Fn(&K) + Send + 'static {
         let changed = changed.clone();
-        move || changed.notify_one()
-    };
+        move |_| changed.notify_one()
+    }
     let all = watcher::Config::default();
     let (nodes, nodes_listed, node_events) =
         watches::reflect(watcher(Api::<Node>::all(client.clone()), all.clone()), poke(&changed));

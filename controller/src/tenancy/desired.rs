@@ -115,12 +115,31 @@ fn meta(name: &str, namespace: &str, tenant: &str) -> ObjectMeta {
 /// apiserver rewrites quantities in canonical form).
 pub fn quota_as_planned(plan: &TenantPlan, namespace: &str, current: &BTreeMap<String, Quantity>) -> bool {
     let wanted = quota_hard(&plan.namespace_hard.get(namespace).cloned().unwrap_or_default(), &plan.counted);
+    same_limits(current, &wanted)
+}
+
+/// Whether two quotas' limits name the same resources with the same values.
+pub fn same_limits(current: &BTreeMap<String, Quantity>, wanted: &BTreeMap<String, Quantity>) -> bool {
     wanted.len() == current.len()
         && wanted.iter().all(|(key, q)| {
             current.get(key).is_some_and(|c| {
                 c.0 == q.0 || matches!((Milli::parse(&c.0), Milli::parse(&q.0)), (Ok(a), Ok(b)) if a == b)
             })
         })
+}
+
+/// The JSON merge patch that turns `current` limits into `wanted`: every wanted limit, and null
+/// for each limit the tree no longer counts.
+pub fn limits_patch(
+    current: &BTreeMap<String, Quantity>,
+    wanted: &BTreeMap<String, Quantity>,
+) -> serde_json::Value {
+    let mut hard: serde_json::Map<String, serde_json::Value> =
+        wanted.iter().map(|(key, q)| (key.clone(), serde_json::Value::String(q.0.clone()))).collect();
+    for key in current.keys().filter(|key| !wanted.contains_key(*key)) {
+        hard.insert(key.clone(), serde_json::Value::Null);
+    }
+    serde_json::json!({ "spec": { "hard": hard } })
 }
 
 fn quota_hard(hard: &Amounts, counted: &[Resource]) -> BTreeMap<String, Quantity> {
@@ -259,6 +278,32 @@ mod tests {
             counted: vec![Resource::Cpu, Resource::Memory, Resource::Pods],
             ..TenantPlan::default()
         }
+    }
+
+    fn limits(pairs: &[(&str, &str)]) -> BTreeMap<String, Quantity> {
+        pairs.iter().map(|(k, v)| (k.to_string(), Quantity(v.to_string()))).collect()
+    }
+
+    #[test]
+    fn limits_compare_by_value_and_by_the_resources_they_name() {
+        let wanted = limits(&[("requests.cpu", "2000"), ("pods", "1E")]);
+        assert!(same_limits(&limits(&[("requests.cpu", "2k"), ("pods", "1E")]), &wanted));
+        assert!(!same_limits(&limits(&[("requests.cpu", "2001"), ("pods", "1E")]), &wanted));
+        assert!(!same_limits(&limits(&[("requests.cpu", "2000")]), &wanted));
+        assert!(!same_limits(
+            &limits(&[("requests.cpu", "2000"), ("pods", "1E"), ("requests.storage", "1E")]),
+            &wanted
+        ));
+    }
+
+    #[test]
+    fn the_limits_patch_sets_every_wanted_limit_and_removes_uncounted_ones() {
+        let current = limits(&[("requests.cpu", "2"), ("requests.storage", "1E")]);
+        let wanted = limits(&[("requests.cpu", "3"), ("pods", "1E")]);
+        assert_eq!(
+            limits_patch(&current, &wanted),
+            serde_json::json!({"spec": {"hard": {"requests.cpu": "3", "pods": "1E", "requests.storage": null}}})
+        );
     }
 
     #[test]

@@ -12,7 +12,10 @@ mod reconcile;
 use std::{
     collections::HashMap,
     fmt::Debug,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -73,6 +76,8 @@ impl Stores {
 struct Plans {
     latest: watch::Sender<Option<Arc<Planned>>>,
     changed: Notify,
+    /// Set when a planned Tenant's spec changed: an admin's edit, planned without the settle.
+    edited: AtomicBool,
 }
 
 /// A plan and the generation of every Tenant it was made from.
@@ -83,6 +88,10 @@ struct Planned {
 
 /// The planner plans once changes have paused this long…
 const PLAN_SETTLE: Duration = Duration::from_millis(100);
+/// …or this long when the change is an edit of a planned Tenant after a quiet spell of
+/// [`PLAN_MAX_WAIT`]: the edit is planned at once, and the burst of echoes it starts is batched.
+/// New Tenants always settle: a tree applied in quick succession is planned whole.
+const PLAN_SETTLE_AFTER_EDIT: Duration = Duration::from_millis(10);
 /// …or, while they keep coming, this long after the first. A change at the root rewrites
 /// thousands of quotas and statuses, and their echoes arrive every few milliseconds: planning
 /// the whole tree for each pause-free 100 ms took half the controller's CPU, CPU the apiserver
@@ -91,11 +100,27 @@ const PLAN_MAX_WAIT: Duration = Duration::from_secs(1);
 
 impl Plans {
     fn new() -> Self {
-        Plans { latest: watch::channel(None).0, changed: Notify::new() }
+        Plans { latest: watch::channel(None).0, changed: Notify::new(), edited: AtomicBool::new(false) }
     }
 
     fn mark_stale(&self) {
         self.changed.notify_one();
+    }
+
+    /// Marks the plan stale, noting whether `tenant` is an edit of one the latest plan has seen
+    /// at an older generation.
+    fn mark_tenant_stale(&self, tenant: &Tenant) {
+        let generation = tenant.metadata.generation.unwrap_or_default();
+        let edited = self.latest.borrow().as_ref().is_some_and(|planned| {
+            planned
+                .generations
+                .get(tenant.metadata.name.as_deref().unwrap_or_default())
+                .is_some_and(|g| *g < generation)
+        });
+        if edited {
+            self.edited.store(true, Ordering::Relaxed);
+        }
+        self.mark_stale();
     }
 }
 
@@ -145,7 +170,10 @@ pub async fn run(
     let managed = watcher::Config::default().labels(&format!("{MANAGED_BY}={MANAGED_BY_VALUE}"));
     let all = watcher::Config::default();
     let (tenants, tenants_listed, tenant_events) =
-        reflect_marking(watcher(Api::<Tenant>::all(client.clone()), all.clone()), &plans);
+        crate::watches::reflect(watcher(Api::<Tenant>::all(client.clone()), all.clone()), {
+            let plans = plans.clone();
+            move |tenant: &Tenant| plans.mark_tenant_stale(tenant)
+        });
     let (namespaces, namespaces_listed, namespace_events) =
         reflect_marking(watcher(Api::<PartialObjectMeta<Namespace>>::all(client.clone()), all), &plans);
     let (quotas, quotas_listed, quota_events) =
@@ -192,8 +220,10 @@ pub async fn run(
     // its spec (generation, which deletion bumps too) and finalizers do.
     let tenant_events = tenant_events
         .predicate_filter(predicates::generation.combine(predicates::finalizers), PredicateConfig::default());
+    // The planner batches bursts already; the debounce only merges a tenant's own events with the
+    // planner's request for it, which follow within milliseconds.
     Controller::for_stream(tenant_events, tenants)
-        .with_config(ControllerConfig::default().concurrency(64).debounce(Duration::from_millis(100)))
+        .with_config(ControllerConfig::default().concurrency(64).debounce(Duration::from_millis(10)))
         .watches_stream(namespace_events, |ns| tenant_of(&ns))
         .watches_stream(quota_events, {
             // Most quota events are status updates (usage counted by kube-controller-manager)
@@ -247,7 +277,7 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     let plans = plans.clone();
-    crate::watches::reflect(events, move || plans.mark_stale())
+    crate::watches::reflect(events, move |_: &K| plans.mark_stale())
 }
 
 /// The Tenant an object belongs to, by its `yiyun.io/tenant` label.
@@ -269,6 +299,8 @@ async fn plan_tree(ctx: Arc<Context>, changed: mpsc::Sender<ObjectRef<Tenant>>, 
     let mut last = Arc::new(Plan::default());
     let mut observer = observe::Observer::default();
     loop {
+        // Edits seen from here on are in this plan or wake the next one.
+        ctx.plans.edited.store(false, Ordering::Relaxed);
         let started = Instant::now();
         let stores = &ctx.stores;
         let tenants = stores.tenants.state();
@@ -292,15 +324,22 @@ async fn plan_tree(ctx: Arc<Context>, changed: mpsc::Sender<ObjectRef<Tenant>>, 
             }
         }
         last = plan;
+        let planned_at = Instant::now();
         tokio::select! {
             () = ctx.plans.changed.notified() => {}
             () = shutdown.cancelled() => return,
         }
+        let quiet = planned_at.elapsed() >= PLAN_MAX_WAIT;
+        let settle = if quiet && ctx.plans.edited.load(Ordering::Relaxed) {
+            PLAN_SETTLE_AFTER_EDIT
+        } else {
+            PLAN_SETTLE
+        };
         let deadline = tokio::time::Instant::now() + PLAN_MAX_WAIT;
         loop {
             tokio::select! {
                 () = ctx.plans.changed.notified() => {}
-                () = tokio::time::sleep(PLAN_SETTLE) => break,
+                () = tokio::time::sleep(settle) => break,
                 () = tokio::time::sleep_until(deadline) => break,
                 () = shutdown.cancelled() => return,
             }
