@@ -121,9 +121,10 @@ async fn keep_namespace(objects: &NamespaceObjects, ctx: &Context) -> Result<(),
 
 /// Keeps the namespace's quota: the object is applied when missing or its metadata differs, and
 /// its limits are set by a JSON merge patch. A root change rewrites every namespace's limits,
-/// and for a ResourceQuota a merge patch costs the apiserver about 0.6 ms of CPU against 1.0 ms
-/// for an apply. The patch also removes limits the tree no longer counts, which an apply would
-/// leave in place once a merge patch owns them.
+/// and a merge patch of a ResourceQuota costs the apiserver about 0.4 ms less CPU than an apply
+/// (1.1 against 1.5 ms measured, kube-controller-manager's status update included). The patch
+/// also removes limits the tree no longer counts, which an apply would leave in place once a
+/// merge patch owns them.
 async fn keep_quota(ctx: &Context, namespace: &str, desired: &ResourceQuota) -> Result<(), Error> {
     let api: Api<ResourceQuota> = Api::namespaced(ctx.client.clone(), namespace);
     let current = ctx.stores.quotas.get(&ObjectRef::new(desired::QUOTA).within(namespace));
