@@ -520,9 +520,9 @@ struct DirectWrites {
 }
 
 /// What the controller writes for a root change, made by this client to the tree's own
-/// objects: each tenant's quota limits (a merge patch with the controller's field manager), then its
-/// status (the current one with another allocation), as many tenants at once as the controller
-/// reconciles. The values are not the plan's: only the cost of the writes is wanted.
+/// objects: each tenant's quota limits (a merge patch with the controller's field manager), then
+/// its status (the current one with another allocation), as many tenants at once as the
+/// controller reconciles. The values are not the plan's: only the cost of the writes is wanted.
 async fn write_tree_change_directly(
     client: &Client,
     watched: &WatchedTenants,
