@@ -304,9 +304,27 @@ async fn plan_tree(ctx: Arc<Context>, changed: mpsc::Sender<ObjectRef<Tenant>>, 
         let started = Instant::now();
         let stores = &ctx.stores;
         let tenants = stores.tenants.state();
-        let world = observer.world(&tenants, &stores.namespaces.state(), &stores.quotas.state());
-        let observed = started.elapsed();
-        let plan = Arc::new(yiyun_quota::plan(&world));
+        let (namespaces, quotas) = (stores.namespaces.state(), stores.quotas.state());
+        // Planning is the controller's one stretch of CPU; off the runtime's thread, the
+        // reconciles' I/O goes on meanwhile.
+        let planning = tokio::task::spawn_blocking({
+            let tenants = tenants.clone();
+            move || {
+                let world = observer.world(&tenants, &namespaces, &quotas);
+                let observed = started.elapsed();
+                (yiyun_quota::plan(&world), observed, observer)
+            }
+        });
+        let (plan, observed, returned) = match planning.await {
+            Ok(planned) => planned,
+            // Planning panicked: a bug, never input (the plan reports bad input as problems).
+            Err(err) => {
+                tracing::error!(error = %err, "planning the tenant tree failed; tenancy stops planning");
+                return;
+            }
+        };
+        observer = returned;
+        let plan = Arc::new(plan);
         ctx.metrics.planned();
         let generations =
             tenants.iter().map(|t| (t.name_any(), t.metadata.generation.unwrap_or_default())).collect();
