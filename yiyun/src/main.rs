@@ -128,7 +128,7 @@ where
         let shutdown = CancellationToken::new();
         tokio::spawn(cancel_on_signal(shutdown.clone()));
         let result = component(shutdown).await;
-        guard.shutdown();
+        guard.shutdown().await;
         result
     })
 }

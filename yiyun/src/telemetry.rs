@@ -28,11 +28,14 @@ enum LogFormat {
 pub struct Guard(Option<SdkTracerProvider>);
 
 impl Guard {
-    pub fn shutdown(self) {
-        if let Some(provider) = self.0
-            && let Err(err) = provider.shutdown()
-        {
-            eprintln!("cannot flush traces: {err}");
+    /// Flushes on a blocking thread: the exporter's gRPC connection is driven by the calling
+    /// runtime, which must stay free to send the last spans.
+    pub async fn shutdown(self) {
+        let Some(provider) = self.0 else { return };
+        match tokio::task::spawn_blocking(move || provider.shutdown()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => eprintln!("cannot flush traces: {err}"),
+            Err(err) => eprintln!("cannot flush traces: {err}"),
         }
     }
 }
@@ -70,7 +73,10 @@ fn tracer_provider(endpoint: &str, service: &'static str) -> anyhow::Result<SdkT
         .with_endpoint(endpoint)
         .build()
         .with_context(|| format!("cannot set up trace export to {endpoint}"))?;
-    let processor = BatchSpanProcessor::builder(exporter, opentelemetry_sdk::runtime::Tokio).build();
+    // The batch task gets a thread of its own: on a current-thread runtime, flushing at shutdown
+    // would otherwise wait for a task that only the waiting thread could run.
+    let processor =
+        BatchSpanProcessor::builder(exporter, opentelemetry_sdk::runtime::TokioCurrentThread).build();
     Ok(SdkTracerProvider::builder()
         .with_span_processor(processor)
         .with_resource(Resource::builder().with_service_name(service).build())
