@@ -7,7 +7,8 @@
 //! 3. The root's ceiling lowered, then changed four times more: time until every tenant's
 //!    `status.allocated` shows the new split (the expected values come from the same pure plan
 //!    the controller uses). The same writes then go directly to the tree's own objects with the
-//!    controller stopped, and the restarted controller repairs them.
+//!    controller stopped; every quota is written again by merge patch and by apply, for the
+//!    apiserver's CPU per write of each; and the restarted controller repairs them.
 //! 4. Idle: reconciles and writes per minute with nothing changing.
 //! 5. The tree deleted: time until every tenant is gone.
 //!
@@ -285,14 +286,13 @@ pub async fn run(config: Config) -> Result<(), Error> {
     controller.stop();
     quiet_cluster(&client).await?;
     let direct = write_tree_change_directly(&client, &watched, timeout).await?;
+    let quota_costs = quota_write_costs(&client).await?;
     let started = Instant::now();
     let mut controller = Controller::start()?;
     controller.wait_ready(timeout).await?;
     let expected = expected_allocations(&specs, from, config.namespaces);
     wait_until(timeout, "every allocation restored", || async {
-        let right = watched.count(|t| {
-            allocated_cpu(t).is_some_and(|cpu| Some(cpu) == expected.get(&t.name_any()).map(String::as_str))
-        });
+        let right = watched.count(|t| allocated_as_expected(t, &expected));
         Ok((right == specs.len(), format!("{right}/{} allocations restored", specs.len())))
     })
     .await?;
@@ -372,6 +372,13 @@ pub async fn run(config: Config) -> Result<(), Error> {
         secs(direct.written)
     );
     println!("| … CPU of the processes meanwhile | {} | |", cpu_list(&direct.cpu));
+    let quota_costs: Vec<String> = quota_costs.iter().map(|(how, ms)| format!("{how} {ms:.2} ms")).collect();
+    println!(
+        "| apiserver CPU per quota write ({} quotas, {} at once, the cluster's other work meanwhile included) | {} | |",
+        namespaces,
+        2 * RECONCILE_CONCURRENCY,
+        if quota_costs.is_empty() { "not a local cluster".to_string() } else { quota_costs.join(", ") }
+    );
     println!(
         "| controller restarted with all {} of those objects off plan → every allocation restored | {} | |",
         specs.len() * (config.namespaces + 1),
@@ -450,9 +457,7 @@ async fn change_root(
                 first_write.set(Some(started.elapsed()));
             }
         }
-        let right = watched.count(|t| {
-            allocated_cpu(t).is_some_and(|cpu| Some(cpu) == expected.get(&t.name_any()).map(String::as_str))
-        });
+        let right = watched.count(|t| allocated_as_expected(t, &expected));
         if halfway.get().is_none() && right * 2 >= specs.len() {
             halfway.set(Some(started.elapsed()));
         }
@@ -529,9 +534,8 @@ async fn write_tree_change_directly(
     timeout: Duration,
 ) -> Result<DirectWrites, Error> {
     const MARK: &str = "1";
-    let quotas: Api<ResourceQuota> = Api::all(client.clone());
     let mut by_tenant: BTreeMap<String, Vec<ResourceQuota>> = BTreeMap::new();
-    for quota in quotas.list(&ListParams::default().labels(TENANT)).await? {
+    for quota in tree_quotas(client).await? {
         if let Some(tenant) = quota.labels().get(TENANT) {
             by_tenant.entry(tenant.clone()).or_default().push(quota);
         }
@@ -540,16 +544,8 @@ async fn write_tree_change_directly(
     let writes = tenants.iter().map(|tenant| {
         let quotas = by_tenant.get(&tenant.name_any()).cloned().unwrap_or_default();
         async move {
-            let writes = quotas.iter().map(|quota| async move {
-                let namespace = quota.namespace().unwrap_or_default();
-                let mut hard = quota.spec.as_ref().and_then(|s| s.hard.clone()).unwrap_or_default();
-                hard.insert("requests.cpu".into(), Quantity(MARK.into()));
-                let limits = json!({"spec": {"hard": hard}});
-                let api: Api<ResourceQuota> = Api::namespaced(client.clone(), &namespace);
-                let params =
-                    PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..PatchParams::default() };
-                api.patch(&quota.name_any(), &params, &Patch::Merge(&limits)).await.map(|_| ())
-            });
+            let writes =
+                quotas.iter().map(|quota| write_quota_cpu(client, quota, MARK, QuotaWrite::MergePatch));
             futures::future::try_join_all(writes).await?;
             let mut status = serde_json::to_value(&tenant.status)?;
             status["allocated"]["cpu"] = json!(MARK);
@@ -565,6 +561,71 @@ async fn write_tree_change_directly(
         }
     });
     timed_direct_writes(writes, watched, MARK, timeout).await
+}
+
+/// The ResourceQuotas of the tree's namespaces.
+async fn tree_quotas(client: &Client) -> Result<Vec<ResourceQuota>, Error> {
+    let quotas: Api<ResourceQuota> = Api::all(client.clone());
+    Ok(quotas.list(&ListParams::default().labels(TENANT)).await?.items)
+}
+
+/// How a quota's limits are written.
+#[derive(Clone, Copy)]
+enum QuotaWrite {
+    /// A JSON merge patch of the limits, as the controller changes them.
+    MergePatch,
+    /// Server-side apply of the whole quota, labels included, as the controller creates it.
+    Apply,
+}
+
+/// Sets `quota`'s CPU limit to `cpu` with the controller's field manager.
+async fn write_quota_cpu(
+    client: &Client,
+    quota: &ResourceQuota,
+    cpu: &str,
+    how: QuotaWrite,
+) -> Result<(), Error> {
+    let namespace = quota.namespace().unwrap_or_default();
+    let mut hard = quota.spec.as_ref().and_then(|s| s.hard.clone()).unwrap_or_default();
+    hard.insert("requests.cpu".into(), Quantity(cpu.into()));
+    let api: Api<ResourceQuota> = Api::namespaced(client.clone(), &namespace);
+    match how {
+        QuotaWrite::MergePatch => {
+            let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..PatchParams::default() };
+            api.patch(&quota.name_any(), &params, &Patch::Merge(&json!({"spec": {"hard": hard}}))).await?;
+        }
+        QuotaWrite::Apply => {
+            let body = json!({
+                "apiVersion": "v1", "kind": "ResourceQuota",
+                "metadata": {"name": quota.name_any(), "namespace": namespace, "labels": quota.labels()},
+                "spec": {"hard": hard}
+            });
+            api.patch(&quota.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// The apiserver's CPU per write of every quota of the tree, by merge patch and by apply, twice
+/// each in turn, from the first write until the last has returned (kube-controller-manager's
+/// status updates, the same either way, partly fall inside). Each round starts on a quiet
+/// cluster. Empty against a cluster not started by `e2e/cluster`.
+async fn quota_write_costs(client: &Client) -> Result<Vec<(&'static str, f64)>, Error> {
+    let apiserver_cpu = || cluster_cpu_seconds().into_iter().find(|(name, _)| *name == "kube-apiserver");
+    let mut costs = Vec::new();
+    let rounds = [("merge patch", QuotaWrite::MergePatch), ("apply", QuotaWrite::Apply)].repeat(2);
+    for (round, (name, how)) in rounds.into_iter().enumerate() {
+        let quotas = tree_quotas(client).await?;
+        quiet_cluster(client).await?;
+        let Some((_, before)) = apiserver_cpu() else { return Ok(Vec::new()) };
+        let cpu = (round + 2).to_string();
+        let writes = quotas.iter().map(|quota| write_quota_cpu(client, quota, &cpu, how));
+        stream::iter(writes).buffer_unordered(2 * RECONCILE_CONCURRENCY).try_collect::<Vec<()>>().await?;
+        let Some((_, after)) = apiserver_cpu() else { return Ok(Vec::new()) };
+        costs.push((name, (after - before) * 1000.0 / quotas.len().max(1) as f64));
+    }
+    Ok(costs)
 }
 
 /// Runs `writes`, as many at once as the controller reconciles, and waits until the watch
@@ -586,6 +647,11 @@ async fn timed_direct_writes(
     })
     .await?;
     Ok(DirectWrites { written, shown: started.elapsed(), cpu: cpu_since(cpu_before) })
+}
+
+/// Whether a tenant's status shows the allocation `expected` holds for it.
+fn allocated_as_expected(tenant: &Tenant, expected: &BTreeMap<String, String>) -> bool {
+    allocated_cpu(tenant).is_some_and(|cpu| expected.get(&tenant.name_any()).is_some_and(|e| e == cpu))
 }
 
 /// The CPU a tenant's status shows as allocated.

@@ -263,27 +263,9 @@ async fn a_tenant_at_its_max_waits_until_a_pod_finishes_or_the_tenant_is_deleted
     let client = client().await;
     install_crds(&client).await;
     let ns = TestNamespace::create(&client, "quota").await;
-    let tenant = unique("dept");
+    let tenant = tenant_with_max_cpu(&client, "2").await;
     let tenants: Api<yiyun_crds::Tenant> = Api::all(client.clone());
-    tenants
-        .patch(
-            &tenant,
-            &PatchParams::apply(FIELD_MANAGER),
-            &Patch::Apply(&serde_json::json!({
-                "apiVersion": "yiyun.io/v1alpha1", "kind": "Tenant", "metadata": {"name": tenant},
-                "spec": {"displayName": "测试部门", "level": "province", "quota": {"max": {"cpu": "2"}}}
-            })),
-        )
-        .await
-        .expect("create the tenant");
-    Api::<Namespace>::all(client.clone())
-        .patch(
-            &ns.name,
-            &PatchParams::apply(FIELD_MANAGER),
-            &Patch::Apply(&serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns.name, "labels": {"yiyun.io/tenant": tenant}}})),
-        )
-        .await
-        .expect("label the namespace");
+    join_tenant(&client, &ns.name, &tenant).await;
     let cell = unique("cell");
     let names = nodes(&client, &cell, 2, 2, 0).await;
     let scheduler = unique("yiyun-e2e");
@@ -310,19 +292,8 @@ async fn a_pod_bound_before_its_namespace_joined_a_tenant_counts_against_it() {
     let client = client().await;
     install_crds(&client).await;
     let ns = TestNamespace::create(&client, "late").await;
-    let tenant = unique("dept");
+    let tenant = tenant_with_max_cpu(&client, "2").await;
     let tenants: Api<yiyun_crds::Tenant> = Api::all(client.clone());
-    tenants
-        .patch(
-            &tenant,
-            &PatchParams::apply(FIELD_MANAGER),
-            &Patch::Apply(&serde_json::json!({
-                "apiVersion": "yiyun.io/v1alpha1", "kind": "Tenant", "metadata": {"name": tenant},
-                "spec": {"displayName": "测试部门", "level": "province", "quota": {"max": {"cpu": "2"}}}
-            })),
-        )
-        .await
-        .expect("create the tenant");
     let cell = unique("cell");
     let names = nodes(&client, &cell, 2, 2, 0).await;
     let scheduler = unique("yiyun-e2e");
@@ -331,14 +302,7 @@ async fn a_pod_bound_before_its_namespace_joined_a_tenant_counts_against_it() {
     pods.create(&PostParams::default(), &pod("first", &scheduler, &cell, "2", 0)).await.expect("pod");
     eventually(WAIT, "first bound", || node_of(&pods, "first")).await;
     // Only now does the namespace join the tenant: the pod already bound there counts.
-    Api::<Namespace>::all(client.clone())
-        .patch(
-            &ns.name,
-            &PatchParams::apply(FIELD_MANAGER),
-            &Patch::Apply(&serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns.name, "labels": {"yiyun.io/tenant": tenant}}})),
-        )
-        .await
-        .expect("label the namespace");
+    join_tenant(&client, &ns.name, &tenant).await;
     pods.create(&PostParams::default(), &pod("second", &scheduler, &cell, "1", 0)).await.expect("pod");
     let message = eventually(WAIT, "second waits", || unschedulable_message(&pods, "second")).await;
     assert_eq!(message, format!("tenant {tenant} at max cpu 2/2"));
@@ -384,7 +348,27 @@ async fn a_standby_takes_over_when_the_leader_is_killed() {
     delete_nodes(&client, &names).await;
 }
 
-/// Applies a cluster-scoped yiyun object.
+/// A new root tenant whose subtree may use at most `cpu`.
+async fn tenant_with_max_cpu(client: &Client, cpu: &str) -> String {
+    let tenant = unique("dept");
+    let object = serde_json::json!({
+        "apiVersion": "yiyun.io/v1alpha1", "kind": "Tenant", "metadata": {"name": tenant},
+        "spec": {"displayName": "测试部门", "level": "province", "quota": {"max": {"cpu": cpu}}}
+    });
+    apply_yiyun::<yiyun_crds::Tenant>(client, &tenant, object).await;
+    tenant
+}
+
+/// Labels `namespace` as `tenant`'s.
+async fn join_tenant(client: &Client, namespace: &str, tenant: &str) {
+    let object = serde_json::json!({
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": namespace, "labels": {"yiyun.io/tenant": tenant}}
+    });
+    apply_yiyun::<Namespace>(client, namespace, object).await;
+}
+
+/// Applies a cluster-scoped object.
 async fn apply_yiyun<K>(client: &Client, name: &str, object: serde_json::Value)
 where
     K: kube::Resource<Scope = kube::core::ClusterResourceScope>
