@@ -149,7 +149,7 @@ impl Controller {
         let log = std::env::temp_dir().join("yiyun-bench-controller.log");
         progress(&format!("starting yiyun controller (log: {})", log.display()));
         let child = Command::new(std::env::current_exe()?)
-            .args(["controller", "--admin-addr", &admin.to_string()])
+            .args(["controller", "--leader-elect=false", "--admin-addr", &admin.to_string()])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)
             .spawn()?;

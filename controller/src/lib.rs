@@ -1,16 +1,13 @@
 //! yiyun's controllers. `run` starts them beside the admin server: tenancy and node pools now;
 //! later issues add site status, maintenance, replication and metering.
 
-mod apply;
 mod metrics;
 mod pools;
-mod status;
 mod tenancy;
-mod watches;
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use kube::{Api, Client, api::ListParams};
+use kube::{Api, api::ListParams};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 use yiyun_crds::Tenant;
@@ -24,6 +21,11 @@ pub struct Config {
     /// Address of the admin server (/healthz, /readyz, /metrics).
     #[arg(long, env = "YIYUN_CONTROLLER_ADMIN_ADDR", default_value = "127.0.0.1:9440")]
     pub admin_addr: SocketAddr,
+    /// A kubeconfig to use instead of `KUBECONFIG` or the in-cluster service account.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    #[command(flatten)]
+    pub election: yiyun_kube::leader::Args,
 }
 
 /// Errors of the controller component.
@@ -41,6 +43,10 @@ pub enum Error {
     NotSynced,
     #[error("tenant {tenant} waits for its children to be deleted: {}", children.join(", "))]
     HasChildren { tenant: String, children: Vec<String> },
+    #[error("lost the leader lease; stopping so that another controller can take over")]
+    LostLease,
+    #[error(transparent)]
+    Election(#[from] yiyun_kube::leader::Error),
 }
 
 impl Error {
@@ -58,6 +64,8 @@ impl Error {
             Error::WatchStopped => "watch_stopped",
             Error::NotSynced => "not_synced",
             Error::HasChildren { .. } => "has_children",
+            Error::LostLease => "lost_lease",
+            Error::Election(_) => "election_config",
         }
     }
 
@@ -67,9 +75,10 @@ impl Error {
     }
 }
 
-/// Runs the controllers until `shutdown` is cancelled.
+/// Runs the controllers until `shutdown` is cancelled; with leader election, only while this
+/// replica holds the lease (it stops with [`Error::LostLease`] when it loses it).
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
-    let client = Client::try_default().await?;
+    let client = yiyun_kube::client(config.kubeconfig.as_deref()).await?;
     let mut registry = yiyun_admin::registry("controller", env!("CARGO_PKG_VERSION"));
     let metrics = metrics::Metrics::register(&mut registry);
     yiyun_admin::run_with_admin(config.admin_addr, registry, shutdown.clone(), |readiness| async move {
@@ -82,13 +91,36 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         {
             return Ok(());
         }
+        let election = config.election.election(client.clone(), "yiyun-controller")?;
+        if let Some(election) = &election
+            && !election.acquire(&shutdown).await
+        {
+            return Ok(());
+        }
+        // The controllers stop with the process or with the lease.
+        let work = shutdown.child_token();
         // Readiness follows the tenancy watches; node pools come up beside them.
-        tokio::try_join!(
-            tenancy::run(client.clone(), metrics.clone(), readiness, shutdown.clone()),
-            pools::run(client, metrics, shutdown),
-        )?;
+        let controllers = async {
+            tokio::try_join!(
+                tenancy::run(client.clone(), metrics.clone(), readiness, work.clone()),
+                pools::run(client.clone(), metrics.clone(), work.clone()),
+            )
+        };
+        let result = match &election {
+            // Renewal first: a leader resumed past its deadline stops before it writes. Losing
+            // the lease drops every reconcile in flight with its request.
+            Some(election) => tokio::select! {
+                biased;
+                () = election.keep(&shutdown) => {
+                    work.cancel();
+                    if shutdown.is_cancelled() { Ok(()) } else { Err(Error::LostLease) }
+                }
+                result = controllers => result.map(|_| ()),
+            },
+            None => controllers.await.map(|_| ()),
+        };
         info!("controller stopped");
-        Ok(())
+        result
     })
     .await
 }

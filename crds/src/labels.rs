@@ -9,6 +9,11 @@ pub const MANAGED_BY_VALUE: &str = "yiyun";
 pub const TENANT: &str = "yiyun.io/tenant";
 /// Set on a namespace released by a deleted tenant under the Retain policy.
 pub const ORPHANED_FROM: &str = "yiyun.io/orphaned-from";
+/// Annotation on a namespace yiyun created for a tenant: the Tenant's UID. Only such a namespace
+/// is ever deleted by yiyun (under `deletionPolicy: Delete`, and only for the Tenant of that
+/// UID); one an admin created and a tenant adopted is released, never deleted. Set at creation
+/// only, so a label or a later apply cannot make an adopted namespace deletable.
+pub const CREATED_FOR: &str = "yiyun.io/created-for";
 /// The tenant's MLPS level, on its namespaces.
 pub const SECURITY_LEVEL: &str = "yiyun.io/security-level";
 
@@ -43,6 +48,14 @@ pub const DATA_GIGABYTES: &str = "yiyun.io/data-gb";
 pub const EXPECTED_RUNTIME: &str = "yiyun.io/expected-runtime-seconds";
 pub const DEADLINE: &str = "yiyun.io/deadline-seconds";
 
+/// Whether a label key is yiyun's alone to set on a tenant namespace: under `yiyun.io/`, one of
+/// its subdomains, or `pod-security.kubernetes.io/`. The Tenant schema refuses such keys in
+/// `spec.namespaces[].labels`; this check also covers Tenants stored before it did.
+pub fn is_reserved(key: &str) -> bool {
+    let prefix = key.split_once('/').map_or("", |(prefix, _)| prefix);
+    prefix == "yiyun.io" || prefix.ends_with(".yiyun.io") || prefix == "pod-security.kubernetes.io"
+}
+
 /// `tree.yiyun.io/<tenant>: "true"` marks a namespace of `tenant`'s subtree, one per ancestor.
 pub fn tree_label(tenant: &str) -> String {
     format!("tree.yiyun.io/{tenant}")
@@ -54,4 +67,19 @@ pub fn managed_labels(tenant: &str) -> BTreeMap<String, String> {
         (MANAGED_BY.to_string(), MANAGED_BY_VALUE.to_string()),
         (TENANT.to_string(), tenant.to_string()),
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yiyun_and_pod_security_keys_are_reserved() {
+        for key in ["yiyun.io/tenant", "tree.yiyun.io/anhui", "pod-security.kubernetes.io/enforce"] {
+            assert!(is_reserved(key), "{key}");
+        }
+        for key in ["workload", "app.kubernetes.io/name", "notyiyun.io/x", "example.com/yiyun.io"] {
+            assert!(!is_reserved(key), "{key}");
+        }
+    }
 }

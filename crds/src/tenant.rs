@@ -235,8 +235,13 @@ pub struct TenantNamespace {
     #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')")
         .message("a namespace name must be a DNS label: lowercase letters, digits and '-', starting and ending with a letter or digit"))]
     pub name: String,
-    /// Extra labels for the namespace, on top of the ones yiyun sets.
+    /// Extra labels for the namespace, on top of the ones yiyun sets. Keys under `yiyun.io/`,
+    /// its subdomains (`tree.yiyun.io/`) and `pod-security.kubernetes.io/` are yiyun's to set:
+    /// they decide ownership, isolation and the Pod Security level.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
+    #[x_kube(validation = Rule::new("self.all(k, !k.matches('^([^/]*[.])?yiyun[.]io/') && !k.startsWith('pod-security.kubernetes.io/'))")
+        .message("labels under yiyun.io/, tree.yiyun.io/ (any *.yiyun.io/) and pod-security.kubernetes.io/ are set by yiyun and cannot be given in spec.namespaces[].labels"))]
     pub labels: BTreeMap<String, String>,
 }
 

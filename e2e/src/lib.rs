@@ -204,7 +204,44 @@ pub async fn controller_turn() -> tokio::sync::MutexGuard<'static, ()> {
     CONTROLLER_TURN.lock().await
 }
 
-/// `yiyun_controller::run` in this process, on a free admin port, until `stop` or drop.
+/// Applies the chart's RBAC manifest `manifest` (under `charts/yiyun/templates/`) and writes a
+/// kubeconfig holding only a token of ServiceAccount `yiyun-system/<account>`: a component run
+/// with it has exactly the rights the chart gives it.
+pub fn service_account_kubeconfig(manifest: &str, account: &str) -> PathBuf {
+    let (ok, out) = kubectl_apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: yiyun-system}\n");
+    assert!(ok, "{out}");
+    let (ok, out) = kubectl_apply(&repo_file(&format!("charts/yiyun/templates/{manifest}")));
+    assert!(ok, "the chart's {manifest} applies: {out}");
+    let token = kubectl(&["create", "token", account, "-n", "yiyun-system", "--duration", "2h"]);
+    assert!(token.status.success(), "{}", String::from_utf8_lossy(&token.stderr));
+    let token = String::from_utf8_lossy(&token.stdout).trim().to_string();
+    let view = |path: &str| {
+        let out = kubectl(&["config", "view", "--raw", "--minify", "-o", &format!("jsonpath={path}")]);
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let (server, ca) =
+        (view("{.clusters[0].cluster.server}"), view("{.clusters[0].cluster.certificate-authority}"));
+    let kubeconfig = std::env::temp_dir().join(format!("{}.kubeconfig", unique(account)));
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: \"{server}\", certificate-authority: \"{ca}\"}}}}]\n\
+             users: [{{name: sa, user: {{token: \"{token}\"}}}}]\ncontexts: [{{name: c, context: {{cluster: c, user: sa}}}}]\ncurrent-context: c\n"
+        ),
+    )
+    .expect("write the kubeconfig");
+    kubeconfig
+}
+
+/// The kubeconfig of the controller's ServiceAccount with the chart's controller role, made
+/// once per test binary.
+pub fn controller_kubeconfig() -> PathBuf {
+    static KUBECONFIG: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    KUBECONFIG.get_or_init(|| service_account_kubeconfig("controller-rbac.yaml", "yiyun-controller")).clone()
+}
+
+/// `yiyun_controller::run` in this process, as the controller's ServiceAccount with exactly the
+/// chart's role and with leader election on its Lease, until `stop` or drop.
 pub struct InProcessController {
     shutdown: tokio_util::sync::CancellationToken,
     task: tokio::task::JoinHandle<Result<(), yiyun_controller::Error>>,
@@ -214,7 +251,12 @@ impl InProcessController {
     /// Starts the controller (hold a [`controller_turn`] while it runs).
     pub fn start() -> Self {
         let shutdown = tokio_util::sync::CancellationToken::new();
-        let config = yiyun_controller::Config { admin_addr: "127.0.0.1:0".parse().expect("an address") };
+        let args = ["yiyun-controller", "--admin-addr", "127.0.0.1:0", "--kubeconfig"];
+        let kubeconfig = controller_kubeconfig();
+        let config = <ControllerArgs as clap::Parser>::parse_from(
+            args.iter().copied().chain([kubeconfig.to_str().expect("a UTF-8 path")]),
+        )
+        .config;
         let task = tokio::spawn(yiyun_controller::run(config, shutdown.clone()));
         Self { shutdown, task }
     }
@@ -226,6 +268,21 @@ impl InProcessController {
             within(Duration::from_secs(20), self.task).await.expect("the controller stops within 20s");
         ended.expect("the controller task does not panic").expect("the controller ends without error");
     }
+}
+
+/// `yiyun controller` as a child process's command: admin server on `admin`, the controller's
+/// ServiceAccount and chart role, leader election on its Lease. Hold a [`controller_turn`].
+pub fn controller_command(admin: &str) -> Command {
+    let mut command = Command::new(yiyun_bin());
+    command.args(["controller", "--admin-addr", admin, "--kubeconfig"]).arg(controller_kubeconfig());
+    command
+}
+
+/// The controller's flags as `yiyun controller` parses them, defaults included.
+#[derive(clap::Parser)]
+struct ControllerArgs {
+    #[command(flatten)]
+    config: yiyun_controller::Config,
 }
 
 /// `yiyun scheduler` as a child process (so a test can SIGKILL it), logging to a file under the

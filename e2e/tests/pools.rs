@@ -305,8 +305,7 @@ fn evictions(admin: std::net::SocketAddr) -> Option<u64> {
 fn start_controller_process() -> (std::process::Child, std::net::SocketAddr) {
     let admin: std::net::SocketAddr =
         format!("127.0.0.1:{}", yiyun_e2e::free_port()).parse().expect("an address");
-    let child = std::process::Command::new(yiyun_e2e::yiyun_bin())
-        .args(["controller", "--admin-addr", &admin.to_string()])
+    let child = yiyun_e2e::controller_command(&admin.to_string())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()

@@ -516,41 +516,14 @@ async fn a_lender_reclaims_what_a_borrower_took_by_preemption() {
 async fn the_shipped_rbac_is_all_the_scheduler_needs() {
     let client = client().await;
     install_crds(&client).await;
-    let manifest = yiyun_e2e::repo_file("charts/yiyun/templates/scheduler-rbac.yaml");
-    let (ok, out) =
-        yiyun_e2e::kubectl_apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: yiyun-system}\n");
-    assert!(ok, "{out}");
-    let (ok, out) = yiyun_e2e::kubectl_apply(&manifest);
-    assert!(ok, "the RBAC and FlowSchema apply: {out}");
     // A kubeconfig holding only the ServiceAccount's token.
-    let token = kubectl(&["create", "token", "yiyun-scheduler", "-n", "yiyun-system", "--duration", "1h"]);
-    assert!(token.status.success(), "{}", String::from_utf8_lossy(&token.stderr));
-    let token = String::from_utf8_lossy(&token.stdout).trim().to_string();
-    let view = |path: &str| {
-        let out = kubectl(&["config", "view", "--raw", "--minify", "-o", &format!("jsonpath={path}")]);
-        String::from_utf8_lossy(&out.stdout).to_string()
-    };
-    let (server, ca) =
-        (view("{.clusters[0].cluster.server}"), view("{.clusters[0].cluster.certificate-authority}"));
-    let kubeconfig = std::env::temp_dir().join(format!("{}.kubeconfig", unique("yiyun-scheduler-sa")));
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: \"{server}\", certificate-authority: \"{ca}\"}}}}]\n\
-             users: [{{name: sa, user: {{token: \"{token}\"}}}}]\ncontexts: [{{name: c, context: {{cluster: c, user: sa}}}}]\ncurrent-context: c\n"
-        ),
-    )
-    .expect("write the kubeconfig");
+    let kubeconfig = yiyun_e2e::service_account_kubeconfig("scheduler-rbac.yaml", "yiyun-scheduler");
     let ns = TestNamespace::create(&client, "rbac").await;
     let cell = unique("cell");
     let names = nodes(&client, &cell, 2, 2, 0).await;
     let scheduler = unique("yiyun-e2e");
-    let lease = unique("lease");
-    let mut process = SchedulerProcess::start_as(
-        &scheduler,
-        &["--lease-namespace", "yiyun-system", "--lease-name", &lease],
-        &kubeconfig,
-    );
+    // The chart's Lease, the only one its role may renew.
+    let mut process = SchedulerProcess::start_as(&scheduler, &[], &kubeconfig);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
     pods.create(&PostParams::default(), &pod("fits", &scheduler, &cell, "1", 0)).await.expect("pod");
     pods.create(&PostParams::default(), &pod("too-big", &scheduler, &cell, "100", 0)).await.expect("pod");

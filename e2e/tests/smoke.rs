@@ -102,6 +102,22 @@ async fn invalid_tenants_are_rejected_with_readable_messages() {
     )
     .await;
     assert!(msg.contains("must be a non-negative quantity such as 500m, 4 or 16Gi"), "{msg}");
+
+    // Labels that decide ownership, the tree and Pod Security are yiyun's alone.
+    for key in ["yiyun.io/tenant", "tree.yiyun.io/anhui", "pod-security.kubernetes.io/enforce"] {
+        let msg = rejection(
+            &tenants,
+            serde_json::json!({
+                "displayName": "安徽省", "level": "province",
+                "namespaces": [{"name": "ah-data", "labels": {"workload": "web", key: "privileged"}}]
+            }),
+        )
+        .await;
+        assert!(
+            msg.contains("are set by yiyun and cannot be given in spec.namespaces[].labels"),
+            "{key}: {msg}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -157,17 +173,16 @@ async fn kwok_node_becomes_ready_and_a_pod_bound_to_it_runs() {
     nodes.delete(&node_name, &DeleteParams::default()).await.expect("delete the kwok node");
 }
 
-/// Starts `yiyun <component>`, checks its admin endpoints, sends SIGTERM and expects a clean exit.
-async fn component_serves_admin_endpoints_and_stops_on_sigterm(component: &str, metric: &str) {
+/// Starts a `yiyun` component (`command`, admin server on `addr`), checks its admin endpoints,
+/// sends SIGTERM and expects a clean exit.
+async fn component_serves_admin_endpoints_and_stops_on_sigterm(
+    mut command: Command,
+    addr: SocketAddr,
+    metric: &str,
+) {
     let client = client().await;
     install_crds(&client).await;
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("an address");
-    let mut child = Command::new(yiyun_bin())
-        .args([component, "--admin-addr", &addr.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start yiyun");
+    let mut child = command.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("start yiyun");
 
     let healthz =
         eventually(Duration::from_secs(30), "/healthz", || async { http_get(addr, "/healthz") }).await;
@@ -189,24 +204,40 @@ async fn component_serves_admin_endpoints_and_stops_on_sigterm(component: &str, 
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            panic!("yiyun {component} did not stop within 20s of SIGTERM");
+            panic!("yiyun {command:?} did not stop within 20s of SIGTERM");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
         .expect("read stderr");
-    assert!(exit.success(), "yiyun {component} exited with {exit} after SIGTERM:\n{stderr}");
+    assert!(exit.success(), "yiyun {command:?} exited with {exit} after SIGTERM:\n{stderr}");
     assert!(stderr.contains("SIGTERM received"), "{stderr}");
     assert!(http_get(addr, "/healthz").is_none(), "the admin port is closed after exit");
 }
 
 #[tokio::test]
 async fn controller_answers_healthz_and_stops_on_sigterm() {
-    component_serves_admin_endpoints_and_stops_on_sigterm("controller", "yiyun_controller_build_info").await;
+    let _turn = yiyun_e2e::controller_turn().await;
+    let addr = format!("127.0.0.1:{}", free_port());
+    let command = yiyun_e2e::controller_command(&addr);
+    component_serves_admin_endpoints_and_stops_on_sigterm(
+        command,
+        addr.parse().expect("an address"),
+        "yiyun_controller_build_info",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn scheduler_answers_healthz_and_stops_on_sigterm() {
-    component_serves_admin_endpoints_and_stops_on_sigterm("scheduler", "yiyun_scheduler_build_info").await;
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut command = Command::new(yiyun_bin());
+    command.args(["scheduler", "--leader-elect=false", "--admin-addr", &addr]);
+    component_serves_admin_endpoints_and_stops_on_sigterm(
+        command,
+        addr.parse().expect("an address"),
+        "yiyun_scheduler_build_info",
+    )
+    .await;
 }

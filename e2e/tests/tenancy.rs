@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use k8s_openapi::{
     api::{
-        core::v1::{LimitRange, Namespace, Pod, ResourceQuota},
+        authorization::v1::SubjectAccessReview,
+        core::v1::{ConfigMap, LimitRange, Namespace, Pod, ResourceQuota},
         networking::v1::NetworkPolicy,
         rbac::v1::RoleBinding,
     },
@@ -589,8 +590,7 @@ async fn a_controller_killed_mid_reconcile_converges_after_restart() {
     }
 
     // A real process, killed with SIGKILL as soon as it has started writing.
-    let mut child = std::process::Command::new(yiyun_e2e::yiyun_bin())
-        .args(["controller", "--admin-addr", "127.0.0.1:0"])
+    let mut child = yiyun_e2e::controller_command("127.0.0.1:0")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -628,5 +628,207 @@ async fn a_controller_killed_mid_reconcile_converges_after_restart() {
     for name in &departments {
         let _ = namespaces.delete(name, &DeleteParams::default()).await;
     }
+    controller.stop().await;
+}
+
+/// A namespace made by an admin, not yiyun, with `labels` and a ConfigMap `records` of data.
+async fn namespace_with_data(client: &Client, name: &str, labels: Value) {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}}))
+        .expect("a valid namespace");
+    namespaces.create(&PostParams::default(), &ns).await.unwrap_or_else(|err| panic!("create {name}: {err}"));
+    let data: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "records"}, "data": {"k": "v"}}))
+            .expect("a ConfigMap");
+    Api::<ConfigMap>::namespaced(client.clone(), name)
+        .create(&PostParams::default(), &data)
+        .await
+        .expect("create the ConfigMap");
+}
+
+/// Whether the namespace still stands (not deleted, not terminating) with its ConfigMap `records`.
+async fn data_kept(client: &Client, name: &str) -> bool {
+    let ns = Api::<Namespace>::all(client.clone()).get_opt(name).await.expect("read the namespace");
+    let standing = ns.is_some_and(|ns| ns.metadata.deletion_timestamp.is_none());
+    standing
+        && Api::<ConfigMap>::namespaced(client.clone(), name)
+            .get_opt("records")
+            .await
+            .expect("read the ConfigMap")
+            .is_some()
+}
+
+/// The apiserver's own answer: may `user` read ConfigMaps in `namespace`?
+async fn may_read(client: &Client, user: &str, namespace: &str) -> bool {
+    let review: SubjectAccessReview = serde_json::from_value(json!({
+        "spec": {"user": user, "resourceAttributes": {"namespace": namespace, "verb": "get", "resource": "configmaps"}}
+    }))
+    .expect("a SubjectAccessReview");
+    let answer = Api::<SubjectAccessReview>::all(client.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .expect("a SubjectAccessReview");
+    answer.status.is_some_and(|s| s.allowed)
+}
+
+/// Waits until `user`'s access to `namespace` is `allowed` (RBAC follows bindings within moments).
+async fn wait_access(client: &Client, user: &str, namespace: &str, allowed: bool) {
+    let what = format!("{user} {} read {namespace}", if allowed { "may" } else { "may not" });
+    eventually(WAIT, &what, || async { (may_read(client, user, namespace).await == allowed).then_some(()) })
+        .await;
+}
+
+async fn delete_tenant(client: &Client, name: &str) {
+    let tenants: Api<Tenant> = Api::all(client.clone());
+    let _ = tenants.delete(name, &DeleteParams::default()).await;
+    eventually(WAIT, &format!("tenant {name} gone"), || async {
+        tenants.get_opt(name).await.ok()?.is_none().then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_adoption_route_under_delete_adopts_and_releases_but_never_deletes() {
+    let client = client().await;
+    install_crds(&client).await;
+    let _turn = controller_turn().await;
+    let controller = InProcessController::start();
+    let t = unique("adopt");
+    let (legacy, own) = (format!("{t}-legacy"), format!("{t}-own"));
+    let owner = format!("{t}-owner");
+    // Step one of the README's adoption route: the admin labels the namespace for the tenant.
+    namespace_with_data(&client, &legacy, json!({"yiyun.io/tenant": t})).await;
+    let spec = |namespaces: Value| {
+        json!({
+            "displayName": "档案局", "level": "province", "deletionPolicy": "Delete",
+            "owners": [{"kind": "User", "name": owner}], "namespaces": namespaces
+        })
+    };
+    apply_tenant(&client, &t, spec(json!([{"name": own}]))).await;
+    wait_ready(&client, &t, "True").await;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let waiting = namespaces.get(&legacy).await.unwrap();
+    assert!(data_kept(&client, &legacy).await, "a namespace waiting to be adopted was deleted");
+    assert!(!waiting.labels().contains_key("app.kubernetes.io/managed-by"), "and is not yiyun's yet");
+
+    // Step two: the tenant lists it; yiyun keeps it from now on.
+    apply_tenant(&client, &t, spec(json!([{"name": own}, {"name": legacy}]))).await;
+    wait_ready(&client, &t, "True").await;
+    wait_access(&client, &owner, &legacy, true).await;
+
+    // Deleting the tenant deletes the namespace yiyun created, and only releases the adopted one.
+    delete_tenant(&client, &t).await;
+    eventually(WAIT, "the tenant's own namespace deleted", || async {
+        let ns = namespaces.get_opt(&own).await.ok()?;
+        ns.is_none_or(|ns| ns.metadata.deletion_timestamp.is_some()).then_some(())
+    })
+    .await;
+    assert!(data_kept(&client, &legacy).await, "the adopted namespace or its data was deleted");
+    let released = namespaces.get(&legacy).await.unwrap();
+    assert_eq!(released.labels().get("yiyun.io/orphaned-from"), Some(&t));
+    assert!(!released.labels().contains_key("app.kubernetes.io/managed-by"));
+    wait_access(&client, &owner, &legacy, false).await;
+    let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), &legacy);
+    assert!(bindings.get_opt("yiyun-owners").await.unwrap().is_none());
+
+    let _ = namespaces.delete(&legacy, &DeleteParams::default()).await;
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn a_mislabelled_namespace_holding_data_is_released_not_deleted() {
+    let client = client().await;
+    install_crds(&client).await;
+    let _turn = controller_turn().await;
+    let controller = InProcessController::start();
+    let t = unique("mislabel");
+    let (system, own) = (format!("{t}-system"), format!("{t}-own"));
+    // Labelled as if yiyun kept it for the tenant (copied from another namespace, say), but
+    // never created by yiyun for it.
+    namespace_with_data(
+        &client,
+        &system,
+        json!({"yiyun.io/tenant": t, "app.kubernetes.io/managed-by": "yiyun"}),
+    )
+    .await;
+    apply_tenant(
+        &client,
+        &t,
+        json!({"displayName": "大数据局", "level": "province", "deletionPolicy": "Delete", "namespaces": [{"name": own}]}),
+    )
+    .await;
+    wait_ready(&client, &t, "True").await;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    eventually(WAIT, "the mislabelled namespace released", || async {
+        let ns = namespaces.get(&system).await.ok()?;
+        ns.labels().contains_key("yiyun.io/orphaned-from").then_some(())
+    })
+    .await;
+    assert!(data_kept(&client, &system).await, "a namespace yiyun did not create was deleted");
+
+    // The tenant's own namespace, created by yiyun, carries the tenant's UID.
+    let tenant = Api::<Tenant>::all(client.clone()).get(&t).await.unwrap();
+    let created = namespaces.get(&own).await.unwrap();
+    assert_eq!(created.annotations().get("yiyun.io/created-for"), tenant.metadata.uid.as_ref());
+
+    delete_tenant(&client, &t).await;
+    assert!(data_kept(&client, &system).await);
+    let _ = namespaces.delete(&system, &DeleteParams::default()).await;
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn a_released_namespace_adopted_by_another_tenant_serves_only_its_new_owners() {
+    let client = client().await;
+    install_crds(&client).await;
+    let _turn = controller_turn().await;
+    let controller = InProcessController::start();
+    let p = unique("handover");
+    let (a, b, ns) = (format!("{p}-a"), format!("{p}-b"), format!("{p}-data"));
+    let (alice, bob) = (format!("{p}-alice"), format!("{p}-bob"));
+    let spec = |owner: &str, isolation: &str, namespaces: Value| {
+        json!({
+            "displayName": "卫健委", "level": "province", "networkIsolation": isolation,
+            "owners": [{"kind": "User", "name": owner}], "namespaces": namespaces
+        })
+    };
+    apply_tenant(&client, &a, spec(&alice, "strict", json!([{"name": ns}]))).await;
+    wait_ready(&client, &a, "True").await;
+    wait_access(&client, &alice, &ns, true).await;
+    let data: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "records"}, "data": {"k": "v"}})).unwrap();
+    Api::<ConfigMap>::namespaced(client.clone(), &ns).create(&PostParams::default(), &data).await.unwrap();
+
+    // Released by A (Retain): the data stays; A's access and isolation go.
+    apply_tenant(&client, &a, spec(&alice, "strict", json!([]))).await;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    eventually(WAIT, "the namespace released by A", || async {
+        let labels = namespaces.get(&ns).await.ok()?.metadata.labels?;
+        (labels.get("yiyun.io/orphaned-from") == Some(&a)).then_some(())
+    })
+    .await;
+    wait_access(&client, &alice, &ns, false).await;
+    let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns);
+    assert!(
+        policies.get_opt("yiyun-isolation").await.unwrap().is_none(),
+        "A's isolation outlived the release"
+    );
+    assert!(data_kept(&client, &ns).await);
+
+    // Adopted by B: only B's owners have access.
+    let label = json!({"metadata": {"labels": {"yiyun.io/tenant": b}}});
+    namespaces.patch(&ns, &PatchParams::default(), &Patch::Merge(&label)).await.unwrap();
+    apply_tenant(&client, &b, spec(&bob, "none", json!([{"name": ns}]))).await;
+    wait_ready(&client, &b, "True").await;
+    wait_access(&client, &bob, &ns, true).await;
+    assert!(!may_read(&client, &alice, &ns).await, "A's owner kept access after the handover");
+    let owners = Api::<RoleBinding>::namespaced(client.clone(), &ns).get("yiyun-owners").await.unwrap();
+    let subjects: Vec<String> = owners.subjects.unwrap_or_default().into_iter().map(|s| s.name).collect();
+    assert_eq!(subjects, std::slice::from_ref(&bob));
+    assert!(data_kept(&client, &ns).await);
+
+    delete_tenant(&client, &a).await;
+    delete_tenant(&client, &b).await;
+    let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
     controller.stop().await;
 }

@@ -27,6 +27,7 @@ use yiyun_engine::{
     gang::{Gang, Level, Mode},
     model::Pod,
 };
+use yiyun_kube::leader::Leadership;
 
 use crate::{Config, Error, convert, metrics::Metrics, report::Reporter};
 
@@ -137,6 +138,8 @@ pub struct Scheduler {
     metrics: Metrics,
     first_bind_logged: bool,
     started: Instant,
+    /// Every write goes through it: nothing is sent once the lease is lost.
+    leadership: Leadership,
 }
 
 /// The events of one kind, tagged; `kind` names it when the watch fails.
@@ -159,13 +162,14 @@ where
 }
 
 impl Scheduler {
-    pub fn new(config: Config, client: Client, metrics: Metrics) -> Self {
+    pub fn new(config: Config, client: Client, metrics: Metrics, leadership: Leadership) -> Self {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let mut engine = Engine::new(Policy::Yiyun, 1);
         engine.set_evictions_per_minute(config.evictions_per_minute);
         Scheduler {
             bind_permits: Arc::new(Semaphore::new(config.bind_concurrency.max(1))),
-            reporter: Reporter::new(client.clone(), config.scheduler_name.clone()),
+            reporter: Reporter::new(client.clone(), config.scheduler_name.clone(), leadership.clone()),
+            leadership,
             config,
             client,
             engine,
@@ -699,9 +703,11 @@ impl Scheduler {
                     "lastTransitionTime": k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()),
                 }],
             }});
+            let leadership = self.leadership.clone();
             tokio::spawn(async move {
-                if let Err(err) =
-                    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await
+                if let Some(Err(err)) = leadership
+                    .while_leading(api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)))
+                    .await
                 {
                     debug!(group = %name, error = %err, "cannot write the PodGroup status");
                 }
@@ -822,8 +828,11 @@ impl Scheduler {
         let pods: Api<KubePod> = Api::namespaced(self.client.clone(), namespace);
         let status = serde_json::json!({"status": {"nominatedNodeName": node}});
         let name = name.to_string();
+        let leadership = self.leadership.clone();
         tokio::spawn(async move {
-            if let Err(err) = pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await
+            if let Some(Err(err)) = leadership
+                .while_leading(pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)))
+                .await
             {
                 debug!(pod = %name, error = %err, "cannot write nominatedNodeName");
             }
@@ -836,9 +845,15 @@ impl Scheduler {
             let api: Api<KubePod> = Api::namespaced(self.client.clone(), &namespace);
             let done = self.done_tx.clone();
             let preemptor = pod.key.clone();
+            let leadership = self.leadership.clone();
             tokio::spawn(async move {
-                let result = api.evict(&name, &kube::api::EvictParams::default()).await.map(|_| ());
-                let _ = done.send(Done::Evicted { victim, preemptor, result });
+                // Lease lost: the process is stopping, nothing to record.
+                let Some(result) =
+                    leadership.while_leading(api.evict(&name, &kube::api::EvictParams::default())).await
+                else {
+                    return;
+                };
+                let _ = done.send(Done::Evicted { victim, preemptor, result: result.map(|_| ()) });
             });
         }
         true
@@ -916,9 +931,13 @@ impl Scheduler {
         let permits = self.bind_permits.clone();
         let done = self.done_tx.clone();
         let key = pod.key.clone();
+        let leadership = self.leadership.clone();
         tokio::spawn(async move {
             let _permit = permits.acquire_owned().await;
-            let result = bind(&api, &name, &uid, &node, gpus).await;
+            // Lease lost: the process is stopping, nothing to record.
+            let Some(result) = leadership.while_leading(bind(&api, &name, &uid, &node, gpus)).await else {
+                return;
+            };
             let _ = done.send(Done::Bound { key, result });
         });
     }

@@ -4,17 +4,16 @@
 
 mod convert;
 mod core;
-mod leader;
 mod metrics;
 mod report;
 mod sites;
 mod tenants;
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use kube::Client;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
+use yiyun_kube::leader::Leadership;
 
 const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -34,18 +33,11 @@ pub struct Config {
     /// Most pods preemption may evict per minute.
     #[arg(long, env = "YIYUN_SCHEDULER_EVICTIONS_PER_MINUTE", default_value_t = yiyun_engine::DEFAULT_EVICTIONS_PER_MINUTE)]
     pub evictions_per_minute: usize,
-    /// Lead through a Lease so that standbys can take over; off for a single instance.
-    #[arg(long, env = "YIYUN_SCHEDULER_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
-    pub leader_elect: bool,
-    /// Namespace of the Lease.
-    #[arg(long, env = "YIYUN_SCHEDULER_LEASE_NAMESPACE", default_value = "kube-system")]
-    pub lease_namespace: String,
-    /// Name of the Lease.
-    #[arg(long, env = "YIYUN_SCHEDULER_LEASE_NAME", default_value = "yiyun-scheduler")]
-    pub lease_name: String,
-    /// Identity in the Lease; defaults to the host name and process id.
-    #[arg(long, env = "YIYUN_SCHEDULER_IDENTITY")]
-    pub identity: Option<String>,
+    /// A kubeconfig to use instead of `KUBECONFIG` or the in-cluster service account.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    #[command(flatten)]
+    pub election: yiyun_kube::leader::Args,
 }
 
 /// Errors of the scheduler component.
@@ -59,6 +51,8 @@ pub enum Error {
     WatchEnded,
     #[error("lost the leader lease; stopping so that another scheduler can take over")]
     LostLease,
+    #[error(transparent)]
+    Election(#[from] yiyun_kube::leader::Error),
 }
 
 impl Error {
@@ -69,20 +63,14 @@ impl Error {
             Error::Admin(err) => err.label(),
             Error::WatchEnded => "watch_ended",
             Error::LostLease => "lost_lease",
+            Error::Election(_) => "election_config",
         }
     }
 }
 
-fn identity(config: &Config) -> String {
-    config.identity.clone().unwrap_or_else(|| {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-        format!("{}-{}", host.trim(), std::process::id())
-    })
-}
-
 /// Runs the scheduler until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
-    let client = Client::try_default().await?;
+    let client = yiyun_kube::client(config.kubeconfig.as_deref()).await?;
     let mut registry = yiyun_admin::registry("scheduler", env!("CARGO_PKG_VERSION"));
     let metrics = metrics::Metrics::register(&mut registry);
     yiyun_admin::run_with_admin(config.admin_addr, registry, shutdown.clone(), |readiness| async move {
@@ -91,14 +79,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         {
             return Ok(());
         }
-        let election = config.leader_elect.then(|| {
-            leader::Election::new(
-                client.clone(),
-                &config.lease_namespace,
-                &config.lease_name,
-                &identity(&config),
-            )
-        });
+        let election = config.election.election(client.clone(), "yiyun-scheduler")?;
         if let Some(election) = &election
             && !election.acquire(&shutdown).await
         {
@@ -106,14 +87,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         }
         readiness.set(true);
         info!(scheduler = %config.scheduler_name, "scheduling");
-        let scheduler = core::Scheduler::new(config, client, metrics);
+        let leadership = election.as_ref().map_or_else(Leadership::alone, |e| e.leadership());
+        let scheduler = core::Scheduler::new(config, client, metrics, leadership);
         let work = scheduler.run(shutdown.clone());
         match &election {
+            // Renewal first: a leader resumed past its deadline stops before it schedules.
             Some(election) => tokio::select! {
-                result = work => result,
+                biased;
                 _ = election.keep(&shutdown) => {
                     if shutdown.is_cancelled() { Ok(()) } else { Err(Error::LostLease) }
                 }
+                result = work => result,
             },
             None => work.await,
         }

@@ -18,6 +18,7 @@ use kube::{
     api::{Patch, PatchParams, PostParams},
 };
 use tracing::debug;
+use yiyun_kube::leader::Leadership;
 
 /// Events written per second at most, over all pods.
 const EVENTS_PER_SECOND: u32 = 20;
@@ -28,13 +29,15 @@ pub struct Reporter {
     /// The explanation last written per pod.
     written: HashMap<String, String>,
     budget: Arc<Mutex<(Instant, u32)>>,
+    leadership: Leadership,
 }
 
 impl Reporter {
-    pub fn new(client: Client, component: String) -> Self {
+    pub fn new(client: Client, component: String, leadership: Leadership) -> Self {
         Reporter {
             client,
             component,
+            leadership,
             written: HashMap::new(),
             budget: Arc::new(Mutex::new((Instant::now(), 0))),
         }
@@ -64,7 +67,9 @@ impl Reporter {
             budget.1 += 1;
             budget.1 <= EVENTS_PER_SECOND
         };
+        let leadership = self.leadership.clone();
         tokio::spawn(async move {
+            let leadership = &leadership;
             let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
             let now = Time(Timestamp::now());
             let status = serde_json::json!({
@@ -73,10 +78,15 @@ impl Reporter {
                     "message": message, "lastTransitionTime": now,
                 }]}
             });
-            if let Err(err) =
-                pods.patch_status(&name, &PatchParams::default(), &Patch::Strategic(&status)).await
+            match leadership
+                .while_leading(pods.patch_status(&name, &PatchParams::default(), &Patch::Strategic(&status)))
+                .await
             {
-                debug!(pod = %name, error = %err, "cannot write the PodScheduled condition");
+                Some(Err(err)) => {
+                    debug!(pod = %name, error = %err, "cannot write the PodScheduled condition")
+                }
+                Some(Ok(_)) => {}
+                None => return,
             }
             if !event_allowed {
                 return;
@@ -102,7 +112,9 @@ impl Reporter {
                 count: Some(1),
                 ..Event::default()
             };
-            if let Err(err) = events.create(&PostParams::default(), &event).await {
+            if let Some(Err(err)) =
+                leadership.while_leading(events.create(&PostParams::default(), &event)).await
+            {
                 debug!(pod = %name, error = %err, "cannot write the FailedScheduling event");
             }
         });

@@ -25,7 +25,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use yiyun_crds::{ComputeSite, ComputeSiteStatus, MaintenanceStatus, NodePool, NodePoolStatus};
 
-use crate::{Error, apply::FIELD_MANAGER, metrics::Metrics, watches};
+use yiyun_kube::{apply::FIELD_MANAGER, watches};
+
+use crate::{Error, metrics::Metrics};
 
 const CONTROLLER: &str = "pools";
 /// How long status writing lets a burst of node changes settle.
@@ -254,7 +256,7 @@ async fn write_status(
     let previous = pool.status.as_ref();
     let conditions = previous.map(|s| s.conditions.as_slice()).unwrap_or_default();
     let condition = match &report.problem {
-        Some(problem) => crate::status::ready_condition(
+        Some(problem) => yiyun_kube::conditions::ready_condition(
             conditions,
             false,
             problem.reason,
@@ -263,7 +265,13 @@ async fn write_status(
         ),
         None => {
             let message = format!("{} node(s) labelled and tainted", report.nodes.total);
-            crate::status::ready_condition(conditions, true, "Reconciled", &message, pool.metadata.generation)
+            yiyun_kube::conditions::ready_condition(
+                conditions,
+                true,
+                "Reconciled",
+                &message,
+                pool.metadata.generation,
+            )
         }
     };
     let status = NodePoolStatus {
@@ -275,7 +283,7 @@ async fn write_status(
         maintenance,
     };
     let api: Api<NodePool> = Api::all(ctx.client.clone());
-    if crate::status::write_status(&api, &pool.name_any(), previous, &status).await? {
+    if yiyun_kube::conditions::write_status(&api, &pool.name_any(), previous, &status).await? {
         ctx.metrics.wrote(CONTROLLER, "NodePoolStatus");
     }
     Ok(())
@@ -289,8 +297,13 @@ async fn write_site_status(
     let previous = site.status.as_ref();
     let message = format!("{} node(s) in {} rack(s)", report.nodes, report.racks);
     let conditions = previous.map(|s| s.conditions.as_slice()).unwrap_or_default();
-    let condition =
-        crate::status::ready_condition(conditions, true, "Observed", &message, site.metadata.generation);
+    let condition = yiyun_kube::conditions::ready_condition(
+        conditions,
+        true,
+        "Observed",
+        &message,
+        site.metadata.generation,
+    );
     let status = ComputeSiteStatus {
         observed_generation: site.metadata.generation,
         conditions: vec![condition],
@@ -301,7 +314,7 @@ async fn write_site_status(
         allocated: Some(report.allocated),
     };
     let api: Api<ComputeSite> = Api::all(ctx.client.clone());
-    if crate::status::write_status(&api, &site.name_any(), previous, &status).await? {
+    if yiyun_kube::conditions::write_status(&api, &site.name_any(), previous, &status).await? {
         ctx.metrics.wrote(CONTROLLER, "ComputeSiteStatus");
     }
     Ok(())

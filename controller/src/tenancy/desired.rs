@@ -17,10 +17,13 @@ use k8s_openapi::{
         util::intstr::IntOrString,
     },
 };
-use yiyun_crds::{NetworkIsolation, SubjectKind, Tenant};
+use yiyun_crds::{DeletionPolicy, NetworkIsolation, SubjectKind, Tenant};
 use yiyun_quota::{Amounts, Milli, Resource, TenantPlan};
 
-use yiyun_crds::labels::{ORPHANED_FROM, SECURITY_LEVEL, TENANT, managed_labels, tree_label};
+use yiyun_crds::labels::{
+    CREATED_FOR, MANAGED_BY, MANAGED_BY_VALUE, ORPHANED_FROM, SECURITY_LEVEL, TENANT, is_reserved,
+    managed_labels, tree_label,
+};
 
 /// Names of the objects yiyun keeps in every tenant namespace.
 pub const QUOTA: &str = "yiyun-quota";
@@ -50,6 +53,7 @@ pub fn namespace_objects(tenant: &Tenant, plan: &TenantPlan, namespace: &str) ->
     let spec = &tenant.spec;
     let extra = spec.namespaces.iter().find(|ns| ns.name == namespace).map(|ns| ns.labels.clone());
     let mut labels: BTreeMap<String, String> = extra.unwrap_or_default();
+    labels.retain(|key, _| !is_reserved(key));
     labels.extend(managed_labels(name));
     for ancestor in &plan.path {
         labels.insert(tree_label(ancestor), "true".into());
@@ -82,6 +86,53 @@ pub fn namespace_objects(tenant: &Tenant, plan: &TenantPlan, namespace: &str) ->
         owners: role_binding(OWNERS, "admin", &spec.owners, namespace, name),
         members: role_binding(MEMBERS, "edit", &spec.members, namespace, name),
         isolation: isolation(spec.network_isolation, namespace, name),
+    }
+}
+
+/// A namespace yiyun is about to create for `tenant`: only its name and the [`CREATED_FOR`]
+/// annotation (the labels follow by apply, so the apply owns them and can remove them later).
+pub fn new_namespace(namespace: &str, tenant: &Tenant) -> Namespace {
+    let uid = tenant.metadata.uid.clone().unwrap_or_default();
+    Namespace {
+        metadata: ObjectMeta {
+            name: Some(namespace.into()),
+            annotations: Some(BTreeMap::from([(CREATED_FOR.into(), uid)])),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    }
+}
+
+/// Whether `tenant` has this namespace to release: yiyun keeps it (it carries yiyun's managed-by
+/// label) and it is not released by `tenant` already. A namespace an admin only labelled
+/// `yiyun.io/tenant` is waiting to be adopted: yiyun neither keeps nor releases it.
+pub fn to_release(namespace: &ObjectMeta, tenant: &str) -> bool {
+    let labels = namespace.labels.clone().unwrap_or_default();
+    let kept = labels.get(MANAGED_BY).is_some_and(|v| v == MANAGED_BY_VALUE);
+    kept && labels.get(ORPHANED_FROM).is_none_or(|from| from != tenant)
+}
+
+/// What releasing a namespace does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Release {
+    /// Delete it, on condition that it still is the namespace of this UID.
+    Delete { uid: String },
+    /// Keep it with the department's data, remove yiyun's objects and mark it orphaned.
+    Orphan,
+}
+
+/// How `tenant` releases `namespace` under `policy`: deleted only under `Delete` and only when
+/// yiyun created it for this very Tenant (its UID in [`CREATED_FOR`]); any other namespace,
+/// adopted or mislabelled, is orphaned with everything in it.
+pub fn release(namespace: &ObjectMeta, tenant: &Tenant, policy: DeletionPolicy) -> Release {
+    let created_for = namespace.annotations.as_ref().and_then(|a| a.get(CREATED_FOR));
+    let created_for_tenant = matches!(
+        (created_for, tenant.metadata.uid.as_ref(), namespace.uid.as_ref()),
+        (Some(created), Some(tenant_uid), Some(_)) if created == tenant_uid
+    );
+    match (policy, created_for_tenant, namespace.uid.clone()) {
+        (DeletionPolicy::Delete, true, Some(uid)) => Release::Delete { uid },
+        _ => Release::Orphan,
     }
 }
 
@@ -263,7 +314,7 @@ mod tests {
 
     fn edu() -> Tenant {
         tenant(
-            "apiVersion: yiyun.io/v1alpha1\nkind: Tenant\nmetadata: {name: jj-edu}\nspec:\n  displayName: 鸠江区教育局\n  parent: jiujiang\n  level: department\n  securityLevel: 3\n  networkIsolation: strict\n  owners: [{kind: User, name: li.na}]\n  namespaces: [{name: edu, labels: {workload: web}}]\n",
+            "apiVersion: yiyun.io/v1alpha1\nkind: Tenant\nmetadata: {name: jj-edu}\nspec:\n  displayName: 鸠江区教育局\n  parent: jiujiang\n  level: department\n  securityLevel: 3\n  networkIsolation: strict\n  owners: [{kind: User, name: li.na}]\n  namespaces: [{name: edu, labels: {workload: web, pod-security.kubernetes.io/audit: privileged}}]\n",
         )
     }
 
@@ -282,6 +333,58 @@ mod tests {
 
     fn limits(pairs: &[(&str, &str)]) -> BTreeMap<String, Quantity> {
         pairs.iter().map(|(k, v)| (k.to_string(), Quantity(v.to_string()))).collect()
+    }
+
+    fn namespace_meta(labels: &[(&str, &str)], annotations: &[(&str, &str)]) -> ObjectMeta {
+        let map =
+            |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        ObjectMeta {
+            name: Some("edu".into()),
+            uid: Some("ns-uid".into()),
+            labels: Some(map(labels)),
+            annotations: Some(map(annotations)),
+            ..ObjectMeta::default()
+        }
+    }
+
+    fn edu_with_uid(uid: &str) -> Tenant {
+        let mut tenant = edu();
+        tenant.metadata.uid = Some(uid.into());
+        tenant
+    }
+
+    #[test]
+    fn only_a_namespace_created_for_this_very_tenant_is_deleted() {
+        let created = namespace_meta(&[("yiyun.io/tenant", "jj-edu")], &[(CREATED_FOR, "t-uid")]);
+        assert_eq!(
+            release(&created, &edu_with_uid("t-uid"), DeletionPolicy::Delete),
+            Release::Delete { uid: "ns-uid".into() }
+        );
+        assert_eq!(release(&created, &edu_with_uid("t-uid"), DeletionPolicy::Retain), Release::Orphan);
+        // A Tenant of the same name created again is another tenant.
+        assert_eq!(release(&created, &edu_with_uid("other-uid"), DeletionPolicy::Delete), Release::Orphan);
+        // Adopted or mislabelled: no annotation, or none of this tenant's.
+        let adopted = namespace_meta(&[("yiyun.io/tenant", "jj-edu")], &[]);
+        assert_eq!(release(&adopted, &edu_with_uid("t-uid"), DeletionPolicy::Delete), Release::Orphan);
+        // A tenant without a UID (never from the apiserver) deletes nothing.
+        assert_eq!(release(&created, &edu(), DeletionPolicy::Delete), Release::Orphan);
+    }
+
+    #[test]
+    fn only_a_namespace_yiyun_keeps_and_has_not_released_yet_is_released() {
+        let labelled = [("yiyun.io/tenant", "jj-edu")];
+        assert!(!to_release(&namespace_meta(&labelled, &[]), "jj-edu"), "waiting for adoption");
+        let kept = [("yiyun.io/tenant", "jj-edu"), ("app.kubernetes.io/managed-by", "yiyun")];
+        assert!(to_release(&namespace_meta(&kept, &[]), "jj-edu"));
+        let released = [kept[0], kept[1], (ORPHANED_FROM, "jj-edu")];
+        assert!(!to_release(&namespace_meta(&released, &[]), "jj-edu"), "released already");
+    }
+
+    #[test]
+    fn a_new_namespace_records_the_tenant_it_was_created_for_and_nothing_else() {
+        let ns = new_namespace("edu", &edu_with_uid("t-uid"));
+        assert_eq!(ns.metadata.annotations.unwrap()[CREATED_FOR], "t-uid");
+        assert!(ns.metadata.labels.is_none(), "labels are the apply's to own");
     }
 
     #[test]
@@ -318,6 +421,7 @@ mod tests {
         assert_eq!(labels["yiyun.io/security-level"], "3");
         assert_eq!(labels["pod-security.kubernetes.io/enforce"], "restricted");
         assert_eq!(labels["workload"], "web");
+        assert!(!labels.contains_key("pod-security.kubernetes.io/audit"), "reserved keys are yiyun's");
     }
 
     #[test]

@@ -66,7 +66,7 @@ struct Stores {
 
 impl Stores {
     async fn wait_until_ready(&self) -> Result<(), Error> {
-        if crate::watches::all_listed(&self.listed).await { Ok(()) } else { Err(Error::WatchStopped) }
+        if yiyun_kube::watches::all_listed(&self.listed).await { Ok(()) } else { Err(Error::WatchStopped) }
     }
 }
 
@@ -151,7 +151,7 @@ impl Context {
     async fn plan_seeing(&self, seen: impl Fn(&Planned) -> bool) -> Result<Arc<Plan>, Error> {
         let mut latest = self.plans.latest.subscribe();
         let wanted = latest.wait_for(|planned| planned.as_ref().is_some_and(|p| seen(p)));
-        let planned = tokio::time::timeout(crate::watches::SYNC_WAIT, wanted)
+        let planned = tokio::time::timeout(yiyun_kube::watches::SYNC_WAIT, wanted)
             .await
             .map_err(|_| Error::NotSynced)?
             .map_err(|_| Error::WatchStopped)?;
@@ -170,7 +170,7 @@ pub async fn run(
     let managed = watcher::Config::default().labels(&format!("{MANAGED_BY}={MANAGED_BY_VALUE}"));
     let all = watcher::Config::default();
     let (tenants, tenants_listed, tenant_events) =
-        crate::watches::reflect(watcher(Api::<Tenant>::all(client.clone()), all.clone()), {
+        yiyun_kube::watches::reflect(watcher(Api::<Tenant>::all(client.clone()), all.clone()), {
             let plans = plans.clone();
             move |tenant: &Tenant| plans.mark_tenant_stale(tenant)
         });
@@ -277,7 +277,7 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     let plans = plans.clone();
-    crate::watches::reflect(events, move |_: &K| plans.mark_stale())
+    yiyun_kube::watches::reflect(events, move |_: &K| plans.mark_stale())
 }
 
 /// The Tenant an object belongs to, by its `yiyun.io/tenant` label.

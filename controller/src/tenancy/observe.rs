@@ -12,7 +12,7 @@ use k8s_openapi::{
 use kube::{ResourceExt, core::PartialObjectMeta};
 use yiyun_crds::{
     ResourceAmounts, Tenant, TenantLevel,
-    labels::{ORPHANED_FROM, TENANT},
+    labels::{CREATED_FOR, ORPHANED_FROM, TENANT},
 };
 use yiyun_quota::{Amounts, Milli, ObservedNamespace, Resource, Standing, TenantNode, World};
 
@@ -74,13 +74,22 @@ impl Observer {
         // many others.
         let claimed: HashSet<&str> =
             nodes.iter().flat_map(|t| t.namespaces.iter().map(String::as_str)).collect();
+        let by_uid: HashMap<&str, &str> = tenants
+            .iter()
+            .filter_map(|t| Some((t.metadata.uid.as_deref()?, t.metadata.name.as_deref()?)))
+            .collect();
         let namespaces = namespaces
             .iter()
             .filter_map(|ns| {
                 let name = ns.name_any();
                 let labels = ns.labels();
-                let owner = labels.get(TENANT).cloned();
                 let orphaned = labels.contains_key(ORPHANED_FROM);
+                let owner = labels.get(TENANT).cloned().or_else(|| {
+                    // Created for a tenant and not yet labelled (the controller stopped between
+                    // the two writes): still that tenant's, not a stranger's namespace.
+                    let created_for = ns.annotations().get(CREATED_FOR)?;
+                    (!orphaned).then(|| by_uid.get(created_for.as_str()).map(|t| t.to_string()))?
+                });
                 if owner.is_none() && !orphaned && !claimed.contains(name.as_str()) {
                     return None;
                 }
@@ -172,4 +181,54 @@ fn quota_amounts(list: &BTreeMap<String, Quantity>) -> Amounts {
     list.iter()
         .filter_map(|(key, q)| Some((Resource::from_quota_key(key)?, Milli::parse(&q.0).ok()?)))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use kube::core::PartialObjectMetaExt;
+
+    fn tenant(name: &str, uid: &str, namespace: &str) -> Arc<Tenant> {
+        let mut tenant: Tenant = serde_json::from_value(serde_json::json!({
+            "apiVersion": "yiyun.io/v1alpha1", "kind": "Tenant", "metadata": {"name": name, "uid": uid},
+            "spec": {"displayName": "教育局", "level": "province", "namespaces": [{"name": namespace}]}
+        }))
+        .unwrap();
+        tenant.metadata.uid = Some(uid.into());
+        Arc::new(tenant)
+    }
+
+    fn namespace(
+        name: &str,
+        labels: &[(&str, &str)],
+        annotations: &[(&str, &str)],
+    ) -> Arc<PartialObjectMeta<Namespace>> {
+        let map =
+            |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let meta = ObjectMeta {
+            name: Some(name.into()),
+            labels: Some(map(labels)),
+            annotations: Some(map(annotations)),
+            ..ObjectMeta::default()
+        };
+        Arc::new(meta.into_response_partial())
+    }
+
+    #[test]
+    fn a_namespace_created_for_a_tenant_but_not_yet_labelled_is_that_tenants() {
+        let tenants = [tenant("edu", "uid-edu", "edu-a")];
+        let namespaces = [
+            namespace("edu-a", &[], &[(CREATED_FOR, "uid-edu")]),
+            // Created for a Tenant since deleted: nobody's.
+            namespace("old", &[], &[(CREATED_FOR, "uid-gone")]),
+            // Released: free to adopt, whoever it was created for.
+            namespace("released", &[(ORPHANED_FROM, "edu")], &[(CREATED_FOR, "uid-edu")]),
+        ];
+        let world = Observer::default().world(&tenants, &namespaces, &[]);
+        assert_eq!(world.namespaces["edu-a"].owner.as_deref(), Some("edu"));
+        assert!(!world.namespaces.contains_key("old"));
+        assert_eq!(world.namespaces["released"].owner, None);
+        assert!(world.namespaces["released"].orphaned);
+    }
 }

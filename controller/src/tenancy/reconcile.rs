@@ -3,10 +3,14 @@
 
 use std::{sync::Arc, time::Duration, time::Instant};
 
-use k8s_openapi::api::core::v1::{Namespace, ResourceQuota};
+use k8s_openapi::api::{
+    core::v1::{LimitRange, Namespace, ResourceQuota},
+    networking::v1::NetworkPolicy,
+    rbac::v1::RoleBinding,
+};
 use kube::{
     Api, Resource, ResourceExt,
-    api::{DeleteParams, Patch, PatchParams},
+    api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions},
     runtime::{
         controller::Action,
         finalizer::{Event, finalizer},
@@ -23,10 +27,9 @@ use super::{
     desired::{self, NamespaceObjects},
     observe::resource_amounts,
 };
-use crate::{
-    Error,
-    apply::{FIELD_MANAGER, apply, holds},
-};
+use yiyun_kube::apply::{FIELD_MANAGER, apply, holds};
+
+use crate::Error;
 
 /// A safety net: everything is event-driven, this only repairs what a lost event missed.
 const RESYNC: Duration = Duration::from_secs(30 * 60);
@@ -70,14 +73,14 @@ async fn reconcile_tenant(tenant: &Tenant, ctx: &Context) -> Result<Action, Erro
     }
     let kept = tenant.spec.namespaces.iter().map(|namespace| {
         let objects = desired::namespace_objects(tenant, tenant_plan, &namespace.name);
-        async move { keep_namespace(&objects, ctx).await }
+        async move { keep_namespace(tenant, &objects, ctx).await }
     });
     futures::future::try_join_all(kept).await?;
     // Namespaces the tenant owned but no longer lists are released like on deletion. The plan
     // knows which it owns: scanning every namespace per reconcile costs more than all the rest.
     for namespace in &tenant_plan.owned {
         if !tenant.spec.namespaces.iter().any(|ns| &ns.name == namespace) {
-            release_namespace(namespace, &name, tenant.spec.deletion_policy, ctx).await?;
+            release_namespace(namespace, tenant, ctx).await?;
         }
     }
     let count = tenant.spec.namespaces.len();
@@ -86,19 +89,27 @@ async fn reconcile_tenant(tenant: &Tenant, ctx: &Context) -> Result<Action, Erro
     Ok(Action::requeue(RESYNC))
 }
 
-/// Applies what differs and deletes what must not exist, namespace first.
-async fn keep_namespace(objects: &NamespaceObjects, ctx: &Context) -> Result<(), Error> {
+/// Applies what differs and deletes what must not exist, namespace first. A namespace that does
+/// not exist yet is created with the Tenant's UID recorded (see [`desired::release`]).
+async fn keep_namespace(tenant: &Tenant, objects: &NamespaceObjects, ctx: &Context) -> Result<(), Error> {
     let namespace = objects.namespace.name_any();
+    let api: Api<Namespace> = Api::all(ctx.client.clone());
     let current = ctx
         .stores
         .namespaces
         .get(&ObjectRef::new(&namespace))
         .map(|meta| Namespace { metadata: meta.metadata.clone(), ..Namespace::default() });
-    write(
-        ctx,
-        "Namespace",
-        apply(&Api::all(ctx.client.clone()), &objects.namespace, current.as_ref()).await?,
-    );
+    if current.is_none() {
+        let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() };
+        match api.create(&params, &desired::new_namespace(&namespace, tenant)).await {
+            Ok(_) => write(ctx, "Namespace", true),
+            // It exists after all (the watch had not shown it yet, or someone else made it):
+            // not created by yiyun now, so not recorded as such.
+            Err(kube::Error::Api(status)) if status.code == 409 => {}
+            Err(err) => return Err(err.into()),
+        }
+    }
+    write(ctx, "Namespace", apply(&api, &objects.namespace, current.as_ref()).await?);
     // The namespace first; what lives in it is independent and written at once.
     let stores = &ctx.stores;
     let ns = namespace.as_str();
@@ -201,23 +212,37 @@ fn owned_namespaces(tenant: &str, ctx: &Context) -> Vec<String> {
         .collect()
 }
 
-/// Gives a namespace up: deleted under `Delete`, kept and labelled orphaned under `Retain`.
-async fn release_namespace(
-    namespace: &str,
-    tenant: &str,
-    policy: DeletionPolicy,
-    ctx: &Context,
-) -> Result<(), Error> {
+/// Gives a namespace up. It is deleted only under `Delete` and only if yiyun created it for this
+/// Tenant (by UID, with the namespace's UID as a precondition, so a namespace of the same name
+/// made since is safe). Otherwise it stays with everything the department put in it, yiyun's
+/// objects in it are removed (so the old owners keep no access through them) and its labels
+/// say it is orphaned. A namespace yiyun does not keep (only labelled for the tenant, waiting to
+/// be adopted), or released already, is left alone.
+async fn release_namespace(namespace: &str, tenant: &Tenant, ctx: &Context) -> Result<(), Error> {
+    let Some(current) = ctx.stores.namespaces.get(&ObjectRef::new(namespace)) else { return Ok(()) };
+    let name = tenant.name_any();
+    if !desired::to_release(&current.metadata, &name) {
+        return Ok(());
+    }
+    let policy = tenant.spec.deletion_policy;
     let api: Api<Namespace> = Api::all(ctx.client.clone());
-    match policy {
-        DeletionPolicy::Delete => {
-            info!(tenant, namespace, "deleting released namespace (deletionPolicy Delete)");
-            ignore_not_found(api.delete(namespace, &DeleteParams::background()).await.map(|_| ()))?;
+    match desired::release(&current.metadata, tenant, policy) {
+        desired::Release::Delete { uid } => {
+            info!(tenant = %name, namespace, "deleting the namespace yiyun created for the tenant (deletionPolicy Delete)");
+            let preconditions = Preconditions { uid: Some(uid), resource_version: None };
+            let params = DeleteParams { preconditions: Some(preconditions), ..DeleteParams::background() };
+            ignore_not_found(api.delete(namespace, &params).await.map(|_| ()))?;
         }
-        DeletionPolicy::Retain => {
-            info!(tenant, namespace, "keeping released namespace as orphaned (deletionPolicy Retain)");
+        desired::Release::Orphan => {
+            if policy == DeletionPolicy::Delete {
+                info!(tenant = %name, namespace, "releasing, not deleting, a namespace yiyun did not create for the tenant");
+            } else {
+                info!(tenant = %name, namespace, "keeping released namespace as orphaned (deletionPolicy Retain)");
+            }
+            // Access first: a crash after this leaves the namespace labelled, released again.
+            remove_kept_objects(namespace, ctx).await?;
             // Applying only the orphan label removes every label yiyun set before.
-            let orphan = desired::orphaned_namespace(namespace, tenant);
+            let orphan = desired::orphaned_namespace(namespace, &name);
             api.patch(namespace, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&orphan)).await?;
         }
     }
@@ -225,10 +250,39 @@ async fn release_namespace(
     Ok(())
 }
 
+/// Deletes every object yiyun keeps in `namespace`. Not judged from the stores: one written a
+/// moment ago may not be there yet, and would outlive the release.
+async fn remove_kept_objects(namespace: &str, ctx: &Context) -> Result<(), Error> {
+    futures::try_join!(
+        remove::<ResourceQuota>(ctx, "ResourceQuota", desired::QUOTA, namespace),
+        remove::<LimitRange>(ctx, "LimitRange", desired::LIMIT_RANGE, namespace),
+        remove::<RoleBinding>(ctx, "RoleBinding", desired::OWNERS, namespace),
+        remove::<RoleBinding>(ctx, "RoleBinding", desired::MEMBERS, namespace),
+        remove::<NetworkPolicy>(ctx, "NetworkPolicy", desired::ISOLATION, namespace),
+    )?;
+    Ok(())
+}
+
+async fn remove<K>(ctx: &Context, kind: &'static str, name: &str, namespace: &str) -> Result<(), Error>
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => write(ctx, kind, true),
+        Err(kube::Error::Api(status)) if status.code == 404 => {}
+        Err(err) => return Err(err.into()),
+    }
+    Ok(())
+}
+
 /// The finalizer's clean-up: wait for the children, then release every namespace.
 async fn release_tenant(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
     let name = tenant.name_any();
-    if !crate::watches::listed_soon(&ctx.stores.listed).await {
+    if !yiyun_kube::watches::listed_soon(&ctx.stores.listed).await {
         return Err(Error::NotSynced);
     }
     let mut children: Vec<String> = ctx
@@ -249,7 +303,7 @@ async fn release_tenant(tenant: &Tenant, ctx: &Context) -> Result<Action, Error>
         return Err(Error::HasChildren { tenant: name, children });
     }
     for namespace in owned_namespaces(&name, ctx) {
-        release_namespace(&namespace, &name, tenant.spec.deletion_policy, ctx).await?;
+        release_namespace(&namespace, tenant, ctx).await?;
     }
     Ok(Action::await_change())
 }
@@ -274,7 +328,7 @@ async fn write_status(
 ) -> Result<(), Error> {
     let previous = tenant.status.as_ref();
     let conditions = previous.map(|s| s.conditions.as_slice()).unwrap_or_default();
-    let condition = crate::status::ready_condition(
+    let condition = yiyun_kube::conditions::ready_condition(
         conditions,
         readiness.ready,
         &readiness.reason,
@@ -302,7 +356,7 @@ async fn write_status(
         children: i32::try_from(plan.children.len()).unwrap_or(i32::MAX),
     };
     let api: Api<Tenant> = Api::all(ctx.client.clone());
-    let wrote = crate::status::write_status(&api, &tenant.name_any(), previous, &status).await?;
+    let wrote = yiyun_kube::conditions::write_status(&api, &tenant.name_any(), previous, &status).await?;
     write(ctx, "TenantStatus", wrote);
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! Status writing shared by the controllers: a Ready condition that keeps its transition time,
+//! Status writing shared by the components: a Ready condition that keeps its transition time,
 //! and a status patch that is skipped when nothing changed.
 
 use k8s_openapi::{

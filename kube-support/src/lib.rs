@@ -1,0 +1,27 @@
+//! What every yiyun component needs of Kubernetes, written once: a client, watches reflected
+//! into stores, server-side apply under yiyun's field manager, status conditions, and leader
+//! election with client-go's semantics. Components do their I/O through this crate; their
+//! rules stay in pure crates.
+
+pub mod apply;
+pub mod conditions;
+pub mod leader;
+pub mod watches;
+
+use std::path::Path;
+
+use kube::{
+    Client,
+    config::{KubeConfigOptions, Kubeconfig},
+};
+
+/// A client for the apiserver of `kubeconfig`, or else of `KUBECONFIG` or the in-cluster
+/// service account.
+pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, kube::Error> {
+    let Some(path) = kubeconfig else { return Client::try_default().await };
+    let kubeconfig = Kubeconfig::read_from(path).map_err(kube::Error::InferKubeconfig)?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .map_err(kube::Error::InferKubeconfig)?;
+    Client::try_from(config)
+}
