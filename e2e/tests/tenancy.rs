@@ -465,10 +465,7 @@ async fn deletion_waits_for_children_and_follows_the_deletion_policy() {
     let namespaces: Api<Namespace> = Api::all(client.clone());
 
     // A department's own object in its namespace is never touched by yiyun under Retain.
-    let configmaps: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), &tree.ns_b);
-    let data: k8s_openapi::api::core::v1::ConfigMap =
-        serde_json::from_value(json!({"metadata": {"name": "records"}, "data": {"k": "v"}})).unwrap();
-    configmaps.create(&PostParams::default(), &data).await.unwrap();
+    put_data(&client, &tree.ns_b).await;
 
     tenants.delete(&tree.city, &DeleteParams::default()).await.unwrap();
     let city = eventually(WAIT, "the city to report its children", || async {
@@ -488,7 +485,7 @@ async fn deletion_waits_for_children_and_follows_the_deletion_policy() {
     .await;
     assert_eq!(kept.labels()["yiyun.io/orphaned-from"], tree.dept_b);
     assert!(!kept.labels().contains_key("yiyun.io/tenant"));
-    assert!(configmaps.get_opt("records").await.unwrap().is_some());
+    assert!(data_kept(&client, &tree.ns_b).await);
 
     // Delete (dept-a): its namespaces go.
     tenants.delete(&tree.dept_a, &DeleteParams::default()).await.unwrap();
@@ -637,10 +634,15 @@ async fn namespace_with_data(client: &Client, name: &str, labels: Value) {
     let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}}))
         .expect("a valid namespace");
     namespaces.create(&PostParams::default(), &ns).await.unwrap_or_else(|err| panic!("create {name}: {err}"));
+    put_data(client, name).await;
+}
+
+/// A department's data in `namespace`: the ConfigMap `records`.
+async fn put_data(client: &Client, namespace: &str) {
     let data: ConfigMap =
         serde_json::from_value(json!({"metadata": {"name": "records"}, "data": {"k": "v"}}))
             .expect("a ConfigMap");
-    Api::<ConfigMap>::namespaced(client.clone(), name)
+    Api::<ConfigMap>::namespaced(client.clone(), namespace)
         .create(&PostParams::default(), &data)
         .await
         .expect("create the ConfigMap");
@@ -795,9 +797,7 @@ async fn a_released_namespace_adopted_by_another_tenant_serves_only_its_new_owne
     apply_tenant(&client, &a, spec(&alice, "strict", json!([{"name": ns}]))).await;
     wait_ready(&client, &a, "True").await;
     wait_access(&client, &alice, &ns, true).await;
-    let data: ConfigMap =
-        serde_json::from_value(json!({"metadata": {"name": "records"}, "data": {"k": "v"}})).unwrap();
-    Api::<ConfigMap>::namespaced(client.clone(), &ns).create(&PostParams::default(), &data).await.unwrap();
+    put_data(&client, &ns).await;
 
     // Released by A (Retain): the data stays; A's access and isolation go.
     apply_tenant(&client, &a, spec(&alice, "strict", json!([]))).await;

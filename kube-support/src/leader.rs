@@ -158,29 +158,20 @@ pub fn held_by_another(
 #[derive(Clone, Debug)]
 pub struct Leadership {
     lost: CancellationToken,
-    /// When the last successful renewal was sent; `None` for a process that leads alone.
-    renewed: Option<Arc<Mutex<Instant>>>,
-    renew_deadline: Duration,
+    /// The renew deadline: leading until this moment unless renewed; `None` for a process that
+    /// leads alone.
+    until: Option<Arc<Mutex<Instant>>>,
 }
 
 impl Leadership {
     /// For a single instance without election: always leading.
     pub fn alone() -> Self {
-        Leadership { lost: CancellationToken::new(), renewed: None, renew_deadline: Duration::MAX }
+        Leadership { lost: CancellationToken::new(), until: None }
     }
 
     /// Whether the lease is still held by this process's own reckoning.
-    pub fn is_leading(&self) -> bool {
-        if self.lost.is_cancelled() {
-            return false;
-        }
-        match &self.renewed {
-            None => true,
-            Some(renewed) => {
-                let renewed = *renewed.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                Instant::now() < renewed + self.renew_deadline
-            }
-        }
+    fn is_leading(&self) -> bool {
+        !self.lost.is_cancelled() && self.until.as_ref().is_none_or(|until| Instant::now() < read(until))
     }
 
     /// Runs `write` only while leading: `None` when the lease was lost before it started or
@@ -196,29 +187,13 @@ impl Leadership {
         }
     }
 
-    /// Completes when the lease is lost.
-    pub async fn lost(&self) {
-        self.lost.cancelled().await
-    }
-
     fn lose(&self) {
         self.lost.cancel();
     }
+}
 
-    fn renew_deadline(&self) -> Instant {
-        match &self.renewed {
-            Some(renewed) => {
-                *renewed.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) + self.renew_deadline
-            }
-            None => Instant::now().checked_add(self.renew_deadline).unwrap_or_else(Instant::now),
-        }
-    }
-
-    fn set_renewed(&self, sent_at: Instant) {
-        if let Some(renewed) = &self.renewed {
-            *renewed.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = sent_at;
-        }
-    }
+fn read(instant: &Mutex<Instant>) -> Instant {
+    *instant.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Outcome of a lease attempt.
@@ -237,6 +212,8 @@ pub struct Election {
     identity: String,
     timing: Timing,
     observed: Mutex<Option<Observation>>,
+    /// The renew deadline, which the leadership handed out reads too.
+    until: Arc<Mutex<Instant>>,
     leadership: Leadership,
 }
 
@@ -246,17 +223,16 @@ fn now_micro() -> MicroTime {
 
 impl Election {
     pub fn new(client: Client, namespace: &str, name: &str, identity: &str, timing: Timing) -> Self {
+        // Not leading until the lease is taken.
+        let until = Arc::new(Mutex::new(Instant::now()));
         Election {
             api: Api::namespaced(client, namespace),
             name: name.into(),
             identity: identity.into(),
             timing,
             observed: Mutex::new(None),
-            leadership: Leadership {
-                lost: CancellationToken::new(),
-                renewed: Some(Arc::new(Mutex::new(Instant::now()))),
-                renew_deadline: timing.renew_deadline,
-            },
+            leadership: Leadership { lost: CancellationToken::new(), until: Some(until.clone()) },
+            until,
         }
     }
 
@@ -273,7 +249,7 @@ impl Election {
             let attempt = tokio::time::timeout(self.timing.renew_deadline, self.try_acquire()).await;
             match attempt {
                 Ok(Ok(Attempt::Held { sent_at })) => {
-                    self.leadership.set_renewed(sent_at);
+                    self.renewed(sent_at);
                     info!(lease = %self.name, identity = %self.identity, "became the leader");
                     return true;
                 }
@@ -300,7 +276,7 @@ impl Election {
     pub async fn keep(&self, shutdown: &CancellationToken) {
         let leading = &self.leadership;
         loop {
-            let deadline = leading.renew_deadline();
+            let deadline = read(&self.until);
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
@@ -320,7 +296,7 @@ impl Election {
                 return;
             }
             match tokio::time::timeout_at(deadline, self.try_acquire()).await {
-                Ok(Ok(Attempt::Held { sent_at })) => leading.set_renewed(sent_at),
+                Ok(Ok(Attempt::Held { sent_at })) => self.renewed(sent_at),
                 Ok(Ok(Attempt::HeldBy(holder))) => {
                     warn!(lease = %self.name, %holder, "the lease was taken: no longer the leader");
                     leading.lose();
@@ -352,6 +328,13 @@ impl Election {
         }
     }
 
+    /// A take or renewal sent at `sent_at` succeeded: leading until the renew deadline after it,
+    /// the earliest moment a standby can have seen it.
+    fn renewed(&self, sent_at: Instant) {
+        *self.until.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) =
+            sent_at + self.timing.renew_deadline;
+    }
+
     fn observe(&self, record: LeaseSpec) -> Observation {
         let mut observed = self.observed.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let observation = observe(observed.take(), record, Instant::now());
@@ -375,16 +358,7 @@ impl Election {
                 spec: Some(spec(0, None)),
             };
             let sent_at = Instant::now();
-            return match self.api.create(&PostParams::default(), &lease).await {
-                Ok(created) => {
-                    self.observe(created.spec.unwrap_or_default());
-                    Ok(Attempt::Held { sent_at })
-                }
-                Err(kube::Error::Api(status)) if status.code == 409 => {
-                    Ok(Attempt::HeldBy("another candidate".into()))
-                }
-                Err(err) => Err(err),
-            };
+            return self.taken(self.api.create(&PostParams::default(), &lease).await, sent_at);
         };
         let current = lease.spec.clone().unwrap_or_default();
         let observation = self.observe(current.clone());
@@ -401,9 +375,15 @@ impl Election {
         // The resourceVersion read above makes this a compare-and-swap: of two standbys taking
         // an expired lease, one gets a conflict.
         let sent_at = Instant::now();
-        match self.api.replace(&self.name, &PostParams::default(), &lease).await {
-            Ok(replaced) => {
-                self.observe(replaced.spec.unwrap_or_default());
+        self.taken(self.api.replace(&self.name, &PostParams::default(), &lease).await, sent_at)
+    }
+
+    /// The outcome of writing the lease as ours (created or replaced) at `sent_at`: a conflict
+    /// means another candidate wrote it first.
+    fn taken(&self, written: Result<Lease, kube::Error>, sent_at: Instant) -> Result<Attempt, kube::Error> {
+        match written {
+            Ok(lease) => {
+                self.observe(lease.spec.unwrap_or_default());
                 Ok(Attempt::Held { sent_at })
             }
             Err(kube::Error::Api(status)) if status.code == 409 => {
@@ -462,11 +442,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn leadership_refuses_writes_past_the_renew_deadline_and_drops_those_in_flight() {
-        let leadership = Leadership {
-            lost: CancellationToken::new(),
-            renewed: Some(Arc::new(Mutex::new(Instant::now()))),
-            renew_deadline: Duration::from_secs(10),
-        };
+        let until = Instant::now() + Duration::from_secs(10);
+        let leadership =
+            Leadership { lost: CancellationToken::new(), until: Some(Arc::new(Mutex::new(until))) };
         assert_eq!(leadership.while_leading(async { 1 }).await, Some(1));
         // A write that would finish after the loss is dropped when the lease is lost.
         let slow = leadership.while_leading(tokio::time::sleep(Duration::from_secs(5)));

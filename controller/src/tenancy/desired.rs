@@ -121,16 +121,13 @@ pub enum Release {
     Orphan,
 }
 
-/// How `tenant` releases `namespace` under `policy`: deleted only under `Delete` and only when
-/// yiyun created it for this very Tenant (its UID in [`CREATED_FOR`]); any other namespace,
-/// adopted or mislabelled, is orphaned with everything in it.
-pub fn release(namespace: &ObjectMeta, tenant: &Tenant, policy: DeletionPolicy) -> Release {
+/// How `tenant` releases `namespace`: deleted only under its `deletionPolicy: Delete` and only
+/// when yiyun created it for this very Tenant (its UID in [`CREATED_FOR`]); any other
+/// namespace, adopted or mislabelled, is orphaned with everything in it.
+pub fn release(namespace: &ObjectMeta, tenant: &Tenant) -> Release {
     let created_for = namespace.annotations.as_ref().and_then(|a| a.get(CREATED_FOR));
-    let created_for_tenant = matches!(
-        (created_for, tenant.metadata.uid.as_ref(), namespace.uid.as_ref()),
-        (Some(created), Some(tenant_uid), Some(_)) if created == tenant_uid
-    );
-    match (policy, created_for_tenant, namespace.uid.clone()) {
+    let created_for_tenant = created_for.is_some_and(|uid| tenant.metadata.uid.as_ref() == Some(uid));
+    match (tenant.spec.deletion_policy, created_for_tenant, namespace.uid.clone()) {
         (DeletionPolicy::Delete, true, Some(uid)) => Release::Delete { uid },
         _ => Release::Orphan,
     }
@@ -347,27 +344,26 @@ mod tests {
         }
     }
 
-    fn edu_with_uid(uid: &str) -> Tenant {
+    fn edu_with(uid: Option<&str>, policy: DeletionPolicy) -> Tenant {
         let mut tenant = edu();
-        tenant.metadata.uid = Some(uid.into());
+        tenant.metadata.uid = uid.map(String::from);
+        tenant.spec.deletion_policy = policy;
         tenant
     }
 
     #[test]
     fn only_a_namespace_created_for_this_very_tenant_is_deleted() {
         let created = namespace_meta(&[("yiyun.io/tenant", "jj-edu")], &[(CREATED_FOR, "t-uid")]);
-        assert_eq!(
-            release(&created, &edu_with_uid("t-uid"), DeletionPolicy::Delete),
-            Release::Delete { uid: "ns-uid".into() }
-        );
-        assert_eq!(release(&created, &edu_with_uid("t-uid"), DeletionPolicy::Retain), Release::Orphan);
+        let deleting = edu_with(Some("t-uid"), DeletionPolicy::Delete);
+        assert_eq!(release(&created, &deleting), Release::Delete { uid: "ns-uid".into() });
+        assert_eq!(release(&created, &edu_with(Some("t-uid"), DeletionPolicy::Retain)), Release::Orphan);
         // A Tenant of the same name created again is another tenant.
-        assert_eq!(release(&created, &edu_with_uid("other-uid"), DeletionPolicy::Delete), Release::Orphan);
+        assert_eq!(release(&created, &edu_with(Some("other-uid"), DeletionPolicy::Delete)), Release::Orphan);
         // Adopted or mislabelled: no annotation, or none of this tenant's.
         let adopted = namespace_meta(&[("yiyun.io/tenant", "jj-edu")], &[]);
-        assert_eq!(release(&adopted, &edu_with_uid("t-uid"), DeletionPolicy::Delete), Release::Orphan);
+        assert_eq!(release(&adopted, &deleting), Release::Orphan);
         // A tenant without a UID (never from the apiserver) deletes nothing.
-        assert_eq!(release(&created, &edu(), DeletionPolicy::Delete), Release::Orphan);
+        assert_eq!(release(&created, &edu_with(None, DeletionPolicy::Delete)), Release::Orphan);
     }
 
     #[test]
@@ -382,7 +378,7 @@ mod tests {
 
     #[test]
     fn a_new_namespace_records_the_tenant_it_was_created_for_and_nothing_else() {
-        let ns = new_namespace("edu", &edu_with_uid("t-uid"));
+        let ns = new_namespace("edu", &edu_with(Some("t-uid"), DeletionPolicy::Retain));
         assert_eq!(ns.metadata.annotations.unwrap()[CREATED_FOR], "t-uid");
         assert!(ns.metadata.labels.is_none(), "labels are the apply's to own");
     }

@@ -190,12 +190,11 @@ mod tests {
     use kube::core::PartialObjectMetaExt;
 
     fn tenant(name: &str, uid: &str, namespace: &str) -> Arc<Tenant> {
-        let mut tenant: Tenant = serde_json::from_value(serde_json::json!({
+        let tenant: Tenant = serde_json::from_value(serde_json::json!({
             "apiVersion": "yiyun.io/v1alpha1", "kind": "Tenant", "metadata": {"name": name, "uid": uid},
             "spec": {"displayName": "教育局", "level": "province", "namespaces": [{"name": namespace}]}
         }))
         .unwrap();
-        tenant.metadata.uid = Some(uid.into());
         Arc::new(tenant)
     }
 

@@ -180,10 +180,7 @@ where
     let current = store.get(&ObjectRef::new(name).within(namespace));
     match desired {
         Some(desired) => write(ctx, kind, apply(&api, desired, current.as_deref()).await?),
-        None if current.is_some() => {
-            ignore_not_found(api.delete(name, &DeleteParams::default()).await.map(|_| ()))?;
-            write(ctx, kind, true);
-        }
+        None if current.is_some() => remove::<K>(ctx, kind, name, namespace).await?,
         None => {}
     }
     Ok(())
@@ -226,7 +223,7 @@ async fn release_namespace(namespace: &str, tenant: &Tenant, ctx: &Context) -> R
     }
     let policy = tenant.spec.deletion_policy;
     let api: Api<Namespace> = Api::all(ctx.client.clone());
-    match desired::release(&current.metadata, tenant, policy) {
+    match desired::release(&current.metadata, tenant) {
         desired::Release::Delete { uid } => {
             info!(tenant = %name, namespace, "deleting the namespace yiyun created for the tenant (deletionPolicy Delete)");
             let preconditions = Preconditions { uid: Some(uid), resource_version: None };
@@ -263,6 +260,7 @@ async fn remove_kept_objects(namespace: &str, ctx: &Context) -> Result<(), Error
     Ok(())
 }
 
+/// Deletes object `name` in `namespace`, if it is there.
 async fn remove<K>(ctx: &Context, kind: &'static str, name: &str, namespace: &str) -> Result<(), Error>
 where
     K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
