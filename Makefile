@@ -3,7 +3,7 @@ SHELL := /bin/bash
 # One target directory shared by every work tree and CI run on this machine.
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/yiyun/target
 
-.PHONY: test lint unit e2e crds demo demo-down cluster-binaries bench-tenancy bench-pools bench-engine bench-scheduler simulate simulate-timeline simulate-scenario
+.PHONY: test lint unit e2e fuzz crds demo demo-down cluster-binaries bench-tenancy bench-pools bench-engine bench-scheduler simulate simulate-timeline simulate-scenario
 
 ## test: format check, clippy (warnings denied), unit tests, then e2e tests on a fresh local cluster
 test: lint unit e2e
@@ -23,13 +23,22 @@ e2e: cluster-binaries
 cluster-binaries:
 	e2e/build-binaries.sh
 
+## fuzz: the property fuzzers (quantity parsing, pod conversion, the tenant planner, trace
+## parsing) with FUZZ_CASES random inputs each (`make test` runs 256); 100,000 take a few minutes
+FUZZ_CASES ?= 100000
+fuzz:
+	PROPTEST_CASES=$(FUZZ_CASES) cargo test --release --locked -p yiyun-quota --test fuzz
+	PROPTEST_CASES=$(FUZZ_CASES) cargo test --release --locked -p yiyun-simulator --test fuzz
+	PROPTEST_CASES=$(FUZZ_CASES) cargo test --release --locked -p yiyun-scheduler fuzz
+
 ## crds: regenerate the checked-in CRD YAML from the Rust types
 crds:
 	cargo run -q -p yiyun --locked -- crd > charts/yiyun/crds/crds.yaml
 
-## demo: local cluster (unless KUBECONFIG is set), CRDs, yiyun, examples/, and a summary
+## demo: local cluster (unless KUBECONFIG is set; one that is not a local yiyun cluster needs
+## DEMO_FLAGS=--any-cluster), CRDs, admission policies, yiyun, examples/, and a summary
 demo:
-	e2e/demo
+	e2e/demo $(DEMO_FLAGS)
 
 demo-down:
 	e2e/cluster down demo

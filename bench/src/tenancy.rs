@@ -139,6 +139,7 @@ pub fn expected_allocations(specs: &[Spec], root_max: u32, per_tenant: usize) ->
                 namespaces: namespaces_of(s, per_tenant),
                 standing: Standing::Ready,
                 seniority: String::new(),
+                allowed_regions: Vec::new(),
             })
             .collect(),
         namespaces: BTreeMap::new(),

@@ -14,6 +14,16 @@ pub const ORPHANED_FROM: &str = "yiyun.io/orphaned-from";
 /// UID); one an admin created and a tenant adopted is released, never deleted. Set at creation
 /// only, so a label or a later apply cannot make an adopted namespace deletable.
 pub const CREATED_FOR: &str = "yiyun.io/created-for";
+/// On a tenant namespace under `strict` or `tenant` isolation, the mode: the admission policy
+/// `yiyun-network-isolation` then refuses NetworkPolicy writes by the tenant's own members.
+pub const NETWORK_ISOLATION: &str = "yiyun.io/network-isolation";
+/// On a tenant namespace whose tenant or an ancestor limits regions: `"true"`, and the
+/// annotation [`ALLOWED_REGIONS`] holds the lists, which the admission policy
+/// `yiyun-allowed-regions` checks every pod's node against.
+pub const REGION_RESTRICTED: &str = "yiyun.io/region-restricted";
+/// The tenant's region rules, root first: lists separated by `;`, names within by `,`. A node
+/// is allowed when its region or region class is in every list.
+pub const ALLOWED_REGIONS: &str = "yiyun.io/allowed-regions";
 /// The tenant's MLPS level, on its namespaces.
 pub const SECURITY_LEVEL: &str = "yiyun.io/security-level";
 
@@ -22,6 +32,9 @@ pub const REGION: &str = "topology.kubernetes.io/region";
 pub const ZONE: &str = "topology.kubernetes.io/zone";
 pub const SITE: &str = "yiyun.io/site";
 pub const RACK: &str = "yiyun.io/rack";
+/// Label and NoSchedule taint of nodes dedicated to a tenant (the value): only pods of that
+/// tenant's subtree may run there, whatever they tolerate.
+pub const DEDICATED: &str = "yiyun.io/dedicated";
 /// `east` or `west`: the region class of the node's site.
 pub const REGION_CLASS: &str = "yiyun.io/region-class";
 /// Model of a node's GPUs (e.g. `A800`); read from `nvidia.com/gpu.product` when absent.
@@ -36,8 +49,9 @@ pub const POD_GROUP: &str = "yiyun.io/pod-group";
 pub const GPU_FRACTION: &str = "yiyun.io/gpu-milli";
 /// Pod annotation asking for GPU models, comma-separated.
 pub const GPU_MODELS: &str = "yiyun.io/gpu-models";
-/// Pod annotation the scheduler writes before binding: the GPU devices it gave the pod, as
-/// `device:milli` pairs (`0:1000,1:1000` or `3:500`), so a restarted scheduler knows them.
+/// Pod annotation the scheduler sets through the Binding: the GPU devices it gave the pod, as
+/// `device:milli` pairs (`0:1000,1:1000` or `3:500`), so a restarted scheduler knows them. The
+/// admission policy `yiyun-gpu-assignment` refuses it on a new pod and any change to it later.
 pub const GPU_ASSIGNMENT: &str = "yiyun.io/gpu-assignment";
 /// Pod annotation: `realtime`, `interactive`, `batch` or `archive`.
 pub const LATENCY_CLASS: &str = "yiyun.io/latency-class";

@@ -357,18 +357,24 @@ pub struct MaintenanceStatus {
     pub phase: String,
     /// Pods still on the nodes.
     pub pods_left: i32,
-    /// Pods whose eviction a PodDisruptionBudget refuses, and which budget.
+    /// Pods still to move and why each stays (a budget, a refused eviction, the timeout).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub blocked: Vec<BlockedPod>,
-    /// When the drain started.
+    /// When the entry first appeared: the drain timeout counts from here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
 }
 
-/// A pod a PodDisruptionBudget keeps from being evicted.
+/// A pod a drain could not move yet.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 pub struct BlockedPod {
     pub namespace: String,
     pub pod: String,
+    /// The PodDisruptionBudget covering the pod, if any.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub budget: String,
+    /// Why it is still there: the budget allows no disruption, the apiserver refused the
+    /// eviction (with its answer), or the drain timed out.
+    #[serde(default)]
+    pub reason: String,
 }

@@ -101,8 +101,8 @@ pub struct TenantSpec {
     #[schemars(length(max = 64))]
     pub cost_center: Option<String>,
 
-    /// Regions (e.g. `east`, `west`) where the tenant's workloads may run. Empty means every
-    /// region the parent allows.
+    /// Regions or region classes (e.g. `anhui`, `east`) where the tenant's workloads may run.
+    /// Empty means every region the parent allows; a list narrows the parent's, never widens it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_regions: Vec<String>,
 

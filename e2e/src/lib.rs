@@ -222,15 +222,32 @@ pub fn service_account_kubeconfig(manifest: &str, account: &str) -> PathBuf {
     let (server, ca) =
         (view("{.clusters[0].cluster.server}"), view("{.clusters[0].cluster.certificate-authority}"));
     let kubeconfig = std::env::temp_dir().join(format!("{}.kubeconfig", unique(account)));
-    std::fs::write(
-        &kubeconfig,
+    // It holds a token: readable by this user only.
+    let mut file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&kubeconfig)
+    }
+    .expect("create the kubeconfig");
+    std::io::Write::write_all(
+        &mut file,
         format!(
             "apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: \"{server}\", certificate-authority: \"{ca}\"}}}}]\n\
              users: [{{name: sa, user: {{token: \"{token}\"}}}}]\ncontexts: [{{name: c, context: {{cluster: c, user: sa}}}}]\ncurrent-context: c\n"
-        ),
+        )
+        .as_bytes(),
     )
     .expect("write the kubeconfig");
     kubeconfig
+}
+
+/// Applies the chart's admission policies (dedicated nodes, allowed regions, network
+/// isolation), once per test binary. The apiserver enforces them a moment later.
+pub fn install_admission_policies() {
+    static INSTALLED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        let (ok, out) = kubectl_apply(&repo_file("charts/yiyun/templates/admission-policies.yaml"));
+        assert!(ok, "the chart's admission policies apply: {out}");
+    });
 }
 
 /// The kubeconfig of the controller's ServiceAccount with the chart's controller role, made

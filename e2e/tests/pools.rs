@@ -293,6 +293,74 @@ async fn a_rack_is_drained_through_evictions_and_a_blocking_budget_is_reported()
     controller.stop().await;
 }
 
+#[tokio::test]
+async fn an_eviction_the_apiserver_refuses_is_recorded_and_the_drain_still_times_out() {
+    use k8s_openapi::api::core::v1::Pod;
+    let client = client().await;
+    install_crds(&client).await;
+    let _turn = controller_turn().await;
+    let controller = InProcessController::start();
+    let p = unique("refused");
+    let (site, pool, node) = (format!("{p}-site"), format!("{p}-pool"), format!("{p}-n1"));
+    let ns = yiyun_e2e::TestNamespace::create(&client, "refused").await;
+    // The apiserver answers every eviction in this namespace 403, as an admission policy or an
+    // authorizer would.
+    let policy = format!(
+        "apiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingAdmissionPolicy\nmetadata: {{name: {p}}}\nspec:\n  failurePolicy: Fail\n  matchConstraints:\n    namespaceSelector: {{matchLabels: {{kubernetes.io/metadata.name: {ns}}}}}\n    resourceRules: [{{apiGroups: [\"\"], apiVersions: [v1], operations: [CREATE], resources: [pods/eviction]}}]\n  validations: [{{expression: \"false\", reason: Forbidden, message: \"evictions are frozen\"}}]\n---\napiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingAdmissionPolicyBinding\nmetadata: {{name: {p}}}\nspec: {{policyName: {p}, validationActions: [Deny]}}\n",
+        ns = ns.name
+    );
+    let (ok, out) = yiyun_e2e::kubectl_apply(&policy);
+    assert!(ok, "{out}");
+    let sites: Api<ComputeSite> = Api::all(client.clone());
+    let pools: Api<NodePool> = Api::all(client.clone());
+    apply(&sites, &site, json!({"apiVersion": "yiyun.io/v1alpha1", "kind": "ComputeSite", "metadata": {"name": site},
+        "spec": {"region": "anhui", "regionClass": "east", "hub": "Yangtze River Delta", "city": "芜湖", "powerPricePerKWh": "0.65", "pue": 1.25, "carbonIntensity": 640}}))
+    .await;
+    create_kwok_node(&client, &node, json!({})).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    // Wait until the policy refuses (the apiserver loads it asynchronously): a probe pod is
+    // evicted until then.
+    eventually(WAIT, "evictions refused", || async {
+        let _ = pods.create(&PostParams::default(), &bound_pod("probe", &node, "probe")).await;
+        let err = pods.evict("probe", &Default::default()).await.err()?;
+        err.to_string().contains("evictions are frozen").then_some(())
+    })
+    .await;
+    let _ = pods.delete("probe", &DeleteParams::default().grace_period(0)).await;
+    pods.create(&PostParams::default(), &bound_pod("frozen", &node, "web")).await.expect("create a pod");
+    apply(&pools, &pool, json!({"apiVersion": "yiyun.io/v1alpha1", "kind": "NodePool", "metadata": {"name": pool},
+        "spec": {"site": site, "nodeNames": [node], "onboarding": "Automatic",
+                 "maintenance": [{"name": "swap", "nodes": [node], "reason": "disk swap", "drainTimeout": "15s"}]}}))
+    .await;
+
+    let entry = eventually(WAIT, "the refusal recorded on the pod", || async {
+        let pool = pools.get(&pool).await.ok()?;
+        let entry = pool.status?.maintenance.into_iter().find(|m| m.name == "swap")?;
+        (!entry.blocked.is_empty()).then_some(entry)
+    })
+    .await;
+    assert_eq!(entry.phase, "Draining");
+    assert!(entry.started.is_some());
+    let blocked = &entry.blocked[0];
+    assert_eq!((blocked.pod.as_str(), blocked.budget.as_str()), ("frozen", ""));
+    assert!(blocked.reason.starts_with("eviction refused (403 Forbidden)"), "{}", blocked.reason);
+    assert!(blocked.reason.contains("evictions are frozen"), "{}", blocked.reason);
+    let timed_out = eventually(Duration::from_secs(60), "the drain to time out", || async {
+        let pool = pools.get(&pool).await.ok()?;
+        pool.status?.maintenance.into_iter().find(|m| m.name == "swap" && m.phase == "TimedOut")
+    })
+    .await;
+    assert_eq!(timed_out.started, entry.started, "the clock started once");
+    assert!(timed_out.blocked[0].reason.starts_with("drain timed out after 15s"), "{:?}", timed_out.blocked);
+
+    let _ = yiyun_e2e::kubectl(&["delete", "validatingadmissionpolicybinding,validatingadmissionpolicy", &p]);
+    ns.delete().await;
+    let _ = Api::<Node>::all(client.clone()).delete(&node, &DeleteParams::default()).await;
+    pools.delete(&pool, &DeleteParams::default()).await.unwrap();
+    sites.delete(&site, &DeleteParams::default()).await.unwrap();
+    controller.stop().await;
+}
+
 /// Evictions a running `yiyun controller` has made, from its /metrics.
 fn evictions(admin: std::net::SocketAddr) -> Option<u64> {
     let (_, metrics) = yiyun_e2e::http_get(admin, "/metrics")?;

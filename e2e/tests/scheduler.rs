@@ -348,6 +348,44 @@ async fn a_standby_takes_over_when_the_leader_is_killed() {
     delete_nodes(&client, &names).await;
 }
 
+#[tokio::test]
+async fn tolerating_the_dedication_taint_does_not_open_another_tenants_nodes() {
+    let client = client().await;
+    install_crds(&client).await;
+    let ns = TestNamespace::create(&client, "dedicated").await;
+    let tenant = tenant_with_max_cpu(&client, "100").await;
+    join_tenant(&client, &ns.name, &tenant).await;
+    let cell = unique("cell");
+    let names = nodes(&client, &cell, 1, 1, 0).await;
+    let dedication = serde_json::json!({
+        "metadata": {"labels": {"yiyun.io/dedicated": "some-other-tenant"}},
+        "spec": {"taints": [
+            {"key": "kwok.x-k8s.io/node", "value": "fake", "effect": "NoSchedule"},
+            {"key": "yiyun.io/dedicated", "value": "some-other-tenant", "effect": "NoSchedule"}
+        ]}
+    });
+    Api::<Node>::all(client.clone())
+        .patch(&names[0], &PatchParams::default(), &Patch::Merge(&dedication))
+        .await
+        .expect("dedicate the node");
+    let scheduler = unique("yiyun-e2e");
+    let _running = SchedulerProcess::start(&scheduler, &["--leader-elect=false"]);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let mut intruder = pod("intruder", &scheduler, &cell, "1", 0);
+    let tolerate_all = serde_json::json!({"operator": "Exists"});
+    intruder.spec.as_mut().expect("spec").tolerations =
+        Some(vec![serde_json::from_value(tolerate_all).expect("a toleration")]);
+    pods.create(&PostParams::default(), &intruder).await.expect("pod");
+    let message = eventually(WAIT, "intruder explained", || unschedulable_message(&pods, "intruder")).await;
+    assert!(message.contains("dedicated to tenant some-other-tenant"), "{message}");
+    assert_eq!(node_of(&pods, "intruder").await, None);
+    Api::<yiyun_crds::Tenant>::all(client.clone())
+        .delete(&tenant, &DeleteParams::default())
+        .await
+        .expect("delete the tenant");
+    delete_nodes(&client, &names).await;
+}
+
 /// A new root tenant whose subtree may use at most `cpu`.
 async fn tenant_with_max_cpu(client: &Client, cpu: &str) -> String {
     let tenant = unique("dept");
@@ -506,6 +544,79 @@ async fn a_lender_reclaims_what_a_borrower_took_by_preemption() {
         .map(|p| p.metadata.name.clone().unwrap_or_default())
         .collect();
     assert_eq!(left, vec!["b1".to_string()], "the latest borrowed pod was evicted, only it");
+    for tenant in [&lender, &borrower] {
+        let _ = Api::<yiyun_crds::Tenant>::all(client.clone()).delete(tenant, &DeleteParams::default()).await;
+    }
+    delete_nodes(&client, &[node]).await;
+}
+
+#[tokio::test]
+async fn preemption_that_would_break_a_disruption_budget_evicts_nobody() {
+    let client = client().await;
+    install_crds(&client).await;
+    let (lender, borrower) = (unique("lender"), unique("borrower"));
+    let mut namespaces = Vec::new();
+    for (tenant, guaranteed) in [(&lender, "8"), (&borrower, "1")] {
+        apply_yiyun::<yiyun_crds::Tenant>(
+            &client,
+            tenant,
+            serde_json::json!({"apiVersion": "yiyun.io/v1alpha1", "kind": "Tenant", "metadata": {"name": tenant},
+                "spec": {"displayName": "测试", "level": "province",
+                    "quota": {"guaranteed": {"cpu": guaranteed, "memory": "4Gi"}, "max": {"cpu": "8", "memory": "64Gi"}}}}),
+        )
+        .await;
+        let ns = TestNamespace::create(&client, "budget").await;
+        join_tenant(&client, &ns.name, tenant).await;
+        namespaces.push(ns);
+    }
+    let cell = unique("cell");
+    let node = format!("{cell}-n0");
+    create_kwok_node_with(
+        &client,
+        &node,
+        serde_json::json!({CELL: cell}),
+        serde_json::json!({"cpu": "8", "memory": "64Gi", "pods": "110"}),
+    )
+    .await;
+    wait_ready(&client, std::slice::from_ref(&node)).await;
+    let scheduler = unique("yiyun-e2e");
+    let _running = SchedulerProcess::start(&scheduler, &["--leader-elect=false"]);
+    let borrower_pods: Api<Pod> = Api::namespaced(client.clone(), &namespaces[1].name);
+    for name in ["portal-1", "portal-2"] {
+        let mut replica = pod(name, &scheduler, &cell, "4", 0);
+        replica.metadata.labels = Some([("app".to_string(), "portal".to_string())].into());
+        borrower_pods.create(&PostParams::default(), &replica).await.expect("pod");
+        eventually(WAIT, &format!("{name} bound"), || node_of(&borrower_pods, name)).await;
+    }
+    // The portal may lose one replica at a time; reclaiming 8 CPUs would take both.
+    let budget: k8s_openapi::api::policy::v1::PodDisruptionBudget =
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "portal"},
+            "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "portal"}}}
+        }))
+        .expect("a budget");
+    let budgets = Api::namespaced(client.clone(), &namespaces[1].name);
+    budgets.create(&PostParams::default(), &budget).await.expect("budget");
+    eventually(WAIT, "the disruption controller allows one disruption", || async {
+        let budget: k8s_openapi::api::policy::v1::PodDisruptionBudget = budgets.get("portal").await.ok()?;
+        (budget.status?.disruptions_allowed == Some(1)).then_some(())
+    })
+    .await;
+    let lender_pods: Api<Pod> = Api::namespaced(client.clone(), &namespaces[0].name);
+    lender_pods.create(&PostParams::default(), &pod("mine", &scheduler, &cell, "8", 0)).await.expect("pod");
+    let message =
+        eventually(WAIT, "the lender's pod explained", || unschedulable_message(&lender_pods, "mine")).await;
+    assert!(
+        message.contains(&format!(
+            "preemption would evict 2 pod(s) of PodDisruptionBudget {}/portal, which allows 1; nothing evicted",
+            namespaces[1].name
+        )),
+        "{message}"
+    );
+    for name in ["portal-1", "portal-2"] {
+        let replica = borrower_pods.get(name).await.expect("the replica is still there");
+        assert!(replica.metadata.deletion_timestamp.is_none(), "{name} was evicted");
+    }
     for tenant in [&lender, &borrower] {
         let _ = Api::<yiyun_crds::Tenant>::all(client.clone()).delete(tenant, &DeleteParams::default()).await;
     }

@@ -832,3 +832,86 @@ async fn a_released_namespace_adopted_by_another_tenant_serves_only_its_new_owne
     let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
     controller.stop().await;
 }
+
+/// A client acting as `user` (the admin's kubeconfig may impersonate anyone).
+async fn client_as(user: &str) -> Client {
+    let mut config = kube::Config::infer().await.expect("the kubeconfig");
+    config.auth_info.impersonate = Some(user.to_string());
+    Client::try_from(config).expect("a client")
+}
+
+fn allow_all(name: &str) -> NetworkPolicy {
+    serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {"podSelector": {}, "ingress": [{}], "egress": [{}], "policyTypes": ["Ingress", "Egress"]}
+    }))
+    .expect("a NetworkPolicy")
+}
+
+#[tokio::test]
+async fn members_cannot_loosen_isolation_and_lifted_rules_leave_the_namespace() {
+    let client = client().await;
+    install_crds(&client).await;
+    yiyun_e2e::install_admission_policies();
+    let _turn = controller_turn().await;
+    let controller = InProcessController::start();
+    let t = unique("isolated");
+    let (ns, owner, member) = (format!("{t}-ns"), format!("{t}-owner"), format!("{t}-member"));
+    let spec = |isolation: &str, regions: Value| {
+        json!({
+            "displayName": "公安局", "level": "province", "networkIsolation": isolation, "allowedRegions": regions,
+            "owners": [{"kind": "User", "name": owner}], "members": [{"kind": "User", "name": member}],
+            "namespaces": [{"name": ns}]
+        })
+    };
+    apply_tenant(&client, &t, spec("strict", json!(["east"]))).await;
+    wait_ready(&client, &t, "True").await;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let meta = namespaces.get(&ns).await.unwrap().metadata;
+    assert_eq!(meta.labels.as_ref().unwrap()["yiyun.io/network-isolation"], "strict");
+    assert_eq!(meta.labels.as_ref().unwrap()["yiyun.io/region-restricted"], "true");
+    assert_eq!(meta.annotations.as_ref().unwrap()["yiyun.io/allowed-regions"], "east");
+    wait_access(&client, &owner, &ns, true).await;
+
+    // The owner (admin role) and a member (edit role) may write NetworkPolicies by RBAC, but
+    // not under the tenant's isolation: neither an allow-all policy nor deleting yiyun's.
+    let as_owner: Api<NetworkPolicy> = Api::namespaced(client_as(&owner).await, &ns);
+    let as_member: Api<NetworkPolicy> = Api::namespaced(client_as(&member).await, &ns);
+    let dry_run = PostParams { dry_run: true, ..PostParams::default() };
+    let refused = eventually(WAIT, "the isolation policy in force", || async {
+        let err = as_owner.create(&dry_run, &allow_all("probe")).await.err()?.to_string();
+        err.contains("network isolation").then_some(err)
+    })
+    .await;
+    assert!(refused.contains(&format!("is under strict network isolation of tenant {t}")), "{refused}");
+    for api in [&as_owner, &as_member] {
+        let refused = api.create(&PostParams::default(), &allow_all("allow-all")).await.unwrap_err();
+        assert!(refused.to_string().contains("network isolation"), "{refused}");
+    }
+    let refused = as_owner.delete("yiyun-isolation", &DeleteParams::default()).await.unwrap_err();
+    assert!(refused.to_string().contains("network isolation"), "{refused}");
+    let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns);
+    assert!(policies.get_opt("allow-all").await.unwrap().is_none());
+    assert!(policies.get_opt("yiyun-isolation").await.unwrap().is_some());
+
+    // Isolation and regions lifted on the Tenant: the namespace loses both marks, and the owner
+    // writes NetworkPolicies again.
+    apply_tenant(&client, &t, spec("none", json!([]))).await;
+    eventually(WAIT, "the lifted marks gone from the namespace", || async {
+        let meta = namespaces.get(&ns).await.ok()?.metadata;
+        let labels = meta.labels.unwrap_or_default();
+        let gone = !labels.contains_key("yiyun.io/network-isolation")
+            && !labels.contains_key("yiyun.io/region-restricted")
+            && !meta.annotations.unwrap_or_default().contains_key("yiyun.io/allowed-regions");
+        gone.then_some(())
+    })
+    .await;
+    eventually(WAIT, "the owner may write NetworkPolicies", || async {
+        as_owner.create(&dry_run, &allow_all("allow-all")).await.ok().map(|_| ())
+    })
+    .await;
+
+    delete_tenant(&client, &t).await;
+    let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
+    controller.stop().await;
+}

@@ -10,7 +10,7 @@ use std::{
 use crate::{
     cost::CostModel,
     explain::Explanation,
-    filter::{NodeClass, Reason},
+    filter::{NodeClass, Reason, TenantScope},
     fxhash::FxHashMap,
     gpu::{GpuFree, MAX_GPUS, Workload},
     model::{GpuRequest, Node, Pod, Resources},
@@ -100,6 +100,10 @@ struct NodeSlot {
     rank: u64,
     class: u32,
     group: u32,
+    /// What the node's pods request together, and what that leaves of its allocatable. Free is
+    /// derived, never counted down on its own: a node overcommitted by pods bound elsewhere
+    /// gets its room back exactly as they leave.
+    allocated: Resources,
     free: Resources,
     gpus: GpuFree,
     pods: BTreeSet<String>,
@@ -118,6 +122,7 @@ struct Bound {
     sequence: u64,
     /// When the pod is expected to finish (the caller's clock), if its runtime is known.
     ends_at: Option<u64>,
+    evictable: bool,
 }
 
 /// Key of the fragmentation memo: what the measure depends on.
@@ -172,6 +177,7 @@ pub struct PlacedPod {
     pub sequence: u64,
     /// When the pod is expected to finish, if its runtime is known.
     pub ends_at: Option<u64>,
+    pub evictable: bool,
 }
 
 /// The placement engine.
@@ -372,6 +378,7 @@ impl Engine {
                     gpu_milli: bound.usage.gpu_milli,
                     sequence: bound.sequence,
                     ends_at: bound.ends_at,
+                    evictable: bound.evictable,
                 })
             })
             .collect()
@@ -407,17 +414,19 @@ impl Engine {
             self.gpu_allocated = self
                 .gpu_allocated
                 .saturating_sub(slot.gpus.devices().iter().map(|&f| 1000 - u64::from(f)).sum::<u64>());
-            let mut free = node.allocatable.clone();
+            let mut allocated = Resources::default();
             let mut gpus = GpuFree::idle(node.gpus);
             for key in &slot.pods {
                 if let Some(bound) = self.pods.get(key) {
-                    free.sub(&bound.requests);
+                    allocated.add(&bound.requests);
                     gpus.take(&bound.gpus);
                 }
             }
+            let mut free = node.allocatable.clone();
+            free.set_remaining(&node.allocatable, &allocated);
             self.install(
                 id,
-                NodeSlot { node, rank: slot.rank, class, group: 0, free, gpus, pods: slot.pods },
+                NodeSlot { node, rank: slot.rank, class, group: 0, allocated, free, gpus, pods: slot.pods },
             );
             return id;
         }
@@ -426,9 +435,13 @@ impl Engine {
         self.nodes.push(None);
         self.node_count += 1;
         let free = node.allocatable.clone();
+        let allocated = Resources::default();
         let gpus = GpuFree::idle(node.gpus);
         let rank = if self.policy.shuffled_ties() { self.rng.next_u64() } else { u64::from(id) };
-        self.install(id, NodeSlot { node, rank, class, group: 0, free, gpus, pods: BTreeSet::new() });
+        self.install(
+            id,
+            NodeSlot { node, rank, class, group: 0, allocated, free, gpus, pods: BTreeSet::new() },
+        );
         id
     }
 
@@ -635,11 +648,17 @@ impl Engine {
 
     /// Filters and site costs of every node class for `pod`.
     pub(crate) fn verdicts(&self, pod: &Pod) -> Vec<Result<(i64, f64), Reason>> {
-        let allowed = pod.tenant.as_deref().and_then(|tenant| self.tenants.allowed_regions(tenant));
+        let scope = match pod.tenant.as_deref() {
+            Some(tenant) => TenantScope {
+                region_rules: self.tenants.region_rules(tenant),
+                lineage: Some(self.tenants.chain(tenant).map(|t| t.name.as_str()).collect()),
+            },
+            None => TenantScope::default(),
+        };
         self.classes
             .iter()
             .map(|class| {
-                if let Some(reason) = class.reject(pod, allowed) {
+                if let Some(reason) = class.reject(pod, &scope) {
                     return Err(reason);
                 }
                 let cost = self.costs.evaluate(pod, &class.site)?;
@@ -679,7 +698,8 @@ impl Engine {
     pub fn assume(&mut self, pod: &Pod, placement: &Placement) {
         self.forget(&pod.key);
         let Some(slot) = self.nodes.get_mut(placement.node as usize).and_then(Option::as_mut) else { return };
-        slot.free.sub(&pod.requests);
+        slot.allocated.add(&pod.requests);
+        slot.free.set_remaining(&slot.node.allocatable, &slot.allocated);
         slot.gpus.take(&placement.gpus);
         slot.pods.insert(pod.key.clone());
         let usage = usage_of(pod);
@@ -702,6 +722,7 @@ impl Engine {
                 priority: pod.priority,
                 sequence: self.placements,
                 ends_at: pod.expected_runtime_seconds.map(|runtime| self.now.saturating_add(runtime)),
+                evictable: pod.evictable,
             },
         );
         self.placements += 1;
@@ -712,7 +733,8 @@ impl Engine {
     pub fn forget(&mut self, pod_key: &str) -> bool {
         let Some(bound) = self.pods.remove(pod_key) else { return false };
         if let Some(slot) = self.nodes.get_mut(bound.node as usize).and_then(Option::as_mut) {
-            slot.free.add(&bound.requests);
+            slot.allocated.sub(&bound.requests);
+            slot.free.set_remaining(&slot.node.allocatable, &slot.allocated);
             slot.gpus.give_back(&bound.gpus);
             slot.pods.remove(pod_key);
         }

@@ -13,6 +13,8 @@ pub enum Reason {
     NodeSelector,
     NodeAffinity,
     GpuModel,
+    /// The node is dedicated to a tenant outside the pod's tenant's line.
+    DedicatedToOther(String),
     /// The pod's tenant may not use the node's region.
     RegionNotAllowed(String),
     /// The node's site is beyond the latency limit of a realtime pod from its data.
@@ -33,6 +35,7 @@ impl fmt::Display for Reason {
             Reason::NodeSelector => write!(f, "node selector mismatch"),
             Reason::NodeAffinity => write!(f, "node affinity mismatch"),
             Reason::GpuModel => write!(f, "GPU model not allowed"),
+            Reason::DedicatedToOther(tenant) => write!(f, "dedicated to tenant {tenant}"),
             Reason::RegionNotAllowed(region) => write!(f, "region {region} not allowed for the tenant"),
             Reason::LatencyLimit => write!(f, "site beyond the realtime latency limit"),
             Reason::Deadline => write!(f, "site misses the deadline"),
@@ -57,6 +60,18 @@ pub struct NodeClass {
     pub region_class: String,
     pub site: String,
     pub gpu_model: Option<String>,
+    pub dedicated_to: Option<String>,
+}
+
+/// What a pod's tenant may use, from the tenant tree.
+#[derive(Clone, Debug, Default)]
+pub struct TenantScope<'a> {
+    /// The region lists of the tenant and its ancestors: a node's region or region class must
+    /// be in each.
+    pub region_rules: Vec<&'a [String]>,
+    /// The tenant and its ancestors, whose dedicated nodes the pod may use; `None` for a pod
+    /// outside every tenant (a system namespace), which dedication does not restrict.
+    pub lineage: Option<Vec<&'a str>>,
 }
 
 impl NodeClass {
@@ -69,12 +84,13 @@ impl NodeClass {
             region_class: node.topology.region_class.clone(),
             site: node.topology.site.clone(),
             gpu_model: node.gpu_model.clone(),
+            dedicated_to: node.dedicated_to.clone(),
         }
     }
 
     /// The first filter that rejects `pod` on nodes of this class, in the order kube-scheduler
     /// reports them.
-    pub fn reject(&self, pod: &Pod, allowed_regions: Option<&[String]>) -> Option<Reason> {
+    pub fn reject(&self, pod: &Pod, scope: &TenantScope) -> Option<Reason> {
         if self.unschedulable && !tolerates_unschedulable(pod) {
             return Some(Reason::Cordoned);
         }
@@ -83,6 +99,12 @@ impl NodeClass {
                 && !pod.tolerations.iter().any(|toleration| toleration.tolerates(taint))
         }) {
             return Some(Reason::UntoleratedTaint(taint.key.clone()));
+        }
+        // Tolerating the dedication taint is not enough: the node must be the pod's tenant's.
+        if let (Some(owner), Some(lineage)) = (&self.dedicated_to, &scope.lineage)
+            && !lineage.contains(&owner.as_str())
+        {
+            return Some(Reason::DedicatedToOther(owner.clone()));
         }
         if pod.node_selector.iter().any(|(key, value)| self.labels.get(key) != Some(value)) {
             return Some(Reason::NodeSelector);
@@ -98,10 +120,10 @@ impl NodeClass {
             return Some(Reason::GpuModel);
         }
         // A tenant names regions (`anhui`) or region classes (`east`).
-        if let Some(allowed) = allowed_regions
-            && !allowed.is_empty()
-            && !allowed.contains(&self.region)
-            && !allowed.contains(&self.region_class)
+        if scope
+            .region_rules
+            .iter()
+            .any(|allowed| !allowed.contains(&self.region) && !allowed.contains(&self.region_class))
         {
             return Some(Reason::RegionNotAllowed(self.region.clone()));
         }
@@ -155,6 +177,7 @@ mod tests {
             effect: TaintEffect::NoSchedule,
         });
         node.topology.region = "anhui".into();
+        node.dedicated_to = Some("wuhu-dsj".into());
         NodeClass::of(&node)
     }
 
@@ -165,6 +188,10 @@ mod tests {
             value: "wuhu-dsj".into(),
             effect: Some(TaintEffect::NoSchedule),
         });
+    }
+
+    fn in_regions(regions: &[String]) -> TenantScope<'_> {
+        TenantScope { region_rules: vec![regions], lineage: None }
     }
 
     fn requirement(key: &str, operator: Operator, values: &[&str]) -> Term {
@@ -180,9 +207,29 @@ mod tests {
     #[test]
     fn taints_must_be_tolerated() {
         let mut pod = Pod::new("p", Resources::new(100, 0));
-        assert_eq!(class().reject(&pod, None), Some(Reason::UntoleratedTaint("yiyun.io/dedicated".into())));
+        assert_eq!(
+            class().reject(&pod, &TenantScope::default()),
+            Some(Reason::UntoleratedTaint("yiyun.io/dedicated".into()))
+        );
         tolerating(&mut pod);
-        assert_eq!(class().reject(&pod, None), None);
+        assert_eq!(class().reject(&pod, &TenantScope::default()), None);
+    }
+
+    #[test]
+    fn a_dedicated_node_takes_only_its_tenants_subtree_however_it_tolerates() {
+        let mut pod = Pod::new("p", Resources::new(100, 0));
+        tolerating(&mut pod);
+        let of = |lineage: &[&'static str]| TenantScope {
+            region_rules: Vec::new(),
+            lineage: Some(lineage.to_vec()),
+        };
+        assert_eq!(
+            class().reject(&pod, &of(&["qianjiang", "hubei"])),
+            Some(Reason::DedicatedToOther("wuhu-dsj".into()))
+        );
+        assert_eq!(class().reject(&pod, &of(&["wuhu-dsj", "anhui"])), None, "the tenant itself");
+        assert_eq!(class().reject(&pod, &of(&["wuhu-dsj-team", "wuhu-dsj", "anhui"])), None, "its subtree");
+        assert_eq!(class().reject(&pod, &TenantScope::default()), None, "a system namespace's pod");
     }
 
     #[test]
@@ -201,13 +248,13 @@ mod tests {
         ];
         for (term, admitted) in cases {
             pod.required_terms = vec![term.clone()];
-            let rejected = class().reject(&pod, None);
+            let rejected = class().reject(&pod, &TenantScope::default());
             assert_eq!(rejected.is_none(), admitted, "{term:?}");
         }
         // Terms are ORed.
         pod.required_terms =
             vec![requirement("zone", Operator::In, &["x"]), requirement("zone", Operator::In, &["a"])];
-        assert_eq!(class().reject(&pod, None), None);
+        assert_eq!(class().reject(&pod, &TenantScope::default()), None);
     }
 
     #[test]
@@ -216,20 +263,29 @@ mod tests {
         tolerating(&mut pod);
         let mut cordoned = class();
         cordoned.unschedulable = true;
-        assert_eq!(cordoned.reject(&pod, None), Some(Reason::Cordoned));
+        assert_eq!(cordoned.reject(&pod, &TenantScope::default()), Some(Reason::Cordoned));
         let regions = vec!["gansu".to_string()];
-        assert_eq!(class().reject(&pod, Some(&regions)), Some(Reason::RegionNotAllowed("anhui".into())));
+        assert_eq!(
+            class().reject(&pod, &in_regions(&regions)),
+            Some(Reason::RegionNotAllowed("anhui".into()))
+        );
         let mut east = class();
         east.region_class = "east".into();
         assert_eq!(
-            east.reject(&pod, Some(&["east".to_string()])),
+            east.reject(&pod, &in_regions(&["east".to_string()])),
             None,
             "a region class names the region too"
         );
+        let (east_only, gansu) = (["east".to_string()], ["gansu".to_string(), "anhui".to_string()]);
+        let scope = TenantScope { region_rules: vec![&east_only, &gansu], lineage: None };
+        assert_eq!(east.reject(&pod, &scope), None, "in every list");
+        let west_child = ["gansu".to_string()];
+        let scope = TenantScope { region_rules: vec![&east_only, &west_child], lineage: None };
+        assert!(east.reject(&pod, &scope).is_some(), "a child cannot widen its parent's regions");
         pod.gpu = crate::model::GpuRequest::Whole(1);
         pod.gpu_models = vec!["A100".into()];
-        assert_eq!(class().reject(&pod, None), Some(Reason::GpuModel));
+        assert_eq!(class().reject(&pod, &TenantScope::default()), Some(Reason::GpuModel));
         pod.node_selector.insert("zone".into(), "b".into());
-        assert_eq!(class().reject(&pod, None), Some(Reason::NodeSelector));
+        assert_eq!(class().reject(&pod, &TenantScope::default()), Some(Reason::NodeSelector));
     }
 }

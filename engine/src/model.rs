@@ -44,12 +44,30 @@ impl Resources {
             .map(|(name, _)| Shortage::Extended(name.clone()))
     }
 
+    /// Adds `other`; saturates, so absurd requests can never wrap into small ones.
     pub fn add(&mut self, other: &Resources) {
-        self.cpu_milli += other.cpu_milli;
-        self.memory_bytes += other.memory_bytes;
-        self.pods += other.pods;
+        self.cpu_milli = self.cpu_milli.saturating_add(other.cpu_milli);
+        self.memory_bytes = self.memory_bytes.saturating_add(other.memory_bytes);
+        self.pods = self.pods.saturating_add(other.pods);
         for (name, amount) in &other.extended {
-            *self.extended.entry(name.clone()).or_insert(0) += amount;
+            let have = self.extended.entry(name.clone()).or_insert(0);
+            *have = have.saturating_add(*amount);
+        }
+    }
+
+    /// Sets `self` to what `allocatable` leaves after `allocated` (none where it is exceeded).
+    pub fn set_remaining(&mut self, allocatable: &Resources, allocated: &Resources) {
+        self.cpu_milli = allocatable.cpu_milli.saturating_sub(allocated.cpu_milli);
+        self.memory_bytes = allocatable.memory_bytes.saturating_sub(allocated.memory_bytes);
+        self.pods = allocatable.pods.saturating_sub(allocated.pods);
+        for (name, total) in &allocatable.extended {
+            let left = total.saturating_sub(allocated.extended.get(name).copied().unwrap_or(0));
+            match self.extended.get_mut(name) {
+                Some(free) => *free = left,
+                None => {
+                    self.extended.insert(name.clone(), left);
+                }
+            }
         }
     }
 
@@ -191,6 +209,8 @@ pub struct Node {
     /// Number of GPU devices, each of [`GPU_MILLI`].
     pub gpus: u8,
     pub gpu_model: Option<String>,
+    /// The tenant the node is dedicated to: only pods of that tenant's subtree may use it.
+    pub dedicated_to: Option<String>,
 }
 
 impl Node {
@@ -204,6 +224,7 @@ impl Node {
             allocatable,
             gpus: 0,
             gpu_model: None,
+            dedicated_to: None,
         }
     }
 }
@@ -288,6 +309,11 @@ pub struct Pod {
     pub spread_key: Option<String>,
     /// The gang (PodGroup) the pod belongs to.
     pub gang: Option<String>,
+    /// Whether the pod may preempt others (`preemptionPolicy: Never` says no).
+    pub preempts: bool,
+    /// Whether preemption may evict the pod: a DaemonSet's or a mirror pod would only come back
+    /// on the same node, so they never are.
+    pub evictable: bool,
 }
 
 impl Pod {
@@ -309,6 +335,8 @@ impl Pod {
             deadline_seconds: None,
             spread_key: None,
             gang: None,
+            preempts: true,
+            evictable: true,
         }
     }
 }

@@ -21,6 +21,9 @@ type VictimCost = (usize, i32, std::cmp::Reverse<u64>);
 impl Engine {
     /// Whether `preemptor` may evict `victim`.
     fn may_evict(&self, preemptor: &Pod, victim: &PlacedPod, borrowed: &BTreeMap<String, Usage>) -> bool {
+        if !victim.evictable {
+            return false;
+        }
         if preemptor.tenant == victim.tenant {
             return victim.priority < preemptor.priority;
         }
@@ -35,6 +38,9 @@ impl Engine {
 
     /// The cheapest way to make room for `pod` by evicting pods, without doing it.
     pub fn plan_preemption(&self, pod: &Pod) -> Option<Preemption> {
+        if !pod.preempts {
+            return None;
+        }
         let verdicts = self.verdicts(pod);
         let mut best: Option<(VictimCost, Preemption)> = None;
         for view in self.node_views() {
@@ -111,14 +117,35 @@ impl Engine {
     /// Plans a preemption for `pod` and carries it out in the engine's books: the victims are
     /// forgotten and the pod placed. `now` (seconds, the caller's clock) drives the rate limit.
     pub fn preempt(&mut self, pod: &Pod, now: u64) -> Result<Preemption, Explanation> {
+        let preemption = self.preemption_for(pod)?;
+        self.commit_preemption(pod, preemption, now)
+    }
+
+    /// [`plan_preemption`](Self::plan_preemption), or why there is none.
+    pub fn preemption_for(&mut self, pod: &Pod) -> Result<Preemption, Explanation> {
         let Some(preemption) = self.plan_preemption(pod) else {
             let mut explanation = self
                 .decide(pod)
                 .err()
                 .unwrap_or_else(|| Explanation::nodes(self.node_count(), BTreeMap::new()));
-            explanation.detail = Some("no pod may be preempted to make room".to_string());
+            let detail = if pod.preempts {
+                "no pod may be preempted to make room"
+            } else {
+                "preemptionPolicy Never: the pod waits for room"
+            };
+            explanation.detail = Some(detail.to_string());
             return Err(explanation);
         };
+        Ok(preemption)
+    }
+
+    /// Carries out a planned preemption in the engine's books, within the eviction rate limit.
+    pub fn commit_preemption(
+        &mut self,
+        pod: &Pod,
+        preemption: Preemption,
+        now: u64,
+    ) -> Result<Preemption, Explanation> {
         while self.evictions.front().is_some_and(|&at| at + 60 <= now) {
             self.evictions.pop_front();
         }

@@ -163,11 +163,13 @@ impl Tenants {
         })
     }
 
-    /// Regions a tenant's pods may use: its own list, or the nearest ancestor's.
-    pub fn allowed_regions(&self, name: &str) -> Option<&[String]> {
+    /// The region lists of a tenant and its ancestors (the non-empty ones): its pods may use a
+    /// node whose region or region class is in every list, so no child widens its parent's.
+    pub fn region_rules(&self, name: &str) -> Vec<&[String]> {
         self.chain(name)
-            .find(|tenant| !tenant.allowed_regions.is_empty())
+            .filter(|tenant| !tenant.allowed_regions.is_empty())
             .map(|t| t.allowed_regions.as_slice())
+            .collect()
     }
 
     pub fn charge(&mut self, name: &str, usage: Usage) {

@@ -40,6 +40,34 @@ fn placing_and_forgetting_keeps_the_books() {
 }
 
 #[test]
+fn a_node_overcommitted_by_pods_bound_elsewhere_gets_back_exactly_what_leaves() {
+    let mut engine = Engine::new(Policy::Yiyun, 1);
+    let a = engine.upsert_node(node("a", 8_000, 0));
+    let placement = crate::Placement { node: a, gpus: Vec::new() };
+    engine.assume(&pod("absurd", 1 << 62, GpuRequest::None), &placement);
+    engine.assume(&pod("small", 1_000, GpuRequest::None), &placement);
+    assert_eq!(engine.free(a).map(|(free, _)| free.cpu_milli), Some(0));
+    engine.forget("absurd");
+    assert_eq!(
+        engine.free(a).map(|(free, _)| free.cpu_milli),
+        Some(7_000),
+        "the small pod still holds its CPU"
+    );
+}
+
+#[test]
+fn absurd_requests_neither_wrap_nor_fit_and_are_explained() {
+    let mut engine = Engine::new(Policy::Yiyun, 1);
+    engine.upsert_node(node("a", 8_000, 0));
+    let mut requests = Resources::new(u64::MAX, u64::MAX);
+    requests.add(&Resources::new(u64::MAX, 1));
+    assert_eq!((requests.cpu_milli, requests.memory_bytes), (u64::MAX, u64::MAX), "saturated, not wrapped");
+    let huge = Pod::new("huge", requests);
+    let explanation = engine.schedule(&huge).expect_err("fits nowhere");
+    assert_eq!(explanation.to_string(), "0/1 nodes: 1 insufficient cpu");
+}
+
+#[test]
 fn a_fraction_fills_a_partly_used_gpu_before_an_idle_one() {
     let mut engine = Engine::new(Policy::Yiyun, 1);
     engine.upsert_node(node("a", 64_000, 2));
@@ -270,6 +298,35 @@ mod preemption {
         assert!(engine.placement_of("low").is_some());
         // Equal priority within a tenant is never preempted either.
         assert_eq!(engine.plan_preemption(&owned("peer", "dsj", 1_000, 0)), None);
+    }
+
+    #[test]
+    fn daemon_and_mirror_pods_are_never_victims_and_never_preempting_pods_never_preempt() {
+        let mut engine = engine_with(&[tenant("dsj", 64_000)]);
+        let mut daemon = owned("daemon", "dsj", 8_000, 0);
+        daemon.evictable = false;
+        engine.schedule(&daemon).expect("fits");
+        assert_eq!(engine.plan_preemption(&owned("urgent", "dsj", 4_000, 10)), None);
+
+        let mut engine = engine_with(&[tenant("dsj", 64_000)]);
+        engine.schedule(&owned("low", "dsj", 8_000, 0)).expect("fits");
+        let mut polite = owned("polite", "dsj", 4_000, 10);
+        polite.preempts = false;
+        assert_eq!(engine.plan_preemption(&polite), None);
+        let refused = engine.preempt(&polite, 0).expect_err("waits");
+        assert!(refused.to_string().contains("preemptionPolicy Never"), "{refused}");
+        assert!(engine.placement_of("low").is_some());
+    }
+
+    #[test]
+    fn another_tenants_pod_is_no_victim_of_priority_alone() {
+        let mut engine = engine_with(&[tenant("edu", 64_000), tenant("health", 64_000)]);
+        engine.schedule(&owned("theirs", "health", 8_000, 0)).expect("fits");
+        assert_eq!(
+            engine.plan_preemption(&owned("mine", "edu", 4_000, 1_000)),
+            None,
+            "health is within its guarantee"
+        );
     }
 
     #[test]

@@ -29,6 +29,7 @@ fn node(
         namespaces: namespaces.iter().map(|s| s.to_string()).collect(),
         standing: Standing::New,
         seniority: format!("2026-01-01T00:00:{:02}Z", name.len()),
+        allowed_regions: Vec::new(),
     }
 }
 
@@ -64,6 +65,17 @@ fn a_valid_tree_has_paths_children_and_no_problems() {
     assert_eq!(plan.get("jj-edu").unwrap().path, ["anhui", "wuhu", "jiujiang", "jj-edu"]);
     assert_eq!(plan.get("wuhu").unwrap().children, ["jiujiang", "wuhu-data"]);
     assert_eq!(plan.get("anhui").unwrap().children, ["wuhu"]);
+}
+
+#[test]
+fn region_rules_gather_every_list_down_the_tree_so_a_child_cannot_widen_its_parents() {
+    let mut world = anhui();
+    let regions = |list: &[&str]| list.iter().map(|r| r.to_string()).collect::<Vec<_>>();
+    world.tenants[0].allowed_regions = regions(&["east"]);
+    world.tenants[3].allowed_regions = regions(&["anhui", "gansu"]);
+    let plan = plan(&world);
+    assert_eq!(plan.get("wuhu").unwrap().region_rules, [regions(&["east"])]);
+    assert_eq!(plan.get("jj-edu").unwrap().region_rules, [regions(&["east"]), regions(&["anhui", "gansu"])]);
 }
 
 #[test]
@@ -426,6 +438,7 @@ fn no_subtree_can_ever_be_admitted_beyond_its_ceiling() {
                 namespaces,
                 standing: Standing::New,
                 seniority: format!("{i:04}"),
+                allowed_regions: Vec::new(),
             });
         }
         let plan = plan(&world);

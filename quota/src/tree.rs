@@ -48,6 +48,9 @@ pub struct TenantNode {
     /// Orders tenants that compete on equal footing: the smaller wins. The creation timestamp
     /// in RFC 3339 sorts correctly; it has whole seconds only, so the name breaks ties.
     pub seniority: String,
+    /// Regions (or region classes) the tenant's pods may use; empty for whatever its parent
+    /// allows.
+    pub allowed_regions: Vec<String>,
 }
 
 /// How established a tenant is; earlier variants take precedence.
@@ -105,6 +108,9 @@ pub struct TenantPlan {
     pub problem: Option<Problem>,
     /// Names from the root down to the tenant; empty when the chain of parents is broken.
     pub path: Vec<String>,
+    /// The non-empty `allowedRegions` lists of the tenant and its ancestors, root first: a pod of
+    /// the tenant may use a node whose region or region class is in every one of them.
+    pub region_rules: Vec<Vec<String>>,
     /// Direct children, in precedence order.
     pub children: Vec<String>,
     /// Namespaces labelled as the tenant's now, listed in its spec or not.
@@ -177,17 +183,18 @@ pub fn plan(world: &World) -> Plan {
     let namespace_winners = namespace_winners(world);
     for tenant in &order {
         let problem = check(tenant, &tenants, &children, &plans, &namespace_winners, world);
-        let path = match tenant.parent.as_deref() {
-            None => vec![tenant.name.clone()],
-            Some(parent) => {
-                let mut path = plans[parent].path.clone();
-                path.push(tenant.name.clone());
-                path
-            }
+        let (mut path, mut region_rules) = match tenant.parent.as_deref() {
+            None => (Vec::new(), Vec::new()),
+            Some(parent) => (plans[parent].path.clone(), plans[parent].region_rules.clone()),
         };
+        path.push(tenant.name.clone());
+        if !tenant.allowed_regions.is_empty() {
+            region_rules.push(tenant.allowed_regions.clone());
+        }
         let plan = plans.get_mut(&tenant.name).expect("every tenant has a plan");
         plan.problem = problem;
         plan.path = path;
+        plan.region_rules = region_rules;
     }
     // The resources each tree names, gathered up to its root and handed down again.
     let mut named: HashMap<&str, BTreeSet<Resource>> = world

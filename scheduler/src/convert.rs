@@ -22,10 +22,30 @@ pub fn pod_key(pod: &KubePod) -> String {
     )
 }
 
-/// Milli-units of a quantity; unparsable or negative quantities count as zero (the apiserver
-/// validates quantities, so this only guards against the impossible).
-fn milli(quantity: &Quantity) -> u64 {
-    Milli::parse(&quantity.0).ok().and_then(|m| u64::try_from(m.0).ok()).unwrap_or(0)
+/// How a quantity is counted: in milli-units, or in whole units rounded up or down.
+#[derive(Clone, Copy)]
+enum Count {
+    Milli,
+    UnitsUp,
+    UnitsDown,
+}
+
+/// A quantity counted as `count` says. One beyond what u64 holds (the apiserver admits up to
+/// about 2^63 whole units) counts as the most there can be: such a request fits nowhere and is
+/// explained, never wrapped or taken for nothing. Negative or unparsable quantities, which the
+/// apiserver refuses, count as zero.
+fn counted(quantity: &Quantity, count: Count) -> u64 {
+    let milli = match Milli::parse(&quantity.0) {
+        Ok(Milli(value)) if value > 0 => value,
+        Err(yiyun_quota::QuantityError::TooLarge(_)) => return u64::MAX,
+        _ => return 0,
+    };
+    let value = match count {
+        Count::Milli => milli,
+        Count::UnitsUp => (milli + 999) / 1000,
+        Count::UnitsDown => milli / 1000,
+    };
+    u64::try_from(value).unwrap_or(u64::MAX)
 }
 
 /// Resource amounts from a `name → quantity` map: cpu in milli, memory in bytes, pods and
@@ -34,16 +54,15 @@ fn amounts(map: &BTreeMap<String, Quantity>) -> (Resources, u64) {
     let mut resources = Resources { pods: 0, ..Resources::default() };
     let mut gpus = 0;
     for (name, quantity) in map {
-        let value = milli(quantity);
         match name.as_str() {
-            "cpu" => resources.cpu_milli = value,
-            "memory" => resources.memory_bytes = value.div_ceil(1000),
-            "pods" => resources.pods = value / 1000,
+            "cpu" => resources.cpu_milli = counted(quantity, Count::Milli),
+            "memory" => resources.memory_bytes = counted(quantity, Count::UnitsUp),
+            "pods" => resources.pods = counted(quantity, Count::UnitsDown),
             "ephemeral-storage" | "storage" => {}
-            name if name == labels::GPU_RESOURCE => gpus = value / 1000,
+            name if name == labels::GPU_RESOURCE => gpus = counted(quantity, Count::UnitsDown),
             name if name.starts_with("hugepages-") => {}
             name => {
-                resources.extended.insert(name.to_string(), value / 1000);
+                resources.extended.insert(name.to_string(), counted(quantity, Count::UnitsDown));
             }
         }
     }
@@ -62,6 +81,7 @@ pub fn node(node: &KubeNode) -> Node {
     out.topology.region_class = out.labels.get(labels::REGION_CLASS).cloned().unwrap_or_default();
     out.topology.site = out.labels.get(labels::SITE).cloned().unwrap_or_default();
     out.topology.rack = out.labels.get(labels::RACK).cloned().unwrap_or_default();
+    out.dedicated_to = out.labels.get(labels::DEDICATED).cloned();
     out.gpu_model =
         out.labels.get(labels::GPU_MODEL).or_else(|| out.labels.get(labels::NVIDIA_GPU_PRODUCT)).cloned();
     let spec = node.spec.clone().unwrap_or_default();
@@ -137,7 +157,7 @@ pub fn pod(pod: &KubePod, tenant: Option<&str>) -> Pod {
     for container in &spec.containers {
         let (resources, container_gpus) = amounts(&requests(container.resources.as_ref()));
         total.add(&resources);
-        gpus += container_gpus;
+        gpus = gpus.saturating_add(container_gpus);
     }
     for init in spec.init_containers.iter().flatten() {
         max_into(&mut total, &mut gpus, &amounts(&requests(init.resources.as_ref())));
@@ -188,6 +208,15 @@ pub fn pod(pod: &KubePod, tenant: Option<&str>) -> Pod {
         })
         .collect();
     out.priority = spec.priority.unwrap_or(0);
+    out.preempts = spec.preemption_policy.as_deref() != Some("Never");
+    let daemon = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.controller == Some(true) && o.kind == "DaemonSet");
+    let mirror = annotations.contains_key("kubernetes.io/config.mirror");
+    out.evictable = !daemon && !mirror;
     out.latency_class = match annotation(labels::LATENCY_CLASS) {
         Some("realtime") => LatencyClass::Realtime,
         Some("batch") => LatencyClass::Batch,
@@ -293,6 +322,37 @@ mod tests {
         assert_eq!(pod.data, Some(DataLocality { site: "wuhu".into(), gigabytes: 500 }));
         assert_eq!((pod.priority, pod.expected_runtime_seconds), (100, Some(3600)));
         assert_eq!(pod.required_terms[0].requirements[0].operator, Operator::Gt);
+        assert!(pod.preempts && pod.evictable);
+    }
+
+    #[test]
+    fn an_absurd_request_is_the_most_there_can_be_never_nothing_or_wrapped() {
+        let pod: KubePod = parse(serde_json::json!({
+            "metadata": {"name": "greedy", "namespace": "ns"},
+            "spec": {"containers": [
+                {"name": "a", "resources": {"requests": {"cpu": "9223372036854775807", "memory": "9E"}}},
+                {"name": "b", "resources": {"requests": {"cpu": "8E", "memory": "9E"}}},
+                {"name": "c", "resources": {"requests": {"memory": "9E"}}}]}
+        }));
+        let pod = super::pod(&pod, None);
+        // CPU beyond u64 milli; memory 27 EB in all, more bytes than u64 counts.
+        assert_eq!((pod.requests.cpu_milli, pod.requests.memory_bytes), (u64::MAX, u64::MAX));
+    }
+
+    #[test]
+    fn daemonset_and_mirror_pods_are_not_evictable_and_never_policy_does_not_preempt() {
+        let daemon: KubePod = parse(serde_json::json!({
+            "metadata": {"name": "agent-x", "namespace": "kube-system", "ownerReferences": [
+                {"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "agent", "uid": "u", "controller": true}]},
+            "spec": {"containers": [{"name": "c"}], "preemptionPolicy": "Never"}
+        }));
+        let daemon = super::pod(&daemon, None);
+        assert!(!daemon.evictable && !daemon.preempts);
+        let mirror: KubePod = parse(serde_json::json!({
+            "metadata": {"name": "etcd-n1", "namespace": "kube-system", "annotations": {"kubernetes.io/config.mirror": "x"}},
+            "spec": {"containers": [{"name": "c"}]}
+        }));
+        assert!(!super::pod(&mirror, None).evictable);
     }
 
     #[test]
@@ -305,5 +365,85 @@ mod tests {
         assert_eq!(super::pod(&pod, None).gpu, GpuRequest::Fraction(500));
         assert_eq!(gpu_assignment(&pod), Some(vec![(3, 500)]));
         assert_eq!(gpu_assignment_value(&[(0, 1000), (1, 1000)]), "0:1000,1:1000");
+    }
+
+    mod fuzz {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Quantities as the apiserver admits them, from nothing to its cap.
+        fn quantity() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "[0-9]{1,4}(m|Mi|Gi)?",
+                "[0-9]{1,19}(k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?",
+                Just("9223372036854775807".to_string()),
+                Just("8E".to_string()),
+                Just("100P".to_string()),
+            ]
+        }
+
+        fn request_map() -> impl Strategy<Value = serde_json::Value> {
+            let names = prop_oneof![
+                Just("cpu"),
+                Just("memory"),
+                Just("nvidia.com/gpu"),
+                Just("pods"),
+                Just("example.com/fpga")
+            ];
+            proptest::collection::btree_map(names, quantity(), 0..5).prop_map(|map| serde_json::json!(map))
+        }
+
+        fn annotation() -> impl Strategy<Value = String> {
+            prop_oneof!["[0-9]{0,25}", "[ -~]{0,20}", Just("0:1000,1:1000".to_string())]
+        }
+
+        fn kube_pod() -> impl Strategy<Value = KubePod> {
+            (
+                proptest::collection::vec(request_map(), 1..4),
+                proptest::collection::vec(request_map(), 0..3),
+                request_map(),
+                proptest::collection::vec(annotation(), 6),
+                any::<i32>(),
+            )
+                .prop_map(|(containers, inits, overhead, values, priority)| {
+                    let container = |(i, requests): (usize, serde_json::Value)| {
+                        serde_json::json!({"name": format!("c{i}"), "resources": {"requests": requests}})
+                    };
+                    let keys = [
+                        labels::GPU_FRACTION,
+                        labels::GPU_MODELS,
+                        labels::DATA_GIGABYTES,
+                        labels::EXPECTED_RUNTIME,
+                        labels::DEADLINE,
+                        labels::GPU_ASSIGNMENT,
+                    ];
+                    let annotations: BTreeMap<&str, String> = keys.into_iter().zip(values).collect();
+                    serde_json::from_value(serde_json::json!({
+                        "metadata": {"name": "p", "namespace": "ns", "annotations": annotations},
+                        "spec": {
+                            "containers": containers.into_iter().enumerate().map(container).collect::<Vec<_>>(),
+                            "initContainers": inits.into_iter().enumerate().map(container).collect::<Vec<_>>(),
+                            "overhead": overhead,
+                            "priority": priority
+                        }
+                    }))
+                    .expect("a valid pod")
+                })
+        }
+
+        proptest! {
+            #[test]
+            fn any_admitted_pod_converts_without_overflow_and_asks_at_least_each_container(pod in kube_pod()) {
+                let converted = super::super::pod(&pod, Some("t"));
+                let spec = pod.spec.as_ref().expect("spec");
+                for container in spec.containers.iter().chain(spec.init_containers.iter().flatten()) {
+                    let (alone, _) = amounts(&requests(container.resources.as_ref()));
+                    prop_assert!(converted.requests.cpu_milli >= alone.cpu_milli);
+                    prop_assert!(converted.requests.memory_bytes >= alone.memory_bytes);
+                }
+                let _ = gpu_assignment(&pod);
+            }
+        }
     }
 }

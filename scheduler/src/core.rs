@@ -10,7 +10,10 @@ use std::{
 
 use futures::{Stream, StreamExt, stream::BoxStream};
 use k8s_openapi::{
-    api::core::v1::{Binding, Namespace, Node as KubeNode, ObjectReference, Pod as KubePod},
+    api::{
+        core::v1::{Binding, Namespace, Node as KubeNode, ObjectReference, Pod as KubePod},
+        policy::v1::PodDisruptionBudget,
+    },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 use kube::{
@@ -27,7 +30,10 @@ use yiyun_engine::{
     gang::{Gang, Level, Mode},
     model::Pod,
 };
-use yiyun_kube::leader::Leadership;
+use yiyun_kube::{
+    disruption::{disruptions_allowed, first_broken},
+    leader::Leadership,
+};
 
 use crate::{Config, Error, convert, metrics::Metrics, report::Reporter};
 
@@ -46,6 +52,7 @@ enum Update {
     PodGroup(watcher::Event<PodGroup>),
     Tenant(watcher::Event<Tenant>),
     Site(watcher::Event<ComputeSite>),
+    Budget(watcher::Event<PodDisruptionBudget>),
     /// A watch failed (it restarts by itself): which kind, and why.
     Lost(&'static str, String),
 }
@@ -74,6 +81,8 @@ struct BoundPod {
     pod: Pod,
     gpus: Option<Vec<(u8, u16)>>,
     running: bool,
+    /// What PodDisruptionBudgets select it by.
+    labels: BTreeMap<String, String>,
 }
 
 /// What a task reports back.
@@ -88,6 +97,18 @@ enum Done {
 /// nominated.
 struct Nomination {
     victims: HashSet<String>,
+    node: String,
+    since: Instant,
+}
+
+/// What trying to preempt for a pod came to.
+enum Preempted {
+    /// Victims are being evicted; the pod is nominated.
+    Started,
+    /// No set of victims makes room (or the rate limit holds).
+    NotPossible,
+    /// Room could be made, but not without breaking a PodDisruptionBudget: nothing evicted.
+    BudgetRefuses(String),
 }
 
 /// Which watches have listed everything once.
@@ -99,11 +120,18 @@ struct Synced {
     groups: bool,
     tenants: bool,
     sites: bool,
+    budgets: bool,
 }
 
 impl Synced {
     fn all(&self) -> bool {
-        self.nodes && self.pods && self.namespaces && self.groups && self.tenants && self.sites
+        self.nodes
+            && self.pods
+            && self.namespaces
+            && self.groups
+            && self.tenants
+            && self.sites
+            && self.budgets
     }
 }
 
@@ -125,6 +153,8 @@ pub struct Scheduler {
     bound_on: HashMap<String, HashMap<String, BoundPod>>,
     groups: HashMap<String, Group>,
     sites: BTreeMap<String, ComputeSite>,
+    /// PodDisruptionBudgets by `namespace/name`: preemption evicts all its victims or none.
+    budgets: HashMap<String, PodDisruptionBudget>,
     synced: Synced,
     /// Keys seen while a watch relists, to drop what is gone afterwards.
     relisting_nodes: Option<HashSet<String>>,
@@ -182,6 +212,7 @@ impl Scheduler {
             bound_on: HashMap::new(),
             groups: HashMap::new(),
             sites: BTreeMap::new(),
+            budgets: HashMap::new(),
             synced: Synced::default(),
             relisting_nodes: None,
             relisting_pods: None,
@@ -224,6 +255,12 @@ impl Scheduler {
                 Api::<ComputeSite>::all(client.clone()),
                 watcher::Config::default(),
                 Update::Site,
+            ),
+            watch(
+                "PodDisruptionBudget",
+                Api::<PodDisruptionBudget>::all(client.clone()),
+                watcher::Config::default(),
+                Update::Budget,
             ),
         ])
     }
@@ -288,6 +325,18 @@ impl Scheduler {
                 self.engine.set_costs(crate::sites::cost_model(self.sites.values()));
                 self.requeue = true;
             }
+            Update::Budget(event) => match event {
+                watcher::Event::Apply(budget) | watcher::Event::InitApply(budget) => {
+                    let key = format!("{}/{}", budget.namespace().unwrap_or_default(), budget.name_any());
+                    self.budgets.insert(key, budget);
+                }
+                watcher::Event::Delete(budget) => {
+                    let key = format!("{}/{}", budget.namespace().unwrap_or_default(), budget.name_any());
+                    self.budgets.remove(&key);
+                }
+                watcher::Event::Init => self.budgets.clear(),
+                watcher::Event::InitDone => self.synced.budgets = true,
+            },
             Update::Lost(kind, error) => {
                 // Without yiyun's CRDs there are no PodGroups, Tenants or ComputeSites: schedule
                 // without them rather than not at all (the watch keeps trying and picks them up
@@ -470,7 +519,8 @@ impl Scheduler {
             self.unschedulable.remove(&key);
             let gpus = convert::gpu_assignment(kube_pod);
             let running = kube_pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
-            let bound = BoundPod { pod: pod.clone(), gpus: gpus.clone(), running };
+            let labels = kube_pod.metadata.labels.clone().unwrap_or_default();
+            let bound = BoundPod { pod: pod.clone(), gpus: gpus.clone(), running, labels };
             self.bound_on.entry(node_name.clone()).or_default().insert(key, bound);
             self.account(&node_name, &pod, gpus);
             return;
@@ -632,6 +682,7 @@ impl Scheduler {
             self.unschedulable.remove(&key);
             self.active.insert(key);
         }
+        self.expire_nominations(now);
         self.metrics.pending.set(self.pending.len() as i64);
         self.group_statuses();
         self.engine.set_now(k8s_openapi::jiff::Timestamp::now().as_second().max(0) as u64);
@@ -741,11 +792,11 @@ impl Scheduler {
             }
             match self.engine.schedule(&pod) {
                 Ok(placement) => self.bind(&pod, placement),
-                Err(explanation) => {
-                    if !self.preempt(&pod) {
-                        self.unplaced(&pod, explanation.to_string());
-                    }
-                }
+                Err(explanation) => match self.preempt(&pod) {
+                    Preempted::Started => {}
+                    Preempted::NotPossible => self.unplaced(&pod, explanation.to_string()),
+                    Preempted::BudgetRefuses(why) => self.unplaced(&pod, format!("{explanation}; {why}")),
+                },
             }
         }
         for (gang, members) in gangs {
@@ -811,19 +862,43 @@ impl Scheduler {
         }
     }
 
-    /// Tries to make room for `pod` by preemption: the engine picks the victims and takes the
-    /// room; the victims are evicted (PodDisruptionBudgets can refuse) and the pod is bound to
-    /// its nominated node once they are gone.
-    fn preempt(&mut self, pod: &Pod) -> bool {
+    /// Tries to make room for `pod` by preemption: the engine picks the victims; unless that
+    /// would break a PodDisruptionBudget, it takes the room, the victims are evicted and the pod
+    /// is bound to its nominated node once they are gone.
+    fn preempt(&mut self, pod: &Pod) -> Preempted {
         let now = k8s_openapi::jiff::Timestamp::now().as_second().max(0) as u64;
-        let Ok(preemption) = self.engine.preempt(pod, now) else { return false };
-        let Some(node) = self.engine.node(preemption.placement.node).map(|node| node.name.clone()) else {
-            return false;
+        let Ok(plan) = self.engine.preemption_for(pod) else { return Preempted::NotPossible };
+        let Some(node) = self.engine.node(plan.placement.node).map(|node| node.name.clone()) else {
+            return Preempted::NotPossible;
+        };
+        let on_node = self.bound_on.get(&node);
+        let victims: Vec<(&str, &BTreeMap<String, String>)> = plan
+            .victims
+            .iter()
+            .filter_map(|key| {
+                let labels = &on_node?.get(key)?.labels;
+                Some((key.split_once('/')?.0, labels))
+            })
+            .collect();
+        if let Some((budget, count)) = first_broken(self.budgets.values(), &victims) {
+            return Preempted::BudgetRefuses(format!(
+                "preemption would evict {count} pod(s) of PodDisruptionBudget {}/{}, which allows {}; nothing evicted",
+                budget.namespace().unwrap_or_default(),
+                budget.name_any(),
+                disruptions_allowed(budget)
+            ));
+        }
+        let Ok(preemption) = self.engine.commit_preemption(pod, plan, now) else {
+            return Preempted::NotPossible;
         };
         info!(pod = %pod.key, %node, victims = ?preemption.victims, "preempting");
         self.metrics.preemptions.inc();
-        self.nominated
-            .insert(pod.key.clone(), Nomination { victims: preemption.victims.iter().cloned().collect() });
+        let nomination = Nomination {
+            victims: preemption.victims.iter().cloned().collect(),
+            node: node.clone(),
+            since: Instant::now(),
+        };
+        self.nominated.insert(pod.key.clone(), nomination);
         let (namespace, name) = pod.key.split_once('/').unwrap_or_default();
         let pods: Api<KubePod> = Api::namespaced(self.client.clone(), namespace);
         let status = serde_json::json!({"status": {"nominatedNodeName": node}});
@@ -856,7 +931,32 @@ impl Scheduler {
                 let _ = done.send(Done::Evicted { victim, preemptor, result: result.map(|_| ()) });
             });
         }
-        true
+        Preempted::Started
+    }
+
+    /// Drops nominations whose victims have not gone within the timeout (stuck terminating, a
+    /// finalizer): the victims still there hold their room again, and the pod is tried afresh.
+    fn expire_nominations(&mut self, now: Instant) {
+        let timeout = Duration::from_secs(self.config.nomination_timeout_seconds);
+        let expired: Vec<String> = self
+            .nominated
+            .iter()
+            .filter(|(_, nomination)| now.duration_since(nomination.since) >= timeout)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in expired {
+            let Some(nomination) = self.nominated.remove(&key) else { continue };
+            warn!(pod = %key, node = %nomination.node, victims = ?nomination.victims, "victims still there after the nomination timeout; trying again");
+            self.engine.forget(&key);
+            for victim in &nomination.victims {
+                if let Some(bound) =
+                    self.bound_on.get(&nomination.node).and_then(|pods| pods.get(victim)).cloned()
+                {
+                    self.account(&nomination.node, &bound.pod, bound.gpus);
+                }
+            }
+            self.active.insert(key);
+        }
     }
 
     fn evicted(&mut self, victim: String, preemptor: String, result: Result<(), kube::Error>) {
@@ -943,7 +1043,10 @@ impl Scheduler {
     }
 }
 
-/// Records the GPU devices (if any) on the pod, then binds it through `pods/binding`.
+/// Binds the pod through `pods/binding` (guarded by its uid: a pod deleted and recreated under
+/// the same name is not bound), with the GPU devices it gets, if any, as an annotation of the
+/// Binding: the apiserver copies it onto the pod in the same write, and the chart's admission
+/// policy lets nobody set or change it otherwise.
 async fn bind(
     api: &Api<KubePod>,
     name: &str,
@@ -951,17 +1054,11 @@ async fn bind(
     node: &str,
     gpus: Option<String>,
 ) -> Result<(), kube::Error> {
-    if let Some(gpus) = gpus {
-        // Guarded by the uid: a pod deleted and recreated under the same name is not touched.
-        let patch = serde_json::json!({
-            "metadata": {"uid": uid, "annotations": {labels::GPU_ASSIGNMENT: gpus}}
-        });
-        api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
-    }
     let binding = Binding {
         metadata: ObjectMeta {
             name: Some(name.to_string()),
             uid: Some(uid.to_string()),
+            annotations: gpus.map(|gpus| [(labels::GPU_ASSIGNMENT.to_string(), gpus)].into()),
             ..ObjectMeta::default()
         },
         target: ObjectReference {

@@ -33,6 +33,10 @@ pub struct Config {
     /// Most pods preemption may evict per minute.
     #[arg(long, env = "YIYUN_SCHEDULER_EVICTIONS_PER_MINUTE", default_value_t = yiyun_engine::DEFAULT_EVICTIONS_PER_MINUTE)]
     pub evictions_per_minute: usize,
+    /// Seconds a preempting pod waits for its victims to go before it gives its nominated room
+    /// back and is tried again.
+    #[arg(long, env = "YIYUN_SCHEDULER_NOMINATION_TIMEOUT_SECONDS", default_value_t = 120)]
+    pub nomination_timeout_seconds: u64,
     /// A kubeconfig to use instead of `KUBECONFIG` or the in-cluster service account.
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,

@@ -5,7 +5,7 @@ use std::{fmt::Write, path::Path, time::Instant};
 
 use yiyun_engine::{
     Engine, Policy,
-    filter::NodeClass,
+    filter::{NodeClass, TenantScope},
     gang::{Gang, Level, Mode},
     model::{GpuRequest, Node, Pod, Resources},
     rng::Rng,
@@ -90,7 +90,9 @@ impl Scan {
         let (count, milli) = pod.gpu.per_device();
         let mut best: Option<(f64, usize)> = None;
         for (index, (_, class, free, gpus)) in self.nodes.iter().enumerate() {
-            if class.reject(pod, None).is_some() || free.first_shortage(&pod.requests).is_some() {
+            if class.reject(pod, &TenantScope::default()).is_some()
+                || free.first_shortage(&pod.requests).is_some()
+            {
                 continue;
             }
             if gpus.iter().filter(|&&free| free >= milli).count() < usize::from(count) {

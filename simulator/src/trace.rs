@@ -79,6 +79,16 @@ struct Csv<'a> {
 impl<'a> Csv<'a> {
     /// Parses `text`; every column in `required` must be in the header, `optional` ones may be.
     fn parse(text: &'a str, file: &'a str, required: &[&str], optional: &[&str]) -> Result<Self, Error> {
+        if text.trim().is_empty() {
+            return Err(Error::Trace {
+                file: file.to_string(),
+                line: 1,
+                message: format!(
+                    "the file is empty (expected a header with {}, then rows)",
+                    required.join(",")
+                ),
+            });
+        }
         let mut lines = text.lines().enumerate();
         let header: Vec<&str> =
             lines.next().map(|(_, line)| line.trim().split(',').map(str::trim).collect()).unwrap_or_default();
@@ -104,13 +114,33 @@ impl<'a> Csv<'a> {
                 }
                 Ok((index + 1, fields))
             })
-            .collect::<Result<_, _>>()?;
+            .collect::<Result<Vec<_>, _>>()?;
+        if rows.is_empty() {
+            return Err(Error::Trace {
+                file: file.to_string(),
+                line: 2,
+                message: "the header is followed by no rows".to_string(),
+            });
+        }
         Ok(Csv { file, columns, rows })
     }
 
     /// Field `column` (the index in required + optional) of a row; empty when the file lacks it.
     fn field(&self, row: &[&'a str], column: usize) -> &'a str {
         self.columns[column].map_or("", |index| row[index])
+    }
+
+    /// A size in MiB, which must fit in bytes.
+    fn mebibytes(&self, line: usize, name: &str, value: &str) -> Result<u64, Error> {
+        let mib = self.number(line, name, value)?;
+        if mib > u64::MAX >> 20 {
+            return Err(Error::Trace {
+                file: self.file.to_string(),
+                line,
+                message: format!("{name} {mib} is more bytes than can be counted"),
+            });
+        }
+        Ok(mib)
     }
 
     fn number(&self, line: usize, name: &str, value: &str) -> Result<u64, Error> {
@@ -141,7 +171,7 @@ pub fn parse_nodes(text: &str, file: &str) -> Result<Vec<TraceNode>, Error> {
             Ok(TraceNode {
                 name: csv.field(row, 0).to_string(),
                 cpu_milli: csv.number(line, "cpu_milli", csv.field(row, 1))?,
-                memory_mib: csv.number(line, "memory_mib", csv.field(row, 2))?,
+                memory_mib: csv.mebibytes(line, "memory_mib", csv.field(row, 2))?,
                 gpus,
                 model: Some(csv.field(row, 4)).filter(|m| !m.is_empty()).map(str::to_string),
             })
@@ -189,7 +219,7 @@ pub fn parse_pods(text: &str, file: &str) -> Result<Vec<TracePod>, Error> {
             Ok(TracePod {
                 name: csv.field(row, 0).to_string(),
                 cpu_milli: csv.number(line, "cpu_milli", csv.field(row, 1))?,
-                memory_mib: csv.number(line, "memory_mib", csv.field(row, 2))?,
+                memory_mib: csv.mebibytes(line, "memory_mib", csv.field(row, 2))?,
                 gpu,
                 gpu_models: csv.field(row, 5).split('|').map(str::trim).filter(|m| !m.is_empty()).map(str::to_string).collect(),
                 qos,
@@ -224,6 +254,24 @@ mod tests {
         assert_eq!(pods[1].gpu, GpuRequest::Whole(8));
         assert_eq!(pods[1].gpu_models, vec!["V100M16", "V100M32"]);
         assert_eq!(pods[1].qos, Qos::BestEffort);
+    }
+
+    #[test]
+    fn an_empty_file_a_header_alone_and_an_absurd_size_are_clear_errors() {
+        let err = parse_nodes("", "nodes.csv").expect_err("empty");
+        assert_eq!(
+            err.to_string(),
+            "nodes.csv line 1: the file is empty (expected a header with sn,cpu_milli,memory_mib,gpu, then rows)"
+        );
+        let err =
+            parse_pods("name,cpu_milli,memory_mib,num_gpu,gpu_milli\n\n", "pods.csv").expect_err("no rows");
+        assert_eq!(err.to_string(), "pods.csv line 2: the header is followed by no rows");
+        let err = parse_nodes("sn,cpu_milli,memory_mib,gpu\nn0,1,18446744073709551615,0\n", "big.csv")
+            .expect_err("too many bytes");
+        assert!(
+            err.to_string().contains("memory_mib 18446744073709551615 is more bytes than can be counted"),
+            "{err}"
+        );
     }
 
     #[test]

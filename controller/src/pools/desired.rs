@@ -7,16 +7,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::{
-    api::core::v1::{Node, Taint},
-    apimachinery::pkg::apis::meta::v1::LabelSelector,
-};
+use k8s_openapi::api::core::v1::{Node, Taint};
 use yiyun_crds::{ComputeSite, NodePool, Onboarding, RegionClass, TaintEffect};
+use yiyun_kube::disruption::selects;
 
-pub use yiyun_crds::labels::{RACK, REGION, REGION_CLASS, SITE, ZONE};
+pub use yiyun_crds::labels::{DEDICATED, RACK, REGION, REGION_CLASS, SITE, ZONE};
 pub const POOL: &str = "yiyun.io/node-pool";
-/// Label and NoSchedule taint of nodes dedicated to a tenant.
-pub const DEDICATED: &str = "yiyun.io/dedicated";
 /// NoSchedule taint of a node a Manual pool has not approved yet.
 pub const ONBOARDING: &str = "yiyun.io/onboarding";
 /// Label keys yiyun set on the node, comma-separated.
@@ -38,24 +34,6 @@ pub fn pools_selecting<'a>(node: &Node, pools: &'a [&'a NodePool]) -> Vec<&'a No
                 || pool.spec.node_selector.as_ref().is_some_and(|s| selects(s, &labels))
         })
         .collect()
-}
-
-/// Label selector semantics: every matchLabels pair and every expression must hold. An
-/// expression with an unknown operator selects nothing.
-pub fn selects(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    let pairs = selector.match_labels.iter().flatten().all(|(k, v)| labels.get(k) == Some(v));
-    let expressions = selector.match_expressions.iter().flatten().all(|e| {
-        let values = e.values.clone().unwrap_or_default();
-        let value = labels.get(&e.key);
-        match e.operator.as_str() {
-            "In" => value.is_some_and(|v| values.contains(v)),
-            "NotIn" => value.is_none_or(|v| !values.contains(v)),
-            "Exists" => value.is_some(),
-            "DoesNotExist" => value.is_none(),
-            _ => false,
-        }
-    });
-    pairs && expressions
 }
 
 /// The rack of `node` in `pool`, if the pool can tell.
@@ -245,18 +223,6 @@ mod tests {
 
     fn taint_keys(node: &Node) -> Vec<String> {
         node.spec.as_ref().unwrap().taints.iter().flatten().map(|t| t.key.clone()).collect()
-    }
-
-    #[test]
-    fn selectors_follow_kubernetes_semantics() {
-        let labels: BTreeMap<String, String> = [("pool".to_string(), "gpu".to_string())].into();
-        let s = |y: &str| -> LabelSelector { yaml(y) };
-        assert!(selects(&s("matchLabels: {pool: gpu}"), &labels));
-        assert!(!selects(&s("matchLabels: {pool: cpu}"), &labels));
-        assert!(selects(&s("matchExpressions: [{key: pool, operator: In, values: [gpu, x]}]"), &labels));
-        assert!(selects(&s("matchExpressions: [{key: zone, operator: DoesNotExist}]"), &labels));
-        assert!(!selects(&s("matchExpressions: [{key: pool, operator: NotIn, values: [gpu]}]"), &labels));
-        assert!(!selects(&s("matchExpressions: [{key: pool, operator: Bogus}]"), &labels));
     }
 
     #[test]

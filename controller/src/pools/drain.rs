@@ -1,8 +1,8 @@
 //! Maintenance drains: evict the pods of cordoned nodes through the Eviction API, so
-//! PodDisruptionBudgets are honoured; report what is left and which budget blocks it; stop at
-//! the timeout and never force-delete.
+//! PodDisruptionBudgets are honoured; report what is left and why each pod stays; stop at the
+//! timeout and never force-delete.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use k8s_openapi::{
     api::{
@@ -12,15 +12,10 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::Time,
     jiff::Timestamp,
 };
-use kube::{
-    Api, Client, ResourceExt,
-    api::{EvictParams, ListParams},
-};
+use kube::{Api, Client, ResourceExt, api::EvictParams};
 use tracing::info;
 use yiyun_crds::{BlockedPod, Maintenance, MaintenanceStatus};
-
-use super::desired::selects;
-use crate::Error;
+use yiyun_kube::disruption::{covers, disruptions_allowed};
 
 /// How long one eviction may take before it counts as refused.
 const EVICTION_WAIT: Duration = Duration::from_secs(3);
@@ -51,46 +46,50 @@ pub fn must_move(pod: &Pod) -> bool {
     !(daemon || mirror || finished)
 }
 
-/// One pass of the drain of `entry` over `nodes` (already cordoned). Pods being deleted are
-/// never evicted again, so a restarted controller resumes without evicting twice.
+/// One pass of the drain of `entry` over `nodes` (already cordoned), with the pods and budgets
+/// the watches hold. Every pod left says why in `blocked`: a budget that allows no disruption,
+/// an eviction the apiserver refused (with its answer), the timeout. Pods being deleted are
+/// never evicted again, so a restarted controller resumes without evicting twice. `started`
+/// was saved when the entry first appeared, so the timeout is always reached.
 pub async fn drain_pass(
     client: &Client,
     entry: &Maintenance,
     nodes: &[&Node],
-    previous: Option<&MaintenanceStatus>,
-) -> Result<(MaintenanceStatus, usize), Error> {
-    let started = previous.and_then(|p| p.started.clone()).unwrap_or_else(|| Time(Timestamp::now()));
+    pods: &[Arc<Pod>],
+    budgets: &[Arc<PodDisruptionBudget>],
+    started: &Time,
+) -> (MaintenanceStatus, usize) {
     let timeout = parse_timeout(&entry.drain_timeout).unwrap_or(Duration::from_secs(30 * 60));
     let elapsed = Timestamp::now().duration_since(started.0);
     let timed_out = elapsed.as_secs() >= 0 && elapsed.unsigned_abs() >= timeout;
 
-    let all_pods: Api<Pod> = Api::all(client.clone());
-    let mut left: Vec<Pod> = Vec::new();
-    for node in nodes {
-        let on_node = ListParams::default().fields(&format!("spec.nodeName={}", node.name_any()));
-        left.extend(all_pods.list(&on_node).await?.items.into_iter().filter(must_move));
-    }
-    let mut budgets: BTreeMap<String, Vec<PodDisruptionBudget>> = BTreeMap::new();
+    let names: Vec<String> = nodes.iter().map(|n| n.name_any()).collect();
+    let left: Vec<&Pod> = pods
+        .iter()
+        .map(Arc::as_ref)
+        .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some_and(|n| names.contains(n)))
+        .filter(|p| must_move(p))
+        .collect();
     let mut blocked = Vec::new();
     let mut evicted = 0;
     for pod in left.iter().filter(|p| p.metadata.deletion_timestamp.is_none()) {
         let namespace = pod.namespace().unwrap_or_default();
-        if !budgets.contains_key(&namespace) {
-            let api: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &namespace);
-            budgets.insert(namespace.clone(), api.list(&ListParams::default()).await?.items);
-        }
-        let budget = budgets[&namespace].iter().find(|b| {
-            b.spec.as_ref().and_then(|s| s.selector.as_ref()).is_some_and(|s| selects(s, pod.labels()))
-        });
-        // A budget that allows no disruption refuses the eviction anyway; don't ask.
-        let exhausted =
-            budget.is_some_and(|b| b.status.as_ref().is_some_and(|s| s.disruptions_allowed == Some(0)));
-        let refused = timed_out || exhausted || !evict(client, pod, &entry.name).await?;
-        if refused {
-            let budget = budget.map(|b| b.name_any()).unwrap_or_default();
-            blocked.push(BlockedPod { namespace, pod: pod.name_any(), budget });
+        let budget = budgets.iter().map(Arc::as_ref).find(|b| covers(b, &namespace, pod.labels()));
+        let budget_name = budget.map(|b| b.name_any()).unwrap_or_default();
+        let outcome = if timed_out {
+            Outcome::Blocked(format!("drain timed out after {}", entry.drain_timeout))
+        } else if let Some(budget) = budget.filter(|b| disruptions_allowed(b) == 0) {
+            // The Eviction API would refuse it anyway; don't ask.
+            Outcome::Blocked(format!("PodDisruptionBudget {} allows no disruption now", budget.name_any()))
         } else {
-            evicted += 1;
+            evict(client, pod, &entry.name).await
+        };
+        match outcome {
+            Outcome::Evicted => evicted += 1,
+            Outcome::Gone => {}
+            Outcome::Blocked(reason) => {
+                blocked.push(BlockedPod { namespace, pod: pod.name_any(), budget: budget_name, reason })
+            }
         }
     }
     let pods_left = i32::try_from(left.len()).unwrap_or(i32::MAX);
@@ -101,33 +100,54 @@ pub async fn drain_pass(
     } else {
         "Draining"
     };
-    Ok((
-        MaintenanceStatus {
-            name: entry.name.clone(),
-            phase: phase.into(),
-            pods_left,
-            blocked,
-            started: Some(started),
-        },
-        evicted,
-    ))
+    let status = MaintenanceStatus {
+        name: entry.name.clone(),
+        phase: phase.into(),
+        pods_left,
+        blocked,
+        started: Some(started.clone()),
+    };
+    (status, evicted)
 }
 
-/// Asks the Eviction API to evict `pod`: `false` when a budget refuses. The client retries a
-/// refusal (429) with backoff, so a refusal also shows as no answer within a few seconds.
-async fn evict(client: &Client, pod: &Pod, maintenance: &str) -> Result<bool, Error> {
+/// What asking to evict one pod came to.
+#[derive(Debug, PartialEq)]
+enum Outcome {
+    Evicted,
+    /// Gone already: nothing left to move.
+    Gone,
+    /// Still there, and why.
+    Blocked(String),
+}
+
+/// Asks the Eviction API to evict `pod`. The client retries a budget's refusal (429) with
+/// backoff, so a refusal also shows as no answer within a few seconds.
+async fn evict(client: &Client, pod: &Pod, maintenance: &str) -> Outcome {
     let namespace = pod.namespace().unwrap_or_default();
     let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
-    match tokio::time::timeout(EVICTION_WAIT, pods.evict(&pod.name_any(), &EvictParams::default())).await {
-        Ok(Ok(_)) => {
-            info!(pod = %pod.name_any(), namespace, maintenance, "evicted");
-            Ok(true)
+    let answer =
+        tokio::time::timeout(EVICTION_WAIT, pods.evict(&pod.name_any(), &EvictParams::default())).await;
+    let outcome = eviction_outcome(answer.map(|result| result.map(|_| ())));
+    if outcome == Outcome::Evicted {
+        info!(pod = %pod.name_any(), namespace, maintenance, "evicted");
+    }
+    outcome
+}
+
+/// The outcome of an eviction's answer (`Err(Elapsed)`: none within [`EVICTION_WAIT`]).
+fn eviction_outcome(answer: Result<Result<(), kube::Error>, tokio::time::error::Elapsed>) -> Outcome {
+    match answer {
+        Ok(Ok(())) => Outcome::Evicted,
+        Ok(Err(kube::Error::Api(status))) if status.code == 404 => Outcome::Gone,
+        Ok(Err(kube::Error::Api(status))) if status.code == 429 => {
+            Outcome::Blocked(format!("eviction refused by a disruption budget: {}", status.message))
         }
-        Ok(Err(kube::Error::Api(status))) if status.code == 429 => Ok(false),
-        // Gone already: nothing left to move.
-        Ok(Err(kube::Error::Api(status))) if status.code == 404 => Ok(true),
-        Ok(Err(err)) => Err(err.into()),
-        Err(_) => Ok(false),
+        Ok(Err(kube::Error::Api(status))) => Outcome::Blocked(format!(
+            "eviction refused ({} {}): {}",
+            status.code, status.reason, status.message
+        )),
+        Ok(Err(err)) => Outcome::Blocked(format!("eviction failed: {err}")),
+        Err(_) => Outcome::Blocked(format!("no answer to the eviction within {}s", EVICTION_WAIT.as_secs())),
     }
 }
 
@@ -154,5 +174,30 @@ mod tests {
         )));
         assert!(!must_move(&pod("metadata: {name: etcd, annotations: {kubernetes.io/config.mirror: x}}\n")));
         assert!(!must_move(&pod("metadata: {name: job}\nstatus: {phase: Succeeded}\n")));
+    }
+
+    fn refusal(
+        code: u16,
+        reason: &str,
+        message: &str,
+    ) -> Result<Result<(), kube::Error>, tokio::time::error::Elapsed> {
+        let status = kube::core::Status::failure(message, reason).with_code(code);
+        Ok(Err(kube::Error::Api(Box::new(status))))
+    }
+
+    #[test]
+    fn every_refused_eviction_is_recorded_with_the_apiservers_answer() {
+        assert_eq!(eviction_outcome(Ok(Ok(()))), Outcome::Evicted);
+        assert_eq!(eviction_outcome(refusal(404, "NotFound", "gone")), Outcome::Gone);
+        let Outcome::Blocked(reason) = eviction_outcome(refusal(429, "TooManyRequests", "budget web")) else {
+            panic!("a budget's refusal blocks")
+        };
+        assert!(reason.contains("disruption budget: budget web"), "{reason}");
+        for (code, reason_text) in [(403, "Forbidden"), (500, "InternalError")] {
+            let Outcome::Blocked(reason) = eviction_outcome(refusal(code, reason_text, "no")) else {
+                panic!("{code} blocks the pod rather than the drain")
+            };
+            assert_eq!(reason, format!("eviction refused ({code} {reason_text}): no"));
+        }
     }
 }

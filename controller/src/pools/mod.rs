@@ -9,7 +9,14 @@ mod status;
 use std::{sync::Arc, time::Duration, time::Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::{
+    api::{
+        core::v1::{Node, Pod},
+        policy::v1::PodDisruptionBudget,
+    },
+    apimachinery::pkg::apis::meta::v1::Time,
+    jiff::Timestamp,
+};
 use kube::{
     Api, Client, ResourceExt,
     api::PostParams,
@@ -39,6 +46,7 @@ struct Context {
     pools: Store<NodePool>,
     sites: Store<ComputeSite>,
     pods: Store<Pod>,
+    budgets: Store<PodDisruptionBudget>,
     listed: Vec<watch::Receiver<bool>>,
     /// Poked by every watch event; the status writer waits on it.
     changed: Arc<Notify>,
@@ -63,12 +71,16 @@ pub async fn run(client: Client, metrics: Metrics, shutdown: CancellationToken) 
     let bound = watcher::Config::default().fields("spec.nodeName!=");
     let (pods, pods_listed, pod_events) =
         watches::reflect(watcher(Api::<Pod>::all(client.clone()), bound), poke(&changed));
-    // Nothing else consumes the pod events; polling them keeps the pod store current.
+    let (budgets, budgets_listed, budget_events) = watches::reflect(
+        watcher(Api::<PodDisruptionBudget>::all(client.clone()), watcher::Config::default()),
+        poke(&changed),
+    );
+    // Nothing else consumes the pod and budget events; polling them keeps the stores current.
     tokio::spawn({
         let shutdown = shutdown.clone();
         async move {
             tokio::select! {
-                () = pod_events.for_each(|_| async {}) => {}
+                _ = futures::future::join(pod_events.for_each(|_| async {}), budget_events.for_each(|_| async {})) => {}
                 () = shutdown.cancelled() => {}
             }
         }
@@ -79,7 +91,8 @@ pub async fn run(client: Client, metrics: Metrics, shutdown: CancellationToken) 
         pools,
         sites,
         pods,
-        listed: vec![nodes_listed, pools_listed, sites_listed, pods_listed],
+        budgets,
+        listed: vec![nodes_listed, pools_listed, sites_listed, pods_listed, budgets_listed],
         changed,
         metrics,
     });
@@ -205,6 +218,7 @@ async fn write_pool_statuses(ctx: Arc<Context>, shutdown: CancellationToken) {
 /// One drain pass per maintenance entry of `pool` over its `members`: each entry's status,
 /// and how many nodes it holds.
 async fn maintain(pool: &NodePool, members: &[&Node], ctx: &Context) -> Vec<(MaintenanceStatus, i32)> {
+    let (pods, budgets) = (ctx.pods.state(), ctx.budgets.state());
     let previous = pool.status.as_ref().map(|s| s.maintenance.as_slice()).unwrap_or_default();
     let mut entries = Vec::new();
     for entry in &pool.spec.maintenance {
@@ -215,6 +229,8 @@ async fn maintain(pool: &NodePool, members: &[&Node], ctx: &Context) -> Vec<(Mai
             .collect();
         let count = i32::try_from(covered.len()).unwrap_or(i32::MAX);
         let before = previous.iter().find(|m| m.name == entry.name);
+        // The first sight of the entry starts its clock, cordoned or not.
+        let started = before.and_then(|m| m.started.clone()).unwrap_or_else(|| Time(Timestamp::now()));
         // Evict only from nodes whose cordon has landed, or new pods would take their place.
         if covered.iter().any(|n| !n.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false)) {
             let mut waiting = before.cloned().unwrap_or_else(|| MaintenanceStatus {
@@ -225,24 +241,17 @@ async fn maintain(pool: &NodePool, members: &[&Node], ctx: &Context) -> Vec<(Mai
                 started: None,
             });
             waiting.phase = "Cordoning".into();
+            waiting.started = Some(started);
             entries.push((waiting, count));
             continue;
         }
-        match drain::drain_pass(&ctx.client, entry, &covered, before).await {
-            Ok((status, evicted)) => {
-                for _ in 0..evicted {
-                    ctx.metrics.wrote(CONTROLLER, "Eviction");
-                }
-                let holding = if status.phase == "Drained" { 0 } else { count };
-                entries.push((status, holding));
-            }
-            Err(err) => {
-                warn!(pool = %pool.name_any(), maintenance = %entry.name, error = %err, "drain pass failed; retrying");
-                if let Some(before) = before {
-                    entries.push((before.clone(), count));
-                }
-            }
+        let (status, evicted) =
+            drain::drain_pass(&ctx.client, entry, &covered, &pods, &budgets, &started).await;
+        for _ in 0..evicted {
+            ctx.metrics.wrote(CONTROLLER, "Eviction");
         }
+        let holding = if status.phase == "Drained" { 0 } else { count };
+        entries.push((status, holding));
     }
     entries
 }

@@ -21,8 +21,8 @@ use yiyun_crds::{DeletionPolicy, NetworkIsolation, SubjectKind, Tenant};
 use yiyun_quota::{Amounts, Milli, Resource, TenantPlan};
 
 use yiyun_crds::labels::{
-    CREATED_FOR, MANAGED_BY, MANAGED_BY_VALUE, ORPHANED_FROM, SECURITY_LEVEL, TENANT, is_reserved,
-    managed_labels, tree_label,
+    ALLOWED_REGIONS, CREATED_FOR, MANAGED_BY, MANAGED_BY_VALUE, NETWORK_ISOLATION, ORPHANED_FROM,
+    REGION_RESTRICTED, SECURITY_LEVEL, TENANT, is_reserved, managed_labels, tree_label,
 };
 
 /// Names of the objects yiyun keeps in every tenant namespace.
@@ -63,6 +63,20 @@ pub fn namespace_objects(tenant: &Tenant, plan: &TenantPlan, namespace: &str) ->
     let pod_security = if spec.security_level >= 3 { "restricted" } else { "baseline" };
     labels.insert("pod-security.kubernetes.io/enforce".into(), pod_security.into());
     labels.insert("pod-security.kubernetes.io/warn".into(), "restricted".into());
+    let isolation_mode = match spec.network_isolation {
+        NetworkIsolation::Strict => Some("strict"),
+        NetworkIsolation::Tenant => Some("tenant"),
+        NetworkIsolation::None => None,
+    };
+    if let Some(mode) = isolation_mode {
+        labels.insert(NETWORK_ISOLATION.into(), mode.into());
+    }
+    let mut annotations = BTreeMap::new();
+    if !plan.region_rules.is_empty() {
+        labels.insert(REGION_RESTRICTED.into(), "true".into());
+        let rules: Vec<String> = plan.region_rules.iter().map(|list| list.join(",")).collect();
+        annotations.insert(ALLOWED_REGIONS.into(), rules.join(";"));
+    }
 
     let hard = plan.namespace_hard.get(namespace).cloned().unwrap_or_default();
     NamespaceObjects {
@@ -70,6 +84,7 @@ pub fn namespace_objects(tenant: &Tenant, plan: &TenantPlan, namespace: &str) ->
             metadata: ObjectMeta {
                 name: Some(namespace.into()),
                 labels: Some(labels),
+                annotations: (!annotations.is_empty()).then_some(annotations),
                 ..ObjectMeta::default()
             },
             ..Namespace::default()
@@ -87,6 +102,26 @@ pub fn namespace_objects(tenant: &Tenant, plan: &TenantPlan, namespace: &str) ->
         members: role_binding(MEMBERS, "edit", &spec.members, namespace, name),
         isolation: isolation(spec.network_isolation, namespace, name),
     }
+}
+
+/// Whether the namespace carries a label or annotation yiyun wrote that `desired` no longer has
+/// (a tree label of a former parent, an isolation mode or region rules since lifted). The apply
+/// removes them, but only when it runs: `holds` alone ignores extra keys.
+pub fn carries_dropped_keys(current: &ObjectMeta, desired: &ObjectMeta) -> bool {
+    let yiyun_label = |key: &str| {
+        key.starts_with("tree.yiyun.io/")
+            || [NETWORK_ISOLATION, REGION_RESTRICTED, ORPHANED_FROM].contains(&key)
+    };
+    let dropped = |current: &Option<BTreeMap<String, String>>,
+                   desired: &Option<BTreeMap<String, String>>,
+                   ours: &dyn Fn(&str) -> bool| {
+        current
+            .iter()
+            .flatten()
+            .any(|(key, _)| ours(key) && !desired.as_ref().is_some_and(|desired| desired.contains_key(key)))
+    };
+    dropped(&current.labels, &desired.labels, &yiyun_label)
+        || dropped(&current.annotations, &desired.annotations, &|key| key == ALLOWED_REGIONS)
 }
 
 /// A namespace yiyun is about to create for `tenant`: only its name and the [`CREATED_FOR`]
@@ -418,6 +453,34 @@ mod tests {
         assert_eq!(labels["pod-security.kubernetes.io/enforce"], "restricted");
         assert_eq!(labels["workload"], "web");
         assert!(!labels.contains_key("pod-security.kubernetes.io/audit"), "reserved keys are yiyun's");
+        assert_eq!(labels[NETWORK_ISOLATION], "strict");
+        assert!(!labels.contains_key(REGION_RESTRICTED), "no tenant up the tree limits regions");
+    }
+
+    #[test]
+    fn region_rules_go_on_the_namespace_for_the_admission_policy() {
+        let mut plan = plan();
+        plan.region_rules = vec![vec!["east".into()], vec!["anhui".into(), "hubei".into()]];
+        let namespace = namespace_objects(&edu(), &plan, "edu").namespace.metadata;
+        assert_eq!(namespace.labels.unwrap()[REGION_RESTRICTED], "true");
+        assert_eq!(namespace.annotations.unwrap()[ALLOWED_REGIONS], "east;anhui,hubei");
+    }
+
+    #[test]
+    fn a_namespace_keeping_keys_yiyun_dropped_is_applied_again() {
+        let mut plan = plan();
+        plan.region_rules = vec![vec!["east".into()]];
+        let restricted = namespace_objects(&edu(), &plan, "edu").namespace.metadata;
+        let lifted = namespace_objects(&edu(), &plan_with_path(&["jj-edu"]), "edu").namespace.metadata;
+        assert!(!carries_dropped_keys(&restricted, &restricted));
+        assert!(carries_dropped_keys(&restricted, &lifted), "region rules and former ancestors' tree labels");
+        let mut foreign = lifted.clone();
+        foreign.labels.as_mut().unwrap().insert("yiyun.io/set-by-an-admin".into(), "x".into());
+        assert!(!carries_dropped_keys(&foreign, &lifted), "keys yiyun never writes are not its to drop");
+    }
+
+    fn plan_with_path(path: &[&str]) -> TenantPlan {
+        TenantPlan { path: path.iter().map(|p| p.to_string()).collect(), ..plan() }
     }
 
     #[test]

@@ -121,6 +121,7 @@ fn tenant_node(tenant: &Tenant) -> TenantNode {
         namespaces: spec.namespaces.iter().map(|ns| ns.name.clone()).collect(),
         standing: standing(tenant),
         seniority: tenant.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()).unwrap_or_default(),
+        allowed_regions: spec.allowed_regions.clone(),
     }
 }
 

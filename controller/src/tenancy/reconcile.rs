@@ -109,6 +109,8 @@ async fn keep_namespace(tenant: &Tenant, objects: &NamespaceObjects, ctx: &Conte
             Err(err) => return Err(err.into()),
         }
     }
+    let current =
+        current.filter(|c| !desired::carries_dropped_keys(&c.metadata, &objects.namespace.metadata));
     write(ctx, "Namespace", apply(&api, &objects.namespace, current.as_ref()).await?);
     // The namespace first; what lives in it is independent and written at once.
     let stores = &ctx.stores;

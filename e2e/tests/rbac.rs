@@ -1,0 +1,316 @@
+//! Least privilege, checked both ways: every verb the chart grants a component names the code
+//! that uses it, and that code is still there. A grant with no use, or a use whose code is gone,
+//! fails the test; so does a use the role does not grant. (The e2e tests also run each component
+//! with exactly its chart role, which catches a grant that is missing.)
+
+use std::collections::BTreeSet;
+
+use serde_json::Value;
+
+/// `(apiGroup, resource, verb)` as a role grants it.
+type Grant = (String, String, String);
+
+/// One use of the apiserver: what it needs, and a piece of the code that does it (compared with
+/// all whitespace removed, so formatting does not matter).
+struct Use {
+    group: &'static str,
+    resources: &'static [&'static str],
+    verbs: &'static [&'static str],
+    file: &'static str,
+    code: &'static str,
+}
+
+const fn uses(
+    group: &'static str,
+    resources: &'static [&'static str],
+    verbs: &'static [&'static str],
+    file: &'static str,
+    code: &'static str,
+) -> Use {
+    Use { group, resources, verbs, file, code }
+}
+
+const WATCH: &[&str] = &["list", "watch"];
+const LEADER: &str = "kube-support/src/leader.rs";
+
+const SCHEDULER: &[Use] = &[
+    uses(
+        "",
+        &["pods"],
+        WATCH,
+        "scheduler/src/core.rs",
+        r#"watch("Pod",Api::<KubePod>::all(client.clone()),pods,Update::Pod)"#,
+    ),
+    uses(
+        "",
+        &["pods/binding"],
+        &["create"],
+        "scheduler/src/core.rs",
+        r#"create_subresource::<Binding,serde_json::Value>("binding""#,
+    ),
+    uses(
+        "",
+        &["pods/eviction"],
+        &["create"],
+        "scheduler/src/core.rs",
+        "api.evict(&name,&kube::api::EvictParams::default())",
+    ),
+    uses("", &["pods/status"], &["patch"], "scheduler/src/report.rs", "pods.patch_status(&name"),
+    uses(
+        "",
+        &["events"],
+        &["create"],
+        "scheduler/src/report.rs",
+        "events.create(&PostParams::default(),&event)",
+    ),
+    uses(
+        "",
+        &["nodes"],
+        WATCH,
+        "scheduler/src/core.rs",
+        r#"watch("Node",Api::<KubeNode>::all(client.clone())"#,
+    ),
+    uses("", &["namespaces"], WATCH, "scheduler/src/core.rs", "Api::<Namespace>::all(client.clone())"),
+    uses("yiyun.io", &["tenants"], WATCH, "scheduler/src/core.rs", "Api::<Tenant>::all(client.clone())"),
+    uses(
+        "yiyun.io",
+        &["computesites"],
+        WATCH,
+        "scheduler/src/core.rs",
+        "Api::<ComputeSite>::all(client.clone())",
+    ),
+    uses("yiyun.io", &["podgroups"], WATCH, "scheduler/src/core.rs", "Api::<PodGroup>::all(client.clone())"),
+    uses(
+        "yiyun.io",
+        &["podgroups/status"],
+        &["patch"],
+        "scheduler/src/core.rs",
+        "api.patch_status(&name,&PatchParams::default(),&Patch::Merge(&status))",
+    ),
+    uses(
+        "policy",
+        &["poddisruptionbudgets"],
+        WATCH,
+        "scheduler/src/core.rs",
+        "Api::<PodDisruptionBudget>::all(client.clone())",
+    ),
+    uses(
+        "coordination.k8s.io",
+        &["leases"],
+        &["create"],
+        LEADER,
+        "self.api.create(&PostParams::default(),&lease)",
+    ),
+    uses("coordination.k8s.io", &["leases"], &["get"], LEADER, "self.api.get_opt(&self.name)"),
+    uses(
+        "coordination.k8s.io",
+        &["leases"],
+        &["update"],
+        LEADER,
+        "self.api.replace(&self.name,&PostParams::default(),&lease)",
+    ),
+];
+
+const TENANCY: &str = "controller/src/tenancy/mod.rs";
+const RECONCILE: &str = "controller/src/tenancy/reconcile.rs";
+const POOLS: &str = "controller/src/pools/mod.rs";
+
+const CONTROLLER: &[Use] = &[
+    uses("yiyun.io", &["tenants"], WATCH, TENANCY, "watcher(Api::<Tenant>::all(client.clone())"),
+    // The finalizer is added and removed by JSON patch.
+    uses("yiyun.io", &["tenants"], &["patch"], RECONCILE, "finalizer(&api,TENANT_FINALIZER"),
+    uses("yiyun.io", &["tenants/status"], &["patch"], RECONCILE, "write_status(tenant,tenant_plan"),
+    uses(
+        "",
+        &["namespaces"],
+        WATCH,
+        TENANCY,
+        "watcher(Api::<PartialObjectMeta<Namespace>>::all(client.clone())",
+    ),
+    uses(
+        "",
+        &["namespaces"],
+        &["create"],
+        RECONCILE,
+        "api.create(&params,&desired::new_namespace(&namespace,tenant))",
+    ),
+    uses("", &["namespaces"], &["patch"], RECONCILE, "apply(&api,&objects.namespace,current.as_ref())"),
+    uses("", &["namespaces"], &["delete"], RECONCILE, "api.delete(namespace,&params)"),
+    uses("", &["resourcequotas"], WATCH, TENANCY, "watcher(Api::<ResourceQuota>::all(client.clone())"),
+    uses("", &["limitranges"], WATCH, TENANCY, "watcher(Api::<LimitRange>::all(client.clone())"),
+    uses(
+        "rbac.authorization.k8s.io",
+        &["rolebindings"],
+        WATCH,
+        TENANCY,
+        "watcher(Api::<RoleBinding>::all(client.clone())",
+    ),
+    uses(
+        "networking.k8s.io",
+        &["networkpolicies"],
+        WATCH,
+        TENANCY,
+        "watcher(Api::<NetworkPolicy>::all(client.clone())",
+    ),
+    // Server-side apply creates what is missing and patches what differs.
+    uses("", &["resourcequotas"], &["create", "patch"], RECONCILE, "&Patch::Apply(desired)"),
+    uses("", &["limitranges"], &["create", "patch"], RECONCILE, r#"keep(ctx,"LimitRange""#),
+    uses(
+        "rbac.authorization.k8s.io",
+        &["rolebindings"],
+        &["create", "patch"],
+        RECONCILE,
+        r#"keep(ctx,"RoleBinding""#,
+    ),
+    uses(
+        "networking.k8s.io",
+        &["networkpolicies"],
+        &["create", "patch"],
+        RECONCILE,
+        r#"keep(ctx,"NetworkPolicy""#,
+    ),
+    uses("", &["resourcequotas"], &["delete"], RECONCILE, r#"remove::<ResourceQuota>(ctx,"ResourceQuota""#),
+    uses("", &["limitranges"], &["delete"], RECONCILE, r#"remove::<LimitRange>(ctx,"LimitRange""#),
+    uses(
+        "rbac.authorization.k8s.io",
+        &["rolebindings"],
+        &["delete"],
+        RECONCILE,
+        r#"remove::<RoleBinding>(ctx,"RoleBinding""#,
+    ),
+    uses(
+        "networking.k8s.io",
+        &["networkpolicies"],
+        &["delete"],
+        RECONCILE,
+        r#"remove::<NetworkPolicy>(ctx,"NetworkPolicy""#,
+    ),
+    // RoleBindings to `admin` and `edit` need `bind` on those two roles.
+    uses(
+        "rbac.authorization.k8s.io",
+        &["clusterroles"],
+        &["bind"],
+        "controller/src/tenancy/desired.rs",
+        r#"role_binding(OWNERS,"admin""#,
+    ),
+    uses("", &["nodes"], WATCH, POOLS, "watcher(Api::<Node>::all(client.clone())"),
+    uses("", &["nodes"], &["update"], POOLS, "api.replace("),
+    uses("yiyun.io", &["nodepools"], WATCH, POOLS, "watcher(Api::<NodePool>::all(client.clone())"),
+    uses("yiyun.io", &["computesites"], WATCH, POOLS, "watcher(Api::<ComputeSite>::all(client.clone())"),
+    uses(
+        "yiyun.io",
+        &["nodepools/status"],
+        &["patch"],
+        POOLS,
+        "write_status(&api,&pool.name_any(),previous,&status)",
+    ),
+    uses(
+        "yiyun.io",
+        &["computesites/status"],
+        &["patch"],
+        POOLS,
+        "write_status(&api,&site.name_any(),previous,&status)",
+    ),
+    uses("", &["pods"], WATCH, POOLS, "watcher(Api::<Pod>::all(client.clone()),bound)"),
+    uses(
+        "",
+        &["pods/eviction"],
+        &["create"],
+        "controller/src/pools/drain.rs",
+        "pods.evict(&pod.name_any(),&EvictParams::default())",
+    ),
+    uses(
+        "policy",
+        &["poddisruptionbudgets"],
+        WATCH,
+        POOLS,
+        "watcher(Api::<PodDisruptionBudget>::all(client.clone())",
+    ),
+    uses(
+        "coordination.k8s.io",
+        &["leases"],
+        &["create"],
+        LEADER,
+        "self.api.create(&PostParams::default(),&lease)",
+    ),
+    uses("coordination.k8s.io", &["leases"], &["get"], LEADER, "self.api.get_opt(&self.name)"),
+    uses(
+        "coordination.k8s.io",
+        &["leases"],
+        &["update"],
+        LEADER,
+        "self.api.replace(&self.name,&PostParams::default(),&lease)",
+    ),
+];
+
+fn repo_file(path: &str) -> String {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    std::fs::read_to_string(root.join(path)).unwrap_or_else(|err| panic!("read {path}: {err}"))
+}
+
+fn squeezed(text: &str) -> String {
+    text.chars().filter(|c| !c.is_whitespace()).collect()
+}
+
+/// Every `(group, resource, verb)` the ClusterRoles and Roles of a chart manifest grant.
+fn grants(manifest: &str) -> BTreeSet<Grant> {
+    let documents: Vec<Value> =
+        serde_saphyr::from_multiple(&repo_file(manifest)).expect("the manifest is YAML");
+    let mut granted = BTreeSet::new();
+    for document in documents.iter().filter(|d| matches!(d["kind"].as_str(), Some("ClusterRole" | "Role"))) {
+        for rule in document["rules"].as_array().into_iter().flatten() {
+            let list = |key: &str| -> Vec<String> {
+                rule[key]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            };
+            for group in list("apiGroups") {
+                for resource in list("resources") {
+                    for verb in list("verbs") {
+                        assert!(verb != "*" && resource != "*" && group != "*", "{manifest}: no wildcards");
+                        granted.insert((group.clone(), resource.clone(), verb));
+                    }
+                }
+            }
+        }
+    }
+    granted
+}
+
+fn check(manifest: &str, code_uses: &[Use]) {
+    let mut needed = BTreeSet::new();
+    for found in code_uses {
+        assert!(
+            squeezed(&repo_file(found.file)).contains(&squeezed(found.code)),
+            "{manifest}: {} no longer contains `{}`; drop the grant it justified ({} {:?} {:?}) if it is unused",
+            found.file,
+            found.code,
+            found.group,
+            found.resources,
+            found.verbs
+        );
+        for resource in found.resources {
+            for verb in found.verbs {
+                needed.insert((found.group.to_string(), resource.to_string(), verb.to_string()));
+            }
+        }
+    }
+    let granted = grants(manifest);
+    let unused: Vec<&Grant> = granted.difference(&needed).collect();
+    assert!(unused.is_empty(), "{manifest} grants what no code uses: {unused:?}");
+    let missing: Vec<&Grant> = needed.difference(&granted).collect();
+    assert!(missing.is_empty(), "{manifest} lacks what the code uses: {missing:?}");
+}
+
+#[test]
+fn the_scheduler_role_grants_exactly_what_its_code_uses() {
+    check("charts/yiyun/templates/scheduler-rbac.yaml", SCHEDULER);
+}
+
+#[test]
+fn the_controller_role_grants_exactly_what_its_code_uses() {
+    check("charts/yiyun/templates/controller-rbac.yaml", CONTROLLER);
+}
