@@ -1,5 +1,5 @@
-//! yiyun's controllers. `run` starts them beside the admin server: tenancy and node pools now;
-//! later issues add site status, maintenance, replication and metering.
+//! yiyun's controllers. `run` starts them beside the admin server: tenancy, and node pools with
+//! their sites' status and maintenance drains.
 
 mod metrics;
 mod pools;
@@ -13,6 +13,10 @@ use tracing::info;
 use yiyun_crds::Tenant;
 
 const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+/// How failed reconciles and status writes are retried: from half a second, doubling, to a
+/// minute, with jitter.
+const RETRY: yiyun_kube::backoff::Backoff =
+    yiyun_kube::backoff::Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
 
 /// Configuration of `yiyun controller`. The apiserver comes from `KUBECONFIG` or the in-cluster
 /// service account.
@@ -45,6 +49,10 @@ pub enum Error {
     HasChildren { tenant: String, children: Vec<String> },
     #[error("lost the leader lease; stopping so that another controller can take over")]
     LostLease,
+    /// A bug, never input (the planner reports bad input as problems): the process exits so
+    /// that it is restarted with a clean slate, not left reconciling against a stale plan.
+    #[error("planning the tenant tree panicked: {0}")]
+    PlannerPanicked(String),
     #[error(transparent)]
     Election(#[from] yiyun_kube::leader::Error),
 }
@@ -65,6 +73,7 @@ impl Error {
             Error::NotSynced => "not_synced",
             Error::HasChildren { .. } => "has_children",
             Error::LostLease => "lost_lease",
+            Error::PlannerPanicked(_) => "planner_panicked",
             Error::Election(_) => "election_config",
         }
     }

@@ -34,6 +34,13 @@ pub async fn client() -> Client {
     Client::try_default().await.expect("a client for KUBECONFIG")
 }
 
+/// A client acting as `user` (the admin's kubeconfig may impersonate anyone).
+pub async fn client_as(user: &str) -> Client {
+    let mut config = kube::Config::infer().await.expect("the kubeconfig");
+    config.auth_info.impersonate = Some(user.to_string());
+    Client::try_from(config).expect("a client")
+}
+
 /// A name no other test (or earlier run) uses: `prefix-<time><counter>`.
 pub fn unique(prefix: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -68,6 +75,13 @@ pub struct TestNamespace {
 
 impl TestNamespace {
     pub async fn create(client: &Client, prefix: &str) -> Self {
+        Self::create_within(client, prefix, Duration::from_secs(30)).await
+    }
+
+    /// [`create`](Self::create), waiting up to `wait` for kube-controller-manager to give the
+    /// namespace its default ServiceAccount (longer just after a fault test restarted a part of
+    /// the cluster, while kube-controller-manager's own watches catch up).
+    pub async fn create_within(client: &Client, prefix: &str, wait: Duration) -> Self {
         let name = unique(prefix);
         let namespaces: Api<Namespace> = Api::all(client.clone());
         let ns: Namespace = serde_json::from_value(serde_json::json!({
@@ -76,7 +90,7 @@ impl TestNamespace {
         .expect("a valid namespace");
         namespaces.create(&PostParams::default(), &ns).await.expect("create the test namespace");
         let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &name);
-        eventually(Duration::from_secs(30), "the namespace's default ServiceAccount", || async {
+        eventually(wait, "the namespace's default ServiceAccount", || async {
             accounts.get_opt("default").await.ok().flatten()
         })
         .await;
@@ -348,10 +362,130 @@ impl SchedulerProcess {
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Sends `signal` (`STOP`, `CONT`) to the process: SIGSTOP pauses it as a long GC pause or
+    /// a frozen VM would.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), self.child.id().to_string()])
+            .status()
+            .expect("kill on PATH");
+        assert!(status.success(), "kill -{signal}");
+    }
+
+    /// Whether the process still runs (it has not exited on its own).
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
 }
 
 impl Drop for SchedulerProcess {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// The local cluster `KUBECONFIG` points at, as `e2e/cluster` made it: its name, state
+/// directory (keys, ports) and the means to stop and start its parts.
+pub struct LocalCluster {
+    pub name: String,
+    pub state: PathBuf,
+}
+
+impl LocalCluster {
+    /// The cluster of `KUBECONFIG` (`e2e/cluster` keeps the kubeconfig in its state directory).
+    pub fn current() -> Self {
+        let kubeconfig = PathBuf::from(std::env::var("KUBECONFIG").expect("KUBECONFIG"));
+        let state = kubeconfig.parent().expect("a local cluster's kubeconfig").to_path_buf();
+        let name = state.file_name().expect("a named state directory").to_string_lossy().into_owned();
+        LocalCluster { name, state }
+    }
+
+    /// A port of `ports.env`, e.g. `API_PORT`.
+    pub fn port(&self, key: &str) -> String {
+        let ports =
+            std::fs::read_to_string(self.state.join("ports.env")).expect("ports.env of a local cluster");
+        ports.lines().find_map(|line| line.strip_prefix(&format!("{key}="))).expect("the port").to_string()
+    }
+
+    /// A kubeconfig of the cluster's admin acting as `user` in `system:masters`: requests are
+    /// the same, but the audit log tells them apart by the impersonated user.
+    pub fn kubeconfig_as(&self, user: &str) -> PathBuf {
+        let token = std::fs::read_to_string(self.state.join("pki/admin.token")).expect("the admin token");
+        let path = std::env::temp_dir().join(format!("{}.kubeconfig", unique(user)));
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: \"https://127.0.0.1:{port}\", certificate-authority: \"{ca}\"}}}}]\n\
+             users: [{{name: u, user: {{token: \"{token}\", as: \"{user}\", as-groups: [\"system:masters\"]}}}}]\n\
+             contexts: [{{name: c, context: {{cluster: c, user: u}}}}]\ncurrent-context: c\n",
+            port = self.port("API_PORT"),
+            ca = self.pki("ca.crt"),
+            token = token.trim(),
+        );
+        let mut file = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)
+        }
+        .expect("create the kubeconfig");
+        std::io::Write::write_all(&mut file, text.as_bytes()).expect("write the kubeconfig");
+        path
+    }
+
+    /// The bindings the audit log recorded in `namespace`, in order: pod name, the
+    /// (impersonated) user that posted it, and the HTTP code it got.
+    pub fn audited_bindings(&self, namespace: &str) -> Vec<(String, String, u64)> {
+        let log = std::fs::read_to_string(self.state.join("audit.log")).unwrap_or_default();
+        log.lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|event| {
+                let object = &event["objectRef"];
+                event["stage"] == "ResponseComplete"
+                    && object["subresource"] == "binding"
+                    && object["namespace"] == namespace
+            })
+            .map(|event| {
+                let user =
+                    event["impersonatedUser"]["username"].as_str().or(event["user"]["username"].as_str());
+                (
+                    event["objectRef"]["name"].as_str().unwrap_or_default().to_string(),
+                    user.unwrap_or_default().to_string(),
+                    event["responseStatus"]["code"].as_u64().unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+
+    /// A file of the cluster's PKI, e.g. `ca.crt`.
+    pub fn pki(&self, file: &str) -> String {
+        self.state.join("pki").join(file).to_string_lossy().into_owned()
+    }
+
+    /// `e2e/cluster stop|start NAME COMPONENT` (etcd or kube-apiserver).
+    pub fn control(&self, action: &str, component: &str) {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster");
+        let status = Command::new(script)
+            .args([action, &self.name, component])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("run e2e/cluster");
+        assert!(status.success(), "e2e/cluster {action} {} {component}", self.name);
+    }
+
+    /// Compacts etcd's history up to now, so a watch resuming from an older resourceVersion
+    /// is answered 410 Gone and must relist.
+    pub fn compact_etcd(&self) {
+        let etcd = |path: &str, body: &str| -> serde_json::Value {
+            let out = Command::new("curl")
+                .args(["-fsS", "--cacert", &self.pki("ca.crt"), "--cert", &self.pki("etcd-client.crt")])
+                .args(["--key", &self.pki("etcd-client.key"), "-X", "POST", "-d", body])
+                .arg(format!("https://127.0.0.1:{}{path}", self.port("ETCD_PORT")))
+                .output()
+                .expect("curl on PATH");
+            assert!(out.status.success(), "etcd {path}: {}", String::from_utf8_lossy(&out.stderr));
+            serde_json::from_slice(&out.stdout).expect("etcd answers JSON")
+        };
+        // Any read tells the current revision.
+        let read = etcd("/v3/kv/range", r#"{"key": "L3JlZ2lzdHJ5", "limit": 1}"#);
+        let revision = read["header"]["revision"].as_str().expect("a revision").to_string();
+        etcd("/v3/kv/compaction", &format!(r#"{{"revision": "{revision}", "physical": true}}"#));
     }
 }

@@ -280,9 +280,7 @@ async fn only_yiyun_and_cloud_admins_write_the_records_that_lift_a_cordon_or_tai
         .await
         .expect("cordon");
 
-    let mut config = kube::Config::infer().await.expect("the kubeconfig");
-    config.auth_info.impersonate = Some(tool.clone());
-    let as_tool: Api<Node> = Api::all(Client::try_from(config).expect("a client"));
+    let as_tool: Api<Node> = Api::all(yiyun_e2e::client_as(&tool).await);
     let forged = json!({"metadata": {"annotations": {"yiyun.io/cordoned-for": "ups", "yiyun.io/managed-taints": "node.kubernetes.io/out-of-service:NoExecute"}}});
     let refused = eventually(WAIT, "the node-records policy in force", || async {
         let dry_run = PatchParams { dry_run: true, ..PatchParams::default() };

@@ -242,18 +242,6 @@ async fn scheduler_answers_healthz_and_stops_on_sigterm() {
     .await;
 }
 
-/// The state directory of the cluster `KUBECONFIG` points at (`e2e/cluster` writes the
-/// kubeconfig there), and one of its ports from `ports.env`.
-fn cluster_state() -> (std::path::PathBuf, impl Fn(&str) -> String) {
-    let kubeconfig = std::path::PathBuf::from(std::env::var("KUBECONFIG").expect("KUBECONFIG"));
-    let state = kubeconfig.parent().expect("the state directory").to_path_buf();
-    let ports = std::fs::read_to_string(state.join("ports.env")).expect("ports.env of a local cluster");
-    let port = move |key: &str| {
-        ports.lines().find_map(|line| line.strip_prefix(&format!("{key}="))).expect("the port").to_string()
-    };
-    (state, port)
-}
-
 /// `curl` with `args`: the HTTP status it got, or 0 when no HTTP exchange took place.
 fn curl_status(args: &[&str]) -> u16 {
     let out = Command::new("curl")
@@ -266,17 +254,18 @@ fn curl_status(args: &[&str]) -> u16 {
 #[test]
 fn the_local_cluster_keeps_its_keys_private_and_refuses_strangers() {
     use std::os::unix::fs::PermissionsExt;
-    let (state, port) = cluster_state();
+    let cluster = yiyun_e2e::LocalCluster::current();
+    let (state, port) = (&cluster.state, |key: &str| cluster.port(key));
     for file in
         ["ca.key", "apiserver.key", "sa.key", "etcd.key", "etcd-client.key", "tokens.csv", "admin.token"]
     {
         let mode = std::fs::metadata(state.join("pki").join(file)).expect(file).permissions().mode();
         assert_eq!(mode & 0o077, 0, "{file} is readable by others: {mode:o}");
     }
-    let mode = std::fs::metadata(&state).expect("the state directory").permissions().mode();
+    let mode = std::fs::metadata(state).expect("the state directory").permissions().mode();
     assert_eq!(mode & 0o077, 0, "the state directory is open to others: {mode:o}");
 
-    let pki = |file: &str| state.join("pki").join(file).to_string_lossy().into_owned();
+    let pki = |file: &str| cluster.pki(file);
     let api = format!("https://127.0.0.1:{}/api", port("API_PORT"));
     assert_eq!(curl_status(&["--cacert", &pki("ca.crt"), &api]), 401, "anonymous requests are refused");
     let etcd = format!("https://127.0.0.1:{}/health", port("ETCD_PORT"));

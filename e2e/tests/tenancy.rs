@@ -18,7 +18,7 @@ use kube::{
 };
 use serde_json::{Value, json};
 use yiyun_crds::Tenant;
-use yiyun_e2e::{InProcessController, client, controller_turn, eventually, install_crds, unique};
+use yiyun_e2e::{InProcessController, client, client_as, controller_turn, eventually, install_crds, unique};
 
 const ADMIN: &str = "e2e-admin";
 const WAIT: Duration = Duration::from_secs(30);
@@ -831,13 +831,6 @@ async fn a_released_namespace_adopted_by_another_tenant_serves_only_its_new_owne
     delete_tenant(&client, &b).await;
     let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
     controller.stop().await;
-}
-
-/// A client acting as `user` (the admin's kubeconfig may impersonate anyone).
-async fn client_as(user: &str) -> Client {
-    let mut config = kube::Config::infer().await.expect("the kubeconfig");
-    config.auth_info.impersonate = Some(user.to_string());
-    Client::try_from(config).expect("a client")
 }
 
 fn allow_all(name: &str) -> NetworkPolicy {

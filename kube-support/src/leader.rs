@@ -67,11 +67,15 @@ impl Args {
         }
         .validated()?;
         let name = self.lease_name.clone().unwrap_or_else(|| component.to_string());
-        let identity = self.identity.clone().unwrap_or_else(|| {
+        Ok(Some(Election::new(client, &self.lease_namespace, &name, &self.identity(), timing)))
+    }
+
+    /// This replica's identity: `--identity`, or the host name and process id.
+    pub fn identity(&self) -> String {
+        self.identity.clone().unwrap_or_else(|| {
             let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
             format!("{}-{}", host.trim(), std::process::id())
-        });
-        Ok(Some(Election::new(client, &self.lease_namespace, &name, &identity, timing)))
+        })
     }
 }
 

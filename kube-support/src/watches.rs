@@ -19,6 +19,11 @@ use tokio::sync::watch;
 /// once the watch has listed: kube's own store readiness wakes only one of several waiters, and
 /// a controller built on the store is one already.
 ///
+/// The watch retries by itself ([`WatchBackoff`](crate::backoff::WatchBackoff)); its errors are
+/// logged here and never passed on. A kube `Controller` merges its watches into one stream and
+/// backs that whole stream off (up to a minute) at any error, so one failing watch, or all of
+/// them just after an apiserver restart, would leave every other watch unread for that long.
+///
 /// The stored objects carry no managedFields: nothing reads them, and dropping them halves the
 /// memory and what every drift check serialises. Writing a stored object back whole must
 /// leave `managedFields` unset, which keeps the server's.
@@ -32,14 +37,23 @@ where
     let (reader, writer) = reflector::store();
     let (listed_tx, listed) = watch::channel(false);
     let events = reflector(writer, events.modify(|object: &mut K| object.managed_fields_mut().clear()))
-        .default_backoff()
+        .backoff(crate::backoff::WatchBackoff::default())
         .inspect(move |event| {
             if matches!(event, Ok(Event::InitDone)) {
                 listed_tx.send_replace(true);
             }
         })
         .touched_objects()
-        .inspect(move |object| {
+        .filter_map(|object| {
+            futures::future::ready(match object {
+                Ok(object) => Some(Ok(object)),
+                Err(error) => {
+                    tracing::warn!(kind = %K::kind(&()), %error, "watch failed; it retries by itself");
+                    None
+                }
+            })
+        })
+        .inspect(move |object: &Result<K, watcher::Error>| {
             if let Ok(object) = object {
                 on_change(object);
             }

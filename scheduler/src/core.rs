@@ -31,6 +31,7 @@ use yiyun_engine::{
     model::Pod,
 };
 use yiyun_kube::{
+    backoff::{Backoff, Retries},
     disruption::{disruptions_allowed, first_broken},
     leader::Leadership,
 };
@@ -39,6 +40,8 @@ use crate::{Config, Error, convert, metrics::Metrics, report::Reporter};
 
 /// Unschedulable pods are retried at least this often, whatever happens.
 const RETRY_UNSCHEDULABLE: Duration = Duration::from_secs(30);
+/// Failed bindings are retried from half a second, doubling, to half a minute, with jitter.
+const BIND_RETRY: Backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
 /// Watch events applied before the next scheduling round.
 const EVENT_BATCH: usize = 2_000;
 
@@ -111,6 +114,28 @@ enum Preempted {
     BudgetRefuses(String),
 }
 
+/// Keys seen while a watch relists (at start, or after its resourceVersion expired with 410
+/// Gone), so that what was deleted meanwhile, which sends no Delete, is forgotten at the end.
+#[derive(Default)]
+struct Relist(Option<HashSet<String>>);
+
+impl Relist {
+    fn start(&mut self) {
+        self.0 = Some(HashSet::new());
+    }
+
+    fn saw(&mut self, key: &str) {
+        if let Some(seen) = &mut self.0 {
+            seen.insert(key.to_string());
+        }
+    }
+
+    /// The keys the relist saw, once; `None` when no relist was under way.
+    fn finish(&mut self) -> Option<HashSet<String>> {
+        self.0.take()
+    }
+}
+
 /// Which watches have listed everything once.
 #[derive(Default)]
 struct Synced {
@@ -146,6 +171,10 @@ pub struct Scheduler {
     active: BTreeSet<String>,
     /// Pending pods that did not fit, with when they were last tried.
     unschedulable: HashMap<String, Instant>,
+    /// Pods whose binding failed (an apiserver down, a timeout), with when to try again: a
+    /// dead apiserver is not hammered with every pod at every round.
+    retry_at: HashMap<String, Instant>,
+    bind_retries: Retries<String>,
     /// Something changed that may let unschedulable pods fit.
     requeue: bool,
     binding: HashSet<String>,
@@ -157,9 +186,12 @@ pub struct Scheduler {
     budgets: HashMap<String, PodDisruptionBudget>,
     synced: Synced,
     /// Keys seen while a watch relists, to drop what is gone afterwards.
-    relisting_nodes: Option<HashSet<String>>,
-    relisting_pods: Option<HashSet<String>>,
-    relisting_tenants: Option<HashSet<String>>,
+    relisting_nodes: Relist,
+    relisting_pods: Relist,
+    relisting_tenants: Relist,
+    relisting_namespaces: Relist,
+    relisting_groups: Relist,
+    relisting_budgets: Relist,
     bind_permits: Arc<Semaphore>,
     done_tx: mpsc::UnboundedSender<Done>,
     done_rx: mpsc::UnboundedReceiver<Done>,
@@ -183,7 +215,7 @@ where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
     watcher(api, config)
-        .default_backoff()
+        .backoff(yiyun_kube::backoff::WatchBackoff::default())
         .map(move |event| match event {
             Ok(event) => tag(event),
             Err(err) => Update::Lost(kind, err.to_string()),
@@ -207,6 +239,8 @@ impl Scheduler {
             pending: BTreeMap::new(),
             active: BTreeSet::new(),
             unschedulable: HashMap::new(),
+            retry_at: HashMap::new(),
+            bind_retries: Retries::new(BIND_RETRY),
             requeue: false,
             binding: HashSet::new(),
             bound_on: HashMap::new(),
@@ -214,9 +248,12 @@ impl Scheduler {
             sites: BTreeMap::new(),
             budgets: HashMap::new(),
             synced: Synced::default(),
-            relisting_nodes: None,
-            relisting_pods: None,
-            relisting_tenants: None,
+            relisting_nodes: Relist::default(),
+            relisting_pods: Relist::default(),
+            relisting_tenants: Relist::default(),
+            relisting_namespaces: Relist::default(),
+            relisting_groups: Relist::default(),
+            relisting_budgets: Relist::default(),
             done_tx,
             done_rx,
             nominated: HashMap::new(),
@@ -302,12 +339,22 @@ impl Scheduler {
             Update::Pod(event) => self.pod_event(event),
             Update::Namespace(event) => match event {
                 watcher::Event::Apply(ns) | watcher::Event::InitApply(ns) => {
+                    self.relisting_namespaces.saw(&ns.name_any());
                     let tenant = ns.labels().get(labels::TENANT).cloned();
                     self.set_tenant_of(ns.name_any(), tenant);
                 }
                 watcher::Event::Delete(ns) => self.set_tenant_of(ns.name_any(), None),
-                watcher::Event::InitDone => self.synced.namespaces = true,
-                watcher::Event::Init => {}
+                watcher::Event::Init => self.relisting_namespaces.start(),
+                watcher::Event::InitDone => {
+                    if let Some(seen) = self.relisting_namespaces.finish() {
+                        let gone: Vec<String> =
+                            self.tenant_of.keys().filter(|ns| !seen.contains(*ns)).cloned().collect();
+                        for namespace in gone {
+                            self.set_tenant_of(namespace, None);
+                        }
+                    }
+                    self.synced.namespaces = true;
+                }
             },
             Update::PodGroup(event) => self.group_event(event),
             Update::Tenant(event) => self.tenant_event(event),
@@ -328,14 +375,21 @@ impl Scheduler {
             Update::Budget(event) => match event {
                 watcher::Event::Apply(budget) | watcher::Event::InitApply(budget) => {
                     let key = format!("{}/{}", budget.namespace().unwrap_or_default(), budget.name_any());
+                    self.relisting_budgets.saw(&key);
                     self.budgets.insert(key, budget);
                 }
                 watcher::Event::Delete(budget) => {
                     let key = format!("{}/{}", budget.namespace().unwrap_or_default(), budget.name_any());
                     self.budgets.remove(&key);
                 }
-                watcher::Event::Init => self.budgets.clear(),
-                watcher::Event::InitDone => self.synced.budgets = true,
+                // Budgets stay in force while the watch relists; only the unseen go after.
+                watcher::Event::Init => self.relisting_budgets.start(),
+                watcher::Event::InitDone => {
+                    if let Some(seen) = self.relisting_budgets.finish() {
+                        self.budgets.retain(|key, _| seen.contains(key));
+                    }
+                    self.synced.budgets = true;
+                }
             },
             Update::Lost(kind, error) => {
                 // Without yiyun's CRDs there are no PodGroups, Tenants or ComputeSites: schedule
@@ -386,18 +440,16 @@ impl Scheduler {
 
     fn tenant_event(&mut self, event: watcher::Event<Tenant>) {
         match event {
-            watcher::Event::Init => self.relisting_tenants = Some(HashSet::new()),
+            watcher::Event::Init => self.relisting_tenants.start(),
             watcher::Event::Apply(tenant) | watcher::Event::InitApply(tenant) => {
-                if let Some(seen) = &mut self.relisting_tenants {
-                    seen.insert(tenant.name_any());
-                }
+                self.relisting_tenants.saw(&tenant.name_any());
                 self.engine.upsert_tenant(crate::tenants::tenant(&tenant));
             }
             // A deleted tenant's ceiling no longer holds its namespaces' pods.
             watcher::Event::Delete(tenant) => self.engine.remove_tenant(&tenant.name_any()),
             watcher::Event::InitDone => {
                 // Tenants deleted while the watch was down sent no Delete.
-                if let Some(seen) = self.relisting_tenants.take() {
+                if let Some(seen) = self.relisting_tenants.finish() {
                     let gone: Vec<String> = self
                         .engine
                         .tenants()
@@ -417,12 +469,10 @@ impl Scheduler {
 
     fn node_event(&mut self, event: watcher::Event<KubeNode>) {
         match event {
-            watcher::Event::Init => self.relisting_nodes = Some(HashSet::new()),
+            watcher::Event::Init => self.relisting_nodes.start(),
             watcher::Event::Apply(node) | watcher::Event::InitApply(node) => {
                 let name = node.name_any();
-                if let Some(seen) = &mut self.relisting_nodes {
-                    seen.insert(name.clone());
-                }
+                self.relisting_nodes.saw(&name);
                 let known = self.engine.node_id(&name).is_some();
                 self.engine.upsert_node(convert::node(&node));
                 if !known {
@@ -442,7 +492,7 @@ impl Scheduler {
                 self.engine.remove_node(&node.name_any());
             }
             watcher::Event::InitDone => {
-                if let Some(seen) = self.relisting_nodes.take() {
+                if let Some(seen) = self.relisting_nodes.finish() {
                     let gone: Vec<String> = self
                         .engine
                         .node_ids()
@@ -472,12 +522,10 @@ impl Scheduler {
 
     fn pod_event(&mut self, event: watcher::Event<KubePod>) {
         match event {
-            watcher::Event::Init => self.relisting_pods = Some(HashSet::new()),
+            watcher::Event::Init => self.relisting_pods.start(),
             watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) => {
                 let key = convert::pod_key(&pod);
-                if let Some(seen) = &mut self.relisting_pods {
-                    seen.insert(key.clone());
-                }
+                self.relisting_pods.saw(&key);
                 self.pod_applied(key, &pod);
             }
             watcher::Event::Delete(pod) => {
@@ -485,7 +533,7 @@ impl Scheduler {
                 self.pod_gone(&key, pod.spec.as_ref().and_then(|s| s.node_name.clone()));
             }
             watcher::Event::InitDone => {
-                if let Some(seen) = self.relisting_pods.take() {
+                if let Some(seen) = self.relisting_pods.finish() {
                     let pending_gone: Vec<String> =
                         self.pending.keys().filter(|key| !seen.contains(*key)).cloned().collect();
                     for key in pending_gone {
@@ -559,6 +607,8 @@ impl Scheduler {
         self.pending.remove(key);
         self.active.remove(key);
         self.unschedulable.remove(key);
+        self.retry_at.remove(key);
+        self.bind_retries.succeeded(&key.to_string());
         self.reporter.forget(key);
         if let Some(node_name) = node_name
             && let Some(pods) = self.bound_on.get_mut(&node_name)
@@ -577,6 +627,7 @@ impl Scheduler {
         match event {
             watcher::Event::Apply(group) | watcher::Event::InitApply(group) => {
                 let key = format!("{}/{}", group.namespace().unwrap_or_default(), group.name_any());
+                self.relisting_groups.saw(&key);
                 let topology = group.spec.topology.as_ref().map(|t| {
                     let level = match t.level {
                         TopologyLevel::Rack => Level::Rack,
@@ -623,12 +674,26 @@ impl Scheduler {
             }
             watcher::Event::Delete(group) => {
                 let key = format!("{}/{}", group.namespace().unwrap_or_default(), group.name_any());
-                self.engine.release_reservation(&key);
-                self.groups.remove(&key);
+                self.forget_group(&key);
             }
-            watcher::Event::InitDone => self.synced.groups = true,
-            watcher::Event::Init => {}
+            watcher::Event::Init => self.relisting_groups.start(),
+            watcher::Event::InitDone => {
+                if let Some(seen) = self.relisting_groups.finish() {
+                    let gone: Vec<String> =
+                        self.groups.keys().filter(|key| !seen.contains(*key)).cloned().collect();
+                    for key in gone {
+                        self.forget_group(&key);
+                    }
+                }
+                self.synced.groups = true;
+            }
         }
+    }
+
+    fn forget_group(&mut self, key: &str) {
+        self.engine.release_reservation(key);
+        self.groups.remove(key);
+        self.requeue = true;
     }
 
     fn done(&mut self, done: Done) {
@@ -643,6 +708,7 @@ impl Scheduler {
         match result {
             Ok(()) => {
                 self.metrics.bound.inc();
+                self.bind_retries.succeeded(&key);
                 if !self.first_bind_logged {
                     self.first_bind_logged = true;
                     info!(pod = %key, seconds = self.started.elapsed().as_secs_f64(), "first pod bound");
@@ -650,21 +716,17 @@ impl Scheduler {
                 // The watch will show it bound; until then it stays assumed and out of the queue.
                 self.pending.remove(&key);
             }
+            // The outcome is not known: a 409 means bound already, or (etcd down) nothing at all;
+            // a timeout may have bound it. The pod keeps its room until the watch shows it bound
+            // (or gone), or the retry finds it still waiting and places it afresh.
             Err(err) => {
                 self.metrics.bind_errors.inc();
-                self.engine.forget(&key);
-                match &err {
-                    // Already bound, or gone: the watch tells the rest.
-                    kube::Error::Api(status) if status.code == 409 || status.code == 404 => {
-                        debug!(pod = %key, error = %err, "binding refused");
-                        self.pending.remove(&key);
-                    }
-                    _ => {
-                        warn!(pod = %key, error = %err, "binding failed; retrying");
-                        if self.pending.contains_key(&key) {
-                            self.active.insert(key);
-                        }
-                    }
+                let delay = self.bind_retries.failed(key.clone());
+                warn!(pod = %key, error = %err, retry_in = ?delay, "binding failed; retrying unless the watch shows it bound");
+                if self.pending.contains_key(&key) {
+                    self.retry_at.insert(key, Instant::now() + delay);
+                } else {
+                    self.engine.forget(&key);
                 }
             }
         }
@@ -681,6 +743,15 @@ impl Scheduler {
         for key in due {
             self.unschedulable.remove(&key);
             self.active.insert(key);
+        }
+        let retry: Vec<String> =
+            self.retry_at.iter().filter(|(_, at)| **at <= now).map(|(key, _)| key.clone()).collect();
+        for key in retry {
+            self.retry_at.remove(&key);
+            if self.pending.contains_key(&key) {
+                self.engine.forget(&key);
+                self.active.insert(key);
+            }
         }
         self.expire_nominations(now);
         self.metrics.pending.set(self.pending.len() as i64);
@@ -790,6 +861,11 @@ impl Scheduler {
                 gangs.entry(gang.clone()).or_default().push(pod);
                 continue;
             }
+            // Bindings in flight are bounded: a pod without a permit now waits for a later round.
+            if self.bind_permits.available_permits() == 0 {
+                self.active.insert(pod.key.clone());
+                continue;
+            }
             match self.engine.schedule(&pod) {
                 Ok(placement) => self.bind(&pod, placement),
                 Err(explanation) => match self.preempt(&pod) {
@@ -805,6 +881,11 @@ impl Scheduler {
     }
 
     fn schedule_gang(&mut self, key: &str, members: Vec<Pod>) {
+        // A gang is placed when all its members can be bound at once.
+        if self.bind_permits.available_permits() < members.len() {
+            self.active.extend(members.into_iter().map(|pod| pod.key));
+            return;
+        }
         let Some(group) = self.groups.get(key) else {
             for pod in &members {
                 self.unplaced(pod, format!("PodGroup {key} does not exist"));
@@ -1021,6 +1102,12 @@ impl Scheduler {
             self.engine.forget(&pod.key);
             return;
         };
+        let Ok(permit) = self.bind_permits.clone().try_acquire_owned() else {
+            // Rounds check for permits first; should they run out all the same, try later.
+            self.engine.forget(&pod.key);
+            self.active.insert(pod.key.clone());
+            return;
+        };
         self.binding.insert(pod.key.clone());
         self.unschedulable.remove(&pod.key);
         let (namespace, name) =
@@ -1028,12 +1115,11 @@ impl Scheduler {
         let uid = pending.uid.clone();
         let gpus = (!placement.gpus.is_empty()).then(|| convert::gpu_assignment_value(&placement.gpus));
         let api: Api<KubePod> = Api::namespaced(self.client.clone(), &namespace);
-        let permits = self.bind_permits.clone();
         let done = self.done_tx.clone();
         let key = pod.key.clone();
         let leadership = self.leadership.clone();
         tokio::spawn(async move {
-            let _permit = permits.acquire_owned().await;
+            let _permit = permit;
             // Lease lost: the process is stopping, nothing to record.
             let Some(result) = leadership.while_leading(bind(&api, &name, &uid, &node, gpus)).await else {
                 return;

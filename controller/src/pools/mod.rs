@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use yiyun_crds::{ComputeSite, ComputeSiteStatus, MaintenanceStatus, NodePool, NodePoolStatus};
 
-use yiyun_kube::{apply::FIELD_MANAGER, watches};
+use yiyun_kube::{apply::FIELD_MANAGER, backoff::Retries, watches};
 
 use crate::{Error, metrics::Metrics};
 
@@ -51,6 +51,8 @@ struct Context {
     /// Poked by every watch event; the status writer waits on it.
     changed: Arc<Notify>,
     metrics: Metrics,
+    /// Failed reconciles in a row, per node.
+    retries: Retries<String>,
 }
 
 /// Runs the node-pool controller until `shutdown`.
@@ -95,6 +97,7 @@ pub async fn run(client: Client, metrics: Metrics, shutdown: CancellationToken) 
         listed: vec![nodes_listed, pools_listed, sites_listed, pods_listed, budgets_listed],
         changed,
         metrics,
+        retries: Retries::new(crate::RETRY),
     });
     tokio::spawn(write_pool_statuses(ctx.clone(), shutdown.clone()));
 
@@ -112,9 +115,9 @@ pub async fn run(client: Client, metrics: Metrics, shutdown: CancellationToken) 
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(reconcile_node, error_policy, ctx)
         .for_each(|result| async move {
-            use kube::runtime::controller::Error as ControllerError;
-            if let Err(ControllerError::QueueError(err)) = result {
-                warn!(error = %err, "node-pool watch failed; retrying");
+            // Watch failures are logged where the watches are reflected.
+            if let Err(err) = result {
+                tracing::debug!(error = %err, "node-pool reconcile request dropped");
             }
         })
         .await;
@@ -128,6 +131,9 @@ async fn reconcile_node(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Er
     let result = keep_node(&node, &ctx).await;
     let error = result.as_ref().err().map(Error::label);
     ctx.metrics.reconciled(CONTROLLER, started.elapsed().as_secs_f64(), error);
+    if result.is_ok() {
+        ctx.retries.succeeded(&node.name_any());
+    }
     result
 }
 
@@ -166,19 +172,23 @@ async fn keep_node(node: &Node, ctx: &Context) -> Result<Action, Error> {
     Ok(Action::await_change())
 }
 
-fn error_policy(node: Arc<Node>, error: &Error, _ctx: Arc<Context>) -> Action {
+fn error_policy(node: Arc<Node>, error: &Error, ctx: Arc<Context>) -> Action {
     // A conflict only means the node changed meanwhile; the retry computes from the new one.
-    warn!(node = %node.name_any(), error = %error, "node-pool reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(2))
+    let delay = ctx.retries.failed(node.name_any());
+    warn!(node = %node.name_any(), error = %error, retry_in = ?delay, "node-pool reconcile failed; retrying");
+    Action::requeue(delay)
 }
 
 /// Rewrites the status of every pool whose report changed, after node or pool changes settle,
-/// and drives maintenance drains (every 2 s while one is under way).
+/// and drives maintenance drains (every 2 s while one is under way). A status that could not be
+/// written is tried again after a backoff, not only at the next change.
 async fn write_pool_statuses(ctx: Arc<Context>, shutdown: CancellationToken) {
     if !watches::all_listed(&ctx.listed).await {
         return;
     }
+    let mut failed_passes = 0u32;
     loop {
+        let mut failed = false;
         let pools = ctx.pools.state();
         let pool_refs: Vec<&NodePool> = pools.iter().map(Arc::as_ref).collect();
         let nodes = ctx.nodes.state();
@@ -197,15 +207,22 @@ async fn write_pool_statuses(ctx: Arc<Context>, shutdown: CancellationToken) {
             let entries = maintenance.into_iter().map(|(m, _)| m).collect();
             if let Err(err) = write_status(pool, report, entries, &ctx).await {
                 warn!(pool = %pool.name_any(), error = %err, "cannot write node-pool status");
+                failed = true;
             }
         }
         for site in ctx.sites.state() {
             let report = status::site_report(&site.name_any(), &membership, &requested);
             if let Err(err) = write_site_status(&site, report, &ctx).await {
                 warn!(site = %site.name_any(), error = %err, "cannot write site status");
+                failed = true;
             }
         }
-        let tick = if draining { Duration::from_secs(2) } else { Duration::MAX };
+        failed_passes = if failed { failed_passes.saturating_add(1) } else { 0 };
+        let tick = match (failed, draining) {
+            (true, _) => crate::RETRY.delay(failed_passes),
+            (false, true) => Duration::from_secs(2),
+            (false, false) => Duration::MAX,
+        };
         tokio::select! {
             () = ctx.changed.notified() => {}
             () = tokio::time::sleep(tick) => {}

@@ -45,6 +45,7 @@ use yiyun_crds::{
     Tenant,
     labels::{MANAGED_BY, MANAGED_BY_VALUE, TENANT},
 };
+use yiyun_kube::backoff::Retries;
 use yiyun_quota::Plan;
 
 use crate::{Error, metrics::Metrics};
@@ -129,6 +130,8 @@ pub(crate) struct Context {
     stores: Stores,
     plans: Arc<Plans>,
     metrics: Metrics,
+    /// Failed reconciles in a row, per tenant.
+    retries: Retries<String>,
 }
 
 impl Context {
@@ -201,10 +204,11 @@ pub async fn run(
             network_policies_listed,
         ],
     };
-    let ctx = Arc::new(Context { client, stores, plans, metrics });
+    let ctx = Arc::new(Context { client, stores, plans, metrics, retries: Retries::new(crate::RETRY) });
 
     let (changed_tx, changed_rx) = mpsc::channel(1024);
-    tokio::spawn(plan_tree(ctx.clone(), changed_tx, shutdown.clone()));
+    let stop_on_planner_panic = shutdown.child_token();
+    let planner = plan_tree(ctx.clone(), changed_tx, readiness.clone(), shutdown.clone());
     tokio::spawn({
         let ctx = ctx.clone();
         async move {
@@ -222,7 +226,7 @@ pub async fn run(
         .predicate_filter(predicates::generation.combine(predicates::finalizers), PredicateConfig::default());
     // The planner batches bursts already; the debounce only merges a tenant's own events with the
     // planner's request for it, which follow within milliseconds.
-    Controller::for_stream(tenant_events, tenants)
+    let controller = Controller::for_stream(tenant_events, tenants)
         .with_config(ControllerConfig::default().concurrency(64).debounce(Duration::from_millis(10)))
         .watches_stream(namespace_events, |ns| tenant_of(&ns))
         .watches_stream(quota_events, {
@@ -250,22 +254,40 @@ pub async fn run(
         .watches_stream(role_binding_events, |o| tenant_of(&o))
         .watches_stream(network_policy_events, |o| tenant_of(&o))
         .reconcile_on(receiver_stream(changed_rx))
-        .graceful_shutdown_on(shutdown.cancelled_owned())
+        .graceful_shutdown_on(stop_on_planner_panic.clone().cancelled_owned())
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|result| async move {
-            use kube::runtime::controller::Error as ControllerError;
-            match result {
-                // A watch failing (RBAC, a CRD removed) is the operator's business.
-                Err(ControllerError::QueueError(err)) => {
-                    tracing::warn!(error = %err, "tenancy watch failed; retrying")
-                }
-                Err(err) => tracing::debug!(error = %err, "tenancy reconcile request dropped"),
-                Ok(_) => {}
+            // Watch failures are logged where the watches are reflected; what is left here is
+            // a request for an object the store does not hold (any more).
+            if let Err(err) = result {
+                tracing::debug!(error = %err, "tenancy reconcile request dropped");
             }
-        })
-        .await;
+        });
+    // The planner ends only with the controller, or with a panic that must end it.
+    let (planned, ()) = tokio::join!(
+        async {
+            let result = planner.await;
+            if result.is_err() {
+                stop_on_planner_panic.cancel();
+            }
+            result
+        },
+        controller
+    );
     info!("tenancy controller stopped");
-    Ok(())
+    planned
+}
+
+/// What a panic said, for the log and the error.
+fn panic_message(err: tokio::task::JoinError) -> String {
+    match err.try_into_panic() {
+        Ok(payload) => payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".to_string()),
+        Err(err) => err.to_string(),
+    }
 }
 
 /// Reflects watch `events` into a store; every event marks the plan stale.
@@ -291,10 +313,16 @@ fn receiver_stream<T: Send + 'static>(mut rx: mpsc::Receiver<T>) -> impl Stream<
 
 /// Plans the tree whenever the watches saw a change (once changes settle), publishes the plan,
 /// and asks for a reconcile of every tenant whose part of it changed: relatives of a changed
-/// tenant included, unrelated tenants not.
-async fn plan_tree(ctx: Arc<Context>, changed: mpsc::Sender<ObjectRef<Tenant>>, shutdown: CancellationToken) {
+/// tenant included, unrelated tenants not. Runs until `shutdown`; a panic turns `/readyz` red
+/// and ends tenancy (and with it the process) with [`Error::PlannerPanicked`].
+async fn plan_tree(
+    ctx: Arc<Context>,
+    changed: mpsc::Sender<ObjectRef<Tenant>>,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
     if ctx.stores.wait_until_ready().await.is_err() {
-        return;
+        return Ok(());
     }
     let mut last = Arc::new(Plan::default());
     let mut observer = observe::Observer::default();
@@ -317,10 +345,11 @@ async fn plan_tree(ctx: Arc<Context>, changed: mpsc::Sender<ObjectRef<Tenant>>, 
         });
         let (plan, observed, returned) = match planning.await {
             Ok(planned) => planned,
-            // Planning panicked: a bug, never input (the plan reports bad input as problems).
             Err(err) => {
-                tracing::error!(error = %err, "planning the tenant tree failed; tenancy stops planning");
-                return;
+                readiness.set(false);
+                let message = panic_message(err);
+                tracing::error!(error = %message, "planning the tenant tree panicked; stopping");
+                return Err(Error::PlannerPanicked(message));
             }
         };
         observer = returned;
@@ -338,14 +367,14 @@ async fn plan_tree(ctx: Arc<Context>, changed: mpsc::Sender<ObjectRef<Tenant>>, 
         );
         for name in names {
             if changed.send(ObjectRef::new(&name)).await.is_err() {
-                return;
+                return Ok(());
             }
         }
         last = plan;
         let planned_at = Instant::now();
         tokio::select! {
             () = ctx.plans.changed.notified() => {}
-            () = shutdown.cancelled() => return,
+            () = shutdown.cancelled() => return Ok(()),
         }
         let quiet = planned_at.elapsed() >= PLAN_MAX_WAIT;
         let settle = if quiet && ctx.plans.edited.load(Ordering::Relaxed) {
@@ -359,8 +388,21 @@ async fn plan_tree(ctx: Arc<Context>, changed: mpsc::Sender<ObjectRef<Tenant>>, 
                 () = ctx.plans.changed.notified() => {}
                 () = tokio::time::sleep(settle) => break,
                 () = tokio::time::sleep_until(deadline) => break,
-                () = shutdown.cancelled() => return,
+                () = shutdown.cancelled() => return Ok(()),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panic_is_reported_with_what_it_said() {
+        let text = tokio::task::spawn_blocking(|| panic!("tenant t3 has no plan")).await.unwrap_err();
+        assert_eq!(panic_message(text), "tenant t3 has no plan");
+        let formatted = tokio::task::spawn_blocking(|| panic!("{} tenants", 3)).await.unwrap_err();
+        assert_eq!(panic_message(formatted), "3 tenants");
     }
 }

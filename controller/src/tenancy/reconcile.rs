@@ -36,6 +36,7 @@ const RESYNC: Duration = Duration::from_secs(30 * 60);
 
 pub async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
+    let name = tenant.name_any();
     let api: Api<Tenant> = Api::all(ctx.client.clone());
     let result = finalizer(&api, TENANT_FINALIZER, tenant, |event| async {
         match event {
@@ -47,16 +48,20 @@ pub async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action,
     .map_err(|err| Error::Finalizer(Box::new(err)));
     let error = result.as_ref().err().map(Error::label);
     ctx.metrics.reconciled(CONTROLLER, started.elapsed().as_secs_f64(), error);
+    if result.is_ok() {
+        ctx.retries.succeeded(&name);
+    }
     result
 }
 
-pub fn error_policy(tenant: Arc<Tenant>, error: &Error, _ctx: Arc<Context>) -> Action {
+pub fn error_policy(tenant: Arc<Tenant>, error: &Error, ctx: Arc<Context>) -> Action {
     if error.is_waiting() {
         info!(tenant = %tenant.name_any(), "{error}");
         return Action::requeue(Duration::from_secs(15));
     }
-    warn!(tenant = %tenant.name_any(), error = %error, "tenancy reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(5))
+    let delay = ctx.retries.failed(tenant.name_any());
+    warn!(tenant = %tenant.name_any(), error = %error, retry_in = ?delay, "tenancy reconcile failed; retrying");
+    Action::requeue(delay)
 }
 
 async fn reconcile_tenant(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
