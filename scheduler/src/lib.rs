@@ -3,10 +3,11 @@
 //! places PodGroups all or nothing, and leads through a Lease so standbys can take over.
 
 mod convert;
-mod core;
+mod edge;
 mod metrics;
 mod report;
 mod sites;
+mod state;
 mod tenants;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
@@ -92,7 +93,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         readiness.set(true);
         info!(scheduler = %config.scheduler_name, "scheduling");
         let leadership = election.as_ref().map_or_else(Leadership::alone, |e| e.leadership());
-        let scheduler = core::Scheduler::new(config, client, metrics, leadership);
+        let scheduler = edge::Scheduler::new(config, client, metrics, leadership);
         let work = scheduler.run(shutdown.clone());
         match &election {
             // Renewal first: a leader resumed past its deadline stops before it schedules.

@@ -1,29 +1,18 @@
-//! The scheduler as one task that owns the engine: watch events update its view, scheduling
-//! rounds decide and assume, binding tasks report back. Nothing else touches the engine, so it
-//! needs no lock.
+//! The scheduler's state, with no I/O: watch events and the outcomes of its writes come in,
+//! decisions go out as [`Effect`]s that the edge ([`crate::edge`]) carries out. It owns the
+//! engine; nothing else touches it, so it needs no lock.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
-    sync::Arc,
     time::{Duration, Instant},
 };
 
-use futures::{Stream, StreamExt, stream::BoxStream};
-use k8s_openapi::{
-    api::{
-        core::v1::{Binding, Namespace, Node as KubeNode, ObjectReference, Pod as KubePod},
-        policy::v1::PodDisruptionBudget,
-    },
-    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+use k8s_openapi::api::{
+    core::v1::{Namespace, Node as KubeNode, Pod as KubePod},
+    policy::v1::PodDisruptionBudget,
 };
-use kube::{
-    Api, Client, ResourceExt,
-    api::{Patch, PatchParams, PostParams},
-    runtime::{WatchStreamExt, watcher},
-};
-use tokio::sync::{Semaphore, mpsc};
-use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use kube::{ResourceExt, runtime::watcher};
+use tracing::{info, warn};
 use yiyun_crds::{ComputeSite, PodGroup, PodGroupPhase, Tenant, TopologyLevel, TopologyMode, labels};
 use yiyun_engine::{
     Engine, Placement, Policy,
@@ -33,22 +22,19 @@ use yiyun_engine::{
 use yiyun_kube::{
     backoff::{Backoff, Retries},
     disruption::{disruptions_allowed, first_broken},
-    leader::Leadership,
 };
 
-use crate::{Config, Error, convert, metrics::Metrics, report::Reporter};
+use crate::{Config, convert, metrics::Metrics};
 
 /// Unschedulable pods are retried at least this often, whatever happens.
 const RETRY_UNSCHEDULABLE: Duration = Duration::from_secs(30);
 /// Failed bindings are retried from half a second, doubling, to half a minute, with jitter.
 const BIND_RETRY: Backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
-/// Watch events applied before the next scheduling round.
-const EVENT_BATCH: usize = 2_000;
 
 /// What the watches report. Boxed objects would add an allocation per event for nothing: the
 /// events are moved once, from the watch to `apply`.
 #[allow(clippy::large_enum_variant)]
-enum Update {
+pub enum Update {
     Node(watcher::Event<KubeNode>),
     Pod(watcher::Event<KubePod>),
     Namespace(watcher::Event<Namespace>),
@@ -89,7 +75,7 @@ struct BoundPod {
 }
 
 /// What a task reports back.
-enum Done {
+pub enum Done {
     /// A binding of pod `key`.
     Bound { key: String, result: Result<(), kube::Error> },
     /// An eviction of `victim` to make room for `preemptor`.
@@ -160,9 +146,26 @@ impl Synced {
     }
 }
 
-pub struct Scheduler {
+/// A write the state asks the edge to make. Its outcome, where it matters, comes back as a
+/// [`Done`].
+#[derive(Debug)]
+pub enum Effect {
+    /// Bind pod `key` (`namespace/name`, uid `uid`) to `node`, with its GPU devices if any.
+    Bind { key: String, uid: String, node: String, gpus: Option<String> },
+    /// Record that `pod` waits for preemption victims to leave `node`.
+    Nominate { pod: String, node: String },
+    /// Evict `victim` to make room for `preemptor`.
+    Evict { victim: String, preemptor: String },
+    /// Write a PodGroup's status (`key` is `namespace/name`).
+    GroupStatus { key: String, status: serde_json::Value },
+    /// Tell a pod (and its events) why it waits.
+    Unschedulable { key: String, uid: String, message: String },
+    /// A pod is gone: forget what was reported about it.
+    Forget { key: String },
+}
+
+pub struct State {
     config: Config,
-    client: Client,
     engine: Engine,
     /// Tenant of each namespace (label `yiyun.io/tenant`).
     tenant_of: HashMap<String, String>,
@@ -192,48 +195,24 @@ pub struct Scheduler {
     relisting_namespaces: Relist,
     relisting_groups: Relist,
     relisting_budgets: Relist,
-    bind_permits: Arc<Semaphore>,
-    done_tx: mpsc::UnboundedSender<Done>,
-    done_rx: mpsc::UnboundedReceiver<Done>,
+    /// Bindings sent and not answered yet; at most `--bind-concurrency`.
+    binds_in_flight: usize,
     nominated: HashMap<String, Nomination>,
-    reporter: Reporter,
     metrics: Metrics,
     first_bind_logged: bool,
     started: Instant,
-    /// Every write goes through it: nothing is sent once the lease is lost.
-    leadership: Leadership,
+    /// What the edge is to do next.
+    effects: Vec<Effect>,
 }
 
-/// The events of one kind, tagged; `kind` names it when the watch fails.
-fn watch<K>(
-    kind: &'static str,
-    api: Api<K>,
-    config: watcher::Config,
-    tag: fn(watcher::Event<K>) -> Update,
-) -> BoxStream<'static, Update>
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
-{
-    watcher(api, config)
-        .backoff(yiyun_kube::backoff::WatchBackoff::default())
-        .map(move |event| match event {
-            Ok(event) => tag(event),
-            Err(err) => Update::Lost(kind, err.to_string()),
-        })
-        .boxed()
-}
-
-impl Scheduler {
-    pub fn new(config: Config, client: Client, metrics: Metrics, leadership: Leadership) -> Self {
-        let (done_tx, done_rx) = mpsc::unbounded_channel();
+impl State {
+    pub fn new(config: Config, metrics: Metrics) -> Self {
         let mut engine = Engine::new(Policy::Yiyun, 1);
         engine.set_evictions_per_minute(config.evictions_per_minute);
-        Scheduler {
-            bind_permits: Arc::new(Semaphore::new(config.bind_concurrency.max(1))),
-            reporter: Reporter::new(client.clone(), config.scheduler_name.clone(), leadership.clone()),
-            leadership,
+        State {
+            binds_in_flight: 0,
+            effects: Vec::new(),
             config,
-            client,
             engine,
             tenant_of: HashMap::new(),
             pending: BTreeMap::new(),
@@ -254,8 +233,6 @@ impl Scheduler {
             relisting_namespaces: Relist::default(),
             relisting_groups: Relist::default(),
             relisting_budgets: Relist::default(),
-            done_tx,
-            done_rx,
             nominated: HashMap::new(),
             metrics,
             first_bind_logged: false,
@@ -263,77 +240,22 @@ impl Scheduler {
         }
     }
 
-    fn updates(&self) -> impl Stream<Item = Update> + use<> {
-        let client = &self.client;
-        // Finished pods hold nothing; the apiserver leaves them out.
-        // Large pages: a restarted scheduler lists tens of thousands of pods before it may bind,
-        // and every page is a round trip.
-        let pods = watcher::Config::default()
-            .fields("status.phase!=Succeeded,status.phase!=Failed")
-            .page_size(10_000);
-        futures::stream::select_all([
-            watch("Node", Api::<KubeNode>::all(client.clone()), watcher::Config::default(), Update::Node),
-            watch("Pod", Api::<KubePod>::all(client.clone()), pods, Update::Pod),
-            watch(
-                "Namespace",
-                Api::<Namespace>::all(client.clone()),
-                watcher::Config::default(),
-                Update::Namespace,
-            ),
-            watch(
-                "PodGroup",
-                Api::<PodGroup>::all(client.clone()),
-                watcher::Config::default(),
-                Update::PodGroup,
-            ),
-            watch("Tenant", Api::<Tenant>::all(client.clone()), watcher::Config::default(), Update::Tenant),
-            watch(
-                "ComputeSite",
-                Api::<ComputeSite>::all(client.clone()),
-                watcher::Config::default(),
-                Update::Site,
-            ),
-            watch(
-                "PodDisruptionBudget",
-                Api::<PodDisruptionBudget>::all(client.clone()),
-                watcher::Config::default(),
-                Update::Budget,
-            ),
-        ])
+    /// Whether every watch has listed once: only then are decisions made.
+    pub fn synced(&self) -> bool {
+        self.synced.all()
     }
 
-    /// Runs until `shutdown`.
-    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), Error> {
-        let mut updates = self.updates();
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                update = updates.next() => {
-                    let Some(update) = update else { return Err(Error::WatchEnded) };
-                    self.apply(update);
-                    // Apply what else has arrived before deciding anything.
-                    for _ in 0..EVENT_BATCH {
-                        match futures::FutureExt::now_or_never(updates.next()) {
-                            Some(Some(update)) => self.apply(update),
-                            Some(None) => return Err(Error::WatchEnded),
-                            None => break,
-                        }
-                    }
-                }
-                Some(done) = self.done_rx.recv() => self.done(done),
-                _ = tick.tick() => self.housekeeping(),
-            }
-            while let Ok(done) = self.done_rx.try_recv() {
-                self.done(done);
-            }
-            if self.synced.all() {
-                self.round();
-            }
-        }
+    /// The effects decided since the last call, in order.
+    pub fn take_effects(&mut self) -> Vec<Effect> {
+        std::mem::take(&mut self.effects)
     }
 
-    fn apply(&mut self, update: Update) {
+    /// Bindings that may still start now.
+    fn bind_permits(&self) -> usize {
+        self.config.bind_concurrency.max(1).saturating_sub(self.binds_in_flight)
+    }
+
+    pub fn apply(&mut self, update: Update) {
         match update {
             Update::Node(event) => self.node_event(event),
             Update::Pod(event) => self.pod_event(event),
@@ -609,7 +531,7 @@ impl Scheduler {
         self.unschedulable.remove(key);
         self.retry_at.remove(key);
         self.bind_retries.succeeded(&key.to_string());
-        self.reporter.forget(key);
+        self.effects.push(Effect::Forget { key: key.to_string() });
         if let Some(node_name) = node_name
             && let Some(pods) = self.bound_on.get_mut(&node_name)
         {
@@ -696,7 +618,7 @@ impl Scheduler {
         self.requeue = true;
     }
 
-    fn done(&mut self, done: Done) {
+    pub fn done(&mut self, done: Done) {
         match done {
             Done::Bound { key, result } => self.bound(key, result),
             Done::Evicted { victim, preemptor, result } => self.evicted(victim, preemptor, result),
@@ -705,6 +627,7 @@ impl Scheduler {
 
     fn bound(&mut self, key: String, result: Result<(), kube::Error>) {
         self.binding.remove(&key);
+        self.binds_in_flight = self.binds_in_flight.saturating_sub(1);
         match result {
             Ok(()) => {
                 self.metrics.bound.inc();
@@ -732,7 +655,7 @@ impl Scheduler {
         }
     }
 
-    fn housekeeping(&mut self) {
+    pub fn housekeeping(&mut self) {
         let now = Instant::now();
         let due: Vec<String> = self
             .unschedulable
@@ -813,9 +736,6 @@ impl Scheduler {
             self.engine.release_reservation(&key);
         }
         for (key, phase, placed, running, message) in writes {
-            let Some((namespace, name)) = key.split_once('/') else { continue };
-            let api: Api<PodGroup> = Api::namespaced(self.client.clone(), namespace);
-            let name = name.to_string();
             let scheduled = matches!(phase, PodGroupPhase::Scheduled | PodGroupPhase::Running);
             let status = serde_json::json!({"status": {
                 "phase": phase, "placed": placed, "running": running,
@@ -825,20 +745,12 @@ impl Scheduler {
                     "lastTransitionTime": k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()),
                 }],
             }});
-            let leadership = self.leadership.clone();
-            tokio::spawn(async move {
-                if let Some(Err(err)) = leadership
-                    .while_leading(api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)))
-                    .await
-                {
-                    debug!(group = %name, error = %err, "cannot write the PodGroup status");
-                }
-            });
+            self.effects.push(Effect::GroupStatus { key, status });
         }
     }
 
     /// One scheduling round over the active pods.
-    fn round(&mut self) {
+    pub fn round(&mut self) {
         if self.requeue {
             self.requeue = false;
             for key in self.unschedulable.drain().map(|(key, _)| key) {
@@ -862,7 +774,7 @@ impl Scheduler {
                 continue;
             }
             // Bindings in flight are bounded: a pod without a permit now waits for a later round.
-            if self.bind_permits.available_permits() == 0 {
+            if self.bind_permits() == 0 {
                 self.active.insert(pod.key.clone());
                 continue;
             }
@@ -882,7 +794,7 @@ impl Scheduler {
 
     fn schedule_gang(&mut self, key: &str, members: Vec<Pod>) {
         // A gang is placed when all its members can be bound at once.
-        if self.bind_permits.available_permits() < members.len() {
+        if self.bind_permits() < members.len() {
             self.active.extend(members.into_iter().map(|pod| pod.key));
             return;
         }
@@ -980,37 +892,9 @@ impl Scheduler {
             since: Instant::now(),
         };
         self.nominated.insert(pod.key.clone(), nomination);
-        let (namespace, name) = pod.key.split_once('/').unwrap_or_default();
-        let pods: Api<KubePod> = Api::namespaced(self.client.clone(), namespace);
-        let status = serde_json::json!({"status": {"nominatedNodeName": node}});
-        let name = name.to_string();
-        let leadership = self.leadership.clone();
-        tokio::spawn(async move {
-            if let Some(Err(err)) = leadership
-                .while_leading(pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)))
-                .await
-            {
-                debug!(pod = %name, error = %err, "cannot write nominatedNodeName");
-            }
-        });
+        self.effects.push(Effect::Nominate { pod: pod.key.clone(), node });
         for victim in preemption.victims {
-            let Some((namespace, name)) = victim.split_once('/').map(|(n, p)| (n.to_string(), p.to_string()))
-            else {
-                continue;
-            };
-            let api: Api<KubePod> = Api::namespaced(self.client.clone(), &namespace);
-            let done = self.done_tx.clone();
-            let preemptor = pod.key.clone();
-            let leadership = self.leadership.clone();
-            tokio::spawn(async move {
-                // Lease lost: the process is stopping, nothing to record.
-                let Some(result) =
-                    leadership.while_leading(api.evict(&name, &kube::api::EvictParams::default())).await
-                else {
-                    return;
-                };
-                let _ = done.send(Done::Evicted { victim, preemptor, result: result.map(|_| ()) });
-            });
+            self.effects.push(Effect::Evict { victim, preemptor: pod.key.clone() });
         }
         Preempted::Started
     }
@@ -1089,7 +973,8 @@ impl Scheduler {
         self.metrics.unschedulable.inc();
         self.unschedulable.insert(pod.key.clone(), Instant::now());
         if let Some(pending) = self.pending.get(&pod.key) {
-            self.reporter.unschedulable(&pod.key, &pending.uid, &message);
+            let (key, uid) = (pod.key.clone(), pending.uid.clone());
+            self.effects.push(Effect::Unschedulable { key, uid, message });
         }
     }
 
@@ -1102,59 +987,108 @@ impl Scheduler {
             self.engine.forget(&pod.key);
             return;
         };
-        let Ok(permit) = self.bind_permits.clone().try_acquire_owned() else {
+        if self.bind_permits() == 0 {
             // Rounds check for permits first; should they run out all the same, try later.
             self.engine.forget(&pod.key);
             self.active.insert(pod.key.clone());
             return;
-        };
+        }
+        self.binds_in_flight += 1;
         self.binding.insert(pod.key.clone());
         self.unschedulable.remove(&pod.key);
-        let (namespace, name) =
-            pod.key.split_once('/').map(|(n, p)| (n.to_string(), p.to_string())).unwrap_or_default();
         let uid = pending.uid.clone();
         let gpus = (!placement.gpus.is_empty()).then(|| convert::gpu_assignment_value(&placement.gpus));
-        let api: Api<KubePod> = Api::namespaced(self.client.clone(), &namespace);
-        let done = self.done_tx.clone();
-        let key = pod.key.clone();
-        let leadership = self.leadership.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            // Lease lost: the process is stopping, nothing to record.
-            let Some(result) = leadership.while_leading(bind(&api, &name, &uid, &node, gpus)).await else {
-                return;
-            };
-            let _ = done.send(Done::Bound { key, result });
-        });
+        self.effects.push(Effect::Bind { key: pod.key.clone(), uid, node, gpus });
     }
 }
 
-/// Binds the pod through `pods/binding` (guarded by its uid: a pod deleted and recreated under
-/// the same name is not bound), with the GPU devices it gets, if any, as an annotation of the
-/// Binding: the apiserver copies it onto the pod in the same write, and the chart's admission
-/// policy lets nobody set or change it otherwise.
-async fn bind(
-    api: &Api<KubePod>,
-    name: &str,
-    uid: &str,
-    node: &str,
-    gpus: Option<String>,
-) -> Result<(), kube::Error> {
-    let binding = Binding {
-        metadata: ObjectMeta {
-            name: Some(name.to_string()),
-            uid: Some(uid.to_string()),
-            annotations: gpus.map(|gpus| [(labels::GPU_ASSIGNMENT.to_string(), gpus)].into()),
-            ..ObjectMeta::default()
-        },
-        target: ObjectReference {
-            kind: Some("Node".into()),
-            name: Some(node.to_string()),
-            api_version: Some("v1".into()),
-            ..ObjectReference::default()
-        },
-    };
-    api.create_subresource::<Binding, serde_json::Value>("binding", name, &PostParams::default(), &binding)
-        .await?;
-    Ok(())
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(clap::Parser)]
+    struct SchedulerFlags {
+        #[command(flatten)]
+        config: Config,
+    }
+
+    /// A state whose watches have all listed, with one node of 8 CPUs.
+    fn synced_state() -> State {
+        let config = <SchedulerFlags as clap::Parser>::parse_from(["yiyun-scheduler"]).config;
+        let mut state = State::new(config, Metrics::default());
+        state.apply(Update::Node(watcher::Event::InitApply(json(
+            r#"{"metadata": {"name": "n1"}, "status": {"allocatable": {"cpu": "8", "memory": "64Gi", "pods": "110"}}}"#,
+        ))));
+        for done in [
+            Update::Node(watcher::Event::InitDone),
+            Update::Pod(watcher::Event::InitDone),
+            Update::Namespace(watcher::Event::InitDone),
+            Update::PodGroup(watcher::Event::InitDone),
+            Update::Tenant(watcher::Event::InitDone),
+            Update::Site(watcher::Event::InitDone),
+            Update::Budget(watcher::Event::InitDone),
+        ] {
+            state.apply(done);
+        }
+        assert!(state.synced());
+        state
+    }
+
+    fn json<T: serde::de::DeserializeOwned>(text: &str) -> T {
+        serde_json::from_str(text).expect("a valid object")
+    }
+
+    fn pending_pod(name: &str) -> KubePod {
+        json(&format!(
+            r#"{{"metadata": {{"name": "{name}", "namespace": "ns", "uid": "u-{name}"}},
+                "spec": {{"schedulerName": "yiyun-scheduler", "containers": [{{"name": "c", "resources": {{"requests": {{"cpu": "2"}}}}}}]}}}}"#
+        ))
+    }
+
+    #[test]
+    fn a_binding_whose_outcome_is_unknown_keeps_its_room_and_the_pod() {
+        let mut state = synced_state();
+        state.apply(Update::Pod(watcher::Event::Apply(pending_pod("web"))));
+        state.round();
+        let effects = state.take_effects();
+        assert!(matches!(&effects[..], [Effect::Bind { key, node, .. }] if key == "ns/web" && node == "n1"));
+        // etcd down: the apiserver answers 409 although nothing was bound.
+        let conflict =
+            kube::core::Status::failure("rpc error: code = Unavailable", "Conflict").with_code(409);
+        state.done(Done::Bound { key: "ns/web".into(), result: Err(kube::Error::Api(Box::new(conflict))) });
+        assert!(state.pending.contains_key("ns/web"), "the pod is not dropped");
+        assert!(state.retry_at.contains_key("ns/web"), "it is tried again after a backoff");
+        assert!(state.engine.placement_of("ns/web").is_some(), "its room stays held meanwhile");
+        // The watch then shows it bound after all: nothing more to do.
+        let mut bound = pending_pod("web");
+        bound.spec.as_mut().expect("spec").node_name = Some("n1".into());
+        state.apply(Update::Pod(watcher::Event::Apply(bound)));
+        assert!(!state.pending.contains_key("ns/web"));
+        assert_eq!(state.binds_in_flight, 0);
+    }
+
+    #[test]
+    fn bindings_in_flight_are_bounded() {
+        let mut state = synced_state();
+        state.config.bind_concurrency = 2;
+        for name in ["a", "b", "c"] {
+            state.apply(Update::Pod(watcher::Event::Apply(pending_pod(name))));
+        }
+        state.round();
+        let binds = state.take_effects().iter().filter(|e| matches!(e, Effect::Bind { .. })).count();
+        assert_eq!(binds, 2);
+        assert!(state.active.contains("ns/c"), "the third waits for a permit");
+    }
+
+    #[test]
+    fn a_relist_forgets_podgroups_deleted_while_the_watch_was_down() {
+        let mut state = synced_state();
+        let group: PodGroup =
+            json(r#"{"metadata": {"name": "train", "namespace": "ns"}, "spec": {"minMember": 3}}"#);
+        state.apply(Update::PodGroup(watcher::Event::Apply(group)));
+        assert!(state.groups.contains_key("ns/train"));
+        state.apply(Update::PodGroup(watcher::Event::Init));
+        state.apply(Update::PodGroup(watcher::Event::InitDone));
+        assert!(!state.groups.contains_key("ns/train"), "no Delete came, but the relist did not see it");
+    }
 }

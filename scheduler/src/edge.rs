@@ -1,0 +1,245 @@
+//! The scheduler's I/O edge: the watches feed the [`State`], and the [`Effect`]s it decides are
+//! sent to the apiserver (each through the leadership, so nothing is sent once the lease is
+//! lost), their outcomes fed back as [`Done`]s.
+
+use std::time::Duration;
+
+use futures::{Stream, StreamExt, stream::BoxStream};
+use k8s_openapi::{
+    api::{
+        core::v1::{Binding, Namespace, Node as KubeNode, ObjectReference, Pod as KubePod},
+        policy::v1::PodDisruptionBudget,
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
+use kube::{
+    Api, Client,
+    api::{EvictParams, Patch, PatchParams, PostParams},
+    runtime::{WatchStreamExt, watcher},
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+use yiyun_crds::{ComputeSite, PodGroup, Tenant, labels};
+use yiyun_kube::leader::Leadership;
+
+use crate::{
+    Config, Error,
+    metrics::Metrics,
+    report::Reporter,
+    state::{Done, Effect, State, Update},
+};
+
+/// Watch events applied before the next scheduling round.
+const EVENT_BATCH: usize = 2_000;
+
+pub struct Scheduler {
+    state: State,
+    client: Client,
+    reporter: Reporter,
+    done_tx: mpsc::UnboundedSender<Done>,
+    done_rx: mpsc::UnboundedReceiver<Done>,
+    /// Every write goes through it: nothing is sent once the lease is lost.
+    leadership: Leadership,
+}
+
+/// The events of one kind, tagged; `kind` names it when the watch fails.
+fn watch<K>(
+    kind: &'static str,
+    api: Api<K>,
+    config: watcher::Config,
+    tag: fn(watcher::Event<K>) -> Update,
+) -> BoxStream<'static, Update>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    watcher(api, config)
+        .backoff(yiyun_kube::backoff::WatchBackoff::default())
+        .map(move |event| match event {
+            Ok(event) => tag(event),
+            Err(err) => Update::Lost(kind, err.to_string()),
+        })
+        .boxed()
+}
+
+impl Scheduler {
+    pub fn new(config: Config, client: Client, metrics: Metrics, leadership: Leadership) -> Self {
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        Scheduler {
+            reporter: Reporter::new(client.clone(), config.scheduler_name.clone(), leadership.clone()),
+            state: State::new(config, metrics),
+            client,
+            done_tx,
+            done_rx,
+            leadership,
+        }
+    }
+
+    fn updates(&self) -> impl Stream<Item = Update> + use<> {
+        let client = &self.client;
+        // Finished pods hold nothing; the apiserver leaves them out.
+        // Large pages: a restarted scheduler lists tens of thousands of pods before it may bind,
+        // and every page is a round trip.
+        let pods = watcher::Config::default()
+            .fields("status.phase!=Succeeded,status.phase!=Failed")
+            .page_size(10_000);
+        futures::stream::select_all([
+            watch("Node", Api::<KubeNode>::all(client.clone()), watcher::Config::default(), Update::Node),
+            watch("Pod", Api::<KubePod>::all(client.clone()), pods, Update::Pod),
+            watch(
+                "Namespace",
+                Api::<Namespace>::all(client.clone()),
+                watcher::Config::default(),
+                Update::Namespace,
+            ),
+            watch(
+                "PodGroup",
+                Api::<PodGroup>::all(client.clone()),
+                watcher::Config::default(),
+                Update::PodGroup,
+            ),
+            watch("Tenant", Api::<Tenant>::all(client.clone()), watcher::Config::default(), Update::Tenant),
+            watch(
+                "ComputeSite",
+                Api::<ComputeSite>::all(client.clone()),
+                watcher::Config::default(),
+                Update::Site,
+            ),
+            watch(
+                "PodDisruptionBudget",
+                Api::<PodDisruptionBudget>::all(client.clone()),
+                watcher::Config::default(),
+                Update::Budget,
+            ),
+        ])
+    }
+
+    /// Runs until `shutdown`.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), Error> {
+        let mut updates = self.updates();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                update = updates.next() => {
+                    let Some(update) = update else { return Err(Error::WatchEnded) };
+                    self.state.apply(update);
+                    // Apply what else has arrived before deciding anything.
+                    for _ in 0..EVENT_BATCH {
+                        match futures::FutureExt::now_or_never(updates.next()) {
+                            Some(Some(update)) => self.state.apply(update),
+                            Some(None) => return Err(Error::WatchEnded),
+                            None => break,
+                        }
+                    }
+                }
+                Some(done) = self.done_rx.recv() => self.state.done(done),
+                _ = tick.tick() => self.state.housekeeping(),
+            }
+            while let Ok(done) = self.done_rx.try_recv() {
+                self.state.done(done);
+            }
+            if self.state.synced() {
+                self.state.round();
+            }
+            for effect in self.state.take_effects() {
+                self.carry_out(effect);
+            }
+        }
+    }
+
+    /// Sends one effect on its way; what comes of a binding or an eviction returns as a [`Done`].
+    fn carry_out(&mut self, effect: Effect) {
+        match effect {
+            Effect::Bind { key, uid, node, gpus } => {
+                let Some((namespace, name)) = split_key(&key) else { return };
+                let api: Api<KubePod> = Api::namespaced(self.client.clone(), &namespace);
+                let (done, leadership) = (self.done_tx.clone(), self.leadership.clone());
+                tokio::spawn(async move {
+                    // Lease lost: the process is stopping, nothing to record.
+                    let Some(result) = leadership.while_leading(bind(&api, &name, &uid, &node, gpus)).await
+                    else {
+                        return;
+                    };
+                    let _ = done.send(Done::Bound { key, result });
+                });
+            }
+            Effect::Nominate { pod, node } => {
+                let Some((namespace, name)) = split_key(&pod) else { return };
+                let api: Api<KubePod> = Api::namespaced(self.client.clone(), &namespace);
+                let status = serde_json::json!({"status": {"nominatedNodeName": node}});
+                self.patch_status(api, name, status, "cannot write nominatedNodeName");
+            }
+            Effect::Evict { victim, preemptor } => {
+                let Some((namespace, name)) = split_key(&victim) else { return };
+                let api: Api<KubePod> = Api::namespaced(self.client.clone(), &namespace);
+                let (done, leadership) = (self.done_tx.clone(), self.leadership.clone());
+                tokio::spawn(async move {
+                    // Lease lost: the process is stopping, nothing to record.
+                    let Some(result) =
+                        leadership.while_leading(api.evict(&name, &EvictParams::default())).await
+                    else {
+                        return;
+                    };
+                    let _ = done.send(Done::Evicted { victim, preemptor, result: result.map(|_| ()) });
+                });
+            }
+            Effect::GroupStatus { key, status } => {
+                let Some((namespace, name)) = split_key(&key) else { return };
+                let api: Api<PodGroup> = Api::namespaced(self.client.clone(), &namespace);
+                self.patch_status(api, name, status, "cannot write the PodGroup status");
+            }
+            Effect::Unschedulable { key, uid, message } => self.reporter.unschedulable(&key, &uid, &message),
+            Effect::Forget { key } => self.reporter.forget(&key),
+        }
+    }
+
+    /// A merge patch of `name`'s status, best effort: the next change writes it again.
+    fn patch_status<K>(&self, api: Api<K>, name: String, status: serde_json::Value, failure: &'static str)
+    where
+        K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    {
+        let leadership = self.leadership.clone();
+        tokio::spawn(async move {
+            let (params, patch) = (PatchParams::default(), Patch::Merge(&status));
+            if let Some(Err(err)) = leadership.while_leading(api.patch_status(&name, &params, &patch)).await {
+                debug!(object = %name, error = %err, "{failure}");
+            }
+        });
+    }
+}
+
+/// `namespace/name` as its two parts.
+fn split_key(key: &str) -> Option<(String, String)> {
+    key.split_once('/').map(|(namespace, name)| (namespace.to_string(), name.to_string()))
+}
+
+/// Binds the pod through `pods/binding` (guarded by its uid: a pod deleted and recreated under
+/// the same name is not bound), with the GPU devices it gets, if any, as an annotation of the
+/// Binding: the apiserver copies it onto the pod in the same write, and the chart's admission
+/// policy lets nobody set or change it otherwise.
+async fn bind(
+    api: &Api<KubePod>,
+    name: &str,
+    uid: &str,
+    node: &str,
+    gpus: Option<String>,
+) -> Result<(), kube::Error> {
+    let binding = Binding {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            uid: Some(uid.to_string()),
+            annotations: gpus.map(|gpus| [(labels::GPU_ASSIGNMENT.to_string(), gpus)].into()),
+            ..ObjectMeta::default()
+        },
+        target: ObjectReference {
+            kind: Some("Node".into()),
+            name: Some(node.to_string()),
+            api_version: Some("v1".into()),
+            ..ObjectReference::default()
+        },
+    };
+    api.create_subresource::<Binding, serde_json::Value>("binding", name, &PostParams::default(), &binding)
+        .await?;
+    Ok(())
+}
