@@ -2,7 +2,7 @@
 //! their sites' status and maintenance drains.
 
 mod metrics;
-mod pools;
+mod sites;
 mod tenancy;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
@@ -112,7 +112,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         let controllers = async {
             tokio::try_join!(
                 tenancy::run(client.clone(), metrics.clone(), readiness, work.clone()),
-                pools::run(client.clone(), metrics.clone(), work.clone()),
+                sites::run(client.clone(), metrics.clone(), work.clone()),
             )
         };
         let result = match &election {

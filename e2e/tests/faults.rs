@@ -226,7 +226,6 @@ async fn a_scheduler_whose_watches_expired_forgets_what_was_deleted_meanwhile() 
     let capacity = json!({"cpu": "8", "memory": "64Gi", "pods": "110"});
     create_kwok_node_with(&client, &node, json!({"yiyun.io/e2e-cell": cell}), capacity).await;
     let scheduler = unique("yiyun-e2e");
-    let mut process = SchedulerProcess::start(&scheduler, &["--leader-elect=false"]);
     let wait = Duration::from_secs(60);
 
     // A tenant at its ceiling, and a gang waiting for its third member.
@@ -242,6 +241,8 @@ async fn a_scheduler_whose_watches_expired_forgets_what_was_deleted_meanwhile() 
         .patch("train", &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&group))
         .await
         .expect("PodGroup");
+    // Started now, the scheduler lists all of this before it decides anything.
+    let mut process = SchedulerProcess::start(&scheduler, &["--leader-elect=false"]);
 
     let capped_pods: Api<Pod> = Api::namespaced(client.clone(), &capped_ns.name);
     capped_pods.create(&PostParams::default(), &pod("waits", &scheduler, &cell, 1)).await.expect("pod");

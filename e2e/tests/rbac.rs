@@ -117,7 +117,7 @@ const LEASES: &[Use] = &[
 
 const TENANCY: &str = "controller/src/tenancy/mod.rs";
 const RECONCILE: &str = "controller/src/tenancy/reconcile.rs";
-const POOLS: &str = "controller/src/pools/mod.rs";
+const SITES: &str = "controller/src/sites/mod.rs";
 
 const CONTROLLER: &[Use] = &[
     uses("yiyun.io", &["tenants"], WATCH, TENANCY, "watcher(Api::<Tenant>::all(client.clone())"),
@@ -197,37 +197,37 @@ const CONTROLLER: &[Use] = &[
         "controller/src/tenancy/desired.rs",
         r#"role_binding(OWNERS,"admin""#,
     ),
-    uses("", &["nodes"], WATCH, POOLS, "watcher(Api::<Node>::all(client.clone())"),
-    uses("", &["nodes"], &["update"], POOLS, "api.replace("),
-    uses("yiyun.io", &["nodepools"], WATCH, POOLS, "watcher(Api::<NodePool>::all(client.clone())"),
-    uses("yiyun.io", &["computesites"], WATCH, POOLS, "watcher(Api::<ComputeSite>::all(client.clone())"),
+    uses("", &["nodes"], WATCH, SITES, "watcher(Api::<Node>::all(client.clone())"),
+    uses("", &["nodes"], &["update"], SITES, "api.replace("),
+    uses("yiyun.io", &["nodepools"], WATCH, SITES, "watcher(Api::<NodePool>::all(client.clone())"),
+    uses("yiyun.io", &["computesites"], WATCH, SITES, "watcher(Api::<ComputeSite>::all(client.clone())"),
     uses(
         "yiyun.io",
         &["nodepools/status"],
         &["patch"],
-        POOLS,
+        SITES,
         "write_status(&api,&pool.name_any(),previous,&status)",
     ),
     uses(
         "yiyun.io",
         &["computesites/status"],
         &["patch"],
-        POOLS,
+        SITES,
         "write_status(&api,&site.name_any(),previous,&status)",
     ),
-    uses("", &["pods"], WATCH, POOLS, "watcher(Api::<Pod>::all(client.clone()),bound)"),
+    uses("", &["pods"], WATCH, SITES, "watcher(Api::<Pod>::all(client.clone()),bound)"),
     uses(
         "",
         &["pods/eviction"],
         &["create"],
-        "controller/src/pools/drain.rs",
+        "controller/src/sites/drain.rs",
         "pods.evict(&pod.name_any(),&EvictParams::default())",
     ),
     uses(
         "policy",
         &["poddisruptionbudgets"],
         WATCH,
-        POOLS,
+        SITES,
         "watcher(Api::<PodDisruptionBudget>::all(client.clone())",
     ),
 ];

@@ -1,14 +1,15 @@
 //! What every yiyun component needs of Kubernetes, written once: a client, watches reflected
 //! into stores, server-side apply under yiyun's field manager, status conditions, label
-//! selectors and disruption budgets, retries that back off, and leader election with client-go's
-//! semantics. Components do their I/O through this crate; their
-//! rules stay in pure crates.
+//! selectors and disruption budgets, retries that back off, what a pod holds on its node, and
+//! leader election with client-go's semantics. Components do their I/O through this crate;
+//! their rules stay in pure crates.
 
 pub mod apply;
 pub mod backoff;
 pub mod conditions;
 pub mod disruption;
 pub mod leader;
+pub mod pods;
 pub mod watches;
 
 use std::path::Path;

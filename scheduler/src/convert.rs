@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::{
-    api::core::v1::{Node as KubeNode, NodeSelectorTerm, Pod as KubePod, ResourceRequirements},
+    api::core::v1::{Node as KubeNode, NodeSelectorTerm, Pod as KubePod},
     apimachinery::pkg::api::resource::Quantity,
 };
 use yiyun_crds::labels;
@@ -30,16 +30,11 @@ enum Count {
     UnitsDown,
 }
 
-/// A quantity counted as `count` says. One beyond what u64 holds (the apiserver admits up to
-/// about 2^63 whole units) counts as the most there can be: such a request fits nowhere and is
-/// explained, never wrapped or taken for nothing. Negative or unparsable quantities, which the
-/// apiserver refuses, count as zero.
-fn counted(quantity: &Quantity, count: Count) -> u64 {
-    let milli = match Milli::parse(&quantity.0) {
-        Ok(Milli(value)) if value > 0 => value,
-        Err(yiyun_quota::QuantityError::TooLarge(_)) => return u64::MAX,
-        _ => return 0,
-    };
+/// An amount counted as `count` says. One beyond what u64 holds (the apiserver admits up to
+/// about 2^63 whole units, 10^21 milli) counts as the most there can be: such a request fits
+/// nowhere and is explained, never wrapped or taken for nothing.
+fn counted(Milli(milli): Milli, count: Count) -> u64 {
+    let milli = milli.max(0);
     let value = match count {
         Count::Milli => milli,
         Count::UnitsUp => (milli + 999) / 1000,
@@ -48,32 +43,37 @@ fn counted(quantity: &Quantity, count: Count) -> u64 {
     u64::try_from(value).unwrap_or(u64::MAX)
 }
 
-/// Resource amounts from a `name → quantity` map: cpu in milli, memory in bytes, pods and
-/// extended resources in units.
-fn amounts(map: &BTreeMap<String, Quantity>) -> (Resources, u64) {
+/// Resource amounts from a `name → amount` map: cpu in milli, memory in bytes, pods and
+/// extended resources in units; GPUs apart.
+fn amounts(map: &BTreeMap<String, Milli>) -> (Resources, u64) {
     let mut resources = Resources { pods: 0, ..Resources::default() };
     let mut gpus = 0;
-    for (name, quantity) in map {
+    for (name, &amount) in map {
         match name.as_str() {
-            "cpu" => resources.cpu_milli = counted(quantity, Count::Milli),
-            "memory" => resources.memory_bytes = counted(quantity, Count::UnitsUp),
-            "pods" => resources.pods = counted(quantity, Count::UnitsDown),
+            "cpu" => resources.cpu_milli = counted(amount, Count::Milli),
+            "memory" => resources.memory_bytes = counted(amount, Count::UnitsUp),
+            "pods" => resources.pods = counted(amount, Count::UnitsDown),
             "ephemeral-storage" | "storage" => {}
-            name if name == labels::GPU_RESOURCE => gpus = counted(quantity, Count::UnitsDown),
+            name if name == labels::GPU_RESOURCE => gpus = counted(amount, Count::UnitsDown),
             name if name.starts_with("hugepages-") => {}
             name => {
-                resources.extended.insert(name.to_string(), counted(quantity, Count::UnitsDown));
+                resources.extended.insert(name.to_string(), counted(amount, Count::UnitsDown));
             }
         }
     }
     (resources, gpus)
 }
 
+/// A quantity list (a node's allocatable) as amounts.
+fn quantities(list: &BTreeMap<String, Quantity>) -> BTreeMap<String, Milli> {
+    list.iter().map(|(name, quantity)| (name.clone(), yiyun_kube::pods::amount(&quantity.0))).collect()
+}
+
 /// A node: allocatable resources, GPUs, labels, taints, topology.
 pub fn node(node: &KubeNode) -> Node {
     let name = node.metadata.name.clone().unwrap_or_default();
     let allocatable = node.status.as_ref().and_then(|s| s.allocatable.clone()).unwrap_or_default();
-    let (resources, gpus) = amounts(&allocatable);
+    let (resources, gpus) = amounts(&quantities(&allocatable));
     let mut out = Node::new(name, resources);
     out.gpus = u8::try_from(gpus.min(yiyun_engine::gpu::MAX_GPUS as u64)).unwrap_or(0);
     out.labels = node.metadata.labels.clone().unwrap_or_default();
@@ -110,20 +110,6 @@ fn effect(text: &str) -> Option<TaintEffect> {
     }
 }
 
-fn requests(requirements: Option<&ResourceRequirements>) -> BTreeMap<String, Quantity> {
-    requirements.and_then(|r| r.requests.clone()).unwrap_or_default()
-}
-
-fn max_into(total: &mut Resources, total_gpus: &mut u64, other: &(Resources, u64)) {
-    total.cpu_milli = total.cpu_milli.max(other.0.cpu_milli);
-    total.memory_bytes = total.memory_bytes.max(other.0.memory_bytes);
-    for (name, amount) in &other.0.extended {
-        let entry = total.extended.entry(name.clone()).or_insert(0);
-        *entry = (*entry).max(*amount);
-    }
-    *total_gpus = (*total_gpus).max(other.1);
-}
-
 fn term(term: &NodeSelectorTerm) -> Term {
     Term {
         requirements: term
@@ -147,24 +133,11 @@ fn term(term: &NodeSelectorTerm) -> Term {
     }
 }
 
-/// A pod: what it requests (containers summed, init containers at their largest, plus
-/// overhead, as kube-scheduler counts), its constraints and yiyun's annotations. `tenant` is the
-/// tenant of its namespace.
+/// A pod: what it requests ([`yiyun_kube::pods::requests`]: as kube-scheduler counts), its
+/// constraints and yiyun's annotations. `tenant` is the tenant of its namespace.
 pub fn pod(pod: &KubePod, tenant: Option<&str>) -> Pod {
     let spec = pod.spec.clone().unwrap_or_default();
-    let mut total = Resources { pods: 1, ..Resources::default() };
-    let mut gpus = 0u64;
-    for container in &spec.containers {
-        let (resources, container_gpus) = amounts(&requests(container.resources.as_ref()));
-        total.add(&resources);
-        gpus = gpus.saturating_add(container_gpus);
-    }
-    for init in spec.init_containers.iter().flatten() {
-        max_into(&mut total, &mut gpus, &amounts(&requests(init.resources.as_ref())));
-    }
-    if let Some(overhead) = &spec.overhead {
-        total.add(&amounts(overhead).0);
-    }
+    let (mut total, gpus) = amounts(&yiyun_kube::pods::requests(pod));
     total.pods = 1;
     let annotations = pod.metadata.annotations.clone().unwrap_or_default();
     let annotation = |key: &str| annotations.get(key).map(String::as_str);
@@ -438,7 +411,8 @@ mod tests {
                 let converted = super::super::pod(&pod, Some("t"));
                 let spec = pod.spec.as_ref().expect("spec");
                 for container in spec.containers.iter().chain(spec.init_containers.iter().flatten()) {
-                    let (alone, _) = amounts(&requests(container.resources.as_ref()));
+                    let requested = container.resources.as_ref().and_then(|r| r.requests.clone()).unwrap_or_default();
+                    let (alone, _) = amounts(&quantities(&requested));
                     prop_assert!(converted.requests.cpu_milli >= alone.cpu_milli);
                     prop_assert!(converted.requests.memory_bytes >= alone.memory_bytes);
                 }

@@ -1081,6 +1081,36 @@ mod tests {
     }
 
     #[test]
+    fn a_nomination_whose_victims_stay_is_dropped_and_the_pod_tried_again() {
+        let mut state = synced_state();
+        state.config.nomination_timeout_seconds = 0;
+        let with = |name: &str, cpu: &str, priority: i32, node: Option<&str>| -> KubePod {
+            let mut pod = pending_pod(name);
+            let spec = pod.spec.as_mut().expect("spec");
+            spec.priority = Some(priority);
+            spec.node_name = node.map(String::from);
+            spec.containers[0].resources = Some(json(&format!(r#"{{"requests": {{"cpu": "{cpu}"}}}}"#)));
+            pod
+        };
+        state.apply(Update::Pod(watcher::Event::Apply(with("low", "8", 0, Some("n1")))));
+        state.apply(Update::Pod(watcher::Event::Apply(with("urgent", "8", 10, None))));
+        state.round();
+        let effects = state.take_effects();
+        assert!(
+            effects.iter().any(|e| matches!(e, Effect::Evict { victim, .. } if victim == "ns/low")),
+            "{effects:?}"
+        );
+        assert!(state.nominated.contains_key("ns/urgent"));
+        // The victim never leaves (a finalizer, a stuck kubelet): past the timeout the room goes
+        // back to it and the preemptor is tried afresh.
+        state.housekeeping();
+        assert!(!state.nominated.contains_key("ns/urgent"));
+        assert!(state.active.contains("ns/urgent"));
+        assert!(state.engine.placement_of("ns/low").is_some(), "the victim holds its room again");
+        assert!(state.engine.placement_of("ns/urgent").is_none());
+    }
+
+    #[test]
     fn a_relist_forgets_podgroups_deleted_while_the_watch_was_down() {
         let mut state = synced_state();
         let group: PodGroup =

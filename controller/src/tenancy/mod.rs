@@ -95,8 +95,8 @@ const PLAN_SETTLE: Duration = Duration::from_millis(100);
 const PLAN_SETTLE_AFTER_EDIT: Duration = Duration::from_millis(10);
 /// …or, while they keep coming, this long after the first. A change at the root rewrites
 /// thousands of quotas and statuses, and their echoes arrive every few milliseconds: planning
-/// the whole tree for each pause-free 100 ms took half the controller's CPU, CPU the apiserver
-/// needed for the writes themselves.
+/// the whole tree at every short pause would take the CPU the apiserver needs for the writes
+/// themselves (`make bench-tenancy` measures it).
 const PLAN_MAX_WAIT: Duration = Duration::from_secs(1);
 
 impl Plans {

@@ -139,8 +139,8 @@ async fn keep_namespace(tenant: &Tenant, objects: &NamespaceObjects, ctx: &Conte
 
 /// Keeps the namespace's quota: the object is applied when missing or its metadata differs, and
 /// its limits are set by a JSON merge patch. A root change rewrites every namespace's limits,
-/// and a merge patch of a ResourceQuota costs the apiserver less CPU than an apply (0.1–1.2 ms
-/// less per quota in `yiyun bench tenancy`, which measures both on the tree's quotas). The patch
+/// and a merge patch of a ResourceQuota costs the apiserver less CPU than an apply (`yiyun bench
+/// tenancy` measures both on the tree's quotas; the README gives the figures). The patch
 /// also removes limits the tree no longer counts, which an apply would leave in place once a
 /// merge patch owns them.
 async fn keep_quota(ctx: &Context, namespace: &str, desired: &ResourceQuota) -> Result<(), Error> {

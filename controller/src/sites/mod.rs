@@ -1,10 +1,10 @@
-//! Sites and node pools: keeps every pool node labelled with its topology and tainted for
-//! dedication and onboarding, and each NodePool's status current. Maintenance drains follow in
-//! the next step of the sites issue.
+//! Sites and their node pools: keeps every pool node labelled with its topology and tainted for
+//! dedication and onboarding, each NodePool's and ComputeSite's status current, and drains the
+//! nodes of a pool's maintenance entries.
 
 mod desired;
 mod drain;
-mod status;
+mod report;
 
 use std::{sync::Arc, time::Duration, time::Instant};
 
@@ -99,7 +99,18 @@ pub async fn run(client: Client, metrics: Metrics, shutdown: CancellationToken) 
         metrics,
         retries: Retries::new(crate::RETRY),
     });
-    tokio::spawn(write_pool_statuses(ctx.clone(), shutdown.clone()));
+    // Dropped the moment the work stops (the lease lost): no status write or eviction in flight
+    // goes on after.
+    tokio::spawn({
+        let writer = write_pool_statuses(ctx.clone(), shutdown.clone());
+        let shutdown = shutdown.clone();
+        async move {
+            tokio::select! {
+                () = writer => {}
+                () = shutdown.cancelled() => {}
+            }
+        }
+    });
 
     // A pool or site change may concern any node.
     let every_node = {
@@ -194,12 +205,12 @@ async fn write_pool_statuses(ctx: Arc<Context>, shutdown: CancellationToken) {
         let nodes = ctx.nodes.state();
         let node_refs: Vec<&Node> = nodes.iter().map(Arc::as_ref).collect();
         let pods = ctx.pods.state();
-        let requested = status::requested_by_node(pods.iter().map(Arc::as_ref));
-        let membership = status::Membership::of(&pool_refs, &node_refs);
+        let requested = report::requested_by_node(pods.iter().map(Arc::as_ref));
+        let membership = report::Membership::of(&pool_refs, &node_refs);
         let mut draining = false;
         for pool in &pool_refs {
             let site_exists = ctx.sites.get(&ObjectRef::new(&pool.spec.site)).is_some();
-            let mut report = status::report(pool, &membership, site_exists, &requested);
+            let mut report = report::report(pool, &membership, site_exists, &requested);
             let members: Vec<&Node> = membership.members(pool).collect();
             let maintenance = maintain(pool, &members, &ctx).await;
             report.nodes.draining = maintenance.iter().map(|(_, nodes)| *nodes).sum();
@@ -211,7 +222,7 @@ async fn write_pool_statuses(ctx: Arc<Context>, shutdown: CancellationToken) {
             }
         }
         for site in ctx.sites.state() {
-            let report = status::site_report(&site.name_any(), &membership, &requested);
+            let report = report::site_report(&site.name_any(), &membership, &requested);
             if let Err(err) = write_site_status(&site, report, &ctx).await {
                 warn!(site = %site.name_any(), error = %err, "cannot write site status");
                 failed = true;
@@ -275,7 +286,7 @@ async fn maintain(pool: &NodePool, members: &[&Node], ctx: &Context) -> Vec<(Mai
 
 async fn write_status(
     pool: &NodePool,
-    report: status::PoolReport,
+    report: report::PoolReport,
     maintenance: Vec<MaintenanceStatus>,
     ctx: &Context,
 ) -> Result<(), Error> {
@@ -317,7 +328,7 @@ async fn write_status(
 
 async fn write_site_status(
     site: &ComputeSite,
-    report: status::SiteReport,
+    report: report::SiteReport,
     ctx: &Context,
 ) -> Result<(), Error> {
     let previous = site.status.as_ref();

@@ -1,4 +1,5 @@
-//! What a NodePool's status says, from the nodes and pools the watches hold. Pure: no I/O.
+//! What a NodePool's and a ComputeSite's status say, from the nodes, pools and pods the watches
+//! hold. Pure: no I/O.
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 use yiyun_crds::{NodeCounts, NodePool, NodeResources};
@@ -182,25 +183,14 @@ pub fn requested_by_node<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> Request
     requested
 }
 
-/// What a pod reserves on its node, as the scheduler counts it: the larger of its containers'
-/// sum and any one init container, per resource, plus its overhead; one pod slot.
+/// What a pod reserves on its node ([`yiyun_kube::pods::requests`], as the scheduler counts
+/// it) in the resources a report shows, and one pod slot.
 pub fn pod_requests(pod: &Pod) -> Amounts {
-    let Some(spec) = &pod.spec else { return Amounts::default() };
-    let of = |resources: Option<&k8s_openapi::api::core::v1::ResourceRequirements>| {
-        node_amounts(resources.and_then(|r| r.requests.as_ref()))
-    };
-    let mut total = Amounts::default();
-    for container in &spec.containers {
-        total.add(&of(container.resources.as_ref()));
-    }
-    for init in spec.init_containers.iter().flatten() {
-        for (resource, amount) in of(init.resources.as_ref()).0 {
-            if amount > total.amount(resource) {
-                total.set(resource, amount);
-            }
-        }
-    }
-    total.add(&node_amounts(spec.overhead.as_ref()));
+    let requests = yiyun_kube::pods::requests(pod);
+    let mut total: Amounts = [Resource::Cpu, Resource::Memory, Resource::Gpu]
+        .into_iter()
+        .filter_map(|r| Some((r, *requests.get(resource_name(r))?)))
+        .collect();
     total.set(Resource::Pods, Milli::units(1));
     total
 }
@@ -214,11 +204,13 @@ fn node_amounts(
     let Some(list) = list else { return Amounts::default() };
     [Resource::Cpu, Resource::Memory, Resource::Gpu, Resource::Pods]
         .into_iter()
-        .filter_map(|r| {
-            let key = if r == Resource::Gpu { "nvidia.com/gpu" } else { r.tenant_key() };
-            Some((r, Milli::parse(&list.get(key)?.0).ok()?))
-        })
+        .filter_map(|r| Some((r, Milli::parse(&list.get(resource_name(r))?.0).ok()?)))
         .collect()
+}
+
+/// The name Kubernetes gives a resource in a pod's requests or a node's capacity.
+fn resource_name(resource: Resource) -> &'static str {
+    if resource == Resource::Gpu { "nvidia.com/gpu" } else { resource.tenant_key() }
 }
 
 fn node_resources(amounts: &Amounts) -> NodeResources {
