@@ -12,7 +12,7 @@ use std::{
 };
 
 use k8s_openapi::{
-    api::core::v1::{Namespace, ServiceAccount},
+    api::core::v1::{Namespace, Pod, ServiceAccount},
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
 };
 use kube::{
@@ -488,4 +488,52 @@ impl LocalCluster {
         let revision = read["header"]["revision"].as_str().expect("a revision").to_string();
         etcd("/v3/kv/compaction", &format!(r#"{{"revision": "{revision}", "physical": true}}"#));
     }
+}
+
+/// Applies a cluster-scoped object under the tests' field manager.
+pub async fn apply_yiyun<K>(client: &Client, name: &str, object: serde_json::Value)
+where
+    K: kube::Resource<Scope = kube::core::ClusterResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    Api::<K>::all(client.clone())
+        .patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&object))
+        .await
+        .unwrap_or_else(|err| panic!("apply {name}: {err}"));
+}
+
+/// A new root tenant whose subtree may use at most `cpu`.
+pub async fn tenant_with_max_cpu(client: &Client, cpu: &str) -> String {
+    let tenant = unique("dept");
+    let object = serde_json::json!({
+        "apiVersion": "yiyun.io/v1alpha1", "kind": "Tenant", "metadata": {"name": tenant},
+        "spec": {"displayName": "测试部门", "level": "province", "quota": {"max": {"cpu": cpu}}}
+    });
+    apply_yiyun::<yiyun_crds::Tenant>(client, &tenant, object).await;
+    tenant
+}
+
+/// Labels `namespace` as `tenant`'s.
+pub async fn join_tenant(client: &Client, namespace: &str, tenant: &str) {
+    let object = serde_json::json!({
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": namespace, "labels": {"yiyun.io/tenant": tenant}}
+    });
+    apply_yiyun::<Namespace>(client, namespace, object).await;
+}
+
+/// The node a pod is bound to, once it is.
+pub async fn node_of(pods: &Api<Pod>, name: &str) -> Option<String> {
+    pods.get_opt(name).await.ok().flatten().and_then(|pod| pod.spec.and_then(|spec| spec.node_name))
+}
+
+/// The PodScheduled=False message of a pod, once the scheduler has written it.
+pub async fn unschedulable_message(pods: &Api<Pod>, name: &str) -> Option<String> {
+    let pod = pods.get_opt(name).await.ok().flatten()?;
+    let conditions = pod.status?.conditions?;
+    let condition = conditions.into_iter().find(|c| c.type_ == "PodScheduled" && c.status == "False")?;
+    (condition.reason.as_deref() == Some("Unschedulable")).then(|| condition.message.unwrap_or_default())
 }

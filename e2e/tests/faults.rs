@@ -18,7 +18,8 @@ use kube::{
 use serde_json::json;
 use yiyun_e2e::{
     FIELD_MANAGER, LocalCluster, SchedulerProcess, TestNamespace, client, controller_command,
-    controller_turn, create_kwok_node_with, eventually, free_port, install_crds, unique,
+    controller_turn, create_kwok_node_with, eventually, free_port, install_crds, join_tenant, node_of,
+    tenant_with_max_cpu, unique, unschedulable_message,
 };
 
 const CPUS_PER_NODE: u64 = 12;
@@ -187,35 +188,6 @@ async fn scheduler_and_controller_ride_out_an_etcd_restart() {
     ride_out("etcd").await;
 }
 
-/// A root tenant allowed at most 500m CPU.
-async fn small_tenant(client: &kube::Client, name: &str) {
-    let object = json!({"apiVersion": "yiyun.io/v1alpha1", "kind": "Tenant", "metadata": {"name": name},
-        "spec": {"displayName": "小部门", "level": "province", "quota": {"max": {"cpu": "500m"}}}});
-    Api::<yiyun_crds::Tenant>::all(client.clone())
-        .patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&object))
-        .await
-        .expect("apply the tenant");
-}
-
-async fn label_namespace(client: &kube::Client, namespace: &str, tenant: &str) {
-    let label = json!({"metadata": {"labels": {"yiyun.io/tenant": tenant}}});
-    Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
-        .patch(namespace, &PatchParams::default(), &Patch::Merge(&label))
-        .await
-        .expect("label the namespace");
-}
-
-/// The PodScheduled=False message of a pod, once the scheduler has written one.
-async fn waiting_because(pods: &Api<Pod>, name: &str) -> Option<String> {
-    let conditions = pods.get(name).await.ok()?.status?.conditions?;
-    let waiting = conditions.into_iter().find(|c| c.type_ == "PodScheduled" && c.status == "False")?;
-    waiting.message
-}
-
-async fn bound(pods: &Api<Pod>, name: &str) -> Option<()> {
-    pods.get(name).await.ok()?.spec?.node_name.map(|_| ())
-}
-
 #[tokio::test]
 async fn a_scheduler_whose_watches_expired_forgets_what_was_deleted_meanwhile() {
     let _turn = controller_turn().await;
@@ -229,10 +201,9 @@ async fn a_scheduler_whose_watches_expired_forgets_what_was_deleted_meanwhile() 
     let wait = Duration::from_secs(60);
 
     // A tenant at its ceiling, and a gang waiting for its third member.
-    let capped = unique("capped");
-    small_tenant(&client, &capped).await;
+    let capped = tenant_with_max_cpu(&client, "500m").await;
     let capped_ns = TestNamespace::create_within(&client, "capped", SETTLE).await;
-    label_namespace(&client, &capped_ns.name, &capped).await;
+    join_tenant(&client, &capped_ns.name, &capped).await;
     let gang_ns = TestNamespace::create(&client, "gang").await;
     let group = json!({"apiVersion": "yiyun.io/v1alpha1", "kind": "PodGroup", "metadata": {"name": "train"},
         "spec": {"minMember": 3}});
@@ -252,9 +223,10 @@ async fn a_scheduler_whose_watches_expired_forgets_what_was_deleted_meanwhile() 
         member.metadata.labels = Some([("yiyun.io/pod-group".to_string(), "train".to_string())].into());
         gang_pods.create(&PostParams::default(), &member).await.expect("pod");
     }
-    let message = eventually(wait, "the capped pod waits", || waiting_because(&capped_pods, "waits")).await;
+    let message =
+        eventually(wait, "the capped pod waits", || unschedulable_message(&capped_pods, "waits")).await;
     assert!(message.contains(&format!("tenant {capped} at max cpu")), "{message}");
-    eventually(wait, "the gang waits", || waiting_because(&gang_pods, "worker-0")).await;
+    eventually(wait, "the gang waits", || unschedulable_message(&gang_pods, "worker-0")).await;
 
     // Paused, the scheduler misses both deletions; then its watches find their resourceVersion
     // compacted away (410 Gone) and must relist.
@@ -271,11 +243,11 @@ async fn a_scheduler_whose_watches_expired_forgets_what_was_deleted_meanwhile() 
     process.signal("CONT");
 
     // The deleted tenant no longer caps its namespace.
-    eventually(wait, "the capped pod bound once its tenant is forgotten", || bound(&capped_pods, "waits"))
+    eventually(wait, "the capped pod bound once its tenant is forgotten", || node_of(&capped_pods, "waits"))
         .await;
     // The deleted PodGroup is gone for its pods.
     eventually(wait, "the gang's pods told their PodGroup is gone", || async {
-        let message = waiting_because(&gang_pods, "worker-0").await?;
+        let message = unschedulable_message(&gang_pods, "worker-0").await?;
         message.contains("does not exist").then_some(())
     })
     .await;

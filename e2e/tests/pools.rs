@@ -168,6 +168,13 @@ async fn pool_nodes_are_labelled_onboarded_dedicated_and_moved() {
     controller.stop().await;
 }
 
+/// An east site in Wuhu.
+async fn wuhu_site(sites: &Api<ComputeSite>, name: &str) {
+    apply(sites, name, json!({"apiVersion": "yiyun.io/v1alpha1", "kind": "ComputeSite", "metadata": {"name": name},
+        "spec": {"region": "anhui", "regionClass": "east", "hub": "Yangtze River Delta", "city": "芜湖", "powerPricePerKWh": "0.65", "pue": 1.25, "carbonIntensity": 640}}))
+    .await;
+}
+
 fn bound_pod(name: &str, node: &str, app: &str) -> k8s_openapi::api::core::v1::Pod {
     serde_json::from_value(json!({
         "metadata": {"name": name, "labels": {"app": app}},
@@ -193,9 +200,7 @@ async fn a_rack_is_drained_through_evictions_and_a_blocking_budget_is_reported()
     let sites: Api<ComputeSite> = Api::all(client.clone());
     let pools: Api<NodePool> = Api::all(client.clone());
     let nodes: Api<Node> = Api::all(client.clone());
-    apply(&sites, &site, json!({"apiVersion": "yiyun.io/v1alpha1", "kind": "ComputeSite", "metadata": {"name": site},
-        "spec": {"region": "anhui", "regionClass": "east", "hub": "Yangtze River Delta", "city": "芜湖", "powerPricePerKWh": "0.65", "pue": 1.25, "carbonIntensity": 640}}))
-    .await;
+    wuhu_site(&sites, &site).await;
     let pool_spec = |maintenance: Value| {
         json!({"apiVersion": "yiyun.io/v1alpha1", "kind": "NodePool", "metadata": {"name": pool},
             "spec": {"site": site, "nodeNames": [n1, n2, n3], "rack": {"nodes": {n1.clone(): "r1", n2.clone(): "r1", n3.clone(): "r2"}},
@@ -313,9 +318,7 @@ async fn an_eviction_the_apiserver_refuses_is_recorded_and_the_drain_still_times
     assert!(ok, "{out}");
     let sites: Api<ComputeSite> = Api::all(client.clone());
     let pools: Api<NodePool> = Api::all(client.clone());
-    apply(&sites, &site, json!({"apiVersion": "yiyun.io/v1alpha1", "kind": "ComputeSite", "metadata": {"name": site},
-        "spec": {"region": "anhui", "regionClass": "east", "hub": "Yangtze River Delta", "city": "芜湖", "powerPricePerKWh": "0.65", "pue": 1.25, "carbonIntensity": 640}}))
-    .await;
+    wuhu_site(&sites, &site).await;
     create_kwok_node(&client, &node, json!({})).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
     // Wait until the policy refuses (the apiserver loads it asynchronously): a probe pod is
@@ -391,9 +394,7 @@ async fn a_controller_killed_mid_drain_resumes_without_evicting_twice() {
     let (site, pool, node) = (format!("{p}-site"), format!("{p}-pool"), format!("{p}-n1"));
     let sites: Api<ComputeSite> = Api::all(client.clone());
     let pools: Api<NodePool> = Api::all(client.clone());
-    apply(&sites, &site, json!({"apiVersion": "yiyun.io/v1alpha1", "kind": "ComputeSite", "metadata": {"name": site},
-        "spec": {"region": "anhui", "regionClass": "east", "hub": "Yangtze River Delta", "city": "芜湖", "powerPricePerKWh": "0.65", "pue": 1.25, "carbonIntensity": 640}}))
-    .await;
+    wuhu_site(&sites, &site).await;
     create_kwok_node(&client, &node, json!({})).await;
     let ns = yiyun_e2e::TestNamespace::create(&client, "resume").await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);

@@ -6,15 +6,15 @@ use std::time::Duration;
 
 use k8s_openapi::api::{
     batch::v1::Job,
-    core::v1::{Namespace, Node, Pod},
+    core::v1::{Node, Pod},
 };
 use kube::{
     Api, Client,
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
 };
 use yiyun_e2e::{
-    FIELD_MANAGER, SchedulerProcess, TestNamespace, client, create_kwok_node_with, eventually, install_crds,
-    kubectl, unique,
+    FIELD_MANAGER, SchedulerProcess, TestNamespace, apply_yiyun, client, create_kwok_node_with, eventually,
+    install_crds, join_tenant, kubectl, node_of, tenant_with_max_cpu, unique, unschedulable_message,
 };
 
 const CELL: &str = "yiyun.io/e2e-cell";
@@ -82,18 +82,6 @@ fn pod(name: &str, scheduler: &str, cell: &str, cpu: &str, gpus: u32) -> Pod {
         }
     }))
     .expect("a valid pod")
-}
-
-async fn node_of(pods: &Api<Pod>, name: &str) -> Option<String> {
-    pods.get_opt(name).await.ok().flatten().and_then(|pod| pod.spec.and_then(|spec| spec.node_name))
-}
-
-/// The PodScheduled=False message of a pod, once the scheduler has written it.
-async fn unschedulable_message(pods: &Api<Pod>, name: &str) -> Option<String> {
-    let pod = pods.get_opt(name).await.ok().flatten()?;
-    let conditions = pod.status?.conditions?;
-    let condition = conditions.into_iter().find(|c| c.type_ == "PodScheduled" && c.status == "False")?;
-    (condition.reason.as_deref() == Some("Unschedulable")).then(|| condition.message.unwrap_or_default())
 }
 
 #[tokio::test]
@@ -489,41 +477,6 @@ async fn a_paused_leader_is_replaced_only_after_its_lease_and_binds_nothing_once
     delete_nodes(&client, &names).await;
 }
 
-/// A new root tenant whose subtree may use at most `cpu`.
-async fn tenant_with_max_cpu(client: &Client, cpu: &str) -> String {
-    let tenant = unique("dept");
-    let object = serde_json::json!({
-        "apiVersion": "yiyun.io/v1alpha1", "kind": "Tenant", "metadata": {"name": tenant},
-        "spec": {"displayName": "测试部门", "level": "province", "quota": {"max": {"cpu": cpu}}}
-    });
-    apply_yiyun::<yiyun_crds::Tenant>(client, &tenant, object).await;
-    tenant
-}
-
-/// Labels `namespace` as `tenant`'s.
-async fn join_tenant(client: &Client, namespace: &str, tenant: &str) {
-    let object = serde_json::json!({
-        "apiVersion": "v1", "kind": "Namespace",
-        "metadata": {"name": namespace, "labels": {"yiyun.io/tenant": tenant}}
-    });
-    apply_yiyun::<Namespace>(client, namespace, object).await;
-}
-
-/// Applies a cluster-scoped object.
-async fn apply_yiyun<K>(client: &Client, name: &str, object: serde_json::Value)
-where
-    K: kube::Resource<Scope = kube::core::ClusterResourceScope>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-    K::DynamicType: Default,
-{
-    Api::<K>::all(client.clone())
-        .patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&object))
-        .await
-        .unwrap_or_else(|err| panic!("apply {name}: {err}"));
-}
-
 #[tokio::test]
 async fn a_batch_pod_goes_west_and_a_realtime_pod_stays_east() {
     let client = client().await;
@@ -608,21 +561,23 @@ async fn lender_and_borrower(client: &Client, lender_cpu: &str) -> ([String; 2],
     (tenants, namespaces)
 }
 
+/// A cell of one Ready kwok node with 8 CPUs: its cell and its name.
+async fn node_of_8_cpus(client: &Client) -> (String, String) {
+    let cell = unique("cell");
+    let node = format!("{cell}-n0");
+    let capacity = serde_json::json!({"cpu": "8", "memory": "64Gi", "pods": "110"});
+    create_kwok_node_with(client, &node, serde_json::json!({CELL: cell}), capacity).await;
+    wait_ready(client, std::slice::from_ref(&node)).await;
+    (cell, node)
+}
+
 #[tokio::test]
 async fn a_lender_reclaims_what_a_borrower_took_by_preemption() {
     let client = client().await;
     install_crds(&client).await;
     // A tenant reclaims only within its guarantee of every resource its pod asks for.
     let ([lender, borrower], namespaces) = lender_and_borrower(&client, "4").await;
-    let cell = unique("cell");
-    let node = format!("{cell}-n0");
-    create_kwok_node_with(
-        &client,
-        &node,
-        serde_json::json!({CELL: cell}),
-        serde_json::json!({"cpu": "8", "memory": "64Gi", "pods": "110"}),
-    )
-    .await;
+    let (cell, node) = node_of_8_cpus(&client).await;
     let scheduler = unique("yiyun-e2e");
     let _running = SchedulerProcess::start(&scheduler, &["--leader-elect=false"]);
     let lender_pods: Api<Pod> = Api::namespaced(client.clone(), &namespaces[0].name);
@@ -657,16 +612,7 @@ async fn preemption_that_would_break_a_disruption_budget_evicts_nobody() {
     let client = client().await;
     install_crds(&client).await;
     let ([lender, borrower], namespaces) = lender_and_borrower(&client, "8").await;
-    let cell = unique("cell");
-    let node = format!("{cell}-n0");
-    create_kwok_node_with(
-        &client,
-        &node,
-        serde_json::json!({CELL: cell}),
-        serde_json::json!({"cpu": "8", "memory": "64Gi", "pods": "110"}),
-    )
-    .await;
-    wait_ready(&client, std::slice::from_ref(&node)).await;
+    let (cell, node) = node_of_8_cpus(&client).await;
     let scheduler = unique("yiyun-e2e");
     let _running = SchedulerProcess::start(&scheduler, &["--leader-elect=false"]);
     let borrower_pods: Api<Pod> = Api::namespaced(client.clone(), &namespaces[1].name);

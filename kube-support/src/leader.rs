@@ -71,7 +71,7 @@ impl Args {
     }
 
     /// This replica's identity: `--identity`, or the host name and process id.
-    pub fn identity(&self) -> String {
+    fn identity(&self) -> String {
         self.identity.clone().unwrap_or_else(|| {
             let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
             format!("{}-{}", host.trim(), std::process::id())
