@@ -12,7 +12,7 @@ use std::{
 };
 
 use k8s_openapi::{
-    api::core::v1::{Namespace, Pod, ServiceAccount},
+    api::core::v1::{Namespace, Node, Pod, ServiceAccount},
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
 };
 use kube::{
@@ -134,6 +134,35 @@ pub async fn create_kwok_node_with(
         .unwrap_or_else(|err| panic!("create kwok node {name}: {err}"));
 }
 
+/// Waits until kwok has made the nodes Ready and the node lifecycle controller has lifted its
+/// `not-ready` taint: before that the nodes are (rightly) filtered out, and a test that expects a
+/// particular node would depend on who wins that race.
+pub async fn wait_ready(client: &Client, names: &[String]) {
+    let api: Api<Node> = Api::all(client.clone());
+    for name in names {
+        eventually(Duration::from_secs(60), &format!("node {name} Ready and untainted"), || async {
+            let node = api.get(name).await.ok()?;
+            let ready = node
+                .status
+                .as_ref()?
+                .conditions
+                .as_ref()?
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            let taints = node.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
+            (ready && taints.iter().all(|t| t.key == "kwok.x-k8s.io/node")).then_some(())
+        })
+        .await;
+    }
+}
+
+/// Deletes the nodes a test made; those already gone are no matter.
+pub async fn delete_nodes<S: AsRef<str>>(client: &Client, names: &[S]) {
+    let api: Api<Node> = Api::all(client.clone());
+    for name in names {
+        let _ = api.delete(name.as_ref(), &DeleteParams::default()).await;
+    }
+}
 /// Polls `check` until it returns `Some`, or panics naming `what` after `timeout`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
 where

@@ -9,10 +9,12 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::{
     Api, Client,
-    api::{DeleteParams, Patch, PatchParams, PostParams},
+    api::{Patch, PatchParams, PostParams},
 };
 use serde_json::json;
-use yiyun_e2e::{TestNamespace, client, create_kwok_node, eventually, install_admission_policies, unique};
+use yiyun_e2e::{
+    TestNamespace, client, create_kwok_node, delete_nodes, eventually, install_admission_policies, unique,
+};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -83,13 +85,6 @@ async fn wait_enforced(pods: &Api<Pod>, node: &str, refusal: &str) {
         refused.to_string().contains(refusal).then_some(())
     })
     .await;
-}
-
-async fn delete_nodes(client: &Client, names: &[&str]) {
-    let nodes: Api<Node> = Api::all(client.clone());
-    for name in names {
-        let _ = nodes.delete(name, &DeleteParams::default()).await;
-    }
 }
 
 #[tokio::test]

@@ -13,8 +13,9 @@ use kube::{
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
 };
 use yiyun_e2e::{
-    FIELD_MANAGER, SchedulerProcess, TestNamespace, apply_yiyun, client, create_kwok_node_with, eventually,
-    install_crds, join_tenant, kubectl, node_of, tenant_with_max_cpu, unique, unschedulable_message,
+    FIELD_MANAGER, SchedulerProcess, TestNamespace, apply_yiyun, client, create_kwok_node_with, delete_nodes,
+    eventually, install_crds, join_tenant, kubectl, node_of, tenant_with_max_cpu, unique,
+    unschedulable_message, wait_ready,
 };
 
 const CELL: &str = "yiyun.io/e2e-cell";
@@ -35,35 +36,6 @@ async fn nodes(client: &Client, cell: &str, count: usize, per_rack: usize, gpus:
     }
     wait_ready(client, &names).await;
     names
-}
-
-/// Waits until kwok has made the nodes Ready and the node lifecycle controller has lifted its
-/// `not-ready` taint: before that the nodes are (rightly) filtered out, and a test that expects a
-/// particular node would depend on who wins that race.
-async fn wait_ready(client: &Client, names: &[String]) {
-    let api: Api<Node> = Api::all(client.clone());
-    for name in names {
-        eventually(WAIT, &format!("node {name} Ready and untainted"), || async {
-            let node = api.get(name).await.ok()?;
-            let ready = node
-                .status
-                .as_ref()?
-                .conditions
-                .as_ref()?
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True");
-            let taints = node.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
-            (ready && taints.iter().all(|t| t.key == "kwok.x-k8s.io/node")).then_some(())
-        })
-        .await;
-    }
-}
-
-async fn delete_nodes(client: &Client, names: &[String]) {
-    let api: Api<Node> = Api::all(client.clone());
-    for name in names {
-        let _ = api.delete(name, &DeleteParams::default()).await;
-    }
 }
 
 /// A pod for `scheduler` on the cell's nodes.

@@ -13,9 +13,10 @@ use crate::{
     filter::{NodeClass, Reason, TenantScope},
     fxhash::FxHashMap,
     gpu::{GpuFree, MAX_GPUS, Workload},
-    model::{GpuRequest, Node, Pod, Resources},
+    model::{GpuRequest, HostPort, Node, Pod, Resources},
     rng::Rng,
     tenants::{Tenant, Tenants, Usage},
+    topology::{NodeFacts, NodeScore, PodFacts, PodIndex, Rules, normalised},
 };
 
 /// Index of a node in the engine.
@@ -107,6 +108,14 @@ struct NodeSlot {
     free: Resources,
     gpus: GpuFree,
     pods: BTreeSet<String>,
+    /// Host ports the node's pods hold.
+    ports: Vec<HostPort>,
+}
+
+impl NodeSlot {
+    fn facts(&self) -> NodeFacts<'_> {
+        NodeFacts { node: &self.node, ports: &self.ports }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -123,6 +132,8 @@ struct Bound {
     /// When the pod is expected to finish (the caller's clock), if its runtime is known.
     ends_at: Option<u64>,
     evictable: bool,
+    /// What inter-pod rules and host ports need of it.
+    facts: PodFacts,
 }
 
 /// Key of the fragmentation memo: what the measure depends on.
@@ -216,6 +227,8 @@ pub struct Engine {
     pub(crate) now: u64,
     /// Nodes held for a blocked gang, see [`crate::reserve`].
     pub(crate) reserved: FxHashMap<NodeId, Hold>,
+    /// Placed pods counted per topology domain, for inter-pod affinity and spread.
+    index: PodIndex,
 }
 
 /// A node held for a gang from `starts_at` on: until then only pods that finish before may use
@@ -245,6 +258,10 @@ enum Verdict<'a> {
 
 /// A group's score: compared lexicographically, higher is better.
 type Score = [f64; 4];
+
+/// A node that passed, waiting for the topology scores of all the others: its score, (rank,
+/// id), the device a GPU fraction would take, and its raw topology scores.
+type Candidate = (Score, (u64, NodeId), Option<u16>, NodeScore);
 
 fn compare(a: &Score, b: &Score) -> Ordering {
     a.iter().zip(b).map(|(a, b)| a.total_cmp(b)).find(|o| o.is_ne()).unwrap_or(Ordering::Equal)
@@ -279,7 +296,14 @@ impl Engine {
             evictions_per_minute: DEFAULT_EVICTIONS_PER_MINUTE,
             now: 0,
             reserved: FxHashMap::default(),
+            index: PodIndex::default(),
         }
+    }
+
+    /// Records a namespace's labels (`None`: deleted), which pod affinity terms may select
+    /// namespaces by; returns whether they changed.
+    pub fn set_namespace(&mut self, name: &str, labels: Option<BTreeMap<String, String>>) -> bool {
+        self.index.set_namespace(name, labels)
     }
 
     pub fn policy(&self) -> Policy {
@@ -410,6 +434,15 @@ impl Engine {
         if let Some(&id) = self.ids.get(&node.name) {
             let Some(slot) = self.nodes.get_mut(id as usize).and_then(Option::take) else { return id };
             self.leave_group(id, slot.rank, slot.group);
+            let relabelled = slot.node.labels != node.labels || slot.class != class;
+            if relabelled {
+                self.index.count_node(&slot.node, slot.class, -1);
+                self.index.count_node(&node, class, 1);
+                for bound in slot.pods.iter().filter_map(|key| self.pods.get(key)) {
+                    self.index.count_pod(&bound.facts, &slot.node, slot.class, -1);
+                    self.index.count_pod(&bound.facts, &node, class, 1);
+                }
+            }
             self.gpu_capacity = self.gpu_capacity.saturating_sub(slot.gpus.devices().len() as u64 * 1000);
             self.gpu_allocated = self
                 .gpu_allocated
@@ -424,9 +457,20 @@ impl Engine {
             }
             let mut free = node.allocatable.clone();
             free.set_remaining(&node.allocatable, &allocated);
+            let ports = slot.ports;
             self.install(
                 id,
-                NodeSlot { node, rank: slot.rank, class, group: 0, allocated, free, gpus, pods: slot.pods },
+                NodeSlot {
+                    node,
+                    rank: slot.rank,
+                    class,
+                    group: 0,
+                    allocated,
+                    free,
+                    gpus,
+                    pods: slot.pods,
+                    ports,
+                },
             );
             return id;
         }
@@ -438,10 +482,9 @@ impl Engine {
         let allocated = Resources::default();
         let gpus = GpuFree::idle(node.gpus);
         let rank = if self.policy.shuffled_ties() { self.rng.next_u64() } else { u64::from(id) };
-        self.install(
-            id,
-            NodeSlot { node, rank, class, group: 0, allocated, free, gpus, pods: BTreeSet::new() },
-        );
+        self.index.count_node(&node, class, 1);
+        let (pods, ports) = (BTreeSet::new(), Vec::new());
+        self.install(id, NodeSlot { node, rank, class, group: 0, allocated, free, gpus, pods, ports });
         id
     }
 
@@ -451,11 +494,13 @@ impl Engine {
         let Some(slot) = self.nodes.get_mut(id as usize).and_then(Option::take) else { return Vec::new() };
         self.leave_group(id, slot.rank, slot.group);
         self.node_count -= 1;
+        self.index.count_node(&slot.node, slot.class, -1);
         // What its pods hold is given back as each is forgotten below.
         self.gpu_capacity = self.gpu_capacity.saturating_sub(slot.gpus.devices().len() as u64 * 1000);
         let displaced: Vec<String> = slot.pods.into_iter().collect();
         for key in &displaced {
             if let Some(bound) = self.pods.remove(key) {
+                self.index.count_pod(&bound.facts, &slot.node, slot.class, -1);
                 self.unaccount(&bound);
             }
         }
@@ -554,6 +599,8 @@ impl Engine {
         {
             return Err(Explanation::tenant_limit(self.node_count, limit));
         }
+        self.prepare_rules(pod);
+        let rules = self.index.rules(pod, &self.classes);
         let verdicts = self.verdicts(pod);
         let verdicts: Vec<Verdict> = verdicts
             .iter()
@@ -580,7 +627,16 @@ impl Engine {
             f64::from(in_rack) * 1000.0 + f64::from(on_node)
         };
         let (reserved, now) = (&self.reserved, self.now);
-        let usable = |node: NodeId| reserved.get(&node).is_none_or(|hold| hold.admits(pod, now));
+        let admitted = |node: NodeId| {
+            reserved.get(&node).is_none_or(|hold| hold.admits(pod, now))
+                && rules.as_ref().is_none_or(|rules| {
+                    nodes.get(node as usize).and_then(Option::as_ref).is_some_and(|slot| {
+                        let facts = slot.facts();
+                        rules.reject_before_fit(&facts).is_none() && rules.reject_after_fit(&facts).is_none()
+                    })
+                })
+        };
+        let mut scored: Vec<Candidate> = Vec::new();
 
         // The best score so far and the first node (by rank) reaching it, with the device (by
         // its free milli) a GPU fraction should take there.
@@ -617,33 +673,81 @@ impl Engine {
                 self.largest_cpu,
                 self.largest_gpu,
             );
-            match spread {
+            // Nodes of one group differ only where spreading or the topology rules look.
+            let every_member = spread.is_some() || rules.as_ref().is_some_and(Rules::scores);
+            for &member in group.members.iter().filter(|member| admitted(member.1)) {
+                let mut member_score = score;
                 // Spreading tells nodes of one group apart: fewer replicas in the rack, then on
                 // the node, first.
-                Some(replicas) => {
-                    for &member in group.members.iter().filter(|member| usable(member.1)) {
-                        let mut spread_score = score;
-                        spread_score.rotate_right(1);
-                        spread_score[0] =
-                            -replicas_near(member.1, replicas.get(&member.1).copied().unwrap_or(0));
-                        consider(spread_score, member, device);
-                    }
+                if let Some(replicas) = spread {
+                    member_score.rotate_right(1);
+                    member_score[0] = -replicas_near(member.1, replicas.get(&member.1).copied().unwrap_or(0));
                 }
-                None => {
-                    if let Some(&first) = group.members.iter().find(|member| usable(member.1)) {
-                        consider(score, first, device);
+                match rules.as_ref().filter(|rules| rules.scores()) {
+                    Some(rules) => {
+                        let facts = nodes[member.1 as usize].as_ref().map(NodeSlot::facts);
+                        let node_score = facts.map(|facts| rules.score(&facts)).unwrap_or_default();
+                        scored.push((member_score, member, device, node_score));
                     }
+                    None => consider(member_score, member, device),
+                }
+                if !every_member {
+                    break;
                 }
             }
         }
-        let Some((_, (_, node), device)) = best else { return Err(self.explain_nodes(pod, &verdicts)) };
-        let slot = self.slot(node).ok_or_else(|| self.explain_nodes(pod, &verdicts))?;
-        let fraction_device = device.and_then(|free| slot.gpus.device_with(free));
-        let gpus = slot
-            .gpus
-            .allocation(pod.gpu, fraction_device)
-            .ok_or_else(|| self.explain_nodes(pod, &verdicts))?;
-        Ok(Placement { node, gpus })
+        // Inter-pod and soft spread scores are scaled over every node that passed, as
+        // kube-scheduler does, and count with the preferred node affinity.
+        let topology = normalised(&scored.iter().map(|(.., node_score)| *node_score).collect::<Vec<_>>());
+        let preference_at = usize::from(spread.is_some());
+        for ((mut score, member, device, _), topology) in scored.into_iter().zip(topology) {
+            score[preference_at] += topology;
+            consider(score, member, device);
+        }
+        let Some((_, (_, node), device)) = best else {
+            return Err(self.explain_nodes(pod, &verdicts, rules.as_ref()));
+        };
+        let fraction_device =
+            self.slot(node).and_then(|slot| device.and_then(|free| slot.gpus.device_with(free)));
+        match self.slot(node).and_then(|slot| slot.gpus.allocation(pod.gpu, fraction_device)) {
+            Some(gpus) => Ok(Placement { node, gpus }),
+            None => Err(self.explain_nodes(pod, &verdicts, rules.as_ref())),
+        }
+    }
+
+    /// Builds the counts the topology rules of `pod` read, where they are missing.
+    pub(crate) fn prepare_rules(&mut self, pod: &Pod) {
+        if pod.affinity.is_empty()
+            && pod.anti_affinity.is_empty()
+            && pod.preferred_affinity.is_empty()
+            && pod.spread_constraints.is_empty()
+        {
+            return;
+        }
+        let (nodes, pods) = (&self.nodes, &self.pods);
+        let slot = |id: NodeId| nodes.get(id as usize).and_then(Option::as_ref);
+        self.index.prepare(
+            pod,
+            || {
+                pods.values()
+                    .filter_map(|bound| slot(bound.node).map(|slot| (&bound.facts, &slot.node, slot.class)))
+                    .collect()
+            },
+            || nodes.iter().flatten().map(|slot| (&slot.node, slot.class)).collect(),
+        );
+    }
+
+    /// Whether `pod` may go to node `id` by the rules that look at single nodes (node names,
+    /// ports, inter-pod affinity, spread); the reason it may not otherwise.
+    pub(crate) fn node_rejects(&self, rules: Option<&Rules>, id: NodeId) -> Option<Reason> {
+        let (rules, slot) = (rules?, self.slot(id)?);
+        let facts = slot.facts();
+        rules.reject_before_fit(&facts).or_else(|| rules.reject_after_fit(&facts))
+    }
+
+    /// The topology rules of `pod` ([`prepare_rules`](Self::prepare_rules) first).
+    pub(crate) fn rules_for<'a>(&'a self, pod: &'a Pod) -> Option<Rules<'a>> {
+        self.index.rules(pod, &self.classes)
     }
 
     /// Filters and site costs of every node class for `pod`.
@@ -667,21 +771,35 @@ impl Engine {
             .collect()
     }
 
-    /// Counts, over all nodes, the first reason each cannot take `pod`.
-    fn explain_nodes(&self, pod: &Pod, verdicts: &[Verdict]) -> Explanation {
+    /// Counts, over all nodes, the first reason each cannot take `pod`, in kube-scheduler's
+    /// order: the node's class, its name and ports, its resources, then inter-pod rules.
+    fn explain_nodes(&self, pod: &Pod, verdicts: &[Verdict], rules: Option<&Rules>) -> Explanation {
         let mut reasons: BTreeMap<Reason, usize> = BTreeMap::new();
         for &group_index in self.buckets.iter().flatten() {
             let group = &self.groups[group_index as usize];
-            let reason = match verdicts[group.key.class as usize] {
-                Verdict::Rejected(reason) => reason.clone(),
-                Verdict::Feasible { .. } => match group.key.free.first_shortage(&pod.requests) {
-                    Some(shortage) => Reason::Insufficient(shortage),
-                    None if !group.key.gpus.fits(pod.gpu) => Reason::InsufficientGpu,
-                    // It fits: what kept it out is a reservation.
-                    None => Reason::Reserved,
-                },
+            if let Verdict::Rejected(reason) = verdicts[group.key.class as usize] {
+                *reasons.entry(reason.clone()).or_insert(0) += group.members.len();
+                continue;
+            }
+            let shortage = match group.key.free.first_shortage(&pod.requests) {
+                Some(shortage) => Some(Reason::Insufficient(shortage)),
+                None if !group.key.gpus.fits(pod.gpu) => Some(Reason::InsufficientGpu),
+                None => None,
             };
-            *reasons.entry(reason).or_insert(0) += group.members.len();
+            let Some(rules) = rules else {
+                // It fits: what kept it out is a reservation.
+                *reasons.entry(shortage.unwrap_or(Reason::Reserved)).or_insert(0) += group.members.len();
+                continue;
+            };
+            for &(_, id) in &group.members {
+                let Some(facts) = self.slot(id).map(NodeSlot::facts) else { continue };
+                let reason = rules
+                    .reject_before_fit(&facts)
+                    .or_else(|| shortage.clone())
+                    .or_else(|| rules.reject_after_fit(&facts))
+                    .unwrap_or(Reason::Reserved);
+                *reasons.entry(reason).or_insert(0) += 1;
+            }
         }
         Explanation::nodes(self.node_count, reasons)
     }
@@ -702,6 +820,9 @@ impl Engine {
         slot.free.set_remaining(&slot.node.allocatable, &slot.allocated);
         slot.gpus.take(&placement.gpus);
         slot.pods.insert(pod.key.clone());
+        slot.ports.extend(pod.host_ports.iter().cloned());
+        let facts = PodFacts::of(pod);
+        self.index.count_pod(&facts, &slot.node, slot.class, 1);
         let usage = usage_of(pod);
         self.gpu_allocated += placement.gpus.iter().map(|(_, milli)| u64::from(*milli)).sum::<u64>();
         if let Some(tenant) = &pod.tenant {
@@ -723,6 +844,7 @@ impl Engine {
                 sequence: self.placements,
                 ends_at: pod.expected_runtime_seconds.map(|runtime| self.now.saturating_add(runtime)),
                 evictable: pod.evictable,
+                facts,
             },
         );
         self.placements += 1;
@@ -737,6 +859,12 @@ impl Engine {
             slot.free.set_remaining(&slot.node.allocatable, &slot.allocated);
             slot.gpus.give_back(&bound.gpus);
             slot.pods.remove(pod_key);
+            for port in &bound.facts.host_ports {
+                if let Some(index) = slot.ports.iter().position(|held| held == port) {
+                    slot.ports.swap_remove(index);
+                }
+            }
+            self.index.count_pod(&bound.facts, &slot.node, slot.class, -1);
         }
         self.unaccount(&bound);
         self.regroup(bound.node);

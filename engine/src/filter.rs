@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeMap, fmt};
 
-use crate::model::{Node, Pod, Shortage, Taint, TaintEffect};
+use crate::model::{HOSTNAME, Node, Pod, Requirement, Shortage, Taint, TaintEffect, Term};
 
 /// Why a node cannot take a pod.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -25,6 +25,16 @@ pub enum Reason {
     InsufficientGpu,
     /// Held for a gang that starts before the pod would finish.
     Reserved,
+    /// Node name, `matchFields` or a `kubernetes.io/hostname` selector names another node.
+    NodeName,
+    HostPort,
+    PodAffinity,
+    PodAntiAffinity,
+    /// A pod already there has anti-affinity to this one.
+    ExistingAntiAffinity,
+    TopologySpread,
+    /// The node lacks the label a spread constraint counts by.
+    TopologySpreadLabel,
 }
 
 impl fmt::Display for Reason {
@@ -45,12 +55,23 @@ impl fmt::Display for Reason {
             Reason::Insufficient(Shortage::Extended(name)) => write!(f, "insufficient {name}"),
             Reason::InsufficientGpu => write!(f, "insufficient nvidia.com/gpu"),
             Reason::Reserved => write!(f, "reserved for a gang"),
+            Reason::NodeName => write!(f, "didn't match the requested node name"),
+            Reason::HostPort => write!(f, "didn't have free ports for the requested pod ports"),
+            Reason::PodAffinity => write!(f, "didn't match pod affinity rules"),
+            Reason::PodAntiAffinity => write!(f, "didn't match pod anti-affinity rules"),
+            Reason::ExistingAntiAffinity => write!(f, "didn't satisfy existing pods anti-affinity rules"),
+            Reason::TopologySpread => write!(f, "didn't match pod topology spread constraints"),
+            Reason::TopologySpreadLabel => {
+                write!(f, "didn't match pod topology spread constraints (missing required label)")
+            }
         }
     }
 }
 
 /// What of a node never changes while pods come and go: nodes alike in all of it pass the
-/// same filters, so the engine filters classes of nodes rather than nodes.
+/// same filters, so the engine filters classes of nodes rather than nodes. The label every node
+/// has its own value of (`kubernetes.io/hostname`) is left out, or each node would be a class;
+/// rules that name it are checked node by node (see [`names_nodes`]).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct NodeClass {
     pub labels: BTreeMap<String, String>,
@@ -76,8 +97,10 @@ pub struct TenantScope<'a> {
 
 impl NodeClass {
     pub fn of(node: &Node) -> NodeClass {
+        let mut labels = node.labels.clone();
+        labels.remove(HOSTNAME);
         NodeClass {
-            labels: node.labels.clone(),
+            labels,
             taints: node.taints.clone(),
             unschedulable: node.unschedulable,
             region: node.topology.region.clone(),
@@ -106,12 +129,18 @@ impl NodeClass {
         {
             return Some(Reason::DedicatedToOther(owner.clone()));
         }
-        if pod.node_selector.iter().any(|(key, value)| self.labels.get(key) != Some(value)) {
-            return Some(Reason::NodeSelector);
-        }
-        if !pod.required_terms.is_empty() && !pod.required_terms.iter().any(|term| term.matches(&self.labels))
-        {
-            return Some(Reason::NodeAffinity);
+        if !self.selected_by(pod) {
+            return Some(
+                if pod
+                    .node_selector
+                    .iter()
+                    .any(|(key, value)| !per_node(key) && self.labels.get(key) != Some(value))
+                {
+                    Reason::NodeSelector
+                } else {
+                    Reason::NodeAffinity
+                },
+            );
         }
         if pod.gpu.milli() > 0
             && !pod.gpu_models.is_empty()
@@ -130,14 +159,32 @@ impl NodeClass {
         None
     }
 
+    /// Whether nodes of this class match the pod's node selector and required node affinity,
+    /// as far as a class tells: what names single nodes is checked by [`names_nodes`].
+    pub fn selected_by(&self, pod: &Pod) -> bool {
+        pod.node_selector.iter().all(|(key, value)| per_node(key) || self.labels.get(key) == Some(value))
+            && (pod.required_terms.is_empty()
+                || pod.required_terms.iter().any(|term| {
+                    term.requirements.iter().all(|r| per_node(&r.key) || r.matches(&self.labels))
+                }))
+    }
+
+    /// Whether the pod tolerates every NoSchedule and NoExecute taint of the class.
+    pub fn tolerated_by(&self, pod: &Pod) -> bool {
+        self.taints.iter().all(|taint| {
+            taint.effect == TaintEffect::PreferNoSchedule
+                || pod.tolerations.iter().any(|toleration| toleration.tolerates(taint))
+        })
+    }
+
     /// Preferred node affinity and PreferNoSchedule taints, as kube-scheduler weighs them:
     /// the sum of the weights of matching preferred terms, less one per untolerated
-    /// PreferNoSchedule taint.
+    /// PreferNoSchedule taint. Terms that name single nodes are weighed node by node.
     pub fn preference(&self, pod: &Pod) -> i64 {
         let preferred: i64 = pod
             .preferred_terms
             .iter()
-            .filter(|(_, term)| term.matches(&self.labels))
+            .filter(|(_, term)| !names_nodes(term) && term.matches(&self.labels))
             .map(|(weight, _)| i64::from(*weight))
             .sum();
         let avoided = self
@@ -150,6 +197,17 @@ impl NodeClass {
             .count() as i64;
         preferred - avoided
     }
+}
+
+/// Whether a label is one every node has its own value of, so classes do not hold it.
+fn per_node(key: &str) -> bool {
+    key == HOSTNAME
+}
+
+/// Whether a node-selector term names single nodes (by `matchFields` or the hostname label),
+/// so that only the node itself can say whether it matches.
+pub fn names_nodes(term: &Term) -> bool {
+    !term.name_requirements.is_empty() || term.requirements.iter().any(|r: &Requirement| per_node(&r.key))
 }
 
 /// DaemonSet-style pods tolerate `node.kubernetes.io/unschedulable`.
@@ -201,6 +259,7 @@ mod tests {
                 operator,
                 values: values.iter().map(|v| v.to_string()).collect(),
             }],
+            name_requirements: Vec::new(),
         }
     }
 

@@ -173,7 +173,10 @@ impl Engine {
         for pod in pods {
             let placement = match nodes {
                 None => self.decide(pod).ok(),
-                Some(nodes) => self.first_fitting(pod, nodes, &mut cursor),
+                Some(nodes) => {
+                    self.prepare_rules(pod);
+                    self.first_fitting(pod, nodes, &mut cursor)
+                }
             };
             match placement {
                 Some(placement) => {
@@ -195,12 +198,14 @@ impl Engine {
     /// one node before the next.
     fn first_fitting(&self, pod: &Pod, nodes: &[NodeId], cursor: &mut usize) -> Option<Placement> {
         let verdicts = self.verdicts(pod);
+        let rules = self.rules_for(pod);
         while let Some(&id) = nodes.get(*cursor) {
             let view = self.node_view(id)?;
             let held = self.reserved.get(&id).is_some_and(|hold| !hold.admits(pod, self.now));
             if !held
                 && verdicts[view.class as usize].is_ok()
                 && copies(&view, pod) > 0
+                && self.node_rejects(rules.as_ref(), id).is_none()
                 && let Some(gpus) = view.gpus.tightest_allocation(pod.gpu)
             {
                 return Some(Placement { node: id, gpus });

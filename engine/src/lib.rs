@@ -17,9 +17,12 @@ pub mod preempt;
 pub mod reserve;
 pub mod rng;
 pub mod tenants;
+mod topology;
 
 pub use engine::{DEFAULT_EVICTIONS_PER_MINUTE, Engine, NodeId, PlacedPod, Placement, Policy};
 pub use explain::Explanation;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod topology_tests;

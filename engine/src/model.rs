@@ -4,6 +4,9 @@
 
 use std::collections::BTreeMap;
 
+/// The node label every node has its own value of.
+pub const HOSTNAME: &str = "kubernetes.io/hostname";
+
 /// Milli-units of one GPU: 1000 is a whole device.
 pub const GPU_MILLI: u32 = 1000;
 
@@ -145,7 +148,7 @@ impl Toleration {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Operator {
     In,
     NotIn,
@@ -156,7 +159,7 @@ pub enum Operator {
 }
 
 /// One node-selector requirement (`matchExpressions` entry).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Requirement {
     pub key: String,
     pub operator: Operator,
@@ -167,7 +170,15 @@ impl Requirement {
     /// Kubernetes semantics: `Gt`/`Lt` compare integers and fail on a missing label or one
     /// that is not an integer.
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        let value = labels.get(&self.key);
+        self.matches_option(labels.get(&self.key))
+    }
+
+    /// The requirement applied to one value (a field, which always exists).
+    pub fn matches_value(&self, value: &str) -> bool {
+        self.matches_option(Some(&value.to_string()))
+    }
+
+    fn matches_option(&self, value: Option<&String>) -> bool {
         match self.operator {
             Operator::In => value.is_some_and(|v| self.values.contains(v)),
             Operator::NotIn => value.is_none_or(|v| !self.values.contains(v)),
@@ -188,11 +199,99 @@ impl Requirement {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Term {
     pub requirements: Vec<Requirement>,
+    /// `matchFields`: requirements on the node's name (`metadata.name`, the only field
+    /// Kubernetes allows), checked node by node.
+    pub name_requirements: Vec<Requirement>,
 }
 
 impl Term {
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
         self.requirements.iter().all(|requirement| requirement.matches(labels))
+    }
+
+    /// Whether the term holds for a node of these labels and this name.
+    pub fn matches_node(&self, labels: &BTreeMap<String, String>, name: &str) -> bool {
+        self.matches(labels)
+            && self.name_requirements.iter().all(|requirement| requirement.matches_value(name))
+    }
+}
+
+/// A label selector with Kubernetes semantics: every `matchLabels` pair and every expression
+/// (`In`, `NotIn`, `Exists`, `DoesNotExist`) must hold; an empty selector selects everything.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LabelSelector {
+    pub match_labels: BTreeMap<String, String>,
+    pub expressions: Vec<Requirement>,
+}
+
+impl LabelSelector {
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.match_labels.iter().all(|(key, value)| labels.get(key) == Some(value))
+            && self.expressions.iter().all(|requirement| requirement.matches(labels))
+    }
+}
+
+/// The namespaces a pod affinity term looks at: those named, and those whose labels match
+/// `selector` (`Some` of an empty selector is every namespace). Neither names the pod's own.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NamespaceScope {
+    pub names: Vec<String>,
+    pub selector: Option<LabelSelector>,
+}
+
+/// A pod (anti-)affinity term: pods selected by `selector` in `namespaces`, counted per domain
+/// of `topology_key` (a node label). `selector: None` selects no pod, as in Kubernetes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PodAffinityTerm {
+    pub selector: Option<LabelSelector>,
+    pub namespaces: NamespaceScope,
+    pub topology_key: String,
+}
+
+/// Whether a spread constraint may be broken when it cannot be kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum WhenUnsatisfiable {
+    DoNotSchedule,
+    ScheduleAnyway,
+}
+
+/// A pod topology spread constraint: pods selected by `selector` in the pod's own namespace,
+/// counted per domain of `topology_key`, may differ between domains by at most `max_skew`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SpreadConstraint {
+    pub max_skew: u32,
+    pub topology_key: String,
+    pub when_unsatisfiable: WhenUnsatisfiable,
+    pub selector: Option<LabelSelector>,
+    /// With fewer eligible domains than this, the global minimum is taken as zero.
+    pub min_domains: Option<u32>,
+    /// Whether only nodes matching the pod's node selector and affinity count (`Honor`, the
+    /// default) or all nodes.
+    pub honor_node_affinity: bool,
+    /// Whether nodes with taints the pod does not tolerate are left out (`Honor`) or count
+    /// (`Ignore`, the default).
+    pub honor_node_taints: bool,
+}
+
+/// A port a pod takes on its node's address: two pods conflict on a node when protocol and
+/// port are equal and their addresses are equal or either is every address.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HostPort {
+    pub protocol: String,
+    /// `0.0.0.0` (or empty) for every address.
+    pub ip: String,
+    pub port: u16,
+}
+
+impl HostPort {
+    fn every_address(&self) -> bool {
+        self.ip.is_empty() || self.ip == "0.0.0.0" || self.ip == "::"
+    }
+
+    pub fn conflicts(&self, other: &HostPort) -> bool {
+        self.port == other.port
+            && self.protocol == other.protocol
+            && (self.ip == other.ip || self.every_address() || other.every_address())
     }
 }
 
@@ -314,6 +413,17 @@ pub struct Pod {
     /// Whether preemption may evict the pod: a DaemonSet's or a mirror pod would only come back
     /// on the same node, so they never are.
     pub evictable: bool,
+    pub namespace: String,
+    /// The pod's own labels, which other pods' affinity terms and spread constraints select.
+    pub labels: BTreeMap<String, String>,
+    /// Required inter-pod affinity: every term must find a selected pod in the node's domain.
+    pub affinity: Vec<PodAffinityTerm>,
+    /// Required inter-pod anti-affinity: no term may find a selected pod in the node's domain.
+    pub anti_affinity: Vec<PodAffinityTerm>,
+    /// Preferred inter-pod affinity (positive weight) and anti-affinity (negative weight).
+    pub preferred_affinity: Vec<(i64, PodAffinityTerm)>,
+    pub spread_constraints: Vec<SpreadConstraint>,
+    pub host_ports: Vec<HostPort>,
 }
 
 impl Pod {
@@ -337,6 +447,13 @@ impl Pod {
             gang: None,
             preempts: true,
             evictable: true,
+            namespace: String::new(),
+            labels: BTreeMap::new(),
+            affinity: Vec::new(),
+            anti_affinity: Vec::new(),
+            preferred_affinity: Vec::new(),
+            spread_constraints: Vec::new(),
+            host_ports: Vec::new(),
         }
     }
 }

@@ -36,15 +36,21 @@ impl Engine {
             })
     }
 
-    /// The cheapest way to make room for `pod` by evicting pods, without doing it.
-    pub fn plan_preemption(&self, pod: &Pod) -> Option<Preemption> {
+    /// The cheapest way to make room for `pod` by evicting pods, without doing it. Inter-pod
+    /// rules and spread are checked with the victims still counted, so a node is never chosen
+    /// that the pod could not take, at the price of missing one where only the eviction of a
+    /// matching pod would make it fit.
+    pub fn plan_preemption(&mut self, pod: &Pod) -> Option<Preemption> {
         if !pod.preempts {
             return None;
         }
+        self.prepare_rules(pod);
+        let rules = self.rules_for(pod);
         let verdicts = self.verdicts(pod);
         let mut best: Option<(VictimCost, Preemption)> = None;
         for view in self.node_views() {
-            if verdicts[view.class as usize].is_err() {
+            if verdicts[view.class as usize].is_err() || self.node_rejects(rules.as_ref(), view.id).is_some()
+            {
                 continue;
             }
             let mut candidates = self.pods_on(view.id);

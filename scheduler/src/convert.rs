@@ -3,13 +3,17 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::{
-    api::core::v1::{Node as KubeNode, NodeSelectorTerm, Pod as KubePod},
-    apimachinery::pkg::api::resource::Quantity,
+    api::core::v1::{
+        Node as KubeNode, NodeSelectorRequirement, NodeSelectorTerm, Pod as KubePod,
+        PodAffinityTerm as KubePodAffinityTerm, TopologySpreadConstraint,
+    },
+    apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::LabelSelector as KubeLabelSelector},
 };
 use yiyun_crds::labels;
 use yiyun_engine::model::{
-    DataLocality, GpuRequest, LatencyClass, Node, Operator, Pod, Requirement, Resources, Taint, TaintEffect,
-    Term, Toleration, TolerationOperator,
+    DataLocality, GpuRequest, HostPort, LabelSelector, LatencyClass, NamespaceScope, Node, Operator, Pod,
+    PodAffinityTerm, Requirement, Resources, SpreadConstraint, Taint, TaintEffect, Term, Toleration,
+    TolerationOperator, WhenUnsatisfiable,
 };
 use yiyun_quota::Milli;
 
@@ -110,26 +114,104 @@ fn effect(text: &str) -> Option<TaintEffect> {
     }
 }
 
+fn requirement(key: &str, operator: &str, values: Option<&Vec<String>>) -> Requirement {
+    Requirement {
+        key: key.to_string(),
+        operator: match operator {
+            "In" => Operator::In,
+            "NotIn" => Operator::NotIn,
+            "Exists" => Operator::Exists,
+            "DoesNotExist" => Operator::DoesNotExist,
+            "Gt" => Operator::Gt,
+            // The apiserver admits only these six; `Lt` is the last.
+            _ => Operator::Lt,
+        },
+        values: values.cloned().unwrap_or_default(),
+    }
+}
+
 fn term(term: &NodeSelectorTerm) -> Term {
+    let requirements = |list: &Option<Vec<NodeSelectorRequirement>>| {
+        list.iter().flatten().map(|r| requirement(&r.key, &r.operator, r.values.as_ref())).collect()
+    };
     Term {
-        requirements: term
+        requirements: requirements(&term.match_expressions),
+        name_requirements: requirements(&term.match_fields),
+    }
+}
+
+fn selector(selector: &KubeLabelSelector) -> LabelSelector {
+    LabelSelector {
+        match_labels: selector.match_labels.clone().unwrap_or_default(),
+        expressions: selector
             .match_expressions
             .iter()
             .flatten()
-            .map(|expression| Requirement {
-                key: expression.key.clone(),
-                operator: match expression.operator.as_str() {
-                    "In" => Operator::In,
-                    "NotIn" => Operator::NotIn,
-                    "Exists" => Operator::Exists,
-                    "DoesNotExist" => Operator::DoesNotExist,
-                    "Gt" => Operator::Gt,
-                    // The apiserver admits only these six; `Lt` is the last.
-                    _ => Operator::Lt,
-                },
-                values: expression.values.clone().unwrap_or_default(),
-            })
+            .map(|r| requirement(&r.key, &r.operator, r.values.as_ref()))
             .collect(),
+    }
+}
+
+/// A selector with `matchLabelKeys` (`key In` the pod's value) and `mismatchLabelKeys`
+/// (`key NotIn` it) merged in, as the apiserver does; keys the pod lacks are ignored.
+fn with_label_keys(
+    selected: Option<LabelSelector>,
+    pod_labels: &BTreeMap<String, String>,
+    match_keys: Option<&Vec<String>>,
+    mismatch_keys: Option<&Vec<String>>,
+) -> Option<LabelSelector> {
+    let mut selected = selected?;
+    for (keys, operator) in [(match_keys, Operator::In), (mismatch_keys, Operator::NotIn)] {
+        for key in keys.into_iter().flatten() {
+            if let Some(value) = pod_labels.get(key) {
+                selected.expressions.push(Requirement {
+                    key: key.clone(),
+                    operator,
+                    values: vec![value.clone()],
+                });
+            }
+        }
+    }
+    Some(selected)
+}
+
+fn affinity_term(term: &KubePodAffinityTerm, pod_labels: &BTreeMap<String, String>) -> PodAffinityTerm {
+    PodAffinityTerm {
+        selector: with_label_keys(
+            term.label_selector.as_ref().map(selector),
+            pod_labels,
+            term.match_label_keys.as_ref(),
+            term.mismatch_label_keys.as_ref(),
+        ),
+        namespaces: NamespaceScope {
+            names: term.namespaces.clone().unwrap_or_default(),
+            selector: term.namespace_selector.as_ref().map(selector),
+        },
+        topology_key: term.topology_key.clone(),
+    }
+}
+
+fn spread_constraint(
+    constraint: &TopologySpreadConstraint,
+    pod_labels: &BTreeMap<String, String>,
+) -> SpreadConstraint {
+    SpreadConstraint {
+        max_skew: u32::try_from(constraint.max_skew).unwrap_or(1).max(1),
+        topology_key: constraint.topology_key.clone(),
+        when_unsatisfiable: if constraint.when_unsatisfiable == "ScheduleAnyway" {
+            WhenUnsatisfiable::ScheduleAnyway
+        } else {
+            WhenUnsatisfiable::DoNotSchedule
+        },
+        selector: with_label_keys(
+            constraint.label_selector.as_ref().map(selector),
+            pod_labels,
+            constraint.match_label_keys.as_ref(),
+            None,
+        ),
+        min_domains: constraint.min_domains.and_then(|m| u32::try_from(m).ok()),
+        honor_node_affinity: constraint.node_affinity_policy.as_deref() != Some("Ignore"),
+        honor_node_taints: constraint.node_taints_policy.as_deref() == Some("Honor"),
     }
 }
 
@@ -180,6 +262,43 @@ pub fn pod(pod: &KubePod, tenant: Option<&str>) -> Pod {
             effect: toleration.effect.as_deref().and_then(effect),
         })
         .collect();
+    let pod_labels = pod.metadata.labels.clone().unwrap_or_default();
+    if let Some(affinity) = spec.affinity.as_ref().and_then(|a| a.pod_affinity.as_ref()) {
+        let required = affinity.required_during_scheduling_ignored_during_execution.iter().flatten();
+        out.affinity = required.map(|term| affinity_term(term, &pod_labels)).collect();
+        let preferred = affinity.preferred_during_scheduling_ignored_during_execution.iter().flatten();
+        out.preferred_affinity.extend(
+            preferred.map(|p| (i64::from(p.weight), affinity_term(&p.pod_affinity_term, &pod_labels))),
+        );
+    }
+    if let Some(anti) = spec.affinity.as_ref().and_then(|a| a.pod_anti_affinity.as_ref()) {
+        let required = anti.required_during_scheduling_ignored_during_execution.iter().flatten();
+        out.anti_affinity = required.map(|term| affinity_term(term, &pod_labels)).collect();
+        let preferred = anti.preferred_during_scheduling_ignored_during_execution.iter().flatten();
+        out.preferred_affinity.extend(
+            preferred.map(|p| (-i64::from(p.weight), affinity_term(&p.pod_affinity_term, &pod_labels))),
+        );
+    }
+    out.spread_constraints = spec
+        .topology_spread_constraints
+        .iter()
+        .flatten()
+        .map(|constraint| spread_constraint(constraint, &pod_labels))
+        .collect();
+    out.host_ports = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .flat_map(|container| container.ports.iter().flatten())
+        .filter_map(|port| {
+            let host_port = u16::try_from(port.host_port?).ok().filter(|p| *p > 0)?;
+            Some(HostPort {
+                protocol: port.protocol.clone().unwrap_or_else(|| "TCP".to_string()),
+                ip: port.host_ip.clone().unwrap_or_default(),
+                port: host_port,
+            })
+        })
+        .collect();
     out.priority = spec.priority.unwrap_or(0);
     out.preempts = spec.preemption_policy.as_deref() != Some("Never");
     let daemon = pod
@@ -203,14 +322,20 @@ pub fn pod(pod: &KubePod, tenant: Option<&str>) -> Pod {
     out.expected_runtime_seconds = annotation(labels::EXPECTED_RUNTIME).and_then(|s| s.trim().parse().ok());
     out.deadline_seconds = annotation(labels::DEADLINE).and_then(|s| s.trim().parse().ok());
     let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+    out.namespace = namespace.clone();
+    out.labels = pod_labels;
     out.gang = pod
         .metadata
         .labels
         .as_ref()
         .and_then(|labels| labels.get(labels::POD_GROUP))
         .map(|group| format!("{namespace}/{group}"));
-    // Interactive replicas of one owner spread over racks and nodes.
-    if out.latency_class == LatencyClass::Interactive && out.gang.is_none() {
+    // Interactive replicas of one owner spread over racks and nodes: yiyun's default spreading,
+    // which, like the cluster's default constraints, gives way to the pod's own.
+    if out.latency_class == LatencyClass::Interactive
+        && out.gang.is_none()
+        && out.spread_constraints.is_empty()
+    {
         out.spread_key = pod
             .metadata
             .owner_references
@@ -310,6 +435,65 @@ mod tests {
         let pod = super::pod(&pod, None);
         // CPU beyond u64 milli; memory 27 EB in all, more bytes than u64 counts.
         assert_eq!((pod.requests.cpu_milli, pod.requests.memory_bytes), (u64::MAX, u64::MAX));
+    }
+
+    #[test]
+    fn inter_pod_rules_spread_ports_and_node_fields_are_read_with_their_label_keys_merged() {
+        let pod: KubePod = parse(serde_json::json!({
+            "metadata": {"name": "web-1", "namespace": "portal", "labels": {"app": "web", "pod-template-hash": "abc"}},
+            "spec": {
+                "containers": [{"name": "c", "ports": [{"containerPort": 8080, "hostPort": 80}, {"containerPort": 9090}]}],
+                "affinity": {
+                    "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                        {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n1"]}]}
+                    ]}},
+                    "podAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 30, "podAffinityTerm": {
+                        "labelSelector": {"matchLabels": {"app": "db"}}, "topologyKey": "zone",
+                        "namespaceSelector": {}
+                    }}]},
+                    "podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{
+                        "labelSelector": {"matchLabels": {"app": "web"}}, "topologyKey": "kubernetes.io/hostname",
+                        "matchLabelKeys": ["pod-template-hash"], "namespaces": ["portal", "other"]
+                    }]}
+                },
+                "topologySpreadConstraints": [{
+                    "maxSkew": 2, "topologyKey": "zone", "whenUnsatisfiable": "ScheduleAnyway", "minDomains": 3,
+                    "labelSelector": {"matchExpressions": [{"key": "app", "operator": "Exists"}]},
+                    "nodeAffinityPolicy": "Ignore", "nodeTaintsPolicy": "Honor"
+                }]
+            }
+        }));
+        let converted = super::pod(&pod, None);
+        assert_eq!(converted.namespace, "portal");
+        assert_eq!(
+            converted.host_ports,
+            vec![HostPort { protocol: "TCP".into(), ip: String::new(), port: 80 }]
+        );
+        assert_eq!(converted.required_terms[0].name_requirements[0].values, vec!["n1".to_string()]);
+        let anti = &converted.anti_affinity[0];
+        assert_eq!(anti.namespaces.names, vec!["portal".to_string(), "other".to_string()]);
+        let selector = anti.selector.as_ref().expect("a selector");
+        assert_eq!(
+            selector.expressions,
+            vec![Requirement {
+                key: "pod-template-hash".into(),
+                operator: Operator::In,
+                values: vec!["abc".into()]
+            }],
+            "matchLabelKeys narrows the selector to this pod's revision"
+        );
+        let (weight, preferred) = &converted.preferred_affinity[0];
+        assert_eq!(*weight, 30);
+        assert_eq!(
+            preferred.namespaces.selector,
+            Some(LabelSelector::default()),
+            "{{}} selects every namespace"
+        );
+        let spread = &converted.spread_constraints[0];
+        assert_eq!(spread.when_unsatisfiable, WhenUnsatisfiable::ScheduleAnyway);
+        assert_eq!((spread.max_skew, spread.min_domains), (2, Some(3)));
+        assert!(!spread.honor_node_affinity && spread.honor_node_taints);
+        assert_eq!(converted.spread_key, None, "the pod's own constraints replace yiyun's default spreading");
     }
 
     #[test]

@@ -169,6 +169,8 @@ pub struct State {
     engine: Engine,
     /// Tenant of each namespace (label `yiyun.io/tenant`).
     tenant_of: HashMap<String, String>,
+    /// Every namespace the watch has shown, to forget those a relist no longer lists.
+    namespaces: HashSet<String>,
     pending: BTreeMap<String, Pending>,
     /// Pending pods to try in the next round.
     active: BTreeSet<String>,
@@ -215,6 +217,7 @@ impl State {
             config,
             engine,
             tenant_of: HashMap::new(),
+            namespaces: HashSet::new(),
             pending: BTreeMap::new(),
             active: BTreeSet::new(),
             unschedulable: HashMap::new(),
@@ -261,18 +264,29 @@ impl State {
             Update::Pod(event) => self.pod_event(event),
             Update::Namespace(event) => match event {
                 watcher::Event::Apply(ns) | watcher::Event::InitApply(ns) => {
-                    self.relisting_namespaces.saw(&ns.name_any());
+                    let name = ns.name_any();
+                    self.relisting_namespaces.saw(&name);
                     let tenant = ns.labels().get(labels::TENANT).cloned();
-                    self.set_tenant_of(ns.name_any(), tenant);
+                    self.set_tenant_of(name.clone(), tenant);
+                    // Pod affinity terms may select namespaces by their labels.
+                    self.requeue |= self.engine.set_namespace(&name, Some(ns.labels().clone()));
+                    self.namespaces.insert(name);
                 }
-                watcher::Event::Delete(ns) => self.set_tenant_of(ns.name_any(), None),
+                watcher::Event::Delete(ns) => {
+                    let name = ns.name_any();
+                    self.set_tenant_of(name.clone(), None);
+                    self.engine.set_namespace(&name, None);
+                    self.namespaces.remove(&name);
+                }
                 watcher::Event::Init => self.relisting_namespaces.start(),
                 watcher::Event::InitDone => {
                     if let Some(seen) = self.relisting_namespaces.finish() {
                         let gone: Vec<String> =
-                            self.tenant_of.keys().filter(|ns| !seen.contains(*ns)).cloned().collect();
+                            self.namespaces.iter().filter(|ns| !seen.contains(*ns)).cloned().collect();
                         for namespace in gone {
-                            self.set_tenant_of(namespace, None);
+                            self.set_tenant_of(namespace.clone(), None);
+                            self.engine.set_namespace(&namespace, None);
+                            self.namespaces.remove(&namespace);
                         }
                     }
                     self.synced.namespaces = true;
@@ -497,7 +511,13 @@ impl State {
         }
         let ours =
             spec.and_then(|s| s.scheduler_name.as_deref()) == Some(self.config.scheduler_name.as_str());
-        if !ours || kube_pod.metadata.deletion_timestamp.is_some() {
+        // A pod with scheduling gates is held until they are all removed.
+        let gated = spec.and_then(|s| s.scheduling_gates.as_ref()).is_some_and(|gates| !gates.is_empty());
+        if !ours || gated || kube_pod.metadata.deletion_timestamp.is_some() {
+            if !self.binding.contains(&key) && self.pending.remove(&key).is_some() {
+                self.active.remove(&key);
+                self.unschedulable.remove(&key);
+            }
             return;
         }
         let uid = kube_pod.metadata.uid.clone().unwrap_or_default();
