@@ -3,7 +3,7 @@ SHELL := /bin/bash
 # One target directory shared by every work tree and CI run on this machine.
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/yiyun/target
 
-.PHONY: test lint unit e2e fuzz crds demo demo-down cluster-binaries bench-tenancy bench-pools bench-engine bench-scheduler simulate simulate-timeline simulate-scenario
+.PHONY: test lint unit e2e fuzz crds demo demo-down cluster-binaries bench-tenancy bench-pools bench-engine bench-scheduler bench-scheduler-perf simulate simulate-timeline simulate-scenario
 
 ## test: format check, clippy (warnings denied), unit tests, then e2e tests on a fresh local cluster
 test: lint unit e2e
@@ -78,3 +78,13 @@ bench-scheduler: cluster-binaries
 	cargo build --release -p yiyun --locked
 	source e2e/versions.env && KUBE_SCHEDULER=$$HOME/.cache/yiyun/bin/kube-scheduler-$$KUBERNETES_VERSION \
 	  e2e/with-cluster bench-$$$$ $(CARGO_TARGET_DIR)/release/yiyun bench scheduler
+
+## bench-scheduler-perf: kube-scheduler's own scheduler_perf workloads (from the Go module cache, as
+## they are), kube-scheduler then yiyun-scheduler on each, with a correctness check of the final
+## placement (~40 min for the default list; WORKLOADS=SchedulingBasic/500Nodes,... for others)
+bench-scheduler-perf: cluster-binaries
+	cargo build --release -p yiyun --locked
+	source e2e/versions.env && \
+	  export KUBE_SCHEDULER=$$HOME/.cache/yiyun/bin/kube-scheduler-$$KUBERNETES_VERSION && \
+	  export SCHEDULER_PERF_DIR=$$(go mod download -json k8s.io/kubernetes@$$KUBERNETES_VERSION | sed -n 's/.*"Dir": "\(.*\)",/\1/p')/test/integration/scheduler_perf && \
+	  e2e/with-cluster bench-$$$$ $(CARGO_TARGET_DIR)/release/yiyun bench scheduler --suite scheduler-perf $(if $(WORKLOADS),--workloads $(WORKLOADS))

@@ -1,8 +1,10 @@
 //! Benchmarks of yiyun against a real cluster (`KUBECONFIG`), printed as tables. Each compares
 //! against a baseline measured in the same run.
 
+pub mod placement_check;
 pub mod pools;
 pub mod scheduler;
+pub mod scheduler_perf;
 pub mod tenancy;
 
 use std::{

@@ -50,6 +50,24 @@ pub struct Config {
     /// restarted scheduler binds again (0 leaves this out).
     #[arg(long, default_value_t = 50_000)]
     pub restart_pods: usize,
+    /// Instead of the comparison above, run a suite of workloads: `scheduler-perf` is
+    /// kube-scheduler's own (test/integration/scheduler_perf), read from `--suite-dir`.
+    #[arg(long, value_enum)]
+    pub suite: Option<Suite>,
+    /// Where the suite's configs and templates are: for scheduler-perf,
+    /// `$(go env GOMODCACHE)/k8s.io/kubernetes@<version>/test/integration/scheduler_perf`.
+    #[arg(long, env = "SCHEDULER_PERF_DIR")]
+    pub suite_dir: Option<PathBuf>,
+    /// The suite's workloads to run, as TestCase/Workload, comma-separated (default: one of
+    /// each kind at a size this machine carries).
+    #[arg(long, value_delimiter = ',')]
+    pub workloads: Vec<String>,
+}
+
+/// Suites of workloads `yiyun bench scheduler` can run.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Suite {
+    SchedulerPerf,
 }
 
 const NODE_PREFIX: &str = "bench-sched";
@@ -114,7 +132,7 @@ fn pod(index: usize, scheduler: &str) -> Pod {
 }
 
 /// The contender's process, if it runs in one.
-struct Process(Child);
+pub(crate) struct Process(Child);
 
 impl Drop for Process {
     fn drop(&mut self) {
@@ -443,8 +461,33 @@ async fn restart(client: &Client, config: &Config, nodes: usize) -> Result<(f64,
     Ok((since(first), since(last), count))
 }
 
+/// Starts a contender of the scheduler_perf suite: kube-scheduler with its client limits
+/// raised as scheduler_perf raises them (5000 QPS), or yiyun-scheduler.
+pub(crate) fn start_scheduler(
+    contender: crate::scheduler_perf::Contender,
+    config: &Config,
+) -> Result<Option<Process>, Error> {
+    match contender {
+        crate::scheduler_perf::Contender::KubeScheduler => {
+            start(Contender::KubeScheduler { qps: 5000, burst: 5000 }, config)
+        }
+        crate::scheduler_perf::Contender::Yiyun => start(Contender::Yiyun, config),
+    }
+}
+
 /// Runs the benchmark and prints its table.
 pub async fn run(config: Config) -> Result<(), Error> {
+    if config.suite == Some(Suite::SchedulerPerf) {
+        let dir = config.suite_dir.clone().ok_or_else(|| {
+            Error::Timeout("--suite-dir (or SCHEDULER_PERF_DIR) must say where scheduler_perf is".into())
+        })?;
+        let workloads: Vec<String> = if config.workloads.is_empty() {
+            crate::scheduler_perf::DEFAULT_WORKLOADS.iter().map(|w| w.to_string()).collect()
+        } else {
+            config.workloads.clone()
+        };
+        return crate::scheduler_perf::run(&config, &dir, &workloads).await;
+    }
     let client = Client::try_default().await?;
     crate::install_crds(&client, Duration::from_secs(60)).await?;
     let mut rows = Vec::new();
