@@ -6,7 +6,13 @@
 use std::collections::{BTreeMap, HashMap};
 
 use k8s_openapi::{
-    api::core::v1::{Node, NodeSelectorRequirement, Pod, PodAffinityTerm},
+    api::{
+        core::v1::{
+            Node, NodeSelectorRequirement, PersistentVolume, PersistentVolumeClaim, Pod, PodAffinityTerm,
+        },
+        resource::v1::ResourceClaim,
+        storage::v1::CSINode,
+    },
     apimachinery::pkg::apis::meta::v1::LabelSelector,
 };
 
@@ -228,6 +234,157 @@ fn selected(spec: &k8s_openapi::api::core::v1::PodSpec, node: &Node, labels: &La
             })
 }
 
+/// The volume objects a placement is checked against.
+#[derive(Default)]
+pub struct Storage {
+    pub claims: Vec<PersistentVolumeClaim>,
+    pub volumes: Vec<PersistentVolume>,
+    pub csi_nodes: Vec<CSINode>,
+    pub resource_claims: Vec<ResourceClaim>,
+}
+
+/// Resource claims: every claim of a bound pod is allocated on the pod's node and reserved for
+/// it, and no device is allocated to two claims.
+pub fn check_claims(pods: &[Pod], storage: &Storage, violations: &mut Violations) {
+    let claims: HashMap<(String, String), &ResourceClaim> = storage
+        .resource_claims
+        .iter()
+        .map(|c| {
+            (
+                (
+                    c.metadata.namespace.clone().unwrap_or_default(),
+                    c.metadata.name.clone().unwrap_or_default(),
+                ),
+                c,
+            )
+        })
+        .collect();
+    let mut owners: HashMap<(String, String, String), String> = HashMap::new();
+    for claim in &storage.resource_claims {
+        let results = claim.status.iter().flat_map(|s| s.allocation.iter()).flat_map(|a| a.devices.iter());
+        for result in results.flat_map(|d| d.results.iter().flatten()) {
+            let device = (result.driver.clone(), result.pool.clone(), result.device.clone());
+            let name = claim.metadata.name.clone().unwrap_or_default();
+            if let Some(other) = owners.insert(device.clone(), name.clone()) {
+                violations.add("devices allocated twice", || format!("{device:?} to {other} and {name}"));
+            }
+        }
+    }
+    for pod in pods {
+        let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else { continue };
+        let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let names = pod
+            .status
+            .iter()
+            .flat_map(|s| s.resource_claim_statuses.iter().flatten())
+            .filter_map(|s| s.resource_claim_name.clone());
+        let direct = pod
+            .spec
+            .iter()
+            .flat_map(|s| s.resource_claims.iter().flatten())
+            .filter_map(|c| c.resource_claim_name.clone());
+        for name in names.chain(direct) {
+            let Some(claim) = claims.get(&(namespace.clone(), name.clone())) else {
+                violations.add("claims allocated", || format!("{namespace}/{name} missing"));
+                continue;
+            };
+            let status = claim.status.clone().unwrap_or_default();
+            let on_node =
+                status.allocation.as_ref().and_then(|a| a.node_selector.as_ref()).is_some_and(|selector| {
+                    selector.node_selector_terms.iter().any(|t| {
+                        t.match_fields.iter().flatten().any(|f| f.values.iter().flatten().any(|v| *v == node))
+                    })
+                });
+            let reserved = status.reserved_for.iter().flatten().any(|r| r.uid == uid);
+            if !on_node || !reserved {
+                violations.add("claims allocated", || {
+                    format!("{namespace}/{name}: on {node} {on_node}, reserved {reserved}")
+                });
+            }
+        }
+    }
+}
+
+/// Volumes: every claim of a bound pod exists and is bound, its volume's node affinity admits
+/// the node, and no node attaches more volumes of a CSI driver than its CSINode allows.
+pub fn check_volumes(pods: &[Pod], nodes: &[Node], storage: &Storage, violations: &mut Violations) {
+    let claims: HashMap<(String, String), &PersistentVolumeClaim> = storage
+        .claims
+        .iter()
+        .map(|c| {
+            (
+                (
+                    c.metadata.namespace.clone().unwrap_or_default(),
+                    c.metadata.name.clone().unwrap_or_default(),
+                ),
+                c,
+            )
+        })
+        .collect();
+    let volumes: HashMap<&str, &PersistentVolume> =
+        storage.volumes.iter().filter_map(|v| Some((v.metadata.name.as_deref()?, v))).collect();
+    let nodes: HashMap<&str, &Node> =
+        nodes.iter().filter_map(|n| Some((n.metadata.name.as_deref()?, n))).collect();
+    let mut attached: HashMap<(String, String), std::collections::HashSet<String>> = HashMap::new();
+    for pod in pods {
+        let Some(spec) = &pod.spec else { continue };
+        let Some(node) = spec.node_name.as_deref().and_then(|n| nodes.get(n)) else { continue };
+        let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+        let pod_name = pod.metadata.name.clone().unwrap_or_default();
+        for claim_name in spec
+            .volumes
+            .iter()
+            .flatten()
+            .filter_map(|v| Some(v.persistent_volume_claim.as_ref()?.claim_name.clone()))
+        {
+            let volume = claims
+                .get(&(namespace.clone(), claim_name.clone()))
+                .and_then(|c| c.spec.as_ref()?.volume_name.as_deref())
+                .and_then(|v| volumes.get(v));
+            let Some(volume) = volume else {
+                violations
+                    .add("volumes bound", || format!("{namespace}/{pod_name}: claim {claim_name} unbound"));
+                continue;
+            };
+            let labels = node.metadata.labels.clone().unwrap_or_default();
+            let admitted =
+                volume.spec.as_ref().and_then(|s| s.node_affinity.as_ref()?.required.as_ref()).is_none_or(
+                    |required| {
+                        required
+                            .node_selector_terms
+                            .iter()
+                            .any(|t| node_requirements_match(&t.match_expressions, &labels))
+                    },
+                );
+            if !admitted {
+                violations.add("volume node affinity", || {
+                    format!("{namespace}/{pod_name} on {:?}", node.metadata.name)
+                });
+            }
+            if let Some(csi) = volume.spec.as_ref().and_then(|s| s.csi.as_ref()) {
+                let node_name = node.metadata.name.clone().unwrap_or_default();
+                attached
+                    .entry((node_name, csi.driver.clone()))
+                    .or_default()
+                    .insert(csi.volume_handle.clone());
+            }
+        }
+    }
+    for csi_node in &storage.csi_nodes {
+        let node = csi_node.metadata.name.clone().unwrap_or_default();
+        for driver in &csi_node.spec.drivers {
+            let Some(limit) = driver.allocatable.as_ref().and_then(|a| a.count) else { continue };
+            let count = attached.get(&(node.clone(), driver.name.clone())).map_or(0, |v| v.len());
+            if count > limit as usize {
+                violations.add("volume attach limit", || {
+                    format!("{node}: {count} {} volumes, limit {limit}", driver.name)
+                });
+            }
+        }
+    }
+}
+
 /// The requests of a pod: CPU and memory in milli-units, as kube-scheduler counts them.
 fn yiyun_kube_requests(pod: &Pod) -> (i128, i128) {
     let requests = yiyun_kube::pods::requests(pod);
@@ -358,6 +515,31 @@ mod tests {
             p
         };
         assert_eq!(check(&[port("x"), port("y")], &nodes, &HashMap::new()).by_rule["host ports"].0, 1);
+        let with_claim = |name: &str, claim: &str| {
+            pod(
+                name,
+                "n1",
+                serde_json::json!({"volumes": [{"name": "v", "persistentVolumeClaim": {"claimName": claim}}]}),
+            )
+        };
+        let storage = Storage {
+            claims: vec![serde_json::from_value(serde_json::json!({"metadata": {"name": "c1", "namespace": "ns"}, "spec": {"volumeName": "pv1"}})).expect("claim"),
+                serde_json::from_value(serde_json::json!({"metadata": {"name": "c2", "namespace": "ns"}, "spec": {"volumeName": "pv2"}})).expect("claim")],
+            volumes: ["pv1", "pv2"].iter().map(|name| serde_json::from_value(serde_json::json!({"metadata": {"name": name},
+                "spec": {"csi": {"driver": "d", "volumeHandle": name}}})).expect("volume")).collect(),
+            csi_nodes: vec![serde_json::from_value(serde_json::json!({"metadata": {"name": "n1"},
+                "spec": {"drivers": [{"name": "d", "nodeID": "n1", "allocatable": {"count": 1}}]}})).expect("csinode")],
+            resource_claims: Vec::new(),
+        };
+        let mut violations = Violations::default();
+        check_volumes(
+            &[with_claim("a", "c1"), with_claim("b", "c2"), with_claim("c", "missing")],
+            &nodes,
+            &storage,
+            &mut violations,
+        );
+        assert_eq!(violations.by_rule["volume attach limit"].0, 1, "{violations:?}");
+        assert_eq!(violations.by_rule["volumes bound"].0, 1, "{violations:?}");
         let crowded: Vec<Pod> = (0..5).map(|i| pod(&format!("p{i}"), "n1", serde_json::json!({}))).collect();
         assert_eq!(
             check(&crowded, &nodes, &HashMap::new()).by_rule["resources"].0,

@@ -141,7 +141,8 @@ impl Drop for Process {
     }
 }
 
-fn start(contender: Contender, config: &Config) -> Result<Option<Process>, Error> {
+/// Starts a contender; `extra` are more flags for yiyun-scheduler.
+fn start(contender: Contender, config: &Config, extra: &[&str]) -> Result<Option<Process>, Error> {
     let kubeconfig =
         std::env::var("KUBECONFIG").map_err(|_| Error::Timeout("KUBECONFIG is not set".into()))?;
     let log =
@@ -169,6 +170,7 @@ fn start(contender: Contender, config: &Config) -> Result<Option<Process>, Error
             let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
             let child = Command::new(std::env::current_exe()?)
                 .args(["scheduler", "--leader-elect=false", "--admin-addr", &format!("127.0.0.1:{port}")])
+                .args(extra)
                 .stdout(Stdio::null())
                 .stderr(log("yiyun-scheduler")?)
                 .spawn()?;
@@ -238,7 +240,7 @@ async fn round(
     namespaces
         .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": namespace}}))?)
         .await?;
-    let process = start(contender, config)?;
+    let process = start(contender, config, &[])?;
     let stop = tokio_util::sync::CancellationToken::new();
     if contender == Contender::Ceiling {
         tokio::spawn(ceiling(client.clone(), namespace.clone(), nodes.to_vec(), stop.clone()));
@@ -435,7 +437,7 @@ async fn restart(client: &Client, config: &Config, nodes: usize) -> Result<(f64,
     tokio::time::sleep(Duration::from_secs(5)).await;
     progress("restart: starting yiyun-scheduler");
     let started = Instant::now();
-    let process = start(Contender::Yiyun, config)?;
+    let process = start(Contender::Yiyun, config, &[])?;
     let total = config.restart_pods;
     let waited = wait_until(Duration::from_secs(config.timeout_seconds), "all pending pods bound", || {
         let count = bound.lock().map(|b| b.2).unwrap_or(0);
@@ -469,9 +471,13 @@ pub(crate) fn start_scheduler(
 ) -> Result<Option<Process>, Error> {
     match contender {
         crate::scheduler_perf::Contender::KubeScheduler => {
-            start(Contender::KubeScheduler { qps: 5000, burst: 5000 }, config)
+            start(Contender::KubeScheduler { qps: 5000, burst: 5000 }, config, &[])
         }
-        crate::scheduler_perf::Contender::Yiyun => start(Contender::Yiyun, config),
+        // kube-scheduler does not limit its evictions; the suite measures scheduling, not
+        // yiyun's guard against eviction storms (60 a minute by default).
+        crate::scheduler_perf::Contender::Yiyun => {
+            start(Contender::Yiyun, config, &["--evictions-per-minute", "1000000"])
+        }
     }
 }
 

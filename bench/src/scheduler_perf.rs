@@ -24,7 +24,7 @@ use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::{
     Api, Client, ResourceExt,
-    api::{DeleteParams, DynamicObject, GroupVersionKind, ListParams, PostParams},
+    api::{DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams},
     discovery,
     runtime::{WatchStreamExt, watcher},
 };
@@ -184,6 +184,11 @@ struct Run<'a> {
     params: Value,
     nodes: Vec<String>,
     namespaces: BTreeSet<String>,
+    /// Cluster-scoped objects made for pods (PersistentVolumes) and nodes (CSINodes), and by
+    /// `createAny` and `createResourceDriver` (DeviceClasses, ResourceSlices).
+    volumes: Vec<String>,
+    csi_nodes: Vec<String>,
+    cluster_objects: Vec<(kube::discovery::ApiResource, String)>,
     clock: Arc<Mutex<Clock>>,
     /// Pods whose creation-to-binding is measured.
     measured: Vec<String>,
@@ -246,6 +251,14 @@ impl Run<'_> {
             if let Some(key) = unique {
                 node["metadata"]["labels"][key] = format!("{name}-{}", random_suffix()).into();
             }
+            // nodeAllocatableStrategy: allocatable is capacity plus the strategy's entries.
+            if let Some(extra) = op["nodeAllocatableStrategy"]["nodeAllocatable"].as_object() {
+                let mut allocatable = node["status"]["capacity"].clone();
+                for (resource, amount) in extra {
+                    allocatable[resource] = amount.clone();
+                }
+                node["status"]["allocatable"] = allocatable;
+            }
             nodes.push((name, serde_json::from_value::<Node>(node)?));
         }
         let api: Api<Node> = Api::all(self.client.clone());
@@ -256,8 +269,69 @@ impl Run<'_> {
         .buffer_unordered(self.concurrency)
         .try_collect::<Vec<_>>()
         .await?;
+        // ... and a CSINode with each driver's attach limit.
+        if let Some(drivers) = op["nodeAllocatableStrategy"]["csiNodeAllocatable"].as_object() {
+            use k8s_openapi::api::storage::v1::CSINode;
+            let api: Api<CSINode> = Api::all(self.client.clone());
+            for (name, _) in &nodes {
+                let drivers: Vec<Value> = drivers
+                    .iter()
+                    .map(|(driver, allocatable)| json!({"name": driver, "nodeID": name, "allocatable": allocatable}))
+                    .collect();
+                let csi_node: CSINode = serde_json::from_value(json!({
+                    "metadata": {"name": name, "labels": {RUN_LABEL: "true"}}, "spec": {"drivers": drivers}
+                }))?;
+                api.create(&PostParams::default(), &csi_node).await?;
+                self.csi_nodes.push(name.clone());
+            }
+        }
         self.nodes.extend(nodes.into_iter().map(|(name, _)| name));
         Ok(())
+    }
+
+    /// A bound claim and volume for pod `index`, as scheduler_perf makes them: claim `pvc-<i>`
+    /// from the claim template, volume `<namespace>-vol-<i>` from the volume template, bound to
+    /// each other.
+    async fn claim_and_volume(
+        &mut self,
+        op: &Value,
+        namespace: &str,
+        index: usize,
+        count: usize,
+    ) -> Result<String, Error> {
+        use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+        let (claim_template, volume_template) = (
+            op["persistentVolumeClaimTemplatePath"].as_str().unwrap_or_default(),
+            op["persistentVolumeTemplatePath"].as_str().unwrap_or_default(),
+        );
+        let claim_name = format!("pvc-{index}");
+        let volume_name = format!("{namespace}-vol-{index}");
+        let mut claim = read_template(&self.case.dir, claim_template, index, count)?;
+        claim["metadata"]["name"] = claim_name.clone().into();
+        claim["spec"]["volumeName"] = volume_name.clone().into();
+        let mut volume = read_template(&self.case.dir, volume_template, index, count)?;
+        volume["metadata"]["name"] = volume_name.clone().into();
+        volume["metadata"]["labels"][RUN_LABEL] = "true".into();
+        if volume["spec"]["csi"].is_object() {
+            volume["spec"]["csi"]["volumeHandle"] = volume_name.clone().into();
+        }
+        volume["spec"]["claimRef"] = json!({"kind": "PersistentVolumeClaim", "apiVersion": "v1", "namespace": namespace, "name": claim_name});
+        // The volume first: a claim naming a volume that does not exist yet is marked Lost by
+        // the volume controller (scheduler_perf runs without one). Both are then marked Bound,
+        // as scheduler_perf does.
+        let volumes: Api<PersistentVolume> = Api::all(self.client.clone());
+        volumes.create(&PostParams::default(), &serde_json::from_value(volume)?).await?;
+        self.volumes.push(volume_name.clone());
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), namespace);
+        let created = claims.create(&PostParams::default(), &serde_json::from_value(claim)?).await?;
+        // The claim says its binding is complete: the volume controller then checks that the
+        // volume names the claim's uid.
+        let uid = json!({"spec": {"claimRef": {"uid": created.metadata.uid}}});
+        volumes.patch(&volume_name, &PatchParams::default(), &Patch::Merge(&uid)).await?;
+        let bound = json!({"status": {"phase": "Bound"}});
+        claims.patch_status(&claim_name, &PatchParams::default(), &Patch::Merge(&bound)).await?;
+        volumes.patch_status(&volume_name, &PatchParams::default(), &Patch::Merge(&bound)).await?;
+        Ok(claim_name)
     }
 
     /// A pod from a template, for this contender.
@@ -293,11 +367,6 @@ impl Run<'_> {
     }
 
     async fn create_pods(&mut self, op: &Value, index: usize) -> Result<Option<&'static str>, Error> {
-        if op["persistentVolumeTemplatePath"].is_string()
-            || op["persistentVolumeClaimTemplatePath"].is_string()
-        {
-            return Ok(Some("volumes per pod (persistentVolume templates)"));
-        }
         if op["steadyState"].as_bool() == Some(true) || op["steadyStateParam"].is_string() {
             return Ok(Some("steadyState"));
         }
@@ -309,9 +378,19 @@ impl Run<'_> {
             .map(str::to_string)
             .or_else(|| self.case.default_pod_template.clone())
             .unwrap_or_else(|| "../templates/pod-default.yaml".into());
+        let with_volumes = op["persistentVolumeTemplatePath"].is_string();
         let mut pods = Vec::with_capacity(count);
         for i in 0..count {
-            pods.push(self.pod_object(&template, i, count).await?);
+            let mut pod = self.pod_object(&template, i, count).await?;
+            if with_volumes {
+                let claim = self.claim_and_volume(op, &namespace, i, count).await?;
+                if let Some(spec) = pod.spec.as_mut() {
+                    spec.volumes = Some(vec![serde_json::from_value(
+                        json!({"name": "vol", "persistentVolumeClaim": {"claimName": claim}}),
+                    )?]);
+                }
+            }
+            pods.push(pod);
         }
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
         let clock = self.clock.clone();
@@ -476,7 +555,51 @@ impl Run<'_> {
                 }
                 (discovery::Scope::Cluster, _) => Api::all_with(self.client.clone(), &resource),
             };
-            api.create(&PostParams::default(), &object).await?;
+            let created = api.create(&PostParams::default(), &object).await?;
+            if matches!(capabilities.scope, discovery::Scope::Cluster) {
+                self.cluster_objects.push((resource, created.name_any()));
+            }
+        }
+        Ok(())
+    }
+
+    /// `createResourceDriver`: a ResourceSlice for every node whose name matches the pattern,
+    /// with `maxClaimsPerNode` devices, as scheduler_perf's fake driver publishes them.
+    async fn create_resource_driver(&mut self, op: &Value) -> Result<(), Error> {
+        use k8s_openapi::api::resource::v1::ResourceSlice;
+        let driver = op["driverName"].as_str().unwrap_or_default().to_string();
+        let pattern = op["nodes"].as_str().unwrap_or("*");
+        let devices = count_of(op, &self.params, "maxClaimsPerNode").unwrap_or(1);
+        let prefix = pattern.trim_end_matches('*');
+        let nodes: Vec<String> =
+            self.nodes
+                .iter()
+                .filter(|node| {
+                    if pattern.ends_with('*') { node.starts_with(prefix) } else { node.as_str() == pattern }
+                })
+                .cloned()
+                .collect();
+        let api: Api<ResourceSlice> = Api::all(self.client.clone());
+        let (resource, _) = discovery::pinned_kind(
+            &self.client,
+            &GroupVersionKind::gvk("resource.k8s.io", "v1", "ResourceSlice"),
+        )
+        .await?;
+        for node in nodes {
+            let devices: Vec<Value> = (0..devices)
+                .map(|i| {
+                    json!({"name": format!("instance-{i}"), "attributes": {
+                        "model": {"string": "A100"}, "family": {"string": "GPU"},
+                        "driverVersion": {"version": "1.2.3"}, "dra.example.com/numa": {"int": i}},
+                        "capacity": {"memory": {"value": "1Gi"}}})
+                })
+                .collect();
+            let slice: ResourceSlice = serde_json::from_value(json!({
+                "metadata": {"name": node, "labels": {RUN_LABEL: "true"}},
+                "spec": {"driver": driver, "nodeName": node, "pool": {"name": node, "resourceSliceCount": 1}, "devices": devices}
+            }))?;
+            api.create(&PostParams::default(), &slice).await?;
+            self.cluster_objects.push((resource.clone(), node));
         }
         Ok(())
     }
@@ -487,9 +610,6 @@ impl Run<'_> {
             let opcode = op["opcode"].as_str().unwrap_or_default();
             progress(&format!("{} {}: op {index} {opcode}", self.contender.name(), self.case.name));
             let unsupported = match opcode {
-                "createNodes" if op["nodeAllocatableStrategy"].is_object() => {
-                    Some("nodeAllocatableStrategy (CSINode limits)")
-                }
                 "createNodes" => {
                     self.create_nodes(op).await?;
                     None
@@ -517,6 +637,10 @@ impl Run<'_> {
                 }
                 "createAny" => {
                     self.create_any(op).await?;
+                    None
+                }
+                "createResourceDriver" => {
+                    self.create_resource_driver(op).await?;
                     None
                 }
                 "sleep" => {
@@ -584,7 +708,33 @@ impl Run<'_> {
             .into_iter()
             .filter(|node| ours.contains(&node.name_any()))
             .collect();
-        Ok(placement_check::check(&pods, &nodes, &namespace_labels))
+        let mut violations = placement_check::check(&pods, &nodes, &namespace_labels);
+        use k8s_openapi::api::{
+            core::v1::{PersistentVolume, PersistentVolumeClaim},
+            storage::v1::CSINode,
+        };
+        let mut storage = placement_check::Storage::default();
+        for namespace in &self.namespaces {
+            let claims: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), namespace);
+            storage.claims.extend(claims.list(&ListParams::default()).await?.items);
+        }
+        storage.volumes =
+            Api::<PersistentVolume>::all(self.client.clone()).list(&ListParams::default()).await?.items;
+        storage.csi_nodes = Api::<CSINode>::all(self.client.clone())
+            .list(&ListParams::default().labels(&format!("{RUN_LABEL}=true")))
+            .await?
+            .items;
+        for namespace in &self.namespaces {
+            let claims: Api<k8s_openapi::api::resource::v1::ResourceClaim> =
+                Api::namespaced(self.client.clone(), namespace);
+            // A cluster without Dynamic Resource Allocation has no claims to check.
+            if let Ok(list) = claims.list(&ListParams::default()).await {
+                storage.resource_claims.extend(list.items);
+            }
+        }
+        placement_check::check_volumes(&pods, &nodes, &storage, &mut violations);
+        placement_check::check_claims(&pods, &storage, &mut violations);
+        Ok(violations)
     }
 
     /// Deletes what the run created and waits until it is gone.
@@ -610,6 +760,19 @@ impl Run<'_> {
         .buffer_unordered(self.concurrency)
         .collect::<Vec<_>>()
         .await;
+        use k8s_openapi::api::{core::v1::PersistentVolume, storage::v1::CSINode};
+        let volumes: Api<PersistentVolume> = Api::all(self.client.clone());
+        for name in self.volumes.drain(..) {
+            let _ = volumes.delete(&name, &DeleteParams::default()).await;
+        }
+        let csi_nodes: Api<CSINode> = Api::all(self.client.clone());
+        for name in self.csi_nodes.drain(..) {
+            let _ = csi_nodes.delete(&name, &DeleteParams::default()).await;
+        }
+        for (resource, name) in self.cluster_objects.drain(..) {
+            let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &resource);
+            let _ = api.delete(&name, &DeleteParams::default()).await;
+        }
         let remaining: Vec<String> = self.namespaces.iter().cloned().collect();
         wait_until(Duration::from_secs(900), "the run's namespaces deleted", || {
             let (namespaces, remaining) = (namespaces.clone(), remaining.clone());
@@ -677,6 +840,9 @@ async fn run_workload(
         params: workload["params"].clone(),
         nodes: Vec::new(),
         namespaces: BTreeSet::new(),
+        volumes: Vec::new(),
+        csi_nodes: Vec::new(),
+        cluster_objects: Vec::new(),
         clock,
         measured: Vec::new(),
         background: Vec::new(),

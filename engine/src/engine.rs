@@ -13,7 +13,7 @@ use crate::{
     filter::{NodeClass, Reason, TenantScope},
     fxhash::FxHashMap,
     gpu::{GpuFree, MAX_GPUS, Workload},
-    model::{GpuRequest, HostPort, Node, Pod, Resources},
+    model::{Attachment, GpuRequest, HostPort, Node, Pod, Resources},
     rng::Rng,
     tenants::{Tenant, Tenants, Usage},
     topology::{NodeFacts, NodeScore, PodFacts, PodIndex, Rules, normalised},
@@ -110,11 +110,28 @@ struct NodeSlot {
     pods: BTreeSet<String>,
     /// Host ports the node's pods hold.
     ports: Vec<HostPort>,
+    /// Volumes attached for the node's pods, by CSI driver, with how many pods use each.
+    attached: BTreeMap<String, HashMap<String, u32>>,
 }
 
 impl NodeSlot {
     fn facts(&self) -> NodeFacts<'_> {
-        NodeFacts { node: &self.node, ports: &self.ports }
+        NodeFacts { node: &self.node, ports: &self.ports, attached: &self.attached }
+    }
+
+    /// Counts the pod's volumes in (`true`) or out.
+    fn attach(&mut self, attachments: &[Attachment], attach: bool) {
+        for attachment in attachments {
+            let volumes = self.attached.entry(attachment.driver.clone()).or_default();
+            let users = volumes.entry(attachment.volume.clone()).or_insert(0);
+            *users = if attach { users.saturating_add(1) } else { users.saturating_sub(1) };
+            if *users == 0 {
+                volumes.remove(&attachment.volume);
+            }
+            if volumes.is_empty() {
+                self.attached.remove(&attachment.driver);
+            }
+        }
     }
 }
 
@@ -457,7 +474,7 @@ impl Engine {
             }
             let mut free = node.allocatable.clone();
             free.set_remaining(&node.allocatable, &allocated);
-            let ports = slot.ports;
+            let (ports, attached) = (slot.ports, slot.attached);
             self.install(
                 id,
                 NodeSlot {
@@ -470,6 +487,7 @@ impl Engine {
                     gpus,
                     pods: slot.pods,
                     ports,
+                    attached,
                 },
             );
             return id;
@@ -483,8 +501,9 @@ impl Engine {
         let gpus = GpuFree::idle(node.gpus);
         let rank = if self.policy.shuffled_ties() { self.rng.next_u64() } else { u64::from(id) };
         self.index.count_node(&node, class, 1);
-        let (pods, ports) = (BTreeSet::new(), Vec::new());
-        self.install(id, NodeSlot { node, rank, class, group: 0, allocated, free, gpus, pods, ports });
+        let (pods, ports, attached) = (BTreeSet::new(), Vec::new(), BTreeMap::new());
+        let slot = NodeSlot { node, rank, class, group: 0, allocated, free, gpus, pods, ports, attached };
+        self.install(id, slot);
         id
     }
 
@@ -821,6 +840,7 @@ impl Engine {
         slot.gpus.take(&placement.gpus);
         slot.pods.insert(pod.key.clone());
         slot.ports.extend(pod.host_ports.iter().cloned());
+        slot.attach(&pod.attachments, true);
         let facts = PodFacts::of(pod);
         self.index.count_pod(&facts, &slot.node, slot.class, 1);
         let usage = usage_of(pod);
@@ -864,6 +884,7 @@ impl Engine {
                     slot.ports.swap_remove(index);
                 }
             }
+            slot.attach(&bound.facts.attachments, false);
             self.index.count_pod(&bound.facts, &slot.node, slot.class, -1);
         }
         self.unaccount(&bound);

@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeMap, fmt};
 
-use crate::model::{HOSTNAME, Node, Pod, Requirement, Shortage, Taint, TaintEffect, Term};
+use crate::model::{HOSTNAME, Node, Pod, Requirement, Shortage, Taint, TaintEffect, Term, VolumeConflict};
 
 /// Why a node cannot take a pod.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -35,6 +35,11 @@ pub enum Reason {
     TopologySpread,
     /// The node lacks the label a spread constraint counts by.
     TopologySpreadLabel,
+    Volume(VolumeConflict),
+    /// Attaching the pod's volumes would pass a CSI driver's limit on the node.
+    VolumeLimit,
+    /// The node has not the free devices the pod's resource claims ask for.
+    Devices,
 }
 
 impl fmt::Display for Reason {
@@ -64,6 +69,13 @@ impl fmt::Display for Reason {
             Reason::TopologySpreadLabel => {
                 write!(f, "didn't match pod topology spread constraints (missing required label)")
             }
+            Reason::Volume(VolumeConflict::NodeAffinity) => write!(f, "had volume node affinity conflict"),
+            Reason::Volume(VolumeConflict::Zone) => write!(f, "had no available volume zone"),
+            Reason::Volume(VolumeConflict::NoVolumeToBind) => {
+                write!(f, "didn't find available persistent volumes to bind")
+            }
+            Reason::VolumeLimit => write!(f, "exceed max volume count"),
+            Reason::Devices => write!(f, "cannot allocate all claims"),
         }
     }
 }
@@ -142,6 +154,11 @@ impl NodeClass {
                 },
             );
         }
+        if let Some(rule) =
+            pod.volume_rules.iter().find(|rule| !rule.terms.iter().any(|term| self.admits_term(term)))
+        {
+            return Some(Reason::Volume(rule.conflict));
+        }
         if pod.gpu.milli() > 0
             && !pod.gpu_models.is_empty()
             && !self.gpu_model.as_ref().is_some_and(|model| pod.gpu_models.contains(model))
@@ -163,10 +180,12 @@ impl NodeClass {
     /// as far as a class tells: what names single nodes is checked by [`names_nodes`].
     pub fn selected_by(&self, pod: &Pod) -> bool {
         pod.node_selector.iter().all(|(key, value)| per_node(key) || self.labels.get(key) == Some(value))
-            && (pod.required_terms.is_empty()
-                || pod.required_terms.iter().any(|term| {
-                    term.requirements.iter().all(|r| per_node(&r.key) || r.matches(&self.labels))
-                }))
+            && (pod.required_terms.is_empty() || pod.required_terms.iter().any(|term| self.admits_term(term)))
+    }
+
+    /// Whether nodes of this class may match a node-selector term, as far as a class tells.
+    fn admits_term(&self, term: &Term) -> bool {
+        term.requirements.iter().all(|r| per_node(&r.key) || r.matches(&self.labels))
     }
 
     /// Whether the pod tolerates every NoSchedule and NoExecute taint of the class.

@@ -295,6 +295,33 @@ impl HostPort {
     }
 }
 
+/// Why a volume keeps a pod off a node, in kube-scheduler's words.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum VolumeConflict {
+    /// A bound volume's node affinity excludes the node.
+    NodeAffinity,
+    /// A bound volume's zone or region labels exclude the node.
+    Zone,
+    /// An unbound WaitForFirstConsumer claim finds no volume (static or provisioned) there.
+    NoVolumeToBind,
+}
+
+/// What one of a pod's volumes requires of a node: one of `terms` (ORed, as node affinity
+/// terms are) must hold.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct VolumeRule {
+    pub terms: Vec<Term>,
+    pub conflict: VolumeConflict,
+}
+
+/// A volume attached to the node for a pod, counted against the node's limit for its CSI
+/// driver; pods sharing a volume on a node attach it once.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Attachment {
+    pub driver: String,
+    pub volume: String,
+}
+
 /// A node as the engine sees it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Node {
@@ -310,6 +337,8 @@ pub struct Node {
     pub gpu_model: Option<String>,
     /// The tenant the node is dedicated to: only pods of that tenant's subtree may use it.
     pub dedicated_to: Option<String>,
+    /// Most volumes each CSI driver may attach to the node (CSINode).
+    pub volume_limits: BTreeMap<String, u32>,
 }
 
 impl Node {
@@ -324,6 +353,7 @@ impl Node {
             gpus: 0,
             gpu_model: None,
             dedicated_to: None,
+            volume_limits: BTreeMap::new(),
         }
     }
 }
@@ -424,6 +454,12 @@ pub struct Pod {
     pub preferred_affinity: Vec<(i64, PodAffinityTerm)>,
     pub spread_constraints: Vec<SpreadConstraint>,
     pub host_ports: Vec<HostPort>,
+    /// What the pod's volumes require of a node: every rule must hold.
+    pub volume_rules: Vec<VolumeRule>,
+    /// Volumes attached to the node for the pod.
+    pub attachments: Vec<Attachment>,
+    /// The nodes where the pod's resource claims (DRA) can be allocated; `None` without claims.
+    pub device_nodes: Option<std::collections::BTreeSet<String>>,
 }
 
 impl Pod {
@@ -454,6 +490,9 @@ impl Pod {
             preferred_affinity: Vec::new(),
             spread_constraints: Vec::new(),
             host_ports: Vec::new(),
+            volume_rules: Vec::new(),
+            attachments: Vec::new(),
+            device_nodes: None,
         }
     }
 }

@@ -7,7 +7,7 @@
 //! pod asks for it and kept up to date on every placement after that. A decision then reads
 //! counts per domain, never the pods.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::{
     filter::{NodeClass, Reason, names_nodes},
@@ -124,6 +124,7 @@ pub(crate) struct PodFacts {
     pub labels: Labels,
     pub carried: Vec<(Role, Selection)>,
     pub host_ports: Vec<HostPort>,
+    pub attachments: Vec<crate::model::Attachment>,
 }
 
 impl PodFacts {
@@ -146,6 +147,7 @@ impl PodFacts {
             labels: pod.labels.clone(),
             carried,
             host_ports: pod.host_ports.clone(),
+            attachments: pod.attachments.clone(),
         }
     }
 }
@@ -167,6 +169,8 @@ pub(crate) struct PodIndex {
 pub(crate) struct NodeFacts<'a> {
     pub node: &'a Node,
     pub ports: &'a [HostPort],
+    /// Volumes attached for the node's pods: by CSI driver, the pods using each volume.
+    pub attached: &'a BTreeMap<String, HashMap<String, u32>>,
 }
 
 impl PodIndex {
@@ -287,7 +291,8 @@ impl PodIndex {
         let counter = |selection: Option<Selection>| selection.and_then(|s| self.counters.get(&s));
         let mut rules = Rules { pod: Some(pod), ..Rules::default() };
         rules.names_nodes = pod.node_selector.keys().any(|key| key == crate::model::HOSTNAME)
-            || pod.required_terms.iter().any(names_nodes);
+            || pod.required_terms.iter().any(names_nodes)
+            || pod.volume_rules.iter().any(|rule| rule.terms.iter().any(names_nodes));
         rules.node_preferences = pod.preferred_terms.iter().filter(|(_, term)| names_nodes(term)).collect();
         for term in &pod.affinity {
             rules.affinity.push((&term.topology_key, counter(Selection::of_term(term, &pod.namespace))));
@@ -368,6 +373,8 @@ impl PodIndex {
         let empty = !rules.names_nodes
             && rules.node_preferences.is_empty()
             && pod.host_ports.is_empty()
+            && pod.attachments.is_empty()
+            && pod.device_nodes.is_none()
             && rules.affinity.is_empty()
             && rules.anti_affinity.is_empty()
             && rules.preferred.is_empty()
@@ -436,16 +443,30 @@ impl<'a> Rules<'a> {
             if !selected {
                 return Some(Reason::NodeName);
             }
+            if let Some(rule) = pod
+                .volume_rules
+                .iter()
+                .find(|rule| !rule.terms.iter().any(|term| term.matches_node(labels, &node.node.name)))
+            {
+                return Some(Reason::Volume(rule.conflict));
+            }
         }
         if pod.host_ports.iter().any(|wanted| node.ports.iter().any(|held| held.conflicts(wanted))) {
             return Some(Reason::HostPort);
         }
+        if exceeds_volume_limits(pod, node) {
+            return Some(Reason::VolumeLimit);
+        }
         None
     }
 
-    /// What keeps the pod off a node it fits on: inter-pod affinity, then spread.
+    /// What keeps the pod off a node it fits on: its resource claims, inter-pod affinity, then
+    /// spread.
     pub(crate) fn reject_after_fit(&self, node: &NodeFacts) -> Option<Reason> {
         let labels = &node.node.labels;
+        if self.pod?.device_nodes.as_ref().is_some_and(|nodes| !nodes.contains(&node.node.name)) {
+            return Some(Reason::Devices);
+        }
         let mut affinity_met = true;
         for (key, counter) in &self.affinity {
             let Some(domain) = labels.get(*key) else { return Some(Reason::PodAffinity) };
@@ -503,6 +524,26 @@ impl<'a> Rules<'a> {
             .sum();
         NodeScore { affinity: affinity as f64, spread, preference }
     }
+}
+
+/// Whether attaching the pod's volumes the node does not have yet passes a driver's limit.
+fn exceeds_volume_limits(pod: &Pod, node: &NodeFacts) -> bool {
+    let mut new: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for attachment in &pod.attachments {
+        let held = node
+            .attached
+            .get(&attachment.driver)
+            .is_some_and(|volumes| volumes.contains_key(&attachment.volume));
+        if !held {
+            new.entry(&attachment.driver).or_default().insert(&attachment.volume);
+        }
+    }
+    new.iter().any(|(driver, volumes)| {
+        node.node.volume_limits.get(*driver).is_some_and(|&limit| {
+            let attached = node.attached.get(*driver).map_or(0, HashMap::len);
+            attached + volumes.len() > limit as usize
+        })
+    })
 }
 
 /// A node's scores from [`Rules::score`].

@@ -130,7 +130,7 @@ fn requirement(key: &str, operator: &str, values: Option<&Vec<String>>) -> Requi
     }
 }
 
-fn term(term: &NodeSelectorTerm) -> Term {
+pub(crate) fn term(term: &NodeSelectorTerm) -> Term {
     let requirements = |list: &Option<Vec<NodeSelectorRequirement>>| {
         list.iter().flatten().map(|r| requirement(&r.key, &r.operator, r.values.as_ref())).collect()
     };

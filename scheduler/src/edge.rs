@@ -7,8 +7,13 @@ use std::time::Duration;
 use futures::{Stream, StreamExt, stream::BoxStream};
 use k8s_openapi::{
     api::{
-        core::v1::{Binding, Namespace, Node as KubeNode, ObjectReference, Pod as KubePod},
+        core::v1::{
+            Binding, Namespace, Node as KubeNode, ObjectReference, PersistentVolume, PersistentVolumeClaim,
+            Pod as KubePod,
+        },
         policy::v1::PodDisruptionBudget,
+        resource::v1::{DeviceClass, ResourceClaim, ResourceSlice},
+        storage::v1::{CSINode, StorageClass},
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
@@ -25,9 +30,11 @@ use yiyun_kube::leader::Leadership;
 
 use crate::{
     Config, Error,
+    devices::{ClaimWrite, claim_status},
     metrics::Metrics,
     report::Reporter,
     state::{Done, Effect, State, Update},
+    volumes::{SELECTED_NODE, VolumeWrite},
 };
 
 /// Watch events applied before the next scheduling round.
@@ -111,6 +118,48 @@ impl Scheduler {
                 watcher::Config::default(),
                 Update::Budget,
             ),
+            watch(
+                "PersistentVolumeClaim",
+                Api::<PersistentVolumeClaim>::all(client.clone()),
+                watcher::Config::default(),
+                Update::Claim,
+            ),
+            watch(
+                "PersistentVolume",
+                Api::<PersistentVolume>::all(client.clone()),
+                watcher::Config::default(),
+                Update::Volume,
+            ),
+            watch(
+                "StorageClass",
+                Api::<StorageClass>::all(client.clone()),
+                watcher::Config::default(),
+                Update::StorageClass,
+            ),
+            watch(
+                "CSINode",
+                Api::<CSINode>::all(client.clone()),
+                watcher::Config::default(),
+                Update::CsiNode,
+            ),
+            watch(
+                "ResourceClaim",
+                Api::<ResourceClaim>::all(client.clone()),
+                watcher::Config::default(),
+                Update::ResourceClaim,
+            ),
+            watch(
+                "ResourceSlice",
+                Api::<ResourceSlice>::all(client.clone()),
+                watcher::Config::default(),
+                Update::ResourceSlice,
+            ),
+            watch(
+                "DeviceClass",
+                Api::<DeviceClass>::all(client.clone()),
+                watcher::Config::default(),
+                Update::DeviceClass,
+            ),
         ])
     }
 
@@ -151,14 +200,23 @@ impl Scheduler {
     /// Sends one effect on its way; what comes of a binding or an eviction returns as a [`Done`].
     fn carry_out(&mut self, effect: Effect) {
         match effect {
-            Effect::Bind { key, uid, node, gpus } => {
+            Effect::Bind { key, uid, node, gpus, volumes, claims } => {
                 let Some((namespace, name)) = split_key(&key) else { return };
                 let api: Api<KubePod> = Api::namespaced(self.client.clone(), &namespace);
-                let (done, leadership) = (self.done_tx.clone(), self.leadership.clone());
+                let (done, leadership, client) =
+                    (self.done_tx.clone(), self.leadership.clone(), self.client.clone());
                 tokio::spawn(async move {
+                    let binding = async {
+                        for write in volumes {
+                            write_volume(&client, write).await?;
+                        }
+                        for write in claims {
+                            allocate(&client, &write).await?;
+                        }
+                        bind(&api, &name, &uid, &node, gpus).await
+                    };
                     // Lease lost: the process is stopping, nothing to record.
-                    let Some(result) = leadership.while_leading(bind(&api, &name, &uid, &node, gpus)).await
-                    else {
+                    let Some(result) = leadership.while_leading(binding).await else {
                         return;
                     };
                     let _ = done.send(Done::Bound { key, result });
@@ -207,6 +265,52 @@ impl Scheduler {
             }
         });
     }
+}
+
+/// Makes a claim usable on the node its pod goes to, as kube-scheduler's volume binder does:
+/// a volume's `claimRef` set (the volume controller then binds both), or the node named for
+/// the class's provisioner. A volume already claimed by another is refused by the apiserver's
+/// conflict check on the resourceVersion read, so it is never taken twice.
+async fn write_volume(client: &Client, write: VolumeWrite) -> Result<(), kube::Error> {
+    match write {
+        VolumeWrite::BindVolume { volume, namespace, claim, uid } => {
+            let api: Api<PersistentVolume> = Api::all(client.clone());
+            let current = api.get(&volume).await?;
+            let taken = current.spec.as_ref().and_then(|s| s.claim_ref.as_ref()).is_some_and(|r| {
+                r.name.as_deref() != Some(claim.as_str())
+                    || r.namespace.as_deref() != Some(namespace.as_str())
+            });
+            if taken {
+                return Err(kube::Error::Api(
+                    kube::core::Status::failure(
+                        &format!("persistentvolume {volume} is bound to another claim"),
+                        "Conflict",
+                    )
+                    .with_code(409)
+                    .boxed(),
+                ));
+            }
+            let patch = serde_json::json!({
+                "metadata": {"resourceVersion": current.metadata.resource_version},
+                "spec": {"claimRef": {"kind": "PersistentVolumeClaim", "apiVersion": "v1", "namespace": namespace, "name": claim, "uid": uid}}
+            });
+            api.patch(&volume, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        }
+        VolumeWrite::SelectNode { namespace, claim, node } => {
+            let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &namespace);
+            let patch = serde_json::json!({"metadata": {"annotations": {SELECTED_NODE: node}}});
+            api.patch(&claim, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Allocates a resource claim's devices on the node and reserves it for the pod, as
+/// kube-scheduler's DynamicResources plugin does before binding.
+async fn allocate(client: &Client, write: &ClaimWrite) -> Result<(), kube::Error> {
+    let api: Api<ResourceClaim> = Api::namespaced(client.clone(), &write.namespace);
+    api.patch_status(&write.name, &PatchParams::default(), &Patch::Merge(&claim_status(write))).await?;
+    Ok(())
 }
 
 /// `namespace/name` as its two parts.

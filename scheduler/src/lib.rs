@@ -3,12 +3,15 @@
 //! places PodGroups all or nothing, and leads through a Lease so standbys can take over.
 
 mod convert;
+mod devices;
 mod edge;
 mod metrics;
 mod report;
 mod sites;
 mod state;
+mod store;
 mod tenants;
+mod volumes;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 

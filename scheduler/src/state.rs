@@ -8,8 +8,10 @@ use std::{
 };
 
 use k8s_openapi::api::{
-    core::v1::{Namespace, Node as KubeNode, Pod as KubePod},
+    core::v1::{Namespace, Node as KubeNode, PersistentVolume, PersistentVolumeClaim, Pod as KubePod},
     policy::v1::PodDisruptionBudget,
+    resource::v1::{DeviceClass, ResourceClaim, ResourceSlice},
+    storage::v1::{CSINode, StorageClass},
 };
 use kube::{ResourceExt, runtime::watcher};
 use tracing::{info, warn};
@@ -24,7 +26,17 @@ use yiyun_kube::{
     disruption::{disruptions_allowed, first_broken},
 };
 
-use crate::{Config, convert, metrics::Metrics};
+use crate::{
+    Config, convert,
+    devices::{ClaimWrite, Devices, PodClaim},
+    metrics::Metrics,
+    volumes::{Unbound, VolumeWrite, Volumes, claims_of},
+};
+
+/// The name part of a `namespace/name` key.
+fn pod_name(key: &str) -> &str {
+    key.split_once('/').map_or(key, |(_, name)| name)
+}
 
 /// Unschedulable pods are retried at least this often, whatever happens.
 const RETRY_UNSCHEDULABLE: Duration = Duration::from_secs(30);
@@ -42,14 +54,26 @@ pub enum Update {
     Tenant(watcher::Event<Tenant>),
     Site(watcher::Event<ComputeSite>),
     Budget(watcher::Event<PodDisruptionBudget>),
+    Claim(watcher::Event<PersistentVolumeClaim>),
+    Volume(watcher::Event<PersistentVolume>),
+    StorageClass(watcher::Event<StorageClass>),
+    CsiNode(watcher::Event<CSINode>),
+    ResourceClaim(watcher::Event<ResourceClaim>),
+    ResourceSlice(watcher::Event<ResourceSlice>),
+    DeviceClass(watcher::Event<DeviceClass>),
     /// A watch failed (it restarts by itself): which kind, and why.
     Lost(&'static str, String),
 }
 
 /// A pod waiting for a node.
+#[derive(Clone)]
 struct Pending {
     pod: Pod,
     uid: String,
+    /// The claims its volumes use.
+    claims: Vec<String>,
+    /// Its resource claims (DRA): its name for each, and the claim's once known.
+    device_claims: Vec<(String, Option<String>)>,
 }
 
 /// A PodGroup as the scheduler tracks it.
@@ -72,6 +96,8 @@ struct BoundPod {
     running: bool,
     /// What PodDisruptionBudgets select it by.
     labels: BTreeMap<String, String>,
+    /// The claims its volumes use.
+    claims: Vec<String>,
 }
 
 /// What a task reports back.
@@ -150,8 +176,16 @@ impl Synced {
 /// [`Done`].
 #[derive(Debug)]
 pub enum Effect {
-    /// Bind pod `key` (`namespace/name`, uid `uid`) to `node`, with its GPU devices if any.
-    Bind { key: String, uid: String, node: String, gpus: Option<String> },
+    /// Bind pod `key` (`namespace/name`, uid `uid`) to `node`, with its GPU devices if any,
+    /// once the volume writes are made and its resource claims allocated.
+    Bind {
+        key: String,
+        uid: String,
+        node: String,
+        gpus: Option<String>,
+        volumes: Vec<VolumeWrite>,
+        claims: Vec<ClaimWrite>,
+    },
     /// Record that `pod` waits for preemption victims to leave `node`.
     Nominate { pod: String, node: String },
     /// Evict `victim` to make room for `preemptor`.
@@ -189,6 +223,18 @@ pub struct State {
     sites: BTreeMap<String, ComputeSite>,
     /// PodDisruptionBudgets by `namespace/name`: preemption evicts all its victims or none.
     budgets: HashMap<String, PodDisruptionBudget>,
+    /// Claims, volumes, storage classes and CSI nodes.
+    volumes: Volumes,
+    /// Claims of pods being placed that wait for their first consumer, by pod.
+    unbound: HashMap<String, Vec<Unbound>>,
+    /// Claims whose volumes a binding in flight writes, by pod.
+    volume_writes: HashMap<String, Vec<String>>,
+    /// Resource claims, slices and device classes.
+    devices: Devices,
+    /// The resource claims of pods being placed, by pod.
+    device_claims: HashMap<String, Vec<PodClaim>>,
+    /// Resource claims a binding in flight allocates, by pod.
+    claim_writes: HashMap<String, Vec<String>>,
     synced: Synced,
     /// Keys seen while a watch relists, to drop what is gone afterwards.
     relisting_nodes: Relist,
@@ -229,6 +275,12 @@ impl State {
             groups: HashMap::new(),
             sites: BTreeMap::new(),
             budgets: HashMap::new(),
+            volumes: Volumes::default(),
+            unbound: HashMap::new(),
+            volume_writes: HashMap::new(),
+            devices: Devices::default(),
+            device_claims: HashMap::new(),
+            claim_writes: HashMap::new(),
             synced: Synced::default(),
             relisting_nodes: Relist::default(),
             relisting_pods: Relist::default(),
@@ -246,6 +298,13 @@ impl State {
     /// Whether every watch has listed once: only then are decisions made.
     pub fn synced(&self) -> bool {
         self.synced.all()
+            && self.volumes.claims.synced
+            && self.volumes.volumes.synced
+            && self.volumes.classes.synced
+            && self.volumes.csi_nodes.synced
+            && self.devices.claims.synced
+            && self.devices.slices.synced
+            && self.devices.classes.synced
     }
 
     /// The effects decided since the last call, in order.
@@ -327,6 +386,35 @@ impl State {
                     self.synced.budgets = true;
                 }
             },
+            Update::Claim(event) => self.volume_event(|volumes| volumes.claims.apply(event)),
+            Update::Volume(event) => self.volume_event(|volumes| volumes.volumes.apply(event)),
+            Update::StorageClass(event) => self.volume_event(|volumes| volumes.classes.apply(event)),
+            Update::CsiNode(event) => {
+                for node in self.volumes.csi_nodes.apply(event) {
+                    let Some(mut updated) =
+                        self.engine.node_id(&node).and_then(|id| self.engine.node(id)).cloned()
+                    else {
+                        continue;
+                    };
+                    updated.volume_limits = self.volumes.limits_of(&node);
+                    self.engine.upsert_node(updated);
+                    self.requeue = true;
+                }
+            }
+            Update::ResourceClaim(event) => {
+                self.devices.apply_claim(event);
+                self.requeue = true;
+            }
+            Update::ResourceSlice(event) => {
+                self.devices.slices.apply(event);
+                self.devices.slices_or_classes_changed();
+                self.requeue = true;
+            }
+            Update::DeviceClass(event) => {
+                self.devices.classes.apply(event);
+                self.devices.slices_or_classes_changed();
+                self.requeue = true;
+            }
             Update::Lost(kind, error) => {
                 // Without yiyun's CRDs there are no PodGroups, Tenants or ComputeSites: schedule
                 // without them rather than not at all (the watch keeps trying and picks them up
@@ -336,17 +424,43 @@ impl State {
                     "PodGroup" if absent => Some(&mut self.synced.groups),
                     "Tenant" if absent => Some(&mut self.synced.tenants),
                     "ComputeSite" if absent => Some(&mut self.synced.sites),
+                    // A cluster that does not serve Dynamic Resource Allocation has no claims.
+                    "ResourceClaim" if absent => Some(&mut self.devices.claims.synced),
+                    "ResourceSlice" if absent => Some(&mut self.devices.slices.synced),
+                    "DeviceClass" if absent => Some(&mut self.devices.classes.synced),
                     _ => None,
                 };
                 match synced {
                     Some(flag) => {
                         if !*flag {
-                            warn!(kind, "the yiyun.io CRD is not installed; scheduling without it");
+                            warn!(kind, "the API is not served; scheduling without it");
                         }
                         *flag = true;
                     }
                     None => warn!(kind, %error, "a watch failed; it restarts with backoff"),
                 }
+            }
+        }
+    }
+
+    /// A claim, volume or storage class changed: holds on volumes may be settled, waiting pods
+    /// may fit, and once claims and volumes have all been listed, bound pods count the volumes
+    /// they attach.
+    fn volume_event(&mut self, apply: impl FnOnce(&mut Volumes) -> Vec<String>) {
+        let was_synced = self.volumes.claims.synced && self.volumes.volumes.synced;
+        apply(&mut self.volumes);
+        self.volumes.settle();
+        self.requeue = true;
+        if !was_synced && self.volumes.claims.synced && self.volumes.volumes.synced {
+            let bound: Vec<(String, BoundPod)> = self
+                .bound_on
+                .iter()
+                .flat_map(|(node, pods)| pods.values().map(move |pod| (node.clone(), pod.clone())))
+                .filter(|(_, pod)| !pod.claims.is_empty())
+                .collect();
+            for (node, pod) in bound {
+                self.engine.forget(&pod.pod.key);
+                self.account(&node, &pod);
             }
         }
     }
@@ -410,7 +524,9 @@ impl State {
                 let name = node.name_any();
                 self.relisting_nodes.saw(&name);
                 let known = self.engine.node_id(&name).is_some();
-                self.engine.upsert_node(convert::node(&node));
+                let mut converted = convert::node(&node);
+                converted.volume_limits = self.volumes.limits_of(&name);
+                self.engine.upsert_node(converted);
                 if !known {
                     // Pods bound before the node was seen are accounted now.
                     let bound: Vec<BoundPod> = self
@@ -419,7 +535,7 @@ impl State {
                         .map(|pods| pods.values().cloned().collect())
                         .unwrap_or_default();
                     for bound in bound {
-                        self.account(&name, &bound.pod, bound.gpus);
+                        self.account(&name, &bound);
                     }
                 }
                 self.requeue = true;
@@ -445,15 +561,17 @@ impl State {
         }
     }
 
-    /// Records a bound pod in the engine at its node.
-    fn account(&mut self, node_name: &str, pod: &Pod, gpus: Option<Vec<(u8, u16)>>) {
+    /// Records a bound pod in the engine at its node, with the volumes it attaches there.
+    fn account(&mut self, node_name: &str, bound: &BoundPod) {
         let Some(node) = self.engine.node_id(node_name) else { return };
-        if self.engine.placement_of(&pod.key).is_some_and(|placement| placement.node == node) {
+        if self.engine.placement_of(&bound.pod.key).is_some_and(|placement| placement.node == node) {
             return;
         }
+        let mut pod = bound.pod.clone();
+        pod.attachments = self.volumes.attachments(&pod.namespace, &bound.claims);
         // Without a recorded assignment (bound by someone else), devices as the engine would pick.
-        let gpus = gpus.or_else(|| self.engine.free(node)?.1.tightest_allocation(pod.gpu));
-        self.engine.assume(pod, &Placement { node, gpus: gpus.unwrap_or_default() });
+        let gpus = bound.gpus.clone().or_else(|| self.engine.free(node)?.1.tightest_allocation(pod.gpu));
+        self.engine.assume(&pod, &Placement { node, gpus: gpus.unwrap_or_default() });
     }
 
     fn pod_event(&mut self, event: watcher::Event<KubePod>) {
@@ -504,9 +622,9 @@ impl State {
             let gpus = convert::gpu_assignment(kube_pod);
             let running = kube_pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
             let labels = kube_pod.metadata.labels.clone().unwrap_or_default();
-            let bound = BoundPod { pod: pod.clone(), gpus: gpus.clone(), running, labels };
-            self.bound_on.entry(node_name.clone()).or_default().insert(key, bound);
-            self.account(&node_name, &pod, gpus);
+            let bound = BoundPod { pod, gpus, running, labels, claims: claims_of(kube_pod) };
+            self.account(&node_name, &bound);
+            self.bound_on.entry(node_name).or_default().insert(key, bound);
             return;
         }
         let ours =
@@ -521,9 +639,15 @@ impl State {
             return;
         }
         let uid = kube_pod.metadata.uid.clone().unwrap_or_default();
-        let changed = self.pending.get(&key).is_none_or(|pending| pending.pod != pod || pending.uid != uid);
+        let (claims, device_claims) = (claims_of(kube_pod), crate::devices::claims_of(kube_pod));
+        let changed = self.pending.get(&key).is_none_or(|pending| {
+            pending.pod != pod
+                || pending.uid != uid
+                || pending.claims != claims
+                || pending.device_claims != device_claims
+        });
         if changed && !self.binding.contains(&key) {
-            self.pending.insert(key.clone(), Pending { pod, uid });
+            self.pending.insert(key.clone(), Pending { pod, uid, claims, device_claims });
             self.unschedulable.remove(&key);
             self.active.insert(key);
         }
@@ -652,6 +776,9 @@ impl State {
             Ok(()) => {
                 self.metrics.bound.inc();
                 self.bind_retries.succeeded(&key);
+                // Volumes and devices stay held until the watch shows their claims bound.
+                self.volume_writes.remove(&key);
+                self.claim_writes.remove(&key);
                 if !self.first_bind_logged {
                     self.first_bind_logged = true;
                     info!(pod = %key, seconds = self.started.elapsed().as_secs_f64(), "first pod bound");
@@ -664,6 +791,12 @@ impl State {
             // (or gone), or the retry finds it still waiting and places it afresh.
             Err(err) => {
                 self.metrics.bind_errors.inc();
+                for claim in self.volume_writes.remove(&key).unwrap_or_default() {
+                    self.volumes.release(&claim);
+                }
+                for claim in self.claim_writes.remove(&key).unwrap_or_default() {
+                    self.devices.release(&claim);
+                }
                 let delay = self.bind_retries.failed(key.clone());
                 warn!(pod = %key, error = %err, retry_in = ?delay, "binding failed; retrying unless the watch shows it bound");
                 if self.pending.contains_key(&key) {
@@ -781,11 +914,33 @@ impl State {
             return;
         }
         let keys = std::mem::take(&mut self.active);
-        let mut pods: Vec<Pod> = keys
-            .iter()
-            .filter(|key| !self.binding.contains(*key) && !self.nominated.contains_key(*key))
-            .filter_map(|key| self.pending.get(key).map(|pending| pending.pod.clone()))
+        let mut pods: Vec<Pod> = Vec::with_capacity(keys.len());
+        let mut waiting: Vec<(Pod, String)> = Vec::new();
+        let keys: Vec<String> = keys
+            .into_iter()
+            .filter(|key| !self.binding.contains(key) && !self.nominated.contains_key(key))
             .collect();
+        for key in &keys {
+            let Some(pending) = self.pending.get(key).cloned() else { continue };
+            let prepared = self
+                .with_volumes(key, &pending)
+                .and_then(|(pod, unbound)| Ok((self.with_devices(pod, &pending)?, unbound)));
+            match prepared {
+                Ok(((pod, claims), unbound)) => {
+                    if !unbound.is_empty() {
+                        self.unbound.insert(key.clone(), unbound);
+                    }
+                    if !claims.is_empty() {
+                        self.device_claims.insert(key.clone(), claims);
+                    }
+                    pods.push(pod);
+                }
+                Err(message) => waiting.push((pending.pod, message)),
+            }
+        }
+        for (pod, message) in waiting {
+            self.unplaced(&pod, message);
+        }
         self.engine.queue_order(&mut pods);
         let mut gangs: BTreeMap<String, Vec<Pod>> = BTreeMap::new();
         for pod in pods {
@@ -810,6 +965,38 @@ impl State {
         for (gang, members) in gangs {
             self.schedule_gang(&gang, members);
         }
+    }
+
+    /// The pod with what its volumes require of a node, and its claims that wait for their
+    /// first consumer; or why its volumes keep it from every node now.
+    fn with_volumes(&self, key: &str, pending: &Pending) -> Result<(Pod, Vec<Unbound>), String> {
+        if pending.claims.is_empty() {
+            return Ok((pending.pod.clone(), Vec::new()));
+        }
+        let namespace = &pending.pod.namespace;
+        let in_use = |claim: &str| {
+            let used_by = |pod: &Pod, claims: &[String]| {
+                pod.key != key && claims.iter().any(|c| format!("{}/{c}", pod.namespace) == claim)
+            };
+            self.bound_on.values().flat_map(HashMap::values).any(|bound| used_by(&bound.pod, &bound.claims))
+                || self.binding.iter().filter_map(|k| self.pending.get(k)).any(|p| used_by(&p.pod, &p.claims))
+        };
+        let needs = self.volumes.needs(namespace, &pending.claims, in_use)?;
+        let mut pod = pending.pod.clone();
+        pod.volume_rules = needs.rules;
+        pod.attachments = needs.attachments;
+        Ok((pod, needs.unbound))
+    }
+
+    /// The pod with the nodes where its resource claims can be allocated, and the claims; or
+    /// why it waits.
+    fn with_devices(&mut self, mut pod: Pod, pending: &Pending) -> Result<(Pod, Vec<PodClaim>), String> {
+        if pending.device_claims.is_empty() {
+            return Ok((pod, Vec::new()));
+        }
+        let claims = self.devices.pod_claims(&pod.namespace, &pending.device_claims)?;
+        pod.device_nodes = Some(self.devices.nodes_for(&claims));
+        Ok((pod, claims))
     }
 
     fn schedule_gang(&mut self, key: &str, members: Vec<Pod>) {
@@ -937,7 +1124,7 @@ impl State {
                 if let Some(bound) =
                     self.bound_on.get(&nomination.node).and_then(|pods| pods.get(victim)).cloned()
                 {
-                    self.account(&nomination.node, &bound.pod, bound.gpus);
+                    self.account(&nomination.node, &bound);
                 }
             }
             self.active.insert(key);
@@ -957,7 +1144,7 @@ impl State {
             self.bound_on.iter().find(|(_, pods)| pods.contains_key(&victim)).map(|(n, _)| n.clone())
             && let Some(bound) = self.bound_on.get(&node).and_then(|pods| pods.get(&victim)).cloned()
         {
-            self.account(&node, &bound.pod, bound.gpus);
+            self.account(&node, &bound);
         }
         if self.nominated.remove(&preemptor).is_some() {
             self.engine.forget(&preemptor);
@@ -990,6 +1177,8 @@ impl State {
     }
 
     fn unplaced(&mut self, pod: &Pod, message: String) {
+        self.unbound.remove(&pod.key);
+        self.device_claims.remove(&pod.key);
         self.metrics.unschedulable.inc();
         self.unschedulable.insert(pod.key.clone(), Instant::now());
         if let Some(pending) = self.pending.get(&pod.key) {
@@ -1018,7 +1207,53 @@ impl State {
         self.unschedulable.remove(&pod.key);
         let uid = pending.uid.clone();
         let gpus = (!placement.gpus.is_empty()).then(|| convert::gpu_assignment_value(&placement.gpus));
-        self.effects.push(Effect::Bind { key: pod.key.clone(), uid, node, gpus });
+        let volumes = match self.volume_writes_for(pod, &placement) {
+            Some(volumes) => volumes,
+            None => {
+                // Another pod's claim took the volume meanwhile: place the pod again.
+                self.binds_in_flight = self.binds_in_flight.saturating_sub(1);
+                self.binding.remove(&pod.key);
+                self.engine.forget(&pod.key);
+                self.unplaced(
+                    pod,
+                    "the volume chosen for its claim was taken by another; trying again".into(),
+                );
+                self.requeue = true;
+                return;
+            }
+        };
+        let claims = match self.device_claims.remove(&pod.key) {
+            None => Vec::new(),
+            Some(claims) => match self.devices.writes_for(&claims, &node, (pod_name(&pod.key), &uid)) {
+                Some(writes) => {
+                    let keys = writes.iter().map(|w| format!("{}/{}", w.namespace, w.name)).collect();
+                    self.claim_writes.insert(pod.key.clone(), keys);
+                    writes
+                }
+                None => {
+                    self.binds_in_flight = self.binds_in_flight.saturating_sub(1);
+                    self.binding.remove(&pod.key);
+                    self.engine.forget(&pod.key);
+                    self.unplaced(
+                        pod,
+                        "the devices chosen for its claims were taken by another; trying again".into(),
+                    );
+                    self.requeue = true;
+                    return;
+                }
+            },
+        };
+        self.effects.push(Effect::Bind { key: pod.key.clone(), uid, node, gpus, volumes, claims });
+    }
+
+    /// The writes that bind the pod's waiting claims on the node of `placement`.
+    fn volume_writes_for(&mut self, pod: &Pod, placement: &Placement) -> Option<Vec<VolumeWrite>> {
+        let Some(unbound) = self.unbound.remove(&pod.key) else { return Some(Vec::new()) };
+        let node = self.engine.node(placement.node)?.clone();
+        let writes = self.volumes.writes_for(&unbound, &node)?;
+        let claims = unbound.iter().map(|claim| format!("{}/{}", claim.namespace, claim.name)).collect();
+        self.volume_writes.insert(pod.key.clone(), claims);
+        Some(writes)
     }
 }
 
@@ -1047,6 +1282,13 @@ mod tests {
             Update::Tenant(watcher::Event::InitDone),
             Update::Site(watcher::Event::InitDone),
             Update::Budget(watcher::Event::InitDone),
+            Update::Claim(watcher::Event::InitDone),
+            Update::Volume(watcher::Event::InitDone),
+            Update::StorageClass(watcher::Event::InitDone),
+            Update::CsiNode(watcher::Event::InitDone),
+            Update::ResourceClaim(watcher::Event::InitDone),
+            Update::ResourceSlice(watcher::Event::InitDone),
+            Update::DeviceClass(watcher::Event::InitDone),
         ] {
             state.apply(done);
         }

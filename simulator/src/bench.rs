@@ -7,7 +7,10 @@ use yiyun_engine::{
     Engine, Policy,
     filter::{NodeClass, TenantScope},
     gang::{Gang, Level, Mode},
-    model::{GpuRequest, Node, Pod, Resources},
+    model::{
+        GpuRequest, HOSTNAME, LabelSelector, NamespaceScope, Node, Pod, PodAffinityTerm, Resources,
+        SpreadConstraint, WhenUnsatisfiable,
+    },
     rng::Rng,
 };
 
@@ -42,6 +45,111 @@ pub struct BenchArgs {
 
 /// Nodes per rack when the bench assigns racks.
 const RACK_SIZE: usize = 40;
+
+/// Replicas per Deployment in the inter-pod rules figures.
+const REPLICAS: usize = 100;
+
+/// Decisions per second for Deployments of CPU pods on the decision-rate nodes (three zones,
+/// each node its own hostname), without inter-pod rules and with each kind of rule, in the
+/// same run: what counting placed pods per topology domain costs a decision.
+fn inter_pod_rules(nodes: &[Node]) -> String {
+    let zone = "topology.kubernetes.io/zone";
+    let nodes: Vec<Node> = nodes
+        .iter()
+        .enumerate()
+        .map(|(index, node)| {
+            let mut node = node.clone();
+            node.labels.insert(HOSTNAME.into(), node.name.clone());
+            node.labels.insert(zone.into(), format!("zone-{}", index % 3));
+            node
+        })
+        .collect();
+    let deployments = nodes.len() / REPLICAS;
+    let selecting = |app: &str| {
+        Some(LabelSelector {
+            match_labels: [("app".to_string(), app.to_string())].into(),
+            expressions: Vec::new(),
+        })
+    };
+    let term = |app: &str, key: &str| PodAffinityTerm {
+        selector: selecting(app),
+        namespaces: NamespaceScope::default(),
+        topology_key: key.to_string(),
+    };
+    let spread = |app: &str, key: &str, when: WhenUnsatisfiable| SpreadConstraint {
+        max_skew: 1,
+        topology_key: key.to_string(),
+        when_unsatisfiable: when,
+        selector: selecting(app),
+        min_domains: None,
+        honor_node_affinity: true,
+        honor_node_taints: false,
+    };
+    type Rule = fn(
+        &mut Pod,
+        &str,
+        &dyn Fn(&str, &str) -> PodAffinityTerm,
+        &dyn Fn(&str, &str, WhenUnsatisfiable) -> SpreadConstraint,
+    );
+    let cases: [(&str, Rule); 5] = [
+        ("no inter-pod rules", |_, _, _, _| {}),
+        ("required anti-affinity, hostname", |pod, app, term, _| pod.anti_affinity.push(term(app, HOSTNAME))),
+        ("preferred anti-affinity, hostname", |pod, app, term, _| {
+            pod.preferred_affinity.push((-100, term(app, HOSTNAME)))
+        }),
+        ("required affinity, zone", |pod, app, term, _| {
+            pod.affinity.push(term(app, "topology.kubernetes.io/zone"))
+        }),
+        ("spread maxSkew 1: zone DoNotSchedule, hostname ScheduleAnyway", |pod, app, _, spread| {
+            pod.spread_constraints.push(spread(
+                app,
+                "topology.kubernetes.io/zone",
+                WhenUnsatisfiable::DoNotSchedule,
+            ));
+            pod.spread_constraints.push(spread(app, HOSTNAME, WhenUnsatisfiable::ScheduleAnyway));
+        }),
+    ];
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<58} {:>14} {:>14}",
+        format!("Deployments of {REPLICAS}, on the nodes above"),
+        "yiyun engine",
+        "vs no rules"
+    );
+    let mut baseline = 0.0;
+    for (name, rule) in cases {
+        let mut engine = Engine::new(Policy::Yiyun, 1);
+        for node in &nodes {
+            engine.upsert_node(node.clone());
+        }
+        let pods: Vec<Pod> = (0..deployments * REPLICAS)
+            .map(|index| {
+                let app = format!("app-{}", index / REPLICAS);
+                let mut pod = Pod::new(format!("ns/{app}-{index}"), Resources::new(1_000, 2 << 30));
+                pod.namespace = "ns".into();
+                pod.labels.insert("app".into(), app.clone());
+                rule(&mut pod, &app, &term, &spread);
+                pod
+            })
+            .collect();
+        eprintln!("[bench] {} pods in Deployments of {REPLICAS}: {name}", pods.len());
+        let started = Instant::now();
+        let placed = pods.iter().filter(|pod| engine.schedule(pod).is_ok()).count();
+        let rate = pods.len() as f64 / started.elapsed().as_secs_f64();
+        if baseline == 0.0 {
+            baseline = rate;
+        }
+        let _ = writeln!(
+            out,
+            "{:<58} {:>14.0} {:>14}",
+            format!("decisions/s, {name} ({placed} placed)"),
+            rate,
+            format!("{:.2}x", rate / baseline)
+        );
+    }
+    out
+}
 
 /// Share of GPU capacity busy when the gang arrives.
 const GANG_FILL: f64 = 0.5;
@@ -223,6 +331,8 @@ pub fn run(args: &BenchArgs) -> Result<String, Error> {
         "-"
     );
     let _ = writeln!(out, "{:<58} {:>14} {:>14}", "gang", outcome, "-");
+
+    let _ = write!(out, "{}", inter_pod_rules(&nodes));
 
     // Memory: the large cluster holding many small pods.
     eprintln!("[bench] {} pods held on {} nodes", args.pods, large.len());
