@@ -3,6 +3,7 @@
 
 pub mod placement_check;
 pub mod pools;
+mod processes;
 pub mod scheduler;
 pub mod scheduler_perf;
 pub mod tenancy;

@@ -9,7 +9,6 @@
 use std::{
     collections::HashMap,
     path::PathBuf,
-    process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -23,7 +22,7 @@ use kube::{
 };
 use serde_json::json;
 
-use crate::{Error, cpu_seconds, peak_rss_mib, progress, wait_until};
+use crate::{Error, cpu_seconds, peak_rss_mib, processes::Process, progress, wait_until};
 
 /// What `yiyun bench scheduler` runs.
 #[derive(clap::Args, Clone, Debug)]
@@ -131,51 +130,14 @@ fn pod(index: usize, scheduler: &str) -> Pod {
     .expect("a valid pod")
 }
 
-/// The contender's process, if it runs in one.
-pub(crate) struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Starts a contender; `extra` are more flags for yiyun-scheduler.
 fn start(contender: Contender, config: &Config, extra: &[&str]) -> Result<Option<Process>, Error> {
-    let kubeconfig =
-        std::env::var("KUBECONFIG").map_err(|_| Error::Timeout("KUBECONFIG is not set".into()))?;
-    let log =
-        |name: &str| std::fs::File::create(std::env::temp_dir().join(format!("yiyun-bench-{name}.log")));
     match contender {
         Contender::Ceiling => Ok(None),
         Contender::KubeScheduler { qps, burst } => {
-            let file = std::env::temp_dir().join(format!("yiyun-bench-kube-scheduler-{qps}.yaml"));
-            std::fs::write(
-                &file,
-                format!(
-                    "apiVersion: kubescheduler.config.k8s.io/v1\nkind: KubeSchedulerConfiguration\n\
-                     clientConnection:\n  kubeconfig: {kubeconfig}\n  qps: {qps}\n  burst: {burst}\n\
-                     leaderElection:\n  leaderElect: false\n"
-                ),
-            )?;
-            let child = Command::new(&config.kube_scheduler)
-                .args(["--config", &file.display().to_string(), "--secure-port", "0"])
-                .stdout(Stdio::null())
-                .stderr(log("kube-scheduler")?)
-                .spawn()?;
-            Ok(Some(Process(child)))
+            Ok(Some(crate::processes::kube_scheduler(&config.kube_scheduler, qps, burst)?))
         }
-        Contender::Yiyun => {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-            let child = Command::new(std::env::current_exe()?)
-                .args(["scheduler", "--leader-elect=false", "--admin-addr", &format!("127.0.0.1:{port}")])
-                .args(extra)
-                .stdout(Stdio::null())
-                .stderr(log("yiyun-scheduler")?)
-                .spawn()?;
-            Ok(Some(Process(child)))
-        }
+        Contender::Yiyun => Ok(Some(crate::processes::yiyun_scheduler(extra)?)),
     }
 }
 
@@ -463,24 +425,6 @@ async fn restart(client: &Client, config: &Config, nodes: usize) -> Result<(f64,
     Ok((since(first), since(last), count))
 }
 
-/// Starts a contender of the scheduler_perf suite: kube-scheduler with its client limits
-/// raised as scheduler_perf raises them (5000 QPS), or yiyun-scheduler.
-pub(crate) fn start_scheduler(
-    contender: crate::scheduler_perf::Contender,
-    config: &Config,
-) -> Result<Option<Process>, Error> {
-    match contender {
-        crate::scheduler_perf::Contender::KubeScheduler => {
-            start(Contender::KubeScheduler { qps: 5000, burst: 5000 }, config, &[])
-        }
-        // kube-scheduler does not limit its evictions; the suite measures scheduling, not
-        // yiyun's guard against eviction storms (60 a minute by default).
-        crate::scheduler_perf::Contender::Yiyun => {
-            start(Contender::Yiyun, config, &["--evictions-per-minute", "1000000"])
-        }
-    }
-}
-
 /// Runs the benchmark and prints its table.
 pub async fn run(config: Config) -> Result<(), Error> {
     if config.suite == Some(Suite::SchedulerPerf) {
@@ -492,7 +436,13 @@ pub async fn run(config: Config) -> Result<(), Error> {
         } else {
             config.workloads.clone()
         };
-        return crate::scheduler_perf::run(&config, &dir, &workloads).await;
+        return crate::scheduler_perf::run(
+            &config.kube_scheduler,
+            config.create_concurrency,
+            &dir,
+            &workloads,
+        )
+        .await;
     }
     let client = Client::try_default().await?;
     crate::install_crds(&client, Duration::from_secs(60)).await?;

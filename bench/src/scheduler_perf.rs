@@ -826,9 +826,16 @@ async fn run_workload(
     case: &TestCase,
     workload: &Value,
     contender: Contender,
-    config: &crate::scheduler::Config,
+    kube_scheduler: &Path,
+    concurrency: usize,
 ) -> Result<Result<Outcome, String>, Error> {
-    let process = crate::scheduler::start_scheduler(contender, config)?;
+    let process = match contender {
+        // Client limits raised as scheduler_perf raises them.
+        Contender::KubeScheduler => crate::processes::kube_scheduler(kube_scheduler, 5000, 5000)?,
+        // kube-scheduler does not limit its evictions; the suite measures scheduling, not
+        // yiyun's guard against eviction storms (60 a minute by default).
+        Contender::Yiyun => crate::processes::yiyun_scheduler(&["--evictions-per-minute", "1000000"])?,
+    };
     // Let the scheduler list the cluster before the first operation.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let clock: Arc<Mutex<Clock>> = Arc::default();
@@ -846,7 +853,7 @@ async fn run_workload(
         clock,
         measured: Vec::new(),
         background: Vec::new(),
-        concurrency: config.create_concurrency,
+        concurrency,
     };
     let result = run.operations().await;
     let outcome = match result {
@@ -878,7 +885,12 @@ fn threshold(workload: &Value) -> String {
 type Row = (String, String, Vec<(Contender, Result<Outcome, String>)>);
 
 /// Runs the selected workloads and prints the table.
-pub async fn run(config: &crate::scheduler::Config, suite: &Path, selected: &[String]) -> Result<(), Error> {
+pub async fn run(
+    kube_scheduler: &Path,
+    concurrency: usize,
+    suite: &Path,
+    selected: &[String],
+) -> Result<(), Error> {
     let client = Client::try_default().await?;
     let cases = load(suite)?;
     let mut rows: Vec<Row> = Vec::new();
@@ -897,7 +909,9 @@ pub async fn run(config: &crate::scheduler::Config, suite: &Path, selected: &[St
         let mut results = Vec::new();
         for contender in [Contender::KubeScheduler, Contender::Yiyun] {
             progress(&format!("{wanted}: {}", contender.name()));
-            results.push((contender, run_workload(&client, case, workload, contender, config).await?));
+            let outcome =
+                run_workload(&client, case, workload, contender, kube_scheduler, concurrency).await?;
+            results.push((contender, outcome));
         }
         rows.push((wanted.clone(), threshold(workload), results));
     }

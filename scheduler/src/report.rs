@@ -1,11 +1,15 @@
 //! What `kubectl describe pod` shows of a pod that waits: the `PodScheduled=False` condition
 //! with the engine's explanation, and a `FailedScheduling` event, each written only when the
-//! explanation changes, events at most a few per second in all.
+//! explanation changes, at most once in [`REWRITE_AFTER`] per pod, with at most
+//! [`WRITES_IN_FLIGHT`] writes under way, events at most a few per second in all. Explanations
+//! carry node counts that change with every binding: written on every change, thousands of
+//! waiting pods would flood the apiserver exactly when it is busiest (measured: tens of
+//! thousands of status writes timing out while 400 pods were bound).
 
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use k8s_openapi::{
@@ -22,12 +26,18 @@ use yiyun_kube::leader::Leadership;
 
 /// Events written per second at most, over all pods.
 const EVENTS_PER_SECOND: u32 = 20;
+/// A pod's explanation is written again at most this often; a newer one waits for the next
+/// attempt (unschedulable pods are tried at least every 30 s).
+const REWRITE_AFTER: Duration = Duration::from_secs(5);
+/// Status writes under way at most; a write that finds none free waits for the next attempt.
+const WRITES_IN_FLIGHT: usize = 32;
 
 pub struct Reporter {
     client: Client,
     component: String,
-    /// The explanation last written per pod.
-    written: HashMap<String, String>,
+    /// The explanation last written per pod, and when.
+    written: HashMap<String, (String, Instant)>,
+    writes: Arc<tokio::sync::Semaphore>,
     budget: Arc<Mutex<(Instant, u32)>>,
     leadership: Leadership,
 }
@@ -39,6 +49,7 @@ impl Reporter {
             component,
             leadership,
             written: HashMap::new(),
+            writes: Arc::new(tokio::sync::Semaphore::new(WRITES_IN_FLIGHT)),
             budget: Arc::new(Mutex::new((Instant::now(), 0))),
         }
     }
@@ -48,12 +59,18 @@ impl Reporter {
         self.written.remove(key);
     }
 
-    /// Records why a pod waits, unless that is what it already says.
+    /// Records why a pod waits, unless that is what it already says or it said something else
+    /// very recently.
     pub fn unschedulable(&mut self, key: &str, uid: &str, message: &str) {
-        if self.written.get(key).is_some_and(|written| written == message) {
+        if self
+            .written
+            .get(key)
+            .is_some_and(|(written, at)| written == message || at.elapsed() < REWRITE_AFTER)
+        {
             return;
         }
-        self.written.insert(key.to_string(), message.to_string());
+        let Ok(permit) = self.writes.clone().try_acquire_owned() else { return };
+        self.written.insert(key.to_string(), (message.to_string(), Instant::now()));
         let Some((namespace, name)) = key.split_once('/') else { return };
         let (namespace, name, uid, message) =
             (namespace.to_string(), name.to_string(), uid.to_string(), message.to_string());
@@ -69,6 +86,7 @@ impl Reporter {
         };
         let leadership = self.leadership.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let leadership = &leadership;
             let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
             let now = Time(Timestamp::now());

@@ -19,7 +19,7 @@ use yiyun_crds::{ComputeSite, PodGroup, PodGroupPhase, Tenant, TopologyLevel, To
 use yiyun_engine::{
     Engine, Placement, Policy,
     gang::{Gang, Level, Mode},
-    model::Pod,
+    model::{Node, Pod},
 };
 use yiyun_kube::{
     backoff::{Backoff, Retries},
@@ -217,6 +217,8 @@ pub struct State {
     /// Something changed that may let unschedulable pods fit.
     requeue: bool,
     binding: HashSet<String>,
+    /// Pods bound and not yet seen bound by the watch, with their uid.
+    just_bound: HashMap<String, String>,
     /// Bound pods by node, to account them again when their node (re)appears.
     bound_on: HashMap<String, HashMap<String, BoundPod>>,
     groups: HashMap<String, Group>,
@@ -271,6 +273,7 @@ impl State {
             bind_retries: Retries::new(BIND_RETRY),
             requeue: false,
             binding: HashSet::new(),
+            just_bound: HashMap::new(),
             bound_on: HashMap::new(),
             groups: HashMap::new(),
             sites: BTreeMap::new(),
@@ -616,6 +619,7 @@ impl State {
         let pod = convert::pod(kube_pod, tenant.as_deref());
         if let Some(node_name) = node_name {
             // Bound (by us or anyone): account it where it is.
+            self.just_bound.remove(&key);
             self.pending.remove(&key);
             self.active.remove(&key);
             self.unschedulable.remove(&key);
@@ -646,7 +650,8 @@ impl State {
                 || pending.claims != claims
                 || pending.device_claims != device_claims
         });
-        if changed && !self.binding.contains(&key) {
+        let just_bound = self.just_bound.get(&key).is_some_and(|bound_uid| *bound_uid == uid);
+        if changed && !self.binding.contains(&key) && !just_bound {
             self.pending.insert(key.clone(), Pending { pod, uid, claims, device_claims });
             self.unschedulable.remove(&key);
             self.active.insert(key);
@@ -655,6 +660,7 @@ impl State {
 
     /// A pod deleted or finished; `node_name` is where it was bound (none for a pending pod).
     fn pod_gone(&mut self, key: &str, node_name: Option<String>) {
+        self.just_bound.remove(key);
         if self.nominated.remove(key).is_some() {
             // A nominated pod deleted before its victims went: give its room back.
             self.engine.forget(key);
@@ -783,8 +789,11 @@ impl State {
                     self.first_bind_logged = true;
                     info!(pod = %key, seconds = self.started.elapsed().as_secs_f64(), "first pod bound");
                 }
-                // The watch will show it bound; until then it stays assumed and out of the queue.
-                self.pending.remove(&key);
+                // The watch will show it bound; until then it stays assumed and out of the queue,
+                // and an event from before the binding does not queue it again.
+                if let Some(pending) = self.pending.remove(&key) {
+                    self.just_bound.insert(key, pending.uid);
+                }
             }
             // The outcome is not known: a 409 means bound already, or (etcd down) nothing at all;
             // a timeout may have bound it. The pod keeps its room until the watch shows it bound
@@ -1188,11 +1197,11 @@ impl State {
     }
 
     fn bind(&mut self, pod: &Pod, placement: Placement) {
-        let Some(pending) = self.pending.get(&pod.key) else {
+        let Some(uid) = self.pending.get(&pod.key).map(|pending| pending.uid.clone()) else {
             self.engine.forget(&pod.key);
             return;
         };
-        let Some(node) = self.engine.node(placement.node).map(|node| node.name.clone()) else {
+        let Some(node) = self.engine.node(placement.node).cloned() else {
             self.engine.forget(&pod.key);
             return;
         };
@@ -1202,58 +1211,54 @@ impl State {
             self.active.insert(pod.key.clone());
             return;
         }
+        let Some((volumes, claims)) = self.claim_writes_for(pod, &node, &uid) else {
+            // Another pod took the volume or the devices chosen meanwhile: place the pod again.
+            self.engine.forget(&pod.key);
+            self.unplaced(
+                pod,
+                "the volume or devices chosen for it were taken by another; trying again".into(),
+            );
+            self.requeue = true;
+            return;
+        };
         self.binds_in_flight += 1;
         self.binding.insert(pod.key.clone());
         self.unschedulable.remove(&pod.key);
-        let uid = pending.uid.clone();
         let gpus = (!placement.gpus.is_empty()).then(|| convert::gpu_assignment_value(&placement.gpus));
-        let volumes = match self.volume_writes_for(pod, &placement) {
-            Some(volumes) => volumes,
-            None => {
-                // Another pod's claim took the volume meanwhile: place the pod again.
-                self.binds_in_flight = self.binds_in_flight.saturating_sub(1);
-                self.binding.remove(&pod.key);
-                self.engine.forget(&pod.key);
-                self.unplaced(
-                    pod,
-                    "the volume chosen for its claim was taken by another; trying again".into(),
-                );
-                self.requeue = true;
-                return;
-            }
-        };
-        let claims = match self.device_claims.remove(&pod.key) {
-            None => Vec::new(),
-            Some(claims) => match self.devices.writes_for(&claims, &node, (pod_name(&pod.key), &uid)) {
-                Some(writes) => {
-                    let keys = writes.iter().map(|w| format!("{}/{}", w.namespace, w.name)).collect();
-                    self.claim_writes.insert(pod.key.clone(), keys);
-                    writes
-                }
-                None => {
-                    self.binds_in_flight = self.binds_in_flight.saturating_sub(1);
-                    self.binding.remove(&pod.key);
-                    self.engine.forget(&pod.key);
-                    self.unplaced(
-                        pod,
-                        "the devices chosen for its claims were taken by another; trying again".into(),
-                    );
-                    self.requeue = true;
-                    return;
-                }
-            },
-        };
+        let node = node.name;
         self.effects.push(Effect::Bind { key: pod.key.clone(), uid, node, gpus, volumes, claims });
     }
 
-    /// The writes that bind the pod's waiting claims on the node of `placement`.
-    fn volume_writes_for(&mut self, pod: &Pod, placement: &Placement) -> Option<Vec<VolumeWrite>> {
-        let Some(unbound) = self.unbound.remove(&pod.key) else { return Some(Vec::new()) };
-        let node = self.engine.node(placement.node)?.clone();
-        let writes = self.volumes.writes_for(&unbound, &node)?;
-        let claims = unbound.iter().map(|claim| format!("{}/{}", claim.namespace, claim.name)).collect();
-        self.volume_writes.insert(pod.key.clone(), claims);
-        Some(writes)
+    /// The writes that bind the pod's waiting volume claims and allocate its resource claims on
+    /// `node`, the volumes and devices held until the watch shows them taken; `None` (holding
+    /// nothing) when one is no longer to be had there.
+    fn claim_writes_for(
+        &mut self,
+        pod: &Pod,
+        node: &Node,
+        uid: &str,
+    ) -> Option<(Vec<VolumeWrite>, Vec<ClaimWrite>)> {
+        let unbound = self.unbound.remove(&pod.key).unwrap_or_default();
+        let volumes = self.volumes.writes_for(&unbound, node)?;
+        let volume_claims: Vec<String> =
+            unbound.iter().map(|claim| format!("{}/{}", claim.namespace, claim.name)).collect();
+        let Some(device_claims) = self.device_claims.remove(&pod.key) else {
+            if !volume_claims.is_empty() {
+                self.volume_writes.insert(pod.key.clone(), volume_claims);
+            }
+            return Some((volumes, Vec::new()));
+        };
+        let Some(claims) = self.devices.writes_for(&device_claims, &node.name, (pod_name(&pod.key), uid))
+        else {
+            for claim in &volume_claims {
+                self.volumes.release(claim);
+            }
+            return None;
+        };
+        self.volume_writes.insert(pod.key.clone(), volume_claims);
+        self.claim_writes
+            .insert(pod.key.clone(), claims.iter().map(|w| format!("{}/{}", w.namespace, w.name)).collect());
+        Some((volumes, claims))
     }
 }
 
@@ -1327,6 +1332,29 @@ mod tests {
         state.apply(Update::Pod(watcher::Event::Apply(bound)));
         assert!(!state.pending.contains_key("ns/web"));
         assert_eq!(state.binds_in_flight, 0);
+    }
+
+    #[test]
+    fn an_event_from_before_a_binding_does_not_bind_the_pod_again() {
+        let mut state = synced_state();
+        state.apply(Update::Pod(watcher::Event::Apply(pending_pod("web"))));
+        state.round();
+        assert_eq!(state.take_effects().len(), 1);
+        state.done(Done::Bound { key: "ns/web".into(), result: Ok(()) });
+        // A status write of the reporter, older than the binding, arrives after it.
+        let mut stale = pending_pod("web");
+        stale.metadata.resource_version = Some("2".into());
+        state.apply(Update::Pod(watcher::Event::Apply(stale)));
+        state.round();
+        assert!(state.take_effects().is_empty(), "not bound twice");
+        // Deleted and made again under the same name: a new pod, scheduled.
+        state.apply(Update::Pod(watcher::Event::Delete(pending_pod("web"))));
+        state.take_effects();
+        let mut again = pending_pod("web");
+        again.metadata.uid = Some("another".into());
+        state.apply(Update::Pod(watcher::Event::Apply(again)));
+        state.round();
+        assert!(matches!(&state.take_effects()[..], [Effect::Bind { uid, .. }] if uid == "another"));
     }
 
     #[test]

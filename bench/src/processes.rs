@@ -1,0 +1,56 @@
+//! Schedulers the benchmarks run as processes of their own, each stopped when dropped; what
+//! they log goes to `yiyun-bench-<name>.log` in the temporary directory.
+
+use std::{
+    path::Path,
+    process::{Child, Command, Stdio},
+};
+
+use crate::Error;
+
+/// A scheduler process, killed when dropped.
+pub(crate) struct Process(pub(crate) Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn log(name: &str) -> std::io::Result<std::fs::File> {
+    std::fs::File::create(std::env::temp_dir().join(format!("yiyun-bench-{name}.log")))
+}
+
+/// kube-scheduler from `binary` with the client limits given, without leader election.
+pub(crate) fn kube_scheduler(binary: &Path, qps: u32, burst: u32) -> Result<Process, Error> {
+    let kubeconfig =
+        std::env::var("KUBECONFIG").map_err(|_| Error::Timeout("KUBECONFIG is not set".into()))?;
+    let file = std::env::temp_dir().join(format!("yiyun-bench-kube-scheduler-{qps}.yaml"));
+    std::fs::write(
+        &file,
+        format!(
+            "apiVersion: kubescheduler.config.k8s.io/v1\nkind: KubeSchedulerConfiguration\n\
+             clientConnection:\n  kubeconfig: {kubeconfig}\n  qps: {qps}\n  burst: {burst}\n\
+             leaderElection:\n  leaderElect: false\n"
+        ),
+    )?;
+    let child = Command::new(binary)
+        .args(["--config", &file.display().to_string(), "--secure-port", "0"])
+        .stdout(Stdio::null())
+        .stderr(log("kube-scheduler")?)
+        .spawn()?;
+    Ok(Process(child))
+}
+
+/// yiyun-scheduler from this very binary, without leader election, with `extra` flags.
+pub(crate) fn yiyun_scheduler(extra: &[&str]) -> Result<Process, Error> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let child = Command::new(std::env::current_exe()?)
+        .args(["scheduler", "--leader-elect=false", "--admin-addr", &format!("127.0.0.1:{port}")])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(log("yiyun-scheduler")?)
+        .spawn()?;
+    Ok(Process(child))
+}
