@@ -53,6 +53,9 @@ pub const DEFAULT_WORKLOADS: &[&str] = &[
     "SchedulingBasic/5000Nodes_10000Pods",
 ];
 
+/// How long pods may go without a single binding before a workload is given up as stalled.
+const STALLED: Duration = Duration::from_secs(120);
+
 /// Annotation that makes the local cluster's kwok act as the node's kubelet.
 const KWOK_ANNOTATION: &str = "kwok.x-k8s.io/node";
 /// Label on everything a run creates, to clean up by.
@@ -416,14 +419,29 @@ impl Run<'_> {
         Ok(None)
     }
 
+    /// Waits until the pods are bound; gives up when none more is bound for [`STALLED`].
     async fn wait_bound(&self, names: &[String], what: &str) -> Result<(), Error> {
         let total = names.len();
-        wait_until(Duration::from_secs(900), what, || {
-            let clock = self.clock.lock().unwrap_or_else(|p| p.into_inner());
-            let bound = names.iter().filter(|name| clock.bound.contains_key(*name)).count();
-            async move { Ok((bound >= total, format!("{bound}/{total} bound"))) }
-        })
-        .await
+        let (mut last, mut since) = (0, Instant::now());
+        for second in 0u64.. {
+            let bound = {
+                let clock = self.clock.lock().unwrap_or_else(|p| p.into_inner());
+                names.iter().filter(|name| clock.bound.contains_key(*name)).count()
+            };
+            if bound >= total {
+                return Ok(());
+            }
+            if bound > last {
+                (last, since) = (bound, Instant::now());
+            } else if since.elapsed() >= STALLED {
+                return Err(Error::Timeout(format!("{what}: stalled at {bound}/{total} bound")));
+            }
+            if second % 10 == 0 {
+                progress(&format!("  {bound}/{total} bound ({second}s)"));
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        Ok(())
     }
 
     /// `barrier`: every pod of the namespaces (all of the run's by default) bound, or, with
@@ -881,9 +899,6 @@ fn threshold(workload: &Value) -> String {
     }
 }
 
-/// A workload, its published threshold, and each contender's outcome (or why it was not run).
-type Row = (String, String, Vec<(Contender, Result<Outcome, String>)>);
-
 /// Runs the selected workloads and prints the table.
 pub async fn run(
     kube_scheduler: &Path,
@@ -893,7 +908,11 @@ pub async fn run(
 ) -> Result<(), Error> {
     let client = Client::try_default().await?;
     let cases = load(suite)?;
-    let mut rows: Vec<Row> = Vec::new();
+    // Rows go out as each workload ends, so a run stopped early keeps what it measured.
+    println!(
+        "| workload | published threshold (pods/s) | scheduler | measured pods | pods/s | p50 (ms) | p99 (ms) | violations |"
+    );
+    println!("|---|---:|---|---:|---:|---:|---:|---|");
     for wanted in selected {
         let Some((case_name, workload_name)) = wanted.split_once('/') else {
             progress(&format!("{wanted}: give workloads as TestCase/Workload"));
@@ -913,53 +932,49 @@ pub async fn run(
                 run_workload(&client, case, workload, contender, kube_scheduler, concurrency).await?;
             results.push((contender, outcome));
         }
-        rows.push((wanted.clone(), threshold(workload), results));
-    }
-    println!(
-        "| workload | published threshold (pods/s) | scheduler | measured pods | pods/s | p50 (ms) | p99 (ms) | violations |"
-    );
-    println!("|---|---:|---|---:|---:|---:|---:|---|");
-    for (workload, threshold, results) in &rows {
-        for (contender, result) in results {
-            match result {
-                Ok(o) => {
-                    let violations = if o.violations.total() == 0 {
-                        "0".to_string()
-                    } else {
-                        o.violations
-                            .by_rule
-                            .iter()
-                            .map(|(rule, (count, example))| format!("{count} {rule} (e.g. {example})"))
-                            .collect::<Vec<_>>()
-                            .join("; ")
-                    };
-                    println!(
-                        "| {workload} | {threshold} | {} | {} | {:.0} | {:.0} | {:.0} | {violations} |",
-                        contender.name(),
-                        o.measured,
-                        o.pods_per_second,
-                        o.p50.as_secs_f64() * 1000.0,
-                        o.p99.as_secs_f64() * 1000.0
-                    );
-                }
-                Err(why) => println!(
-                    "| {workload} | {threshold} | {} | - | - | - | - | not run: {why} |",
-                    contender.name()
-                ),
-            }
-        }
-        let rate = |who: Contender| {
-            results
-                .iter()
-                .find(|(c, _)| *c == who)
-                .and_then(|(_, r)| r.as_ref().ok())
-                .map(|o| o.pods_per_second)
-        };
-        if let (Some(yiyun), Some(kube)) = (rate(Contender::Yiyun), rate(Contender::KubeScheduler)) {
-            println!("| {workload} | | yiyun / kube-scheduler | | {:.2}x | | | |", yiyun / kube.max(1e-9));
-        }
+        print_rows(wanted, &threshold(workload), &results);
     }
     Ok(())
+}
+
+/// One workload's rows of the table: each contender, and their ratio.
+fn print_rows(workload: &str, threshold: &str, results: &[(Contender, Result<Outcome, String>)]) {
+    for (contender, result) in results {
+        match result {
+            Ok(o) => {
+                let violations = if o.violations.total() == 0 {
+                    "0".to_string()
+                } else {
+                    o.violations
+                        .by_rule
+                        .iter()
+                        .map(|(rule, (count, example))| format!("{count} {rule} (e.g. {example})"))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                };
+                println!(
+                    "| {workload} | {threshold} | {} | {} | {:.0} | {:.0} | {:.0} | {violations} |",
+                    contender.name(),
+                    o.measured,
+                    o.pods_per_second,
+                    o.p50.as_secs_f64() * 1000.0,
+                    o.p99.as_secs_f64() * 1000.0
+                );
+            }
+            Err(why) => {
+                println!(
+                    "| {workload} | {threshold} | {} | - | - | - | - | not run: {why} |",
+                    contender.name()
+                )
+            }
+        }
+    }
+    let rate = |who: Contender| {
+        results.iter().find(|(c, _)| *c == who).and_then(|(_, r)| r.as_ref().ok()).map(|o| o.pods_per_second)
+    };
+    if let (Some(yiyun), Some(kube)) = (rate(Contender::Yiyun), rate(Contender::KubeScheduler)) {
+        println!("| {workload} | | yiyun / kube-scheduler | | {:.2}x | | | |", yiyun / kube.max(1e-9));
+    }
 }
 
 #[cfg(test)]
