@@ -334,21 +334,14 @@ impl State {
                     self.requeue |= self.engine.set_namespace(&name, Some(ns.labels().clone()));
                     self.namespaces.insert(name);
                 }
-                watcher::Event::Delete(ns) => {
-                    let name = ns.name_any();
-                    self.set_tenant_of(name.clone(), None);
-                    self.engine.set_namespace(&name, None);
-                    self.namespaces.remove(&name);
-                }
+                watcher::Event::Delete(ns) => self.namespace_gone(&ns.name_any()),
                 watcher::Event::Init => self.relisting_namespaces.start(),
                 watcher::Event::InitDone => {
                     if let Some(seen) = self.relisting_namespaces.finish() {
                         let gone: Vec<String> =
                             self.namespaces.iter().filter(|ns| !seen.contains(*ns)).cloned().collect();
                         for namespace in gone {
-                            self.set_tenant_of(namespace.clone(), None);
-                            self.engine.set_namespace(&namespace, None);
-                            self.namespaces.remove(&namespace);
+                            self.namespace_gone(&namespace);
                         }
                     }
                     self.synced.namespaces = true;
@@ -466,6 +459,13 @@ impl State {
                 self.account(&node, &pod);
             }
         }
+    }
+
+    /// Forgets a namespace deleted (or missing from a relist): its tenant and its labels.
+    fn namespace_gone(&mut self, name: &str) {
+        self.set_tenant_of(name.to_string(), None);
+        self.engine.set_namespace(name, None);
+        self.namespaces.remove(name);
     }
 
     /// Records the tenant a namespace belongs to. Pods seen there before (the watches are
