@@ -87,4 +87,4 @@ bench-scheduler-perf: cluster-binaries
 	source e2e/versions.env && \
 	  export KUBE_SCHEDULER=$$HOME/.cache/yiyun/bin/kube-scheduler-$$KUBERNETES_VERSION && \
 	  export SCHEDULER_PERF_DIR=$$(go mod download -json k8s.io/kubernetes@$$KUBERNETES_VERSION | sed -n 's/.*"Dir": "\(.*\)",/\1/p')/test/integration/scheduler_perf && \
-	  e2e/with-cluster bench-$$$$ $(CARGO_TARGET_DIR)/release/yiyun bench scheduler --suite scheduler-perf $(if $(WORKLOADS),--workloads $(WORKLOADS))
+	  e2e/with-cluster bench-$$$$ $(CARGO_TARGET_DIR)/release/yiyun bench scheduler --suite scheduler-perf $(if $(WORKLOADS),--workloads $(WORKLOADS)) $(if $(CONTENDERS),--contenders $(CONTENDERS))

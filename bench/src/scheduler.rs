@@ -61,6 +61,10 @@ pub struct Config {
     /// each kind at a size this machine carries).
     #[arg(long, value_delimiter = ',')]
     pub workloads: Vec<String>,
+    /// The schedulers the suite runs, comma-separated, in this order (e.g. only yiyun-scheduler
+    /// while profiling it).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "kube-scheduler,yiyun-scheduler")]
+    pub contenders: Vec<crate::scheduler_perf::Contender>,
 }
 
 /// Suites of workloads `yiyun bench scheduler` can run.
@@ -441,6 +445,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
             config.create_concurrency,
             &dir,
             &workloads,
+            &config.contenders,
         )
         .await;
     }

@@ -141,9 +141,10 @@ fn count_of(op: &Value, params: &Value, field: &str) -> Option<usize> {
 }
 
 /// Who schedules a run.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, clap::ValueEnum)]
 pub enum Contender {
     KubeScheduler,
+    #[value(name = "yiyun-scheduler")]
     Yiyun,
 }
 
@@ -905,6 +906,7 @@ pub async fn run(
     concurrency: usize,
     suite: &Path,
     selected: &[String],
+    contenders: &[Contender],
 ) -> Result<(), Error> {
     let client = Client::try_default().await?;
     let cases = load(suite)?;
@@ -926,7 +928,7 @@ pub async fn run(
             continue;
         };
         let mut results = Vec::new();
-        for contender in [Contender::KubeScheduler, Contender::Yiyun] {
+        for &contender in contenders {
             progress(&format!("{wanted}: {}", contender.name()));
             let outcome =
                 run_workload(&client, case, workload, contender, kube_scheduler, concurrency).await?;

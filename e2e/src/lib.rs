@@ -226,9 +226,14 @@ pub fn yiyun_bin() -> PathBuf {
 /// found at run time: the target directory is shared between checkouts, and a path compiled in
 /// would point at whichever checkout built the test first.
 pub fn repo_file(path: &str) -> String {
-    let package = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR for tests");
-    let file = std::path::Path::new(&package).join("..").join(path);
+    let file = repo_path(path);
     std::fs::read_to_string(&file).unwrap_or_else(|err| panic!("{}: {err}", file.display()))
+}
+
+/// `path` in the checkout under test (see [`repo_file`]).
+pub fn repo_path(path: &str) -> std::path::PathBuf {
+    let package = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR for tests");
+    std::path::Path::new(&package).join("..").join(path)
 }
 
 /// A loopback port free right now.
@@ -490,8 +495,7 @@ impl LocalCluster {
 
     /// `e2e/cluster stop|start NAME COMPONENT` (etcd or kube-apiserver).
     pub fn control(&self, action: &str, component: &str) {
-        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster");
-        let status = Command::new(script)
+        let status = Command::new(repo_path("e2e/cluster"))
             .args([action, &self.name, component])
             .stdout(std::process::Stdio::null())
             .status()

@@ -6,6 +6,7 @@
 use std::collections::BTreeSet;
 
 use serde_json::Value;
+use yiyun_e2e::repo_file;
 
 /// `(apiGroup, resource, verb)` as a role grants it.
 type Grant = (String, String, String);
@@ -308,11 +309,6 @@ const CONTROLLER: &[Use] = &[
         "watcher(Api::<PodDisruptionBudget>::all(client.clone())",
     ),
 ];
-
-fn repo_file(path: &str) -> String {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    std::fs::read_to_string(root.join(path)).unwrap_or_else(|err| panic!("read {path}: {err}"))
-}
 
 fn squeezed(text: &str) -> String {
     text.chars().filter(|c| !c.is_whitespace()).collect()

@@ -8,7 +8,7 @@
 //! fragmentation-aware scoring over DRA devices (a DRA GPU is placed as a whole device by
 //! count, see the README).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use k8s_openapi::api::{
     core::v1::Pod as KubePod,
@@ -68,14 +68,35 @@ pub struct PodClaim {
 
 #[derive(Default)]
 pub struct Devices {
+    /// Events go through [`apply_claim`](Self::apply_claim), [`apply_slice`](Self::apply_slice)
+    /// and [`apply_class`](Self::apply_class), which keep the indexes below.
     pub claims: Store<ResourceClaim>,
     pub slices: Store<ResourceSlice>,
     pub classes: Store<DeviceClass>,
     /// Devices chosen for claims and not yet seen in their status: claim key → devices.
     assumed: HashMap<String, Vec<DeviceId>>,
-    /// Whether a device matches a set of CEL selectors, by selectors then device: devices and
-    /// expressions seldom change, and CEL is the costly part of a decision.
-    verdicts: HashMap<Vec<String>, HashMap<DeviceId, bool>>,
+    /// Devices in claims' status: claim key → devices. Kept per event, as are `holders` and
+    /// the catalog, so that a decision never walks every claim and slice.
+    allocated: HashMap<String, Vec<DeviceId>>,
+    /// How many claims hold each device, allocated or assumed (two only while a claim's own
+    /// hold and its status overlap).
+    holders: HashMap<DeviceId, u32>,
+    /// The devices published, made again after slices change.
+    catalog: Option<Catalog>,
+    /// Whether each device of the catalog matches a set of CEL selectors, by selectors:
+    /// devices and expressions seldom change, and CEL is the costly part of a decision.
+    verdicts: HashMap<Vec<String>, Vec<Option<bool>>>,
+}
+
+/// The devices the slices publish, numbered, so that a decision over every node reads arrays
+/// rather than hashing device names.
+#[derive(Default)]
+struct Catalog {
+    devices: Vec<(DeviceId, Device)>,
+    numbers: HashMap<DeviceId, usize>,
+    by_node: BTreeMap<String, Vec<usize>>,
+    /// Held by a claim, by number.
+    taken: Vec<bool>,
 }
 
 /// The claims a pod asks for, by its names for them: `Some(claim name)` once known (named in
@@ -144,42 +165,82 @@ fn expressions(selectors: Option<&Vec<DeviceSelector>>) -> Vec<String> {
     selectors.into_iter().flatten().filter_map(|s| Some(s.cel.as_ref()?.expression.clone())).collect()
 }
 
+/// The devices in a claim's status.
+fn allocated_devices(claim: &ResourceClaim) -> Vec<DeviceId> {
+    claim
+        .status
+        .iter()
+        .flat_map(|s| s.allocation.iter())
+        .flat_map(|a| a.devices.iter())
+        .flat_map(|d| d.results.iter().flatten())
+        .map(|result| DeviceId {
+            driver: result.driver.clone(),
+            pool: result.pool.clone(),
+            device: result.device.clone(),
+        })
+        .collect()
+}
+
+/// What a watch event of claims changed, for waking the pods it may let fit.
+#[derive(Debug, Default, PartialEq)]
+pub struct ClaimChange {
+    /// The claims changed, as `namespace/name`.
+    pub claims: Vec<String>,
+    /// Whether a device went free.
+    pub freed: bool,
+}
+
 impl Devices {
-    /// Forgets what CEL said of devices once slices or classes change.
-    pub fn slices_or_classes_changed(&mut self) {
+    /// Applies a watch event of slices.
+    pub fn apply_slice(&mut self, event: watcher::Event<ResourceSlice>) {
+        self.slices.apply(event);
+        self.catalog = None;
         self.verdicts.clear();
     }
 
-    /// Drops holds the watch shows settled: the claim allocated, or gone.
-    pub fn settle(&mut self) {
-        let claims = &self.claims;
-        self.assumed.retain(|key, _| {
-            claims
-                .get(key)
-                .is_some_and(|claim| claim.status.as_ref().and_then(|s| s.allocation.as_ref()).is_none())
-        });
+    /// Applies a watch event of classes.
+    pub fn apply_class(&mut self, event: watcher::Event<DeviceClass>) {
+        self.classes.apply(event);
+        self.verdicts.clear();
+    }
+
+    fn hold(&mut self, devices: &[DeviceId]) {
+        for device in devices {
+            *self.holders.entry(device.clone()).or_default() += 1;
+            self.mark(device, true);
+        }
+    }
+
+    /// Lets go of devices; whether one went free.
+    fn unhold(&mut self, devices: &[DeviceId]) -> bool {
+        let mut freed = false;
+        for device in devices {
+            if let Some(count) = self.holders.get_mut(device) {
+                *count -= 1;
+                if *count == 0 {
+                    self.holders.remove(device);
+                    self.mark(device, false);
+                    freed = true;
+                }
+            }
+        }
+        freed
+    }
+
+    fn mark(&mut self, device: &DeviceId, taken: bool) {
+        if let Some(catalog) = &mut self.catalog
+            && let Some(&number) = catalog.numbers.get(device)
+            && let Some(slot) = catalog.taken.get_mut(number)
+        {
+            *slot = taken;
+        }
     }
 
     /// Forgets the devices held for a claim whose allocation failed.
     pub fn release(&mut self, claim_key: &str) {
-        self.assumed.remove(claim_key);
-    }
-
-    /// Devices allocated to any claim, or held for one.
-    fn taken(&self) -> HashSet<DeviceId> {
-        let mut taken: HashSet<DeviceId> = self.assumed.values().flatten().cloned().collect();
-        for claim in self.claims.values() {
-            let results =
-                claim.status.iter().flat_map(|s| s.allocation.iter()).flat_map(|a| a.devices.iter());
-            for result in results.flat_map(|d| d.results.iter().flatten()) {
-                taken.insert(DeviceId {
-                    driver: result.driver.clone(),
-                    pool: result.pool.clone(),
-                    device: result.device.clone(),
-                });
-            }
+        if let Some(devices) = self.assumed.remove(claim_key) {
+            self.unhold(&devices);
         }
-        taken
     }
 
     /// The pod's claims as a decision reads them, or why the pod waits.
@@ -246,59 +307,85 @@ impl Devices {
         Ok(out)
     }
 
-    /// The devices each node publishes, by node.
-    fn devices_by_node(&self) -> BTreeMap<String, Vec<(DeviceId, &Device)>> {
-        let mut by_node: BTreeMap<String, Vec<(DeviceId, &Device)>> = BTreeMap::new();
-        for slice in self.slices.values() {
-            let Some(node) = slice.spec.node_name.clone() else { continue };
-            for device in slice.spec.devices.iter().flatten() {
-                let id = DeviceId {
-                    driver: slice.spec.driver.clone(),
-                    pool: slice.spec.pool.name.clone(),
-                    device: device.name.clone(),
-                };
-                by_node.entry(node.clone()).or_default().push((id, device));
+    /// Numbers the devices the slices publish again if slices changed since.
+    fn catalog(&mut self) -> &Catalog {
+        let holders = &self.holders;
+        let slices = &self.slices;
+        self.catalog.get_or_insert_with(|| {
+            let mut catalog = Catalog::default();
+            for slice in slices.values() {
+                let Some(node) = slice.spec.node_name.clone() else { continue };
+                for device in slice.spec.devices.iter().flatten() {
+                    let id = DeviceId {
+                        driver: slice.spec.driver.clone(),
+                        pool: slice.spec.pool.name.clone(),
+                        device: device.name.clone(),
+                    };
+                    let number = catalog.devices.len();
+                    catalog.by_node.entry(node.clone()).or_default().push(number);
+                    catalog.taken.push(holders.contains_key(&id));
+                    catalog.numbers.insert(id.clone(), number);
+                    catalog.devices.push((id, device.clone()));
+                }
             }
-        }
-        by_node
+            catalog
+        })
     }
 
-    /// Picks free devices among a node's `devices` for every request of `claims` (none twice),
-    /// or `None`; what CEL newly said of devices goes to `fresh`.
+    /// For every request of the claims still to allocate, in order, which devices of the
+    /// catalog its selectors select; CEL runs once per device and set of selectors.
+    fn selections(&mut self, claims: &[PodClaim]) -> Vec<Vec<bool>> {
+        let count = self.catalog().devices.len();
+        let requests = claims.iter().filter(|c| c.allocated_on.is_none()).flat_map(|c| &c.requests);
+        let mut out = Vec::new();
+        for request in requests {
+            let mut verdicts = self.verdicts.remove(&request.selectors).unwrap_or_default();
+            verdicts.resize(count, None);
+            let devices = self.catalog.as_ref().map(|c| c.devices.as_slice()).unwrap_or_default();
+            let selected = verdicts
+                .iter_mut()
+                .zip(devices)
+                .map(|(verdict, (id, device))| {
+                    *verdict
+                        .get_or_insert_with(|| selects(&request.selectors, &cel_device(&id.driver, device)))
+                })
+                .collect();
+            self.verdicts.insert(request.selectors.clone(), verdicts);
+            out.push(selected);
+        }
+        out
+    }
+
+    /// Picks free devices among a node's `devices` (numbers in the catalog) for every request
+    /// of `claims` (none twice), given the requests' `selections`; or `None`.
     fn pick(
-        &self,
+        catalog: &Catalog,
         claims: &[PodClaim],
-        devices: &[(DeviceId, &Device)],
-        taken: &HashSet<DeviceId>,
-        fresh: &mut Vec<(Vec<String>, DeviceId, bool)>,
+        devices: &[usize],
+        selections: &[Vec<bool>],
     ) -> Option<Vec<Vec<Allocated>>> {
-        let mut chosen: HashSet<DeviceId> = HashSet::new();
+        let mut chosen: Vec<usize> = Vec::new();
+        let mut selections = selections.iter();
         let mut out = Vec::new();
         for claim in claims {
             let mut results = Vec::new();
             if claim.allocated_on.is_none() {
                 for request in &claim.requests {
-                    let verdicts = self.verdicts.get(&request.selectors);
-                    let matching: Vec<&DeviceId> = devices
-                        .iter()
-                        .filter(|(id, device)| {
-                            let known = verdicts.and_then(|v| v.get(id)).copied();
-                            let verdict = known.unwrap_or_else(|| {
-                                let verdict = selects(&request.selectors, &cel_device(&id.driver, device));
-                                fresh.push((request.selectors.clone(), id.clone(), verdict));
-                                verdict
-                            });
-                            verdict && !taken.contains(id) && !chosen.contains(id)
-                        })
-                        .map(|(id, _)| id)
-                        .collect();
+                    let selected = selections.next()?;
+                    let free = |number: &usize| {
+                        selected.get(*number) == Some(&true)
+                            && catalog.taken.get(*number) == Some(&false)
+                            && !chosen.contains(number)
+                    };
+                    let matching: Vec<usize> = devices.iter().copied().filter(free).collect();
                     let wanted = if request.all { matching.len().max(1) } else { request.count };
                     if matching.len() < wanted {
                         return None;
                     }
-                    for id in matching.into_iter().take(wanted) {
-                        chosen.insert(id.clone());
-                        results.push(Allocated { request: request.name.clone(), device: id.clone() });
+                    for number in matching.into_iter().take(wanted) {
+                        chosen.push(number);
+                        let device = catalog.devices.get(number)?.0.clone();
+                        results.push(Allocated { request: request.name.clone(), device });
                     }
                 }
             }
@@ -307,34 +394,25 @@ impl Devices {
         Some(out)
     }
 
-    fn remember(&mut self, verdicts: Vec<(Vec<String>, DeviceId, bool)>) {
-        for (selectors, id, verdict) in verdicts {
-            self.verdicts.entry(selectors).or_default().insert(id, verdict);
-        }
-    }
-
     /// The nodes where every claim can be allocated (or is, for claims allocated already).
     pub fn nodes_for(&mut self, claims: &[PodClaim]) -> BTreeSet<String> {
-        let taken = self.taken();
-        let by_node = self.devices_by_node();
+        let selections = self.selections(claims);
+        let catalog = self.catalog();
         let pinned: Vec<&String> = claims.iter().filter_map(|c| c.allocated_on.as_ref()).collect();
-        let mut fresh = Vec::new();
-        let nodes: BTreeSet<String> = by_node
+        let nodes: BTreeSet<String> = catalog
+            .by_node
             .iter()
             .filter(|(node, _)| pinned.iter().all(|p| p == node))
-            .filter(|(_, devices)| self.pick(claims, devices, &taken, &mut fresh).is_some())
+            .filter(|(_, devices)| Self::pick(catalog, claims, devices, &selections).is_some())
             .map(|(node, _)| node.clone())
             .collect();
         // A claim allocated already whose node publishes no devices (any more) still holds there.
-        let nodes = match (pinned.first(), nodes.is_empty()) {
+        match (pinned.first(), nodes.is_empty()) {
             (Some(node), true) if claims.iter().all(|c| c.allocated_on.is_some()) => {
                 BTreeSet::from([(*node).clone()])
             }
             _ => nodes,
-        };
-        drop(by_node);
-        self.remember(fresh);
-        nodes
+        }
     }
 
     /// The claim writes for placing the pod (`pod`, `uid`) on `node`, the devices held until
@@ -345,19 +423,19 @@ impl Devices {
         node: &str,
         pod: (&str, &str),
     ) -> Option<Vec<ClaimWrite>> {
-        let taken = self.taken();
-        let by_node = self.devices_by_node();
-        let devices = by_node.get(node).map(Vec::as_slice).unwrap_or_default();
-        let mut fresh = Vec::new();
-        let picked = self.pick(claims, devices, &taken, &mut fresh);
-        drop(by_node);
-        self.remember(fresh);
-        let picked = picked?;
+        let selections = self.selections(claims);
+        let catalog = self.catalog();
+        let devices = catalog.by_node.get(node).map(Vec::as_slice).unwrap_or_default();
+        let picked = Self::pick(catalog, claims, devices, &selections)?;
         let mut writes = Vec::new();
         for (claim, results) in claims.iter().zip(picked) {
             let key = format!("{}/{}", claim.namespace, claim.name);
             if !results.is_empty() {
-                self.assumed.insert(key, results.iter().map(|r| r.device.clone()).collect());
+                let devices: Vec<DeviceId> = results.iter().map(|r| r.device.clone()).collect();
+                self.hold(&devices);
+                if let Some(before) = self.assumed.insert(key, devices) {
+                    self.unhold(&before);
+                }
             }
             let mut reserved_for = claim.reserved_for.clone();
             if !reserved_for.iter().any(|(_, uid)| uid == pod.1) {
@@ -374,11 +452,26 @@ impl Devices {
         Some(writes)
     }
 
-    /// Applies a watch event of claims; slices and classes go through
-    /// [`slices_or_classes_changed`](Self::slices_or_classes_changed) too.
-    pub fn apply_claim(&mut self, event: watcher::Event<ResourceClaim>) {
-        self.claims.apply(event);
-        self.settle();
+    /// Applies a watch event of claims: what the claims changed hold, and holds the watch
+    /// shows settled (the claim allocated, or gone) dropped.
+    pub fn apply_claim(&mut self, event: watcher::Event<ResourceClaim>) -> ClaimChange {
+        let claims = self.claims.apply(event);
+        let mut freed = false;
+        for key in &claims {
+            let now = self.claims.get(key).map(allocated_devices).unwrap_or_default();
+            let allocated = !now.is_empty();
+            self.hold(&now);
+            let before =
+                if allocated { self.allocated.insert(key.clone(), now) } else { self.allocated.remove(key) };
+            freed |= before.is_some_and(|before| self.unhold(&before));
+            let gone = self.claims.get(key).is_none();
+            if (allocated || gone)
+                && let Some(assumed) = self.assumed.remove(key)
+            {
+                freed |= self.unhold(&assumed);
+            }
+        }
+        ClaimChange { claims, freed }
     }
 }
 
@@ -427,13 +520,13 @@ mod tests {
 
     fn devices_with(classes: serde_json::Value, claims: serde_json::Value) -> Devices {
         let mut devices = Devices::default();
-        devices.slices.apply(watcher::Event::Apply(slice("n1", 2, "A100")));
-        devices.slices.apply(watcher::Event::Apply(slice("n2", 1, "H800")));
+        devices.apply_slice(watcher::Event::Apply(slice("n1", 2, "A100")));
+        devices.apply_slice(watcher::Event::Apply(slice("n2", 1, "H800")));
         for class in classes.as_array().into_iter().flatten() {
-            devices.classes.apply(watcher::Event::Apply(parse(class.clone())));
+            devices.apply_class(watcher::Event::Apply(parse(class.clone())));
         }
         for claim in claims.as_array().into_iter().flatten() {
-            devices.claims.apply(watcher::Event::Apply(parse(claim.clone())));
+            devices.apply_claim(watcher::Event::Apply(parse(claim.clone())));
         }
         devices
     }
@@ -467,6 +560,23 @@ mod tests {
         assert_eq!(claim_status(&writes[0])["status"]["reservedFor"][0]["uid"], "u1");
         // Held for the first claim: no device is left on n1 for another.
         assert_eq!(devices.nodes_for(&big), BTreeSet::from(["n2".to_string()]));
+    }
+
+    #[test]
+    fn a_device_is_free_again_once_its_claim_is_deleted() {
+        let classes = serde_json::json!([{"metadata": {"name": "gpu"}, "spec": {}}]);
+        let mut allocated = claim("held", "gpu", 1, None);
+        allocated["status"] = serde_json::json!({"allocation": {"devices": {"results": [
+            {"request": "gpu", "driver": "gpu.example.com", "pool": "n2", "device": "gpu-0"}]}}});
+        let mut devices =
+            devices_with(classes, serde_json::json!([allocated.clone(), claim("one", "gpu", 1, None)]));
+        let one = devices.pod_claims("ns", &[("gpu".into(), Some("one".into()))]).expect("claims");
+        assert_eq!(devices.nodes_for(&one), BTreeSet::from(["n1".to_string()]), "n2's device is taken");
+        let change = devices.apply_claim(watcher::Event::Delete(parse(allocated)));
+        assert_eq!(change, ClaimChange { claims: vec!["ns/held".into()], freed: true });
+        assert_eq!(devices.nodes_for(&one).len(), 2, "n2's device is free again");
+        let change = devices.apply_claim(watcher::Event::Apply(parse(claim("other", "gpu", 1, None))));
+        assert!(!change.freed, "a new claim frees nothing");
     }
 
     #[test]

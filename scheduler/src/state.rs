@@ -76,6 +76,39 @@ struct Pending {
     device_claims: Vec<(String, Option<String>)>,
 }
 
+/// Which unschedulable pods a change may let fit, gathered between rounds: as kube-scheduler's
+/// queueing hints, a change of volumes or devices wakes only the pods that use them, so that a
+/// stream of claim updates does not try every waiting pod again and again.
+#[derive(Debug, Default)]
+struct Wake {
+    /// Capacity, nodes, labels or groups changed: every pod.
+    all: bool,
+    /// Volumes, storage classes or attach limits changed: pods with volume claims.
+    volumes: bool,
+    /// Devices went free or slices or classes changed: pods with resource claims.
+    devices: bool,
+    /// Resource claims changed (`namespace/name`): the pods that use them.
+    claims: HashSet<String>,
+}
+
+impl Wake {
+    fn any(&self) -> bool {
+        self.all || self.volumes || self.devices || !self.claims.is_empty()
+    }
+
+    fn wakes(&self, pending: Option<&Pending>) -> bool {
+        let Some(pending) = pending else { return true };
+        self.all
+            || (self.volumes && !pending.claims.is_empty())
+            || (self.devices && !pending.device_claims.is_empty())
+            // A claim made from a template and not yet named in the pod's status is woken by
+            // the pod's own update.
+            || pending.device_claims.iter().filter_map(|(_, claim)| claim.as_ref()).any(|claim| {
+                self.claims.contains(&format!("{}/{claim}", pending.pod.namespace))
+            })
+    }
+}
+
 /// A PodGroup as the scheduler tracks it.
 struct Group {
     gang: Gang,
@@ -214,8 +247,8 @@ pub struct State {
     /// dead apiserver is not hammered with every pod at every round.
     retry_at: HashMap<String, Instant>,
     bind_retries: Retries<String>,
-    /// Something changed that may let unschedulable pods fit.
-    requeue: bool,
+    /// Which unschedulable pods what changed may let fit.
+    wake: Wake,
     binding: HashSet<String>,
     /// Pods bound and not yet seen bound by the watch, with their uid.
     just_bound: HashMap<String, String>,
@@ -271,7 +304,7 @@ impl State {
             unschedulable: HashMap::new(),
             retry_at: HashMap::new(),
             bind_retries: Retries::new(BIND_RETRY),
-            requeue: false,
+            wake: Wake::default(),
             binding: HashSet::new(),
             just_bound: HashMap::new(),
             bound_on: HashMap::new(),
@@ -331,7 +364,7 @@ impl State {
                     let tenant = ns.labels().get(labels::TENANT).cloned();
                     self.set_tenant_of(name.clone(), tenant);
                     // Pod affinity terms may select namespaces by their labels.
-                    self.requeue |= self.engine.set_namespace(&name, Some(ns.labels().clone()));
+                    self.wake.all |= self.engine.set_namespace(&name, Some(ns.labels().clone()));
                     self.namespaces.insert(name);
                 }
                 watcher::Event::Delete(ns) => self.namespace_gone(&ns.name_any()),
@@ -361,7 +394,7 @@ impl State {
                     watcher::Event::InitDone => self.synced.sites = true,
                 }
                 self.engine.set_costs(crate::sites::cost_model(self.sites.values()));
-                self.requeue = true;
+                self.wake.all = true;
             }
             Update::Budget(event) => match event {
                 watcher::Event::Apply(budget) | watcher::Event::InitApply(budget) => {
@@ -394,22 +427,21 @@ impl State {
                     };
                     updated.volume_limits = self.volumes.limits_of(&node);
                     self.engine.upsert_node(updated);
-                    self.requeue = true;
+                    self.wake.volumes = true;
                 }
             }
             Update::ResourceClaim(event) => {
-                self.devices.apply_claim(event);
-                self.requeue = true;
+                let change = self.devices.apply_claim(event);
+                self.wake.claims.extend(change.claims);
+                self.wake.devices |= change.freed;
             }
             Update::ResourceSlice(event) => {
-                self.devices.slices.apply(event);
-                self.devices.slices_or_classes_changed();
-                self.requeue = true;
+                self.devices.apply_slice(event);
+                self.wake.devices = true;
             }
             Update::DeviceClass(event) => {
-                self.devices.classes.apply(event);
-                self.devices.slices_or_classes_changed();
-                self.requeue = true;
+                self.devices.apply_class(event);
+                self.wake.devices = true;
             }
             Update::Lost(kind, error) => {
                 // Without yiyun's CRDs there are no PodGroups, Tenants or ComputeSites: schedule
@@ -446,7 +478,7 @@ impl State {
         let was_synced = self.volumes.claims.synced && self.volumes.volumes.synced;
         apply(&mut self.volumes);
         self.volumes.settle();
-        self.requeue = true;
+        self.wake.volumes = true;
         if !was_synced && self.volumes.claims.synced && self.volumes.volumes.synced {
             let bound: Vec<(String, BoundPod)> = self
                 .bound_on
@@ -488,7 +520,7 @@ impl State {
                 self.engine.assume(pod, &placement);
             }
         }
-        self.requeue = true;
+        self.wake.all = true;
     }
 
     fn tenant_event(&mut self, event: watcher::Event<Tenant>) {
@@ -517,7 +549,7 @@ impl State {
                 self.synced.tenants = true;
             }
         }
-        self.requeue = true;
+        self.wake.all = true;
     }
 
     fn node_event(&mut self, event: watcher::Event<KubeNode>) {
@@ -526,11 +558,15 @@ impl State {
             watcher::Event::Apply(node) | watcher::Event::InitApply(node) => {
                 let name = node.name_any();
                 self.relisting_nodes.saw(&name);
-                let known = self.engine.node_id(&name).is_some();
+                let known = self.engine.node_id(&name);
                 let mut converted = convert::node(&node);
                 converted.volume_limits = self.volumes.limits_of(&name);
+                // Most node updates are kubelet heartbeats that change nothing a decision reads.
+                if known.and_then(|id| self.engine.node(id)) == Some(&converted) {
+                    return;
+                }
                 self.engine.upsert_node(converted);
-                if !known {
+                if known.is_none() {
                     // Pods bound before the node was seen are accounted now.
                     let bound: Vec<BoundPod> = self
                         .bound_on
@@ -541,7 +577,7 @@ impl State {
                         self.account(&name, &bound);
                     }
                 }
-                self.requeue = true;
+                self.wake.all = true;
             }
             watcher::Event::Delete(node) => {
                 self.engine.remove_node(&node.name_any());
@@ -559,7 +595,7 @@ impl State {
                     }
                 }
                 self.synced.nodes = true;
-                self.requeue = true;
+                self.wake.all = true;
             }
         }
     }
@@ -691,7 +727,7 @@ impl State {
             }
         }
         if !self.binding.contains(key) && self.engine.forget(key) {
-            self.requeue = true;
+            self.wake.all = true;
         }
     }
 
@@ -742,7 +778,7 @@ impl State {
                         waiting_for,
                     },
                 );
-                self.requeue = true;
+                self.wake.all = true;
             }
             watcher::Event::Delete(group) => {
                 let key = format!("{}/{}", group.namespace().unwrap_or_default(), group.name_any());
@@ -765,7 +801,7 @@ impl State {
     fn forget_group(&mut self, key: &str) {
         self.engine.release_reservation(key);
         self.groups.remove(key);
-        self.requeue = true;
+        self.wake.all = true;
     }
 
     pub fn done(&mut self, done: Done) {
@@ -913,9 +949,13 @@ impl State {
 
     /// One scheduling round over the active pods.
     pub fn round(&mut self) {
-        if self.requeue {
-            self.requeue = false;
-            for key in self.unschedulable.drain().map(|(key, _)| key) {
+        let wake = std::mem::take(&mut self.wake);
+        if wake.any() {
+            let pending = &self.pending;
+            let woken: Vec<String> =
+                self.unschedulable.keys().filter(|key| wake.wakes(pending.get(*key))).cloned().collect();
+            for key in woken {
+                self.unschedulable.remove(&key);
                 self.active.insert(key);
             }
         }
@@ -1218,7 +1258,7 @@ impl State {
                 pod,
                 "the volume or devices chosen for it were taken by another; trying again".into(),
             );
-            self.requeue = true;
+            self.wake.all = true;
             return;
         };
         self.binds_in_flight += 1;
@@ -1355,6 +1395,57 @@ mod tests {
         state.apply(Update::Pod(watcher::Event::Apply(again)));
         state.round();
         assert!(matches!(&state.take_effects()[..], [Effect::Bind { uid, .. }] if uid == "another"));
+    }
+
+    #[test]
+    fn a_claim_update_wakes_only_the_pods_that_use_it_and_a_heartbeat_none() {
+        let mut state = synced_state();
+        let with_claim = |name: &str, claim: &str| -> KubePod {
+            let mut pod = pending_pod(name);
+            pod.spec.as_mut().expect("spec").resource_claims =
+                Some(vec![json(&format!(r#"{{"name": "gpu", "resourceClaimName": "{claim}"}}"#))]);
+            pod
+        };
+        state.apply(Update::Pod(watcher::Event::Apply(with_claim("a", "claim-a"))));
+        state.apply(Update::Pod(watcher::Event::Apply(with_claim("b", "claim-b"))));
+        let mut big = pending_pod("big");
+        big.spec.as_mut().expect("spec").containers[0].resources =
+            Some(json(r#"{"requests": {"cpu": "64"}}"#));
+        state.apply(Update::Pod(watcher::Event::Apply(big)));
+        state.round();
+        assert_eq!(state.unschedulable.len(), 3, "no claims yet, and no room for big");
+        state.take_effects();
+        state.apply(Update::DeviceClass(watcher::Event::Apply(json(
+            r#"{"metadata": {"name": "gpu"}, "spec": {}}"#,
+        ))));
+        state.apply(Update::ResourceSlice(watcher::Event::Apply(json(
+            r#"{"metadata": {"name": "n1"}, "spec": {"driver": "gpu.example.com", "nodeName": "n1",
+                "pool": {"name": "n1", "resourceSliceCount": 1}, "devices": [{"name": "gpu-0"}]}}"#,
+        ))));
+        state.round();
+        state.take_effects();
+        assert_eq!(state.unschedulable.len(), 3, "a new device does not make a missing claim");
+        let claim = json(
+            r#"{"metadata": {"name": "claim-a", "namespace": "ns"},
+                "spec": {"devices": {"requests": [{"name": "gpu", "exactly": {"deviceClassName": "gpu"}}]}}}"#,
+        );
+        state.apply(Update::ResourceClaim(watcher::Event::Apply(claim)));
+        let heartbeat = json(
+            r#"{"metadata": {"name": "n1", "resourceVersion": "9"}, "status": {"allocatable": {"cpu": "8", "memory": "64Gi", "pods": "110"}}}"#,
+        );
+        state.apply(Update::Node(watcher::Event::Apply(heartbeat)));
+        state.round();
+        let tried: Vec<String> = state
+            .take_effects()
+            .into_iter()
+            .filter_map(|effect| match effect {
+                Effect::Bind { key, .. } | Effect::Unschedulable { key, .. } => Some(key),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(tried, ["ns/a"], "only the pod whose claim appeared is tried again, and bound");
+        assert!(state.unschedulable.contains_key("ns/b"), "another claim's update leaves it waiting");
+        assert!(state.unschedulable.contains_key("ns/big"), "a heartbeat changes nothing it needs");
     }
 
     #[test]
