@@ -80,11 +80,12 @@ bench-scheduler: cluster-binaries
 	  e2e/with-cluster bench-$$$$ $(CARGO_TARGET_DIR)/release/yiyun bench scheduler
 
 ## bench-scheduler-perf: kube-scheduler's own scheduler_perf workloads (from the Go module cache, as
-## they are), kube-scheduler then yiyun-scheduler on each, with a correctness check of the final
-## placement (~40 min for the default list; WORKLOADS=SchedulingBasic/500Nodes,... for others)
+## they are), kube-scheduler then yiyun-scheduler on each, each on a fresh local cluster, with a
+## correctness check of the final placement (~70 min for the default list;
+## WORKLOADS=SchedulingBasic/500Nodes,... for others, CONTENDERS=yiyun-scheduler for one)
 bench-scheduler-perf: cluster-binaries
 	cargo build --release -p yiyun --locked
 	source e2e/versions.env && \
 	  export KUBE_SCHEDULER=$$HOME/.cache/yiyun/bin/kube-scheduler-$$KUBERNETES_VERSION && \
 	  export SCHEDULER_PERF_DIR=$$(go mod download -json k8s.io/kubernetes@$$KUBERNETES_VERSION | sed -n 's/.*"Dir": "\(.*\)",/\1/p')/test/integration/scheduler_perf && \
-	  e2e/with-cluster bench-$$$$ $(CARGO_TARGET_DIR)/release/yiyun bench scheduler --suite scheduler-perf $(if $(WORKLOADS),--workloads $(WORKLOADS)) $(if $(CONTENDERS),--contenders $(CONTENDERS))
+	  $(CARGO_TARGET_DIR)/release/yiyun bench scheduler --suite scheduler-perf --cluster-script e2e/cluster $(if $(WORKLOADS),--workloads $(WORKLOADS)) $(if $(CONTENDERS),--contenders $(CONTENDERS))

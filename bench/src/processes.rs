@@ -2,7 +2,7 @@
 //! they log goes to `yiyun-bench-<name>.log` in the temporary directory.
 
 use std::{
-    path::Path,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
 };
 
@@ -22,10 +22,22 @@ fn log(name: &str) -> std::io::Result<std::fs::File> {
     std::fs::File::create(std::env::temp_dir().join(format!("yiyun-bench-{name}.log")))
 }
 
-/// kube-scheduler from `binary` with the client limits given, without leader election.
-pub(crate) fn kube_scheduler(binary: &Path, qps: u32, burst: u32) -> Result<Process, Error> {
-    let kubeconfig =
-        std::env::var("KUBECONFIG").map_err(|_| Error::Timeout("KUBECONFIG is not set".into()))?;
+/// The kubeconfig of the cluster the benchmarks run on, from `KUBECONFIG`.
+pub(crate) fn kubeconfig() -> Result<PathBuf, Error> {
+    std::env::var_os("KUBECONFIG")
+        .map(PathBuf::from)
+        .ok_or_else(|| Error::Timeout("KUBECONFIG is not set".into()))
+}
+
+/// kube-scheduler from `binary` on the cluster of `kubeconfig` with the client limits given,
+/// without leader election.
+pub(crate) fn kube_scheduler(
+    binary: &Path,
+    kubeconfig: &Path,
+    qps: u32,
+    burst: u32,
+) -> Result<Process, Error> {
+    let kubeconfig = kubeconfig.display();
     let file = std::env::temp_dir().join(format!("yiyun-bench-kube-scheduler-{qps}.yaml"));
     std::fs::write(
         &file,

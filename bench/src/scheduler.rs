@@ -65,6 +65,12 @@ pub struct Config {
     /// while profiling it).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "kube-scheduler,yiyun-scheduler")]
     pub contenders: Vec<crate::scheduler_perf::Contender>,
+    /// The suite runs each workload for each scheduler on a cluster of its own, brought up
+    /// and taken down with this script (`e2e/cluster`), instead of on `KUBECONFIG`'s: a
+    /// cluster's second run creates pods measurably slower than its first, which favours
+    /// whoever goes first.
+    #[arg(long)]
+    pub cluster_script: Option<PathBuf>,
 }
 
 /// Suites of workloads `yiyun bench scheduler` can run.
@@ -138,9 +144,12 @@ fn pod(index: usize, scheduler: &str) -> Pod {
 fn start(contender: Contender, config: &Config, extra: &[&str]) -> Result<Option<Process>, Error> {
     match contender {
         Contender::Ceiling => Ok(None),
-        Contender::KubeScheduler { qps, burst } => {
-            Ok(Some(crate::processes::kube_scheduler(&config.kube_scheduler, qps, burst)?))
-        }
+        Contender::KubeScheduler { qps, burst } => Ok(Some(crate::processes::kube_scheduler(
+            &config.kube_scheduler,
+            &crate::processes::kubeconfig()?,
+            qps,
+            burst,
+        )?)),
         Contender::Yiyun => Ok(Some(crate::processes::yiyun_scheduler(extra)?)),
     }
 }
@@ -446,6 +455,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
             &dir,
             &workloads,
             &config.contenders,
+            config.cluster_script.as_deref(),
         )
         .await;
     }

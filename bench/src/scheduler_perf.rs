@@ -839,21 +839,79 @@ fn record_bindings(client: Client, clock: Arc<Mutex<Clock>>) -> tokio::task::Joi
     })
 }
 
+/// A local cluster of its own for one run, taken down when dropped.
+struct Cluster {
+    script: PathBuf,
+    name: String,
+    kubeconfig: PathBuf,
+}
+
+impl Cluster {
+    fn up(script: &Path) -> Result<Cluster, Error> {
+        static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("perf-{}-{run}", std::process::id());
+        progress(&format!("starting local cluster {name} (about 15 s)"));
+        // Taken down when dropped, also if it fails to come up.
+        let mut cluster =
+            Cluster { script: script.to_path_buf(), name: name.clone(), kubeconfig: PathBuf::new() };
+        // `up` says what it does on stderr and prints the cluster's environment on stdout.
+        let output = std::process::Command::new(script)
+            .args(["up", &name])
+            .stderr(std::process::Stdio::inherit())
+            .output()?;
+        if !output.status.success() {
+            return Err(Error::Timeout(format!("{} up {name} failed", script.display())));
+        }
+        cluster.kubeconfig = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .find_map(|line| line.strip_prefix("export KUBECONFIG=").map(PathBuf::from))
+            .ok_or_else(|| Error::Timeout(format!("{} up {name} names no KUBECONFIG", script.display())))?;
+        Ok(cluster)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(&self.script)
+            .args(["down", &self.name])
+            .stdout(std::process::Stdio::null())
+            .status();
+    }
+}
+
+/// How to start the contenders on the cluster of `kubeconfig`.
+#[derive(Clone, Copy)]
+struct Schedulers<'a> {
+    kube_scheduler: &'a Path,
+    kubeconfig: &'a Path,
+}
+
 /// Runs one workload for one contender, from an empty cluster back to one.
 async fn run_workload(
     client: &Client,
     case: &TestCase,
     workload: &Value,
     contender: Contender,
-    kube_scheduler: &Path,
+    schedulers: Schedulers<'_>,
     concurrency: usize,
 ) -> Result<Result<Outcome, String>, Error> {
     let process = match contender {
         // Client limits raised as scheduler_perf raises them.
-        Contender::KubeScheduler => crate::processes::kube_scheduler(kube_scheduler, 5000, 5000)?,
+        Contender::KubeScheduler => {
+            crate::processes::kube_scheduler(schedulers.kube_scheduler, schedulers.kubeconfig, 5000, 5000)?
+        }
         // kube-scheduler does not limit its evictions; the suite measures scheduling, not
         // yiyun's guard against eviction storms (60 a minute by default).
-        Contender::Yiyun => crate::processes::yiyun_scheduler(&["--evictions-per-minute", "1000000"])?,
+        Contender::Yiyun => {
+            let kubeconfig = schedulers.kubeconfig.display().to_string();
+            crate::processes::yiyun_scheduler(&[
+                "--evictions-per-minute",
+                "1000000",
+                "--kubeconfig",
+                &kubeconfig,
+            ])?
+        }
     };
     // Let the scheduler list the cluster before the first operation.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -907,8 +965,8 @@ pub async fn run(
     suite: &Path,
     selected: &[String],
     contenders: &[Contender],
+    cluster_script: Option<&Path>,
 ) -> Result<(), Error> {
-    let client = Client::try_default().await?;
     let cases = load(suite)?;
     // Rows go out as each workload ends, so a run stopped early keeps what it measured.
     println!(
@@ -930,8 +988,14 @@ pub async fn run(
         let mut results = Vec::new();
         for &contender in contenders {
             progress(&format!("{wanted}: {}", contender.name()));
-            let outcome =
-                run_workload(&client, case, workload, contender, kube_scheduler, concurrency).await?;
+            let cluster = cluster_script.map(Cluster::up).transpose()?;
+            let kubeconfig = match &cluster {
+                Some(cluster) => cluster.kubeconfig.clone(),
+                None => crate::processes::kubeconfig()?,
+            };
+            let client = yiyun_kube::client(Some(&kubeconfig)).await?;
+            let schedulers = Schedulers { kube_scheduler, kubeconfig: &kubeconfig };
+            let outcome = run_workload(&client, case, workload, contender, schedulers, concurrency).await?;
             results.push((contender, outcome));
         }
         print_rows(wanted, &threshold(workload), &results);
