@@ -289,8 +289,31 @@ impl Run<'_> {
                 self.csi_nodes.push(name.clone());
             }
         }
-        self.nodes.extend(nodes.into_iter().map(|(name, _)| name));
+        let created: BTreeSet<String> = nodes.into_iter().map(|(name, _)| name).collect();
+        self.wait_schedulable(&created).await?;
+        self.nodes.extend(created);
         Ok(())
+    }
+
+    /// Waits until kwok reports the nodes Ready and the node lifecycle controller has lifted
+    /// their not-ready taint: scheduler_perf's nodes can take pods from the moment they are
+    /// created, and kwok's pace must not be what a workload measures.
+    async fn wait_schedulable(&self, names: &BTreeSet<String>) -> Result<(), Error> {
+        let api: Api<Node> = Api::all(self.client.clone());
+        let params = ListParams::default().labels(&format!("{RUN_LABEL}=true"));
+        wait_until(Duration::from_secs(600), "nodes Ready and untainted", || async {
+            // Thousands of nodes: a list a second is enough and costs the apiserver little.
+            tokio::time::sleep(Duration::from_millis(900)).await;
+            let schedulable = api
+                .list(&params)
+                .await?
+                .items
+                .iter()
+                .filter(|node| names.contains(&node.name_any()) && schedulable(node))
+                .count();
+            Ok((schedulable == names.len(), format!("{schedulable}/{} nodes schedulable", names.len())))
+        })
+        .await
     }
 
     /// A bound claim and volume for pod `index`, as scheduler_perf makes them: claim `pvc-<i>`
@@ -885,6 +908,19 @@ impl Drop for Cluster {
 struct Schedulers<'a> {
     kube_scheduler: &'a Path,
     kubeconfig: &'a Path,
+}
+
+/// Whether a node is Ready and without the taints of a node not (yet) ready.
+fn schedulable(node: &Node) -> bool {
+    let ready = node
+        .status
+        .iter()
+        .flat_map(|status| status.conditions.iter().flatten())
+        .any(|condition| condition.type_ == "Ready" && condition.status == "True");
+    let not_ready = node.spec.iter().flat_map(|spec| spec.taints.iter().flatten()).any(|taint| {
+        matches!(taint.key.as_str(), "node.kubernetes.io/not-ready" | "node.kubernetes.io/unreachable")
+    });
+    ready && !not_ready
 }
 
 /// Runs one workload for one contender, from an empty cluster back to one.

@@ -98,7 +98,14 @@ fn block_on(benchmark: impl Future<Output = Result<(), yiyun_bench::Error>>) -> 
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(benchmark).context("benchmark failed")
+    runtime.block_on(async {
+        // Interrupted, the benchmark is dropped: what it started (schedulers, clusters of its
+        // own) is stopped and taken down on the way out.
+        tokio::select! {
+            result = benchmark => result.context("benchmark failed"),
+            _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),
+        }
+    })
 }
 
 /// The threads a component's async runtime runs on.
