@@ -81,7 +81,7 @@ bench-scheduler: cluster-binaries
 
 ## bench-scheduler-perf: kube-scheduler's own scheduler_perf workloads (from the Go module cache, as
 ## they are), kube-scheduler then yiyun-scheduler on each, each on a fresh local cluster, with a
-## correctness check of the final placement (~70 min for the default list;
+## correctness check of the final placement (~35 min for the default list;
 ## WORKLOADS=SchedulingBasic/500Nodes,... for others, CONTENDERS=yiyun-scheduler for one)
 bench-scheduler-perf: cluster-binaries
 	cargo build --release -p yiyun --locked

@@ -130,6 +130,13 @@ fn quota_cpu(quota: &ResourceQuota) -> String {
     quota.spec.as_ref().and_then(|s| s.hard.as_ref()).map(|h| h["requests.cpu"].0.clone()).unwrap_or_default()
 }
 
+/// The CPU limit admission enforces: `status.hard`, which kube-controller-manager copies from
+/// the spec a moment after it changes.
+fn enforced_cpu(quota: &ResourceQuota) -> String {
+    let hard = quota.status.as_ref().and_then(|s| s.hard.as_ref());
+    hard.and_then(|h| h.get("requests.cpu")).map(|q| q.0.clone()).unwrap_or_default()
+}
+
 #[tokio::test]
 async fn a_tree_gets_namespaces_quotas_defaults_access_isolation_and_status() {
     let client = client().await;
@@ -415,8 +422,9 @@ async fn the_apiserver_refuses_a_pod_that_would_push_a_subtree_over_its_max() {
     let a1_quota = Api::<ResourceQuota>::namespaced(client.clone(), &tree.ns_a1);
     let a2_quota = Api::<ResourceQuota>::namespaced(client.clone(), &tree.ns_a2);
     let cpu_limit = |api: Api<ResourceQuota>, expected: &'static str| async move {
-        eventually(WAIT, &format!("requests.cpu limit {expected}"), || async {
-            (quota_cpu(&api.get("yiyun-quota").await.ok()?) == expected).then_some(())
+        eventually(WAIT, &format!("requests.cpu limit {expected}, enforced"), || async {
+            let quota = api.get("yiyun-quota").await.ok()?;
+            (quota_cpu(&quota) == expected && enforced_cpu(&quota) == expected).then_some(())
         })
         .await
     };
