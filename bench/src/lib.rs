@@ -42,6 +42,9 @@ pub enum Error {
     Io(#[from] std::io::Error),
     #[error("timed out: {0}")]
     Timeout(String),
+    /// What the benchmark needs is missing or wrong: a setting, a template, a cluster.
+    #[error("{0}")]
+    Setup(String),
     #[error("JSON: {0}")]
     Json(#[from] serde_json::Error),
     #[error("HTTP: {0}")]

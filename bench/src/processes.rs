@@ -26,7 +26,7 @@ fn log(name: &str) -> std::io::Result<std::fs::File> {
 pub(crate) fn kubeconfig() -> Result<PathBuf, Error> {
     std::env::var_os("KUBECONFIG")
         .map(PathBuf::from)
-        .ok_or_else(|| Error::Timeout("KUBECONFIG is not set".into()))
+        .ok_or_else(|| Error::Setup("KUBECONFIG is not set".into()))
 }
 
 /// kube-scheduler from `binary` on the cluster of `kubeconfig` with the client limits given,

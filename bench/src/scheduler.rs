@@ -442,7 +442,7 @@ async fn restart(client: &Client, config: &Config, nodes: usize) -> Result<(f64,
 pub async fn run(config: Config) -> Result<(), Error> {
     if config.suite == Some(Suite::SchedulerPerf) {
         let dir = config.suite_dir.clone().ok_or_else(|| {
-            Error::Timeout("--suite-dir (or SCHEDULER_PERF_DIR) must say where scheduler_perf is".into())
+            Error::Setup("--suite-dir (or SCHEDULER_PERF_DIR) must say where scheduler_perf is".into())
         })?;
         let workloads: Vec<String> = if config.workloads.is_empty() {
             crate::scheduler_perf::DEFAULT_WORKLOADS.iter().map(|w| w.to_string()).collect()

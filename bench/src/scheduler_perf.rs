@@ -80,7 +80,7 @@ fn load(suite: &Path) -> Result<Vec<TestCase>, Error> {
         let file = dir.join("performance-config.yaml");
         let Ok(text) = std::fs::read_to_string(&file) else { continue };
         let parsed: Value = serde_saphyr::from_str(&text)
-            .map_err(|err| Error::Timeout(format!("{}: {err}", file.display())))?;
+            .map_err(|err| Error::Setup(format!("{}: {err}", file.display())))?;
         for case in parsed.as_array().into_iter().flatten() {
             cases.push(TestCase {
                 name: case["name"].as_str().unwrap_or_default().to_string(),
@@ -101,21 +101,20 @@ fn expand(text: &str, index: usize, count: usize) -> Result<String, Error> {
     let mut rest = text;
     while let Some(start) = rest.find("{{") {
         out.push_str(&rest[..start]);
-        let end =
-            rest[start..].find("}}").ok_or_else(|| Error::Timeout("unclosed {{ in a template".into()))?;
+        let end = rest[start..].find("}}").ok_or_else(|| Error::Setup("unclosed {{ in a template".into()))?;
         let action: Vec<&str> = rest[start + 2..start + end].split_whitespace().collect();
         let value = |token: &str| -> Result<i64, Error> {
             match token {
                 ".Index" => Ok(index as i64),
                 ".Count" => Ok(count as i64),
-                number => number.parse().map_err(|_| Error::Timeout(format!("template value {number}"))),
+                number => number.parse().map_err(|_| Error::Setup(format!("template value {number}"))),
             }
         };
         let result = match action.as_slice() {
             [single] => value(single)?,
             ["Mod", a, b] => value(a)?.checked_rem(value(b)?).unwrap_or(0),
             ["DivideInt", a, b] => value(a)?.checked_div(value(b)?).unwrap_or(0),
-            other => return Err(Error::Timeout(format!("template action {other:?} not supported"))),
+            other => return Err(Error::Setup(format!("template action {other:?} not supported"))),
         };
         out.push_str(&result.to_string());
         rest = &rest[start + end + 2..];
@@ -128,7 +127,7 @@ fn read_template(dir: &Path, path: &str, index: usize, count: usize) -> Result<V
     let file = dir.join(path);
     let text = std::fs::read_to_string(&file)?;
     serde_saphyr::from_str(&expand(&text, index, count)?)
-        .map_err(|err| Error::Timeout(format!("{}: {err}", file.display())))
+        .map_err(|err| Error::Setup(format!("{}: {err}", file.display())))
 }
 
 /// A count given as `count` or as `countParam: $name`.
@@ -881,7 +880,7 @@ impl Cluster {
         static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let name = format!("perf-{}-{run}", std::process::id());
-        progress(&format!("starting local cluster {name} (about 15 s)"));
+        progress(&format!("starting local cluster {name} (about 10 s)"));
         // Taken down when dropped, also if it fails to come up.
         let mut cluster =
             Cluster { script: script.to_path_buf(), name: name.clone(), kubeconfig: PathBuf::new() };
@@ -891,12 +890,12 @@ impl Cluster {
             .stderr(std::process::Stdio::inherit())
             .output()?;
         if !output.status.success() {
-            return Err(Error::Timeout(format!("{} up {name} failed", script.display())));
+            return Err(Error::Setup(format!("{} up {name} failed", script.display())));
         }
         cluster.kubeconfig = String::from_utf8_lossy(&output.stdout)
             .lines()
             .find_map(|line| line.strip_prefix("export KUBECONFIG=").map(PathBuf::from))
-            .ok_or_else(|| Error::Timeout(format!("{} up {name} names no KUBECONFIG", script.display())))?;
+            .ok_or_else(|| Error::Setup(format!("{} up {name} names no KUBECONFIG", script.display())))?;
         Ok(cluster)
     }
 }
