@@ -1,5 +1,6 @@
-//! Schedulers the benchmarks run as processes of their own, each stopped when dropped; what
-//! they log goes to `yiyun-bench-<name>.log` in the temporary directory.
+//! Schedulers the benchmarks run as processes of their own, each stopped when dropped (what
+//! they log goes to `yiyun-bench-<name>.log` in the temporary directory), and local clusters
+//! brought up for one run, each taken down when dropped.
 
 use std::{
     path::{Path, PathBuf},
@@ -65,4 +66,45 @@ pub(crate) fn yiyun_scheduler(extra: &[&str]) -> Result<Process, Error> {
         .stderr(log("yiyun-scheduler")?)
         .spawn()?;
     Ok(Process(child))
+}
+
+/// A local cluster of its own for one run, taken down when dropped.
+pub(crate) struct Cluster {
+    script: PathBuf,
+    name: String,
+    pub(crate) kubeconfig: PathBuf,
+}
+
+impl Cluster {
+    pub(crate) fn up(script: &Path) -> Result<Cluster, Error> {
+        static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("perf-{}-{run}", std::process::id());
+        crate::progress(&format!("starting local cluster {name} (about 10 s)"));
+        // Taken down when dropped, also if it fails to come up.
+        let mut cluster =
+            Cluster { script: script.to_path_buf(), name: name.clone(), kubeconfig: PathBuf::new() };
+        // `up` says what it does on stderr and prints the cluster's environment on stdout.
+        let output = std::process::Command::new(script)
+            .args(["up", &name])
+            .stderr(std::process::Stdio::inherit())
+            .output()?;
+        if !output.status.success() {
+            return Err(Error::Setup(format!("{} up {name} failed", script.display())));
+        }
+        cluster.kubeconfig = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .find_map(|line| line.strip_prefix("export KUBECONFIG=").map(PathBuf::from))
+            .ok_or_else(|| Error::Setup(format!("{} up {name} names no KUBECONFIG", script.display())))?;
+        Ok(cluster)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(&self.script)
+            .args(["down", &self.name])
+            .stdout(std::process::Stdio::null())
+            .status();
+    }
 }

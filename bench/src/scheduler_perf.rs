@@ -868,47 +868,6 @@ fn record_bindings(client: Client, clock: Arc<Mutex<Clock>>) -> tokio::task::Joi
     })
 }
 
-/// A local cluster of its own for one run, taken down when dropped.
-struct Cluster {
-    script: PathBuf,
-    name: String,
-    kubeconfig: PathBuf,
-}
-
-impl Cluster {
-    fn up(script: &Path) -> Result<Cluster, Error> {
-        static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let name = format!("perf-{}-{run}", std::process::id());
-        progress(&format!("starting local cluster {name} (about 10 s)"));
-        // Taken down when dropped, also if it fails to come up.
-        let mut cluster =
-            Cluster { script: script.to_path_buf(), name: name.clone(), kubeconfig: PathBuf::new() };
-        // `up` says what it does on stderr and prints the cluster's environment on stdout.
-        let output = std::process::Command::new(script)
-            .args(["up", &name])
-            .stderr(std::process::Stdio::inherit())
-            .output()?;
-        if !output.status.success() {
-            return Err(Error::Setup(format!("{} up {name} failed", script.display())));
-        }
-        cluster.kubeconfig = String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .find_map(|line| line.strip_prefix("export KUBECONFIG=").map(PathBuf::from))
-            .ok_or_else(|| Error::Setup(format!("{} up {name} names no KUBECONFIG", script.display())))?;
-        Ok(cluster)
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new(&self.script)
-            .args(["down", &self.name])
-            .stdout(std::process::Stdio::null())
-            .status();
-    }
-}
-
 /// How to start the contenders on the cluster of `kubeconfig`.
 #[derive(Clone, Copy)]
 struct Schedulers<'a> {
@@ -1030,7 +989,7 @@ pub async fn run(
         let mut results = Vec::new();
         for &contender in contenders {
             progress(&format!("{wanted}: {}", contender.name()));
-            let cluster = cluster_script.map(Cluster::up).transpose()?;
+            let cluster = cluster_script.map(crate::processes::Cluster::up).transpose()?;
             let kubeconfig = match &cluster {
                 Some(cluster) => cluster.kubeconfig.clone(),
                 None => crate::processes::kubeconfig()?,

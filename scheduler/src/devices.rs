@@ -339,7 +339,7 @@ impl Devices {
         let requests = claims.iter().filter(|c| c.allocated_on.is_none()).flat_map(|c| &c.requests);
         let mut out = Vec::new();
         for request in requests {
-            let mut verdicts = self.verdicts.remove(&request.selectors).unwrap_or_default();
+            let verdicts = self.verdicts.entry(request.selectors.clone()).or_default();
             verdicts.resize(count, None);
             let devices = self.catalog.as_ref().map(|c| c.devices.as_slice()).unwrap_or_default();
             let selected = verdicts
@@ -350,7 +350,6 @@ impl Devices {
                         .get_or_insert_with(|| selects(&request.selectors, &cel_device(&id.driver, device)))
                 })
                 .collect();
-            self.verdicts.insert(request.selectors.clone(), verdicts);
             out.push(selected);
         }
         out
