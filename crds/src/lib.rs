@@ -5,6 +5,7 @@
 
 pub mod labels;
 mod podgroup;
+mod pricebook;
 mod site;
 mod tenant;
 
@@ -13,6 +14,10 @@ use kube::CustomResourceExt;
 
 pub use podgroup::{
     GangTopology, PodGroup, PodGroupPhase, PodGroupSpec, PodGroupStatus, TopologyLevel, TopologyMode,
+};
+pub use pricebook::{
+    LevelDiscounts, PRICE_PATTERN, PriceBook, PriceBookSpec, PriceBookStatus, PriceScope, Prices,
+    ReservedPrices,
 };
 pub use site::{
     BlockedPod, ComputeSite, ComputeSiteSpec, ComputeSiteStatus, Maintenance, MaintenanceStatus, NodeCounts,
@@ -32,7 +37,7 @@ pub const FIELD_MANAGER: &str = "yiyun-controller";
 
 /// Every CustomResourceDefinition yiyun serves, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![Tenant::crd(), ComputeSite::crd(), NodePool::crd(), PodGroup::crd()]
+    vec![Tenant::crd(), ComputeSite::crd(), NodePool::crd(), PodGroup::crd(), PriceBook::crd()]
 }
 
 /// Every CRD as one multi-document YAML stream, the form checked into the Helm chart.
