@@ -4,15 +4,63 @@
 //!
 //! The rules are pure and need no cluster or database: [`calendar`] (months in China Standard
 //! Time), [`money`] (whole fen and the one rounding rule), [`meter`], [`prices`] (the catalog
-//! of PriceBooks), [`rating`] (usage × prices → cells) and [`bill`] (lines, totals, the tree).
+//! of PriceBooks), [`rating`] (usage × prices → cells), [`bill`] (lines, totals, the tree) and
+//! [`metering`] (what a pod or claim holds, from its lifecycle). The I/O: [`ledger`] (SQLite or
+//! PostgreSQL), [`meter_controller`] (`yiyun billing run`), [`statement`] (open and closed
+//! months), [`export`] and [`cli`].
 
 pub mod bill;
 pub mod calendar;
+pub mod cli;
+pub mod export;
+pub mod ledger;
 pub mod meter;
+pub mod meter_controller;
+pub mod metering;
 pub mod money;
 pub mod pricebook;
 pub mod prices;
 pub mod rating;
+pub mod statement;
 
 #[cfg(test)]
 mod tests;
+
+/// Errors of the billing component, each with a stable label for metrics.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Ledger(#[from] ledger::LedgerError),
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error(transparent)]
+    Admin(#[from] yiyun_admin::Error),
+    #[error(transparent)]
+    Rating(#[from] rating::RatingError),
+    #[error(transparent)]
+    Month(#[from] calendar::MonthError),
+    #[error("cannot encode JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("cannot write CSV: {0}")]
+    Csv(#[from] csv::Error),
+    #[error(transparent)]
+    Close(#[from] statement::CloseError),
+    #[error(transparent)]
+    Input(#[from] cli::InputError),
+}
+
+impl Error {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Error::Ledger(err) => err.label(),
+            Error::Kube(_) => "kube",
+            Error::Admin(err) => err.label(),
+            Error::Rating(err) => err.label(),
+            Error::Month(_) => "month",
+            Error::Json(_) => "json",
+            Error::Csv(_) => "csv",
+            Error::Close(_) => "close",
+            Error::Input(_) => "input",
+        }
+    }
+}

@@ -3,8 +3,12 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::{
+    apimachinery::pkg::apis::meta::v1::{Condition, Time},
+    jiff::Timestamp,
+};
 use rust_decimal::Decimal;
-use yiyun_crds::{PriceBook, RegionClass};
+use yiyun_crds::{PriceBook, PriceBookStatus, RegionClass};
 
 use crate::{
     calendar::Seconds,
@@ -113,6 +117,32 @@ pub fn catalog(price_books: &[PriceBook]) -> (Catalog, Vec<Refusal>) {
     let (catalog, overlapping) = Catalog::accept(books);
     refused.extend(overlapping);
     (catalog, refused)
+}
+
+/// The status of a PriceBook: `Accepted`, or why not.
+pub fn status(book: &PriceBook, refusal: Option<&Refusal>) -> PriceBookStatus {
+    let generation = book.metadata.generation;
+    let previous = book.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let (status, reason, message) = match refusal {
+        None => ("True", "InForce", "rating uses this book over its effective range".to_string()),
+        Some(refusal) if refusal.message.contains("overlaps") => {
+            ("False", "OverlappingRange", refusal.message.clone())
+        }
+        Some(refusal) => ("False", "Invalid", refusal.message.clone()),
+    };
+    let before = previous.iter().find(|c| c.type_ == "Accepted");
+    let condition = Condition {
+        type_: "Accepted".into(),
+        status: status.into(),
+        reason: reason.into(),
+        message,
+        observed_generation: generation,
+        last_transition_time: match before {
+            Some(c) if c.status == status => c.last_transition_time.clone(),
+            _ => Time(Timestamp::now()),
+        },
+    };
+    PriceBookStatus { observed_generation: generation, conditions: vec![condition] }
 }
 
 #[cfg(test)]

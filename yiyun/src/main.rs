@@ -23,6 +23,9 @@ enum Command {
     Controller(yiyun_controller::Config),
     /// Run the scheduler.
     Scheduler(yiyun_scheduler::Config),
+    /// Metering and billing: the meter, month bills, month close, exports for finance.
+    #[command(subcommand)]
+    Billing(Billing),
     /// Replay cluster traces through the placement engine and compare policies.
     #[command(subcommand)]
     Simulate(yiyun_simulator::Command),
@@ -31,6 +34,18 @@ enum Command {
     Bench(Bench),
     /// Print the version.
     Version,
+}
+
+#[derive(Subcommand, Debug)]
+enum Billing {
+    /// Run the metering controller: pods, volume claims and quota into the ledger.
+    Run(yiyun_billing::meter_controller::Config),
+    /// Print the tenant tree's bill for a month (own and subtree cost, cost centres).
+    Bill(yiyun_billing::cli::BillArgs),
+    /// Close a month: rate it once more and freeze it; its figures never change again.
+    Close(yiyun_billing::cli::MonthArgs),
+    /// Export a month's bill lines (CSV with Chinese headers by default, or JSON).
+    Export(yiyun_billing::cli::ExportArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -67,6 +82,20 @@ fn main() -> anyhow::Result<()> {
             Bench::Pools(config) => block_on(yiyun_bench::pools::run(config)),
             Bench::Scheduler(config) => block_on(yiyun_bench::scheduler::run(config)),
         },
+        Command::Billing(Billing::Run(config)) => {
+            serve(&cli.telemetry, "yiyun-billing", Threads::One, |shutdown| async move {
+                yiyun_billing::meter_controller::run(config, shutdown)
+                    .await
+                    .map_err(|err| anyhow::anyhow!(err).context("metering failed"))
+            })
+        }
+        Command::Billing(Billing::Bill(args)) => {
+            print_output(async { yiyun_billing::cli::bill(args).await.map(|text| Some(text.into_bytes())) })
+        }
+        Command::Billing(Billing::Close(args)) => print_output(async {
+            yiyun_billing::cli::close_month(args).await.map(|text| Some(text.into_bytes()))
+        }),
+        Command::Billing(Billing::Export(args)) => print_output(yiyun_billing::cli::export_month(args)),
         Command::Version => {
             println!("yiyun {}", env!("CARGO_PKG_VERSION"));
             Ok(())
@@ -106,6 +135,22 @@ fn block_on(benchmark: impl Future<Output = Result<(), yiyun_bench::Error>>) -> 
             _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),
         }
     })
+}
+
+/// Runs a one-off billing command and writes what it returns to standard output.
+fn print_output(
+    command: impl Future<Output = Result<Option<Vec<u8>>, yiyun_billing::Error>>,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let output = runtime.block_on(command).map_err(anyhow::Error::new).context("billing failed")?;
+    if let Some(bytes) = output {
+        std::io::stdout().write_all(&bytes).context("cannot write to standard output")?;
+    }
+    Ok(())
 }
 
 /// The threads a component's async runtime runs on.

@@ -1,0 +1,520 @@
+//! The metering controller: watches pods, claims, namespaces, nodes, sites, tenants and
+//! PriceBooks, and writes what they hold into the ledger.
+//!
+//! Crash safety: all state that matters is in the ledger. On start (and after every re-list)
+//! the pods and claims listed are recorded again (idempotent: keys are the objects' UIDs), and
+//! every interval still open whose object is not listed any more is closed at the last
+//! checkpoint that saw it held, marked estimated. Checkpoints are written every
+//! `--checkpoint-seconds` while the watches are live, so an estimate is never later than the
+//! truth and at most one checkpoint earlier.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
+    path::PathBuf,
+    time::Duration,
+};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolumeClaim, Pod};
+use kube::{
+    Api, Client, ResourceExt,
+    api::ListParams,
+    runtime::{
+        WatchStreamExt,
+        watcher::{self, Event},
+    },
+};
+use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use yiyun_crds::{ComputeSite, PriceBook, Tenant, labels};
+
+use crate::{
+    Error,
+    calendar::Seconds,
+    ledger::{Interval, Ledger, now},
+    metering::{NodePlace, Places, PodState, claim_interval, pod_intervals, pod_state},
+    pricebook,
+    rating::TenantInfo,
+};
+
+/// Configuration of `yiyun billing run`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Config {
+    /// The ledger: `sqlite://PATH` (created if missing) or `postgres://USER@HOST/DATABASE`.
+    #[arg(long, env = "YIYUN_BILLING_DATABASE", default_value = "sqlite://yiyun-billing.db")]
+    pub database: String,
+    /// Address of the admin server (/healthz, /readyz, /metrics).
+    #[arg(long, env = "YIYUN_BILLING_ADMIN_ADDR", default_value = "127.0.0.1:9442")]
+    pub admin_addr: SocketAddr,
+    /// A kubeconfig to use instead of `KUBECONFIG` or the in-cluster service account.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// How often open intervals are marked as still held: the most an interval of an object
+    /// deleted while the meter is down can be estimated short by.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub checkpoint_seconds: u64,
+}
+
+/// The meter's counters.
+#[derive(Clone, Default)]
+struct Metrics {
+    events: Family<Vec<(&'static str, &'static str)>, Counter>,
+    open_intervals: Gauge,
+}
+
+impl Metrics {
+    fn register(registry: &mut prometheus_client::registry::Registry) -> Metrics {
+        let metrics = Metrics::default();
+        registry.register("watch_events", "Watch events the meter handled, by kind", metrics.events.clone());
+        registry.register(
+            "open_objects",
+            "Pods and claims the meter holds intervals open for",
+            metrics.open_intervals.clone(),
+        );
+        metrics
+    }
+
+    fn event(&self, kind: &'static str) {
+        self.events.get_or_create(&vec![("kind", kind)]).inc();
+    }
+}
+
+/// Runs the meter until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    let ledger = Ledger::connect(&config.database).await?;
+    let client = yiyun_kube::client(config.kubeconfig.as_deref()).await?;
+    let mut registry = yiyun_admin::registry("billing", env!("CARGO_PKG_VERSION"));
+    let metrics = Metrics::register(&mut registry);
+    yiyun_admin::run_with_admin(config.admin_addr, registry, shutdown.clone(), |readiness| async move {
+        let price_books: Api<PriceBook> = Api::all(client.clone());
+        let one = ListParams::default().limit(1);
+        let waiting_for = "the apiserver and the yiyun CRDs (install them: `yiyun crd | kubectl apply -f -`)";
+        if !yiyun_admin::wait_for(waiting_for, Duration::from_secs(2), &shutdown, || {
+            price_books.list_metadata(&one)
+        })
+        .await
+        {
+            return Ok(());
+        }
+        let mut meter = Meter::new(client, ledger, metrics);
+        meter.run(Duration::from_secs(config.checkpoint_seconds), readiness, shutdown).await
+    })
+    .await
+}
+
+/// One event from any of the watches the meter reads, in the order they arrive (boxed: a pod
+/// event is kilobytes, a failure a few words).
+enum Change {
+    Pod(Box<Event<Pod>>),
+    Claim(Box<Event<PersistentVolumeClaim>>),
+    Namespace(Box<Event<Namespace>>),
+    Node(Box<Event<Node>>),
+    Site(Box<Event<ComputeSite>>),
+    Tenant(Box<Event<Tenant>>),
+    PriceBook(Box<Event<PriceBook>>),
+    Failed(&'static str, watcher::Error),
+}
+
+struct Meter {
+    client: Client,
+    ledger: Ledger,
+    metrics: Metrics,
+    places: Places,
+    tenants: HashMap<String, Tenant>,
+    price_books: HashMap<String, PriceBook>,
+    /// Pods and claims recorded open, and those recorded ended (so updates do not rewrite them).
+    open: HashSet<String>,
+    ended: HashSet<String>,
+    /// Objects seen in the list in progress, per kind.
+    listing: HashMap<&'static str, (HashSet<String>, Vec<Interval>)>,
+    /// Kinds whose watch has listed and has not failed since.
+    live: HashSet<&'static str>,
+    tenants_dirty: bool,
+    price_books_dirty: bool,
+}
+
+impl Meter {
+    fn new(client: Client, ledger: Ledger, metrics: Metrics) -> Meter {
+        Meter {
+            client,
+            ledger,
+            metrics,
+            places: Places::default(),
+            tenants: HashMap::new(),
+            price_books: HashMap::new(),
+            open: HashSet::new(),
+            ended: HashSet::new(),
+            listing: HashMap::new(),
+            live: HashSet::new(),
+            tenants_dirty: false,
+            price_books_dirty: false,
+        }
+    }
+
+    async fn run(
+        &mut self,
+        checkpoint_every: Duration,
+        readiness: yiyun_admin::Readiness,
+        shutdown: CancellationToken,
+    ) -> Result<(), Error> {
+        let config = watcher::Config::default();
+        let client = &self.client;
+        let backoff = || yiyun_kube::backoff::WatchBackoff::default();
+        // Places first: pods are metered where they run, for whom their namespace says.
+        let mut changes = futures::stream::select_all(vec![
+            watcher::watcher(Api::<Namespace>::all(client.clone()), config.clone())
+                .backoff(backoff())
+                .map(change(|e| Change::Namespace(Box::new(e)), "namespace"))
+                .boxed(),
+            watcher::watcher(Api::<Node>::all(client.clone()), config.clone())
+                .backoff(backoff())
+                .map(change(|e| Change::Node(Box::new(e)), "node"))
+                .boxed(),
+            watcher::watcher(Api::<ComputeSite>::all(client.clone()), config.clone())
+                .backoff(backoff())
+                .map(change(|e| Change::Site(Box::new(e)), "site"))
+                .boxed(),
+            watcher::watcher(Api::<Tenant>::all(client.clone()), config.clone())
+                .backoff(backoff())
+                .map(change(|e| Change::Tenant(Box::new(e)), "tenant"))
+                .boxed(),
+            watcher::watcher(Api::<PriceBook>::all(client.clone()), config.clone())
+                .backoff(backoff())
+                .map(change(|e| Change::PriceBook(Box::new(e)), "pricebook"))
+                .boxed(),
+            watcher::watcher(Api::<Pod>::all(client.clone()), config.clone())
+                .backoff(backoff())
+                .map(change(|e| Change::Pod(Box::new(e)), "pod"))
+                .boxed(),
+            watcher::watcher(Api::<PersistentVolumeClaim>::all(client.clone()), config)
+                .backoff(backoff())
+                .map(change(|e| Change::Claim(Box::new(e)), "pvc"))
+                .boxed(),
+        ]);
+        let mut checkpoint = tokio::time::interval(checkpoint_every);
+        let mut flush = tokio::time::interval(Duration::from_secs(2));
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                change = changes.next() => {
+                    let Some(change) = change else { break };
+                    self.handle(change).await?;
+                    readiness.set(["pod", "pvc", "namespace", "node"].iter().all(|kind| self.live.contains(kind)));
+                }
+                _ = checkpoint.tick() => self.checkpoint().await?,
+                _ = flush.tick() => self.flush().await?,
+            }
+        }
+        self.flush().await?;
+        info!("meter stopped");
+        Ok(())
+    }
+
+    async fn handle(&mut self, change: Change) -> Result<(), Error> {
+        match change {
+            Change::Failed(kind, error) => {
+                warn!(kind, %error, "watch failed; it retries by itself, and checkpoints wait until it lists again");
+                self.live.remove(kind);
+            }
+            Change::Namespace(event) => {
+                let event = *event;
+                self.metrics.event("namespace");
+                self.places_event(event, "namespace", |meter, ns: Namespace, present| {
+                    let name = ns.name_any();
+                    match ns.labels().get(labels::TENANT).filter(|_| present) {
+                        Some(tenant) => meter.places.tenant_of_namespace.insert(name, tenant.clone()),
+                        None => meter.places.tenant_of_namespace.remove(&name),
+                    };
+                });
+            }
+            Change::Node(event) => {
+                let event = *event;
+                self.metrics.event("node");
+                self.places_event(event, "node", |meter, node: Node, present| {
+                    let name = node.name_any();
+                    if present {
+                        meter.places.nodes.insert(name, NodePlace::from_labels(node.labels()));
+                    } else {
+                        meter.places.nodes.remove(&name);
+                    }
+                });
+            }
+            Change::Site(event) => {
+                let event = *event;
+                self.places_event(event, "site", |meter, site: ComputeSite, present| {
+                    let name = site.name_any();
+                    if present {
+                        meter.places.site_regions.insert(name, site.spec.region.clone());
+                    } else {
+                        meter.places.site_regions.remove(&name);
+                    }
+                });
+            }
+            Change::Tenant(event) => {
+                let event = *event;
+                self.tenants_dirty = true;
+                self.places_event(event, "tenant", |meter, tenant: Tenant, present| {
+                    let name = tenant.name_any();
+                    if present {
+                        meter.tenants.insert(name, tenant);
+                    } else {
+                        meter.tenants.remove(&name);
+                    }
+                });
+            }
+            Change::PriceBook(event) => {
+                let event = *event;
+                self.price_books_dirty = true;
+                self.places_event(event, "pricebook", |meter, book: PriceBook, present| {
+                    let name = book.name_any();
+                    if present {
+                        meter.price_books.insert(name, book);
+                    } else {
+                        meter.price_books.remove(&name);
+                    }
+                });
+            }
+            Change::Pod(event) => {
+                let event = *event;
+                self.metrics.event("pod");
+                self.object_event(event, "pod").await?;
+            }
+            Change::Claim(event) => {
+                let event = *event;
+                self.metrics.event("pvc");
+                self.object_event(event, "pvc").await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps a small map of places up to date from its watch.
+    fn places_event<K: kube::Resource>(
+        &mut self,
+        event: Event<K>,
+        kind: &'static str,
+        mut update: impl FnMut(&mut Meter, K, bool),
+    ) {
+        match event {
+            Event::Init => {}
+            Event::InitApply(object) | Event::Apply(object) => update(self, object, true),
+            Event::Delete(object) => update(self, object, false),
+            Event::InitDone => {
+                self.live.insert(kind);
+            }
+        }
+    }
+
+    /// Records what a pod or claim holds, or that it stopped holding it.
+    async fn object_event<K: Metered>(&mut self, event: Event<K>, kind: &'static str) -> Result<(), Error> {
+        match event {
+            Event::Init => {
+                self.listing.insert(kind, (HashSet::new(), Vec::new()));
+            }
+            Event::InitApply(object) => {
+                let uid = object.uid().unwrap_or_default();
+                let intervals = self.intervals(&object, None).await;
+                if intervals.iter().any(|i| i.ended_at.is_some()) {
+                    self.ended.insert(format!("{}{uid}", kind_prefix(kind)));
+                }
+                let (seen, batch) = self.listing.entry(kind).or_default();
+                seen.insert(uid);
+                batch.extend(intervals);
+            }
+            Event::InitDone => {
+                let (seen, batch) = self.listing.remove(kind).unwrap_or_default();
+                // One transaction for the whole list: a meter killed half-way through it
+                // records all of it again on restart.
+                self.ledger.record(&batch).await?;
+                let now_open: HashSet<String> =
+                    batch.iter().filter(|i| i.ended_at.is_none()).map(|i| i.source.clone()).collect();
+                // Open in the ledger, not in the list: the object went while nobody watched.
+                let vanished: Vec<(String, Seconds, bool)> = self
+                    .ledger
+                    .open_sources(kind)
+                    .await?
+                    .into_iter()
+                    .filter(|(source, _)| !seen.contains(source))
+                    .map(|(source, last_seen)| (source, last_seen, true))
+                    .collect();
+                if !vanished.is_empty() {
+                    info!(
+                        kind,
+                        count = vanished.len(),
+                        "closing intervals of objects that went while the meter was away, at their last checkpoint (estimated)"
+                    );
+                }
+                self.ledger.close(&vanished).await?;
+                self.open.retain(|uid| !uid.starts_with(kind_prefix(kind)));
+                self.open.extend(now_open.into_iter().map(|uid| format!("{}{uid}", kind_prefix(kind))));
+                self.ended.retain(|key| {
+                    !key.starts_with(kind_prefix(kind)) || seen.contains(&key[kind_prefix(kind).len()..])
+                });
+                self.live.insert(kind);
+                self.metrics.open_intervals.set(self.open.len() as i64);
+                // Checkpoint now: what was listed is known held at this moment.
+                self.checkpoint().await?;
+            }
+            Event::Apply(object) => {
+                let uid = object.uid().unwrap_or_default();
+                let key = format!("{}{uid}", kind_prefix(kind));
+                if self.ended.contains(&key) {
+                    return Ok(());
+                }
+                let intervals = self.intervals(&object, None).await;
+                if intervals.is_empty()
+                    || (self.open.contains(&key) && intervals.iter().all(|i| i.ended_at.is_none()))
+                {
+                    return Ok(());
+                }
+                self.ledger.record(&intervals).await?;
+                if intervals.iter().any(|i| i.ended_at.is_some()) {
+                    self.open.remove(&key);
+                    self.ended.insert(key);
+                } else {
+                    self.open.insert(key);
+                }
+                self.metrics.open_intervals.set(self.open.len() as i64);
+            }
+            Event::Delete(object) => {
+                let uid = object.uid().unwrap_or_default();
+                let key = format!("{}{uid}", kind_prefix(kind));
+                if !self.ended.remove(&key) {
+                    let intervals = self.intervals(&object, Some(now())).await;
+                    // Recording ends what is open; an object never metered records it whole.
+                    self.ledger.record(&intervals).await?;
+                    if self.open.contains(&key) && intervals.is_empty() {
+                        self.ledger.close(&[(uid, now(), false)]).await?;
+                    }
+                }
+                self.open.remove(&key);
+                self.metrics.open_intervals.set(self.open.len() as i64);
+            }
+        }
+        Ok(())
+    }
+
+    /// The intervals of an object, looking up a namespace or node the watches have not
+    /// delivered yet (a pod can arrive before its new namespace).
+    async fn intervals<K: Metered>(&mut self, object: &K, gone_at: Option<Seconds>) -> Vec<Interval> {
+        let namespace = object.namespace().unwrap_or_default();
+        if !self.places.tenant_of_namespace.contains_key(&namespace)
+            && let Ok(Some(ns)) = Api::<Namespace>::all(self.client.clone()).get_opt(&namespace).await
+            && let Some(tenant) = ns.labels().get(labels::TENANT)
+        {
+            self.places.tenant_of_namespace.insert(namespace, tenant.clone());
+        }
+        if let Some(node) = object.node()
+            && !self.places.nodes.contains_key(&node)
+            && let Ok(Some(found)) = Api::<Node>::all(self.client.clone()).get_opt(&node).await
+        {
+            self.places.nodes.insert(node, NodePlace::from_labels(found.labels()));
+        }
+        object.intervals(gone_at, &self.places)
+    }
+
+    async fn checkpoint(&mut self) -> Result<(), Error> {
+        if !(self.live.contains("pod") && self.live.contains("pvc")) {
+            return Ok(());
+        }
+        self.ledger.checkpoint(now()).await?;
+        Ok(())
+    }
+
+    /// Writes the tenant tree and the PriceBooks (and the books' Accepted conditions) when
+    /// they changed.
+    async fn flush(&mut self) -> Result<(), Error> {
+        if self.tenants_dirty && self.live.contains("tenant") {
+            let tenants: Vec<TenantInfo> = self.tenants.values().map(tenant_info).collect();
+            self.ledger.sync_tenants(&tenants).await?;
+            self.tenants_dirty = false;
+        }
+        if self.price_books_dirty && self.live.contains("pricebook") {
+            let books: Vec<PriceBook> = self.price_books.values().cloned().collect();
+            let (_, refused) = pricebook::catalog(&books);
+            let documents = books
+                .iter()
+                .map(|b| Ok((b.name_any(), serde_json::to_string(&stored_book(b))?)))
+                .collect::<Result<Vec<_>, serde_json::Error>>()?;
+            self.ledger.sync_price_books(&documents).await?;
+            let api: Api<PriceBook> = Api::all(self.client.clone());
+            for book in &books {
+                let refusal = refused.iter().find(|r| r.book == book.name_any());
+                let status = pricebook::status(book, refusal);
+                yiyun_kube::conditions::write_status(&api, &book.name_any(), book.status.as_ref(), &status)
+                    .await?;
+            }
+            self.price_books_dirty = false;
+        }
+        Ok(())
+    }
+}
+
+fn kind_prefix(kind: &str) -> &'static str {
+    if kind == "pvc" { "pvc/" } else { "pod/" }
+}
+
+/// The parts of a PriceBook rating reads: name, creation time (which of two overlapping books
+/// came first) and spec.
+fn stored_book(book: &PriceBook) -> PriceBook {
+    let mut stored = PriceBook::new(&book.name_any(), book.spec.clone());
+    stored.metadata.creation_timestamp = book.metadata.creation_timestamp.clone();
+    stored
+}
+
+/// A Tenant as billing keeps it.
+pub fn tenant_info(tenant: &Tenant) -> TenantInfo {
+    TenantInfo {
+        name: tenant.name_any(),
+        display_name: tenant.spec.display_name.clone(),
+        parent: tenant.spec.parent.clone(),
+        level: serde_json::to_value(tenant.spec.level)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default(),
+        cost_center: tenant.spec.cost_center.clone(),
+    }
+}
+
+/// Maps a watch's items to [`Change`]s, keeping its errors apart.
+fn change<K>(
+    wrap: fn(Event<K>) -> Change,
+    kind: &'static str,
+) -> impl FnMut(Result<Event<K>, watcher::Error>) -> Change {
+    move |event| match event {
+        Ok(event) => wrap(event),
+        Err(error) => Change::Failed(kind, error),
+    }
+}
+
+/// What the meter records for a kind of object.
+trait Metered: kube::Resource<DynamicType = ()> + Clone + Send + 'static {
+    fn node(&self) -> Option<String>;
+    fn intervals(&self, gone_at: Option<Seconds>, places: &Places) -> Vec<Interval>;
+}
+
+impl Metered for Pod {
+    fn node(&self) -> Option<String> {
+        self.spec.as_ref().and_then(|s| s.node_name.clone())
+    }
+
+    fn intervals(&self, gone_at: Option<Seconds>, places: &Places) -> Vec<Interval> {
+        let state = pod_state(self, gone_at);
+        if matches!(state, PodState::NotMetered) {
+            return Vec::new();
+        }
+        pod_intervals(self, &state, places)
+    }
+}
+
+impl Metered for PersistentVolumeClaim {
+    fn node(&self) -> Option<String> {
+        self.annotations().get("volume.kubernetes.io/selected-node").cloned()
+    }
+
+    fn intervals(&self, gone_at: Option<Seconds>, places: &Places) -> Vec<Interval> {
+        claim_interval(self, gone_at, places).into_iter().collect()
+    }
+}
