@@ -15,10 +15,11 @@ lint:
 unit:
 	cargo test --workspace --exclude yiyun-e2e --locked
 
-## e2e: brings up a local cluster of its own, runs the e2e tests, and always takes it down
+## e2e: brings up a local cluster and a PostgreSQL server of its own (for the billing ledger),
+## runs the e2e tests, and always takes both down
 e2e: cluster-binaries
 	cargo build -p yiyun --locked
-	e2e/with-cluster e2e-$$$$ cargo test -p yiyun-e2e --locked -- --test-threads 2
+	e2e/with-postgres e2e-$$$$ e2e/with-cluster e2e-$$$$ cargo test -p yiyun-e2e --locked -- --test-threads 2
 
 cluster-binaries:
 	e2e/build-binaries.sh

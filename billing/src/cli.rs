@@ -86,7 +86,7 @@ pub async fn bill(args: BillArgs) -> Result<String, Error> {
     let month = args.month.month()?;
     let ledger = Ledger::connect(&args.month.database).await?;
     checked_tenant(&ledger, args.tenant.as_deref()).await?;
-    let statement = statement(&ledger, month, now()).await?;
+    let statement = statement(&ledger, month, now(), args.tenant.as_deref()).await?;
     Ok(export::tree(&statement, args.tenant.as_deref()))
 }
 
@@ -109,7 +109,7 @@ pub async fn export_month(args: ExportArgs) -> Result<Option<Vec<u8>>, Error> {
     let month = args.month.month()?;
     let ledger = Ledger::connect(&args.month.database).await?;
     checked_tenant(&ledger, args.tenant.as_deref()).await?;
-    let statement = statement(&ledger, month, now()).await?;
+    let statement = statement(&ledger, month, now(), args.tenant.as_deref()).await?;
     let bytes = match args.format {
         Format::Csv => export::csv(&statement, args.tenant.as_deref(), args.headers)?,
         Format::Json => export::json(&statement, args.tenant.as_deref())?,

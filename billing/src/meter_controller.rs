@@ -81,6 +81,9 @@ impl Metrics {
     }
 }
 
+/// Every kind the meter watches.
+const WATCHED: [&str; 7] = ["namespace", "node", "site", "tenant", "pricebook", "pod", "pvc"];
+
 /// Runs the meter until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
     let ledger = Ledger::connect(&config.database).await?;
@@ -201,7 +204,13 @@ impl Meter {
                 change = changes.next() => {
                     let Some(change) = change else { break };
                     self.handle(change).await?;
-                    readiness.set(["pod", "pvc", "namespace", "node"].iter().all(|kind| self.live.contains(kind)));
+                    // Ready once every watch has listed and the tenant tree and the PriceBooks
+                    // are in the ledger (written at once the first time, batched later).
+                    let listed = WATCHED.iter().all(|kind| self.live.contains(kind));
+                    if listed && !readiness.get() {
+                        self.flush().await?;
+                    }
+                    readiness.set(listed && !self.tenants_dirty && !self.price_books_dirty);
                 }
                 _ = checkpoint.tick() => self.checkpoint().await?,
                 _ = flush.tick() => self.flush().await?,
@@ -440,13 +449,27 @@ impl Meter {
                 .collect::<Result<Vec<_>, serde_json::Error>>()?;
             self.ledger.sync_price_books(&documents).await?;
             let api: Api<PriceBook> = Api::all(self.client.clone());
+            self.price_books_dirty = false;
             for book in &books {
                 let refusal = refused.iter().find(|r| r.book == book.name_any());
                 let status = pricebook::status(book, refusal);
-                yiyun_kube::conditions::write_status(&api, &book.name_any(), book.status.as_ref(), &status)
-                    .await?;
+                match yiyun_kube::conditions::write_status(
+                    &api,
+                    &book.name_any(),
+                    book.status.as_ref(),
+                    &status,
+                )
+                .await
+                {
+                    Ok(_) => {}
+                    // Deleted meanwhile: its deletion is the next event.
+                    Err(kube::Error::Api(status)) if status.code == 404 => {}
+                    Err(error) => {
+                        warn!(book = %book.name_any(), %error, "cannot write the PriceBook's status; retrying");
+                        self.price_books_dirty = true;
+                    }
+                }
             }
-            self.price_books_dirty = false;
         }
         Ok(())
     }

@@ -43,14 +43,24 @@ impl Statement {
     }
 }
 
-/// The statement of `month` as of `now`: frozen if closed, rated from the ledger if not.
-pub async fn statement(ledger: &Ledger, month: Month, now: Seconds) -> Result<Statement, Error> {
+/// The statement of `month` as of `now`: frozen if closed, rated from the ledger if not; of
+/// every tenant, or only of `subtree_of` and its descendants (whose usage alone is rated then).
+pub async fn statement(
+    ledger: &Ledger,
+    month: Month,
+    now: Seconds,
+    subtree_of: Option<&str>,
+) -> Result<Statement, Error> {
     if let Some(closed) = frozen(ledger, month).await? {
         return Ok(closed);
     }
     let as_of = now.min(month.end());
-    let usages = ledger.usages(month.start(), month.end(), as_of).await?;
+    let mut usages = ledger.usages(month.start(), month.end(), as_of).await?;
     let tenants = ledger.tenants().await?;
+    if let Some(root) = subtree_of {
+        let subtree = subtree(&tenants, root);
+        usages.retain(|u| subtree.contains(u.tenant.as_str()));
+    }
     let books = ledger
         .price_books()
         .await?
@@ -60,6 +70,26 @@ pub async fn statement(ledger: &Ledger, month: Month, now: Seconds) -> Result<St
     let (catalog, _) = pricebook::catalog(&books);
     let rating = rate(month, &usages, &catalog, &tenants)?;
     Ok(Statement { rating, tenants, closed_at: None, as_of })
+}
+
+/// `root` and every tenant below it.
+fn subtree<'a>(
+    tenants: &'a HashMap<String, TenantInfo>,
+    root: &'a str,
+) -> std::collections::HashSet<&'a str> {
+    let mut members = std::collections::HashSet::from([root]);
+    // Parents before children is not guaranteed: repeat until nothing joins (depth passes).
+    loop {
+        let before = members.len();
+        for t in tenants.values() {
+            if t.parent.as_deref().is_some_and(|p| members.contains(p)) {
+                members.insert(t.name.as_str());
+            }
+        }
+        if members.len() == before {
+            return members;
+        }
+    }
 }
 
 /// Why a month cannot be closed.
@@ -78,7 +108,7 @@ pub async fn close(ledger: &Ledger, month: Month, now: Seconds) -> Result<Statem
     if let Some(closed) = frozen(ledger, month).await? {
         return Ok(closed);
     }
-    let mut statement = statement(ledger, month, now).await?;
+    let mut statement = statement(ledger, month, now, None).await?;
     statement.closed_at = Some(now);
     let key = month.to_string();
     let mut tx = ledger.pool().begin().await.map_err(LedgerError::from)?;

@@ -1,0 +1,618 @@
+//! Metering and billing on the real apiserver, with the ledger in SQLite and in PostgreSQL (a
+//! throwaway server `make e2e` starts: `e2e/postgres`).
+//!
+//! The pods here run on a node no kubelet (not even kwok) serves: the test plays the kubelet and
+//! writes each pod's container start and finish times itself, so every second the meter should
+//! record is known, and the pods can run in the previous month (a month that can be closed).
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use kube::{
+    Api, Client,
+    api::{DeleteParams, Patch, PatchParams, PostParams},
+};
+use serde_json::json;
+use yiyun_billing::{
+    calendar::{DAY, HOUR, Month, Seconds, format_local},
+    ledger::{Ledger, now},
+};
+use yiyun_e2e::{
+    apply_yiyun, client, eventually, free_port, http_get, install_crds, kubectl_apply, unique, yiyun_bin,
+};
+
+/// `yiyun billing run` as a child process, so that it can be SIGKILLed; killed when dropped.
+struct MeterProcess {
+    child: Child,
+    admin: String,
+    log: PathBuf,
+}
+
+impl MeterProcess {
+    fn start(database: &str, name: &str) -> MeterProcess {
+        let log = std::env::temp_dir().join(format!("{}-{}.log", unique(name), std::process::id()));
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("a log file");
+        let admin = format!("127.0.0.1:{}", free_port());
+        let child = Command::new(yiyun_bin())
+            .args([
+                "billing",
+                "run",
+                "--database",
+                database,
+                "--admin-addr",
+                &admin,
+                "--checkpoint-seconds",
+                "1",
+            ])
+            .stdout(file.try_clone().expect("log handle"))
+            .stderr(file)
+            .spawn()
+            .expect("start yiyun billing run");
+        MeterProcess { child, admin, log }
+    }
+
+    /// SIGKILL: no goodbye, as a crash.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    async fn ready(&self) {
+        let addr = self.admin.parse().expect("an address");
+        eventually(
+            Duration::from_secs(60),
+            &format!("the meter ready (log {})", self.log.display()),
+            || async move { http_get(addr, "/readyz").filter(|(code, _)| *code == 200).map(|_| ()) },
+        )
+        .await;
+    }
+}
+
+impl Drop for MeterProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A fresh ledger: a SQLite file, or a new database on the test PostgreSQL server.
+fn ledger_url(backend: &str, name: &str) -> String {
+    let name = unique(name).replace('-', "_");
+    match backend {
+        "sqlite" => format!("sqlite://{}/{name}.db", std::env::temp_dir().display()),
+        _ => {
+            let server = std::env::var("YIYUN_TEST_POSTGRES")
+                .expect("YIYUN_TEST_POSTGRES names the test PostgreSQL server: run under `make e2e` or `e2e/postgres up`");
+            let created = Command::new("psql")
+                .args([server.as_str(), "-qc", &format!("CREATE DATABASE {name}")])
+                .output()
+                .expect("psql on PATH (Debian's postgresql-client)");
+            assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+            format!("{}/{name}", server.rsplit_once('/').expect("a database in the URL").0)
+        }
+    }
+}
+
+/// `yiyun billing ARGS`: whether it succeeded, its standard output and its standard error.
+fn billing(args: &[&str]) -> (bool, Vec<u8>, String) {
+    let out = Command::new(yiyun_bin())
+        .arg("billing")
+        .args(args)
+        .env("RUST_BACKTRACE", "0")
+        .stdin(Stdio::null())
+        .output()
+        .expect("yiyun billing");
+    (out.status.success(), out.stdout, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// A tenant of its own with a namespace, a site with its own PriceBooks (the price changes in
+/// the middle of `month`), and a node at that site no kubelet serves.
+struct Scene {
+    client: Client,
+    tenant: String,
+    namespace: String,
+    node: String,
+    site: String,
+    books: [String; 2],
+    change: Seconds,
+}
+
+impl Scene {
+    async fn new(prefix: &str, month: Month) -> Scene {
+        let client = client().await;
+        install_crds(&client).await;
+        let tenant = unique(prefix);
+        let (namespace, node, site) =
+            (format!("{tenant}-ns"), format!("{tenant}-node"), format!("{tenant}-site"));
+        apply_yiyun::<yiyun_crds::Tenant>(
+            &client,
+            &tenant,
+            yiyun_object(
+                "Tenant",
+                &tenant,
+                json!({"displayName": format!("{prefix} 测试局"), "level": "province", "costCenter": "CC-E2E"}),
+            ),
+        )
+        .await;
+        let ns: Namespace = serde_json::from_value(
+            json!({"metadata": {"name": namespace, "labels": {"yiyun.io/tenant": tenant}}}),
+        )
+        .expect("a namespace");
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .expect("create the namespace");
+        let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            Api::namespaced(client.clone(), &namespace);
+        eventually(Duration::from_secs(30), "the namespace's default ServiceAccount", || async {
+            accounts.get_opt("default").await.ok().flatten().map(|_| ())
+        })
+        .await;
+        let labels = json!({"yiyun.io/site": site, "topology.kubernetes.io/region": "e2e", "yiyun.io/region-class": "west", "yiyun.io/gpu-model": "A800"});
+        let node_object: Node =
+            serde_json::from_value(json!({"metadata": {"name": node, "labels": labels}})).expect("a node");
+        Api::<Node>::all(client.clone())
+            .create(&PostParams::default(), &node_object)
+            .await
+            .expect("create the node");
+        let change = month.start() + 14 * DAY + 12 * HOUR;
+        let books = [format!("{tenant}-before"), format!("{tenant}-after")];
+        let prices =
+            |cpu: &str| json!({"cpuCoreHour": cpu, "memoryGiBHour": "0.015", "gpuHour": {"A800": "12"}});
+        for (name, from, to, cpu) in
+            [(&books[0], month.previous().start(), Some(change), "0.12"), (&books[1], change, None, "0.24")]
+        {
+            let mut spec =
+                json!({"scope": {"site": site}, "effectiveFrom": rfc3339(from), "prices": prices(cpu)});
+            if let Some(to) = to {
+                spec["effectiveTo"] = json!(rfc3339(to));
+            }
+            apply_yiyun::<yiyun_crds::PriceBook>(&client, name, yiyun_object("PriceBook", name, spec)).await;
+        }
+        Scene { client, tenant, namespace, node, site, books, change }
+    }
+
+    fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// A pod on the scene's node (bound at creation): 500m and 1Gi, a quarter GPU when `gpu`.
+    async fn create_pod(&self, name: &str, gpu: bool) -> String {
+        let annotations = if gpu { json!({"yiyun.io/gpu-milli": "250"}) } else { json!({}) };
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": name, "annotations": annotations},
+            "spec": {
+                "nodeName": self.node,
+                "tolerations": [{"operator": "Exists"}],
+                "containers": [{"name": "c", "image": "registry.local/app:1", "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}}}]
+            }
+        }))
+        .expect("a pod");
+        let created = self.pods().create(&PostParams::default(), &pod).await.expect("create a pod");
+        created.metadata.uid.expect("a uid")
+    }
+
+    /// What a kubelet reports: the container running since `started`.
+    async fn run(&self, name: &str, started: Seconds) {
+        let state = json!({"running": {"startedAt": rfc3339(started)}});
+        self.set_status(name, "Running", state).await;
+    }
+
+    /// The container finished at `finished`: the pod Succeeded.
+    async fn finish(&self, name: &str, started: Seconds, finished: Seconds) {
+        let state = json!({"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": rfc3339(started), "finishedAt": rfc3339(finished)}});
+        self.set_status(name, "Succeeded", state).await;
+    }
+
+    async fn set_status(&self, name: &str, phase: &str, state: serde_json::Value) {
+        let status = json!({"status": {"phase": phase, "containerStatuses": [
+            {"name": "c", "image": "registry.local/app:1", "imageID": "", "ready": phase == "Running", "restartCount": 0, "state": state}
+        ]}});
+        self.pods()
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+            .await
+            .unwrap_or_else(|err| panic!("status of {name}: {err}"));
+    }
+
+    async fn clean_up(self) {
+        let _ = Api::<Namespace>::all(self.client.clone())
+            .delete(&self.namespace, &DeleteParams::default())
+            .await;
+        let _ = Api::<Node>::all(self.client.clone()).delete(&self.node, &DeleteParams::default()).await;
+        let _ = Api::<yiyun_crds::Tenant>::all(self.client.clone())
+            .delete(&self.tenant, &DeleteParams::default())
+            .await;
+        // The PriceBooks stay: other tests' meters rate (and close) the same month, this scene's
+        // pods included, and a month with unpriced usage cannot be closed.
+    }
+}
+
+/// A yiyun object of `kind` for server-side apply.
+fn yiyun_object(kind: &str, name: &str, spec: serde_json::Value) -> serde_json::Value {
+    json!({"apiVersion": "yiyun.io/v1alpha1", "kind": kind, "metadata": {"name": name}, "spec": spec})
+}
+
+fn rfc3339(at: Seconds) -> String {
+    yiyun_billing::calendar::format_rfc3339(at)
+}
+
+/// The month before this one: its pods can all have ended, and it can be closed.
+fn last_month() -> Month {
+    Month::of(now()).previous()
+}
+
+/// Waits until the ledger holds exactly `expected` for each pod: (started, ended) of its cpu
+/// interval, never estimated.
+async fn recorded(ledger: &Ledger, expected: &HashMap<String, (Seconds, Option<Seconds>)>, what: &str) {
+    eventually(Duration::from_secs(90), what, || async {
+        for (uid, (started, ended)) in expected {
+            let intervals = ledger.intervals_of(uid).await.ok()?;
+            let cpu = intervals.iter().find(|(key, ..)| key.ends_with("/cpu"))?;
+            if (cpu.1, cpu.2, cpu.3) != (*started, *ended, false) {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+}
+
+/// Pods start and finish in the previous month while one meter is SIGKILLed again and again
+/// and another runs undisturbed: both ledgers end with every second of every pod, and the
+/// month's bills are the same to the byte.
+async fn sigkill_at_random_points_changes_no_number(backend: &str) {
+    let month = last_month();
+    let scene = Scene::new(&format!("kill-{backend}"), month).await;
+    let killed_url = ledger_url(backend, "killed");
+    let reference_url = ledger_url("sqlite", "reference");
+    let mut killed = MeterProcess::start(&killed_url, "meter-killed");
+    let reference = MeterProcess::start(&reference_url, "meter-reference");
+    killed.ready().await;
+    reference.ready().await;
+
+    // Seeded for replay: YIYUN_KILL_SEED=<seed> repeats a run's kill points.
+    let seed = std::env::var("YIYUN_KILL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        // Two tests start in the same second: each its own points.
+        now() as u64 * 2 + u64::from(backend == "postgres")
+    });
+    println!("kill points seeded with YIYUN_KILL_SEED={seed}");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    const PODS: usize = 16;
+    let mut lifetimes: Vec<(Seconds, Seconds)> = (0..PODS)
+        .map(|i| {
+            let start = month.start() + (i as i64) * (month.seconds() / PODS as i64) + rng.i64(0..DAY);
+            (start, (start + rng.i64(HOUR / 2..3 * DAY)).min(month.end() - 1))
+        })
+        .collect();
+    // One pod runs across the price change.
+    lifetimes[0] = (scene.change - 5 * HOUR - 17, scene.change + 7 * HOUR + 3);
+    // Each pod is created, runs, and finishes, in an order interleaving the pods.
+    let mut events: Vec<(usize, u8)> = Vec::new();
+    let mut next_step = [0u8; PODS];
+    while events.len() < 3 * PODS {
+        let pod = rng.usize(0..PODS);
+        if next_step[pod] < 3 {
+            events.push((pod, next_step[pod]));
+            next_step[pod] += 1;
+        }
+    }
+    let names: Vec<String> = (0..PODS).map(|i| format!("pod-{i}")).collect();
+    let mut uids: HashMap<usize, String> = HashMap::new();
+    let mut kills = 0;
+    let mut down_until: Option<usize> = None;
+    for (at, &(pod, step)) in events.iter().enumerate() {
+        let (started, finished) = lifetimes[pod];
+        match step {
+            0 => {
+                uids.insert(pod, scene.create_pod(&names[pod], pod % 3 == 0).await);
+            }
+            1 => scene.run(&names[pod], started).await,
+            _ => scene.finish(&names[pod], started, finished).await,
+        }
+        match down_until {
+            Some(until) if at >= until => {
+                killed = MeterProcess::start(&killed_url, "meter-killed");
+                down_until = None;
+                // Now and then killed again while it lists and catches up.
+                if rng.u8(0..4) == 0 {
+                    tokio::time::sleep(Duration::from_millis(rng.u64(0..400))).await;
+                    killed.kill();
+                    kills += 1;
+                    killed = MeterProcess::start(&killed_url, "meter-killed");
+                }
+            }
+            None if rng.u8(0..5) == 0 => {
+                // A few milliseconds after a change: often while the meter writes it.
+                tokio::time::sleep(Duration::from_millis(rng.u64(0..60))).await;
+                killed.kill();
+                kills += 1;
+                down_until = Some(at + 1 + rng.usize(0..4));
+            }
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(rng.u64(20..120))).await;
+    }
+    if down_until.is_some() {
+        killed = MeterProcess::start(&killed_url, "meter-killed");
+    }
+    println!("{kills} SIGKILLs over {} changes", events.len());
+    assert!(kills >= 3, "the seed gave too few kills to prove anything: {kills}");
+    killed.ready().await;
+
+    let expected: HashMap<String, (Seconds, Option<Seconds>)> =
+        uids.iter().map(|(pod, uid)| (uid.clone(), (lifetimes[*pod].0, Some(lifetimes[*pod].1)))).collect();
+    let killed_ledger = Ledger::connect(&killed_url).await.expect("the killed meter's ledger");
+    let reference_ledger = Ledger::connect(&reference_url).await.expect("the reference ledger");
+    recorded(&reference_ledger, &expected, "the reference ledger holding every pod's exact run").await;
+    recorded(&killed_ledger, &expected, "the killed meter's ledger holding every pod's exact run").await;
+
+    let month_text = month.to_string();
+    let export = |url: &str, format: &str| {
+        let (ok, out, err) = billing(&[
+            "export",
+            "--database",
+            url,
+            "--month",
+            &month_text,
+            "--tenant",
+            &scene.tenant,
+            "--format",
+            format,
+        ]);
+        assert!(ok, "{err}");
+        out
+    };
+    let csv = export(&killed_url, "csv");
+    assert_eq!(csv, export(&reference_url, "csv"), "the killed meter's bill equals the undisturbed one's");
+    let csv = String::from_utf8(csv).expect("UTF-8");
+    assert!(csv.starts_with('\u{feff}'), "a byte-order mark for Excel");
+    // The cpu lines, by their own arithmetic: 500m for every second of every pod.
+    let cpu_seconds: i64 = lifetimes.iter().map(|(s, e)| e - s).sum();
+    let quantity: f64 = csv
+        .lines()
+        .filter(|l| l.contains(",vCPU,"))
+        .map(|l| l.split(',').nth(11).expect("quantity").parse::<f64>().expect("a number"))
+        .sum();
+    let expected_hours = cpu_seconds as f64 * 0.5 / 3600.0;
+    assert!((quantity - expected_hours).abs() < 1e-5, "{quantity} vCPU-hours, expected {expected_hours}");
+    scene.clean_up().await;
+}
+
+#[tokio::test]
+async fn sigkill_at_random_points_changes_no_number_on_sqlite() {
+    sigkill_at_random_points_changes_no_number("sqlite").await;
+}
+
+#[tokio::test]
+async fn sigkill_at_random_points_changes_no_number_on_postgres() {
+    sigkill_at_random_points_changes_no_number("postgres").await;
+}
+
+/// A price change splits the month's lines at its time; a closed month exports the same bytes
+/// after more usage for it arrives and the meter restarts.
+async fn closed_month_never_changes(backend: &str) {
+    let month = last_month();
+    let scene = Scene::new(&format!("close-{backend}"), month).await;
+    let url = ledger_url(backend, "close");
+    let mut meter = MeterProcess::start(&url, "meter-close");
+    meter.ready().await;
+    let across = (scene.change - 2 * HOUR, scene.change + HOUR + 1800);
+    let uid = scene.create_pod("across", true).await;
+    scene.run("across", across.0).await;
+    scene.finish("across", across.0, across.1).await;
+    let ledger = Ledger::connect(&url).await.expect("the ledger");
+    recorded(&ledger, &HashMap::from([(uid, (across.0, Some(across.1)))]), "the pod across the price change")
+        .await;
+
+    let month_text = month.to_string();
+    let export = |format: &str, tenant: bool| {
+        let mut args = vec![
+            "export",
+            "--database",
+            &url,
+            "--month",
+            &month_text,
+            "--format",
+            format,
+            "--headers",
+            "english",
+        ];
+        if tenant {
+            args.extend(["--tenant", &scene.tenant]);
+        }
+        let (ok, out, err) = billing(&args);
+        assert!(ok, "{err}");
+        String::from_utf8(out).expect("UTF-8")
+    };
+    let open = export("csv", true);
+    let change = format_local(scene.change);
+    let cpu: Vec<&str> = open.lines().filter(|l| l.contains(",cpu,")).collect();
+    assert_eq!(cpu.len(), 2, "the cpu line splits in two at the price change:\n{open}");
+    assert!(cpu[0].contains(&format!(",{change},")) && cpu[0].contains(&scene.books[0]), "{}", cpu[0]);
+    assert!(
+        cpu[1].starts_with(&month_text)
+            && cpu[1].contains(&format!(",{change},"))
+            && cpu[1].contains(&scene.books[1]),
+        "{}",
+        cpu[1]
+    );
+    // 2 h at 0.12 and 1.5 h at 0.24 of half a vCPU.
+    assert!(cpu[0].ends_with(&format!(",1.000000,vCPU-hour,0.12,0,0.12,{}", scene.books[0])), "{}", cpu[0]);
+    assert!(cpu[1].ends_with(&format!(",0.750000,vCPU-hour,0.24,0,0.18,{}", scene.books[1])), "{}", cpu[1]);
+
+    let (ok, closed, err) = billing(&["close", "--database", &url, "--month", &month_text]);
+    assert!(ok, "{err}");
+    assert!(String::from_utf8_lossy(&closed).contains("closed at"), "{}", String::from_utf8_lossy(&closed));
+    let closed_csv = export("csv", false);
+    let closed_json = export("json", false);
+    assert!(closed_json.contains("\"status\": \"closed\""), "{closed_json}");
+
+    // Late usage for the closed month, seen by a restarted meter.
+    meter.kill();
+    let late = scene.create_pod("late", false).await;
+    scene.run("late", month.start() + 3 * DAY).await;
+    scene.finish("late", month.start() + 3 * DAY, month.start() + 4 * DAY).await;
+    let meter = MeterProcess::start(&url, "meter-close");
+    meter.ready().await;
+    recorded(
+        &ledger,
+        &HashMap::from([(late, (month.start() + 3 * DAY, Some(month.start() + 4 * DAY)))]),
+        "the late pod",
+    )
+    .await;
+    assert_eq!(export("csv", false), closed_csv, "a closed month's CSV does not change");
+    assert_eq!(export("json", false), closed_json, "nor its JSON");
+    let (ok, again, _) = billing(&["close", "--database", &url, "--month", &month_text]);
+    assert!(ok, "closing again is harmless");
+    assert_eq!(again, closed, "and reports the first close");
+    drop(meter);
+    scene.clean_up().await;
+}
+
+#[tokio::test]
+async fn closed_month_never_changes_on_sqlite() {
+    closed_month_never_changes("sqlite").await;
+}
+
+#[tokio::test]
+async fn closed_month_never_changes_on_postgres() {
+    closed_month_never_changes("postgres").await;
+}
+
+/// A pod deleted while the meter is down is gone when it returns: its interval ends at the
+/// last checkpoint that saw it running, marked estimated, never later than the deletion.
+#[tokio::test]
+async fn a_pod_gone_while_the_meter_was_down_ends_at_its_last_checkpoint_marked_estimated() {
+    let month = Month::of(now());
+    let scene = Scene::new("gone", month).await;
+    let url = ledger_url("sqlite", "gone");
+    let mut meter = MeterProcess::start(&url, "meter-gone");
+    meter.ready().await;
+    let started = now() - 60;
+    let uid = scene.create_pod("gone", false).await;
+    scene.run("gone", started).await;
+    let ledger = Ledger::connect(&url).await.expect("the ledger");
+    recorded(&ledger, &HashMap::from([(uid.clone(), (started, None))]), "the running pod").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    meter.kill();
+    let killed_at = now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    scene
+        .pods()
+        .delete("gone", &DeleteParams { grace_period_seconds: Some(0), ..DeleteParams::default() })
+        .await
+        .expect("delete");
+    let deleted_at = now();
+    let meter = MeterProcess::start(&url, "meter-gone");
+    meter.ready().await;
+    let ended = eventually(Duration::from_secs(30), "the gone pod's interval closed", || async {
+        let intervals = ledger.intervals_of(&uid).await.ok()?;
+        let cpu = intervals.iter().find(|(key, ..)| key.ends_with("/cpu"))?.clone();
+        cpu.2.map(|end| (end, cpu.3))
+    })
+    .await;
+    assert!(ended.1, "marked estimated");
+    assert!(ended.0 <= deleted_at, "never later than the deletion: {} vs {deleted_at}", ended.0);
+    assert!(ended.0 >= killed_at - 2, "at the last checkpoint before the kill ({} vs {killed_at})", ended.0);
+    drop(meter);
+    scene.clean_up().await;
+}
+
+/// Bad input gets a clear error naming what is wrong, and writes nothing.
+#[tokio::test]
+async fn bad_input_is_refused_with_the_field_or_cause() {
+    let month = last_month();
+    let scene = Scene::new("bad", month).await;
+    // A malformed PriceBook: the apiserver refuses it, naming the fields.
+    let (ok, out) = kubectl_apply(&format!(
+        "apiVersion: yiyun.io/v1alpha1\nkind: PriceBook\nmetadata: {{name: {}-bad}}\n\
+         spec: {{scope: {{site: x, regionClass: west}}, effectiveFrom: '2026-11-01T00:00:00+08:00', \
+         effectiveTo: '2026-10-01T00:00:00+08:00', prices: {{cpuCoreHour: '0.1.2'}}}}\n",
+        scene.tenant
+    ));
+    assert!(!ok);
+    for part in ["spec.prices.cpuCoreHour", "effectiveTo must be later", "region class or a site, not both"] {
+        assert!(out.contains(part), "{out} lacks {part}");
+    }
+    // An overlapping book of the same scope: accepted by the schema, refused by the meter.
+    let url = ledger_url("sqlite", "bad");
+    let meter = MeterProcess::start(&url, "meter-bad");
+    meter.ready().await;
+    let overlapping = format!("{}-overlap", scene.tenant);
+    apply_yiyun::<yiyun_crds::PriceBook>(
+        &scene.client,
+        &overlapping,
+        yiyun_object(
+            "PriceBook",
+            &overlapping,
+            json!({"scope": {"site": scene.site}, "effectiveFrom": rfc3339(scene.change + DAY), "prices": {"cpuCoreHour": "1"}}),
+        ),
+    )
+    .await;
+    let books: Api<yiyun_crds::PriceBook> = Api::all(scene.client.clone());
+    let message = eventually(Duration::from_secs(30), "the overlapping book refused", || async {
+        let book = books.get(&overlapping).await.ok()?;
+        let condition =
+            book.status?.conditions.into_iter().find(|c| c.type_ == "Accepted" && c.status == "False")?;
+        Some(format!("{}: {}", condition.reason, condition.message))
+    })
+    .await;
+    assert!(message.starts_with("OverlappingRange") && message.contains(&scene.books[1]), "{message}");
+    let _ = books.delete(&overlapping, &DeleteParams::default()).await;
+
+    // A GPU model no book prices.
+    let node: Api<Node> = Api::all(scene.client.clone());
+    let labels = json!({"metadata": {"labels": {"yiyun.io/gpu-model": "X9000"}}});
+    node.patch(&scene.node, &PatchParams::default(), &Patch::Merge(&labels)).await.expect("relabel the node");
+    // This month: closing the last one (other tests do) must not meet the unpriced model.
+    let started = Month::of(now()).start().max(now() - 2 * HOUR);
+    let uid = scene.create_pod("x9000", true).await;
+    scene.run("x9000", started).await;
+    scene.finish("x9000", started, started + HOUR).await;
+    let ledger = Ledger::connect(&url).await.expect("the ledger");
+    recorded(
+        &ledger,
+        &HashMap::from([(uid, (started, Some(started + HOUR)))]),
+        "the pod on the unpriced model",
+    )
+    .await;
+    let out_file = std::env::temp_dir().join(format!("{}.csv", scene.tenant));
+    let month_text = Month::of(started).to_string();
+    let out_path = out_file.to_str().expect("UTF-8").to_string();
+    let (ok, _, err) = billing(&[
+        "export",
+        "--database",
+        &url,
+        "--month",
+        &month_text,
+        "--tenant",
+        &scene.tenant,
+        "--out",
+        &out_path,
+    ]);
+    assert!(!ok);
+    for part in ["GPU-hours of model X9000", "spec.prices.gpuHour[X9000]", &scene.site] {
+        assert!(err.contains(part), "{err} lacks {part}");
+    }
+    assert!(!out_file.exists(), "nothing written half-way");
+    for (args, part) in [
+        (vec!["bill", "--database", &url, "--month", "2026-13"], "months run from 01 to 12"),
+        (vec!["bill", "--database", &url, "--month", "last"], "write it as YYYY-MM"),
+        (
+            vec!["bill", "--database", &url, "--tenant", "no-such-tenant"],
+            "tenant \"no-such-tenant\" does not exist",
+        ),
+        (vec!["bill", "--database", "postgres://yiyun@127.0.0.1:1/none"], "cannot reach the ledger database"),
+        (vec!["bill", "--database", "mysql://x"], "is not a ledger URL"),
+    ] {
+        let (ok, _, err) = billing(&args);
+        assert!(!ok, "{args:?} must fail");
+        assert!(err.contains(part), "{args:?}: {err} lacks {part}");
+    }
+    drop(meter);
+    scene.clean_up().await;
+}
