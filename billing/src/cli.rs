@@ -34,6 +34,8 @@ impl MonthArgs {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
     Csv,
+    Xlsx,
+    Parquet,
     Json,
 }
 
@@ -55,7 +57,7 @@ pub struct ExportArgs {
     /// Only this tenant and its subtree.
     #[arg(long)]
     pub tenant: Option<String>,
-    /// Column headers of CSV: Chinese (the default) or English.
+    /// Column headers and sheet names of CSV and XLSX: Chinese (the default) or English.
     #[arg(long, value_enum, default_value = "chinese")]
     pub headers: Headers,
     /// Write to this file instead of standard output.
@@ -112,6 +114,8 @@ pub async fn export_month(args: ExportArgs) -> Result<Option<Vec<u8>>, Error> {
     let statement = statement(&ledger, month, now(), args.tenant.as_deref()).await?;
     let bytes = match args.format {
         Format::Csv => export::csv(&statement, args.tenant.as_deref(), args.headers)?,
+        Format::Xlsx => export::xlsx(&statement, args.tenant.as_deref(), args.headers)?,
+        Format::Parquet => export::parquet(&statement, args.tenant.as_deref())?,
         Format::Json => export::json(&statement, args.tenant.as_deref())?,
     };
     match args.out {

@@ -1,8 +1,14 @@
 //! What finance reads: a month's statement as CSV (UTF-8 with a BOM and Chinese headers, so
-//! Excel and WPS open it cleanly), JSON, and the tenant tree as text.
+//! Excel and WPS open it cleanly), XLSX (a summary and a detail sheet), Parquet (one row per
+//! tenant, resource, site and hour, for data platforms), JSON, and the tenant tree as text.
 
-use std::fmt::Write as _;
+use std::{fmt::Write as _, sync::Arc};
 
+use parquet::{
+    errors::ParquetError,
+    file::{properties::WriterProperties, writer::SerializedFileWriter},
+};
+use rust_xlsxwriter::{Format, Workbook, XlsxError};
 use serde::Serialize;
 
 use crate::{
@@ -288,4 +294,201 @@ pub fn tree(statement: &Statement, subtree_of: Option<&str>) -> String {
     }
     let _ = writeln!(out, "{:<44} {:>14}", "total", total.to_string());
     out
+}
+
+/// The statement as an XLSX workbook: a summary sheet (each tenant's own and subtree cost in
+/// tree order, then each cost centre, then the total) and a detail sheet of bill lines. Amounts
+/// are numbers (the cell holds the exact decimal text) formatted to the fen.
+pub fn xlsx(statement: &Statement, subtree_of: Option<&str>, headers: Headers) -> Result<Vec<u8>, XlsxError> {
+    let rollup = statement.rollup();
+    let in_scope = scope(statement, subtree_of);
+    let chinese = headers == Headers::Chinese;
+    let mut workbook = Workbook::new();
+    let bold = Format::new().set_bold();
+    let money = Format::new().set_num_format("#,##0.00");
+    let bold_money = Format::new().set_bold().set_num_format("#,##0.00");
+    let quantity = Format::new().set_num_format("0.000000");
+
+    let summary = workbook.add_worksheet().set_name(if chinese { "汇总" } else { "Summary" })?;
+    let state = match statement.closed_at {
+        Some(closed) if chinese => format!("已结账 {}", format_local(closed)),
+        Some(closed) => format!("closed {}", format_local(closed)),
+        None if chinese => format!("未结账, 截至 {}", format_local(statement.as_of)),
+        None => format!("open, to {}", format_local(statement.as_of)),
+    };
+    let title = if chinese {
+        format!("{} 账单 (人民币元) {state}", statement.month())
+    } else {
+        format!("{} bill (CNY) {state}", statement.month())
+    };
+    summary.write_string_with_format(0, 0, &title, &bold)?;
+    let columns: [&str; 7] = if chinese {
+        ["成本中心", "租户", "租户名称", "层级", "上级租户", "本级费用(元)", "含下级费用(元)"]
+    } else {
+        ["cost_center", "tenant", "tenant_name", "level", "parent", "own_cny", "subtree_cny"]
+    };
+    for (col, name) in columns.iter().enumerate() {
+        summary.write_string_with_format(2, col as u16, *name, &bold)?;
+    }
+    let mut row = 3;
+    let mut total = crate::money::Fen::ZERO;
+    let mut centers: std::collections::BTreeMap<&str, crate::money::Fen> = Default::default();
+    for (name, depth) in rollup.order.iter().filter(|(name, _)| in_scope.contains(name)) {
+        let info = statement.tenants.get(name);
+        let center = rollup.cost_center[name].as_str();
+        summary.write_string(row, 0, center)?;
+        summary.write_string(row, 1, format!("{}{name}", "  ".repeat(*depth)))?;
+        summary.write_string(row, 2, info.map_or("", |t| t.display_name.as_str()))?;
+        summary.write_string(row, 3, info.map_or("", |t| t.level.as_str()))?;
+        summary.write_string(row, 4, info.and_then(|t| t.parent.as_deref()).unwrap_or_default())?;
+        summary.write_number_with_format(row, 5, number(rollup.own[name]), &money)?;
+        summary.write_number_with_format(row, 6, number(rollup.subtree[name]), &money)?;
+        total = total + rollup.own[name];
+        let sum = centers.entry(center).or_default();
+        *sum = *sum + rollup.own[name];
+        row += 1;
+    }
+    row += 1;
+    summary.write_string_with_format(row, 0, if chinese { "按成本中心" } else { "by cost centre" }, &bold)?;
+    row += 1;
+    for (center, amount) in &centers {
+        summary.write_string(row, 0, if center.is_empty() { "-" } else { center })?;
+        summary.write_number_with_format(row, 5, number(*amount), &money)?;
+        row += 1;
+    }
+    summary.write_string_with_format(row, 0, if chinese { "合计" } else { "total" }, &bold)?;
+    summary.write_number_with_format(row, 5, number(total), &bold_money)?;
+    summary.set_column_width(1, 36)?;
+    summary.set_column_width(2, 30)?;
+    summary.set_column_width(5, 16)?;
+    summary.set_column_width(6, 16)?;
+
+    let detail = workbook.add_worksheet().set_name(if chinese { "明细" } else { "Detail" })?;
+    let names = if chinese { CHINESE } else { ENGLISH };
+    for (col, name) in names.iter().enumerate() {
+        detail.write_string_with_format(0, col as u16, *name, &bold)?;
+    }
+    let rows = line_rows(statement, subtree_of, headers);
+    for (i, line) in rows.iter().enumerate() {
+        let row = i as u32 + 1;
+        let texts = [
+            &line.month,
+            &line.cost_center,
+            &line.tenant,
+            &line.tenant_name,
+            &line.parent,
+            &line.site,
+            &line.region_class,
+            &line.resource,
+            &line.gpu_model,
+            &line.from,
+            &line.to,
+        ];
+        for (col, text) in texts.into_iter().enumerate() {
+            detail.write_string(row, col as u16, text)?;
+        }
+        detail.write_number_with_format(row, 11, decimal_number(&line.quantity), &quantity)?;
+        detail.write_string(row, 12, &line.unit)?;
+        detail.write_number(row, 13, decimal_number(&line.unit_price))?;
+        detail.write_number(row, 14, decimal_number(&line.discount))?;
+        detail.write_number_with_format(row, 15, decimal_number(&line.amount), &money)?;
+        detail.write_string(row, 16, &line.price_book)?;
+    }
+    detail.set_freeze_panes(1, 0)?;
+    detail.autofilter(0, 0, rows.len() as u32, names.len() as u16 - 1)?;
+    detail.set_column_width(3, 30)?;
+    detail.set_column_width(9, 17)?;
+    detail.set_column_width(10, 17)?;
+    workbook.save_to_buffer()
+}
+
+/// A spreadsheet number: the double nearest the exact amount, written back as the same
+/// shortest decimal text (spreadsheets hold numbers as doubles; 2 decimals survive exactly).
+fn number(amount: crate::money::Fen) -> f64 {
+    decimal_number(&amount.to_string())
+}
+
+fn decimal_number(text: &str) -> f64 {
+    text.parse().unwrap_or(0.0)
+}
+
+/// The Parquet schema: one row per tenant, resource, site and hour, amounts as decimals.
+const PARQUET_SCHEMA: &str = "message hourly_cost {
+    REQUIRED BYTE_ARRAY month (STRING);
+    REQUIRED BYTE_ARRAY tenant (STRING);
+    REQUIRED BYTE_ARRAY cost_center (STRING);
+    REQUIRED BYTE_ARRAY site (STRING);
+    REQUIRED BYTE_ARRAY region_class (STRING);
+    REQUIRED BYTE_ARRAY resource (STRING);
+    REQUIRED BYTE_ARRAY gpu_model (STRING);
+    REQUIRED INT64 hour (TIMESTAMP(MILLIS,true));
+    REQUIRED INT64 quantity (DECIMAL(18,6));
+    REQUIRED BYTE_ARRAY unit (STRING);
+    REQUIRED INT64 amount_cny (DECIMAL(18,2));
+}";
+
+/// The statement's hours as Parquet for data platforms: one row per tenant, resource, site and
+/// hour (both cells of an hour a price change splits add up in it).
+pub fn parquet(statement: &Statement, subtree_of: Option<&str>) -> Result<Vec<u8>, ParquetError> {
+    use parquet::data_type::{ByteArray, ByteArrayType, Int64Type};
+    let rating = &statement.rating;
+    let rollup = statement.rollup();
+    let in_scope = scope(statement, subtree_of);
+    let hours: Vec<_> =
+        rating.hourly().into_iter().filter(|h| in_scope.contains(&rating.keys[h.key].tenant)).collect();
+    let text = |f: &dyn Fn(&crate::bill::HourRow) -> String| -> Vec<ByteArray> {
+        hours.iter().map(|h| ByteArray::from(f(h).into_bytes())).collect()
+    };
+    let key = |h: &crate::bill::HourRow| &rating.keys[h.key];
+    let month = statement.month().to_string();
+    let strings: Vec<Vec<ByteArray>> = vec![
+        text(&|_| month.clone()),
+        text(&|h| key(h).tenant.clone()),
+        text(&|h| rollup.cost_center.get(&key(h).tenant).cloned().unwrap_or_default()),
+        text(&|h| key(h).site.clone()),
+        text(&|h| key(h).region_class.clone()),
+        text(&|h| key(h).meter.key().to_string()),
+        text(&|h| key(h).gpu_model.clone()),
+    ];
+    let hour_millis: Vec<i64> = hours.iter().map(|h| h.hour * 1000).collect();
+    let micro_units: Vec<i64> = hours
+        .iter()
+        .map(|h| {
+            let quantity = rating.quantity(h.key, h.usage) * rust_decimal::Decimal::from(1_000_000);
+            rust_decimal::prelude::ToPrimitive::to_i64(&quantity).unwrap_or(i64::MAX)
+        })
+        .collect();
+    let units = text(&|h| key(h).meter.unit().to_string());
+    let fen: Vec<i64> = hours.iter().map(|h| h.amount.0).collect();
+
+    let schema = Arc::new(parquet::schema::parser::parse_message_type(PARQUET_SCHEMA)?);
+    let mut out = Vec::new();
+    let mut writer =
+        SerializedFileWriter::new(&mut out, schema, Arc::new(WriterProperties::builder().build()))?;
+    let mut group = writer.next_row_group()?;
+    let mut column = 0;
+    while let Some(mut writer) = group.next_column()? {
+        match column {
+            0..=6 => {
+                writer.typed::<ByteArrayType>().write_batch(&strings[column], None, None)?;
+            }
+            7 => {
+                writer.typed::<Int64Type>().write_batch(&hour_millis, None, None)?;
+            }
+            8 => {
+                writer.typed::<Int64Type>().write_batch(&micro_units, None, None)?;
+            }
+            9 => {
+                writer.typed::<ByteArrayType>().write_batch(&units, None, None)?;
+            }
+            _ => {
+                writer.typed::<Int64Type>().write_batch(&fen, None, None)?;
+            }
+        }
+        writer.close()?;
+        column += 1;
+    }
+    group.close()?;
+    writer.close()?;
+    Ok(out)
 }

@@ -322,10 +322,12 @@ impl Ledger {
         rows.iter().map(|row| Ok((row.try_get::<String, _>(0)?, row.try_get::<i64, _>(1)?))).collect()
     }
 
-    /// Usage overlapping `[from, to)`; intervals still open are taken to run until `now`.
+    /// Usage overlapping `[from, to)`. An interval still open counts until its last
+    /// checkpoint (at most `now`): never beyond what the meter saw, so a meter that is down
+    /// bills nothing it cannot vouch for.
     pub async fn usages(&self, from: Seconds, to: Seconds, now: Seconds) -> Result<Vec<Usage>, LedgerError> {
         let rows = sqlx::query(
-            "SELECT tenant, site, region_class, meter, gpu_model, amount, started_at, ended_at \
+            "SELECT tenant, site, region_class, meter, gpu_model, amount, started_at, ended_at, last_seen_at \
              FROM usage_intervals WHERE kind <> 'guarantee' AND started_at < $1 \
              AND (ended_at IS NULL OR ended_at > $2 OR (ended_at = started_at AND started_at >= $2))",
         )
@@ -340,6 +342,7 @@ impl Ledger {
                     .ok_or_else(|| LedgerError::Corrupt(format!("unknown meter {meter:?}")))?;
                 let start: i64 = row.try_get(6)?;
                 let end: Option<i64> = row.try_get(7)?;
+                let last_seen: i64 = row.try_get(8)?;
                 Ok(Usage {
                     tenant: row.try_get(0)?,
                     site: row.try_get(1)?,
@@ -348,7 +351,7 @@ impl Ledger {
                     gpu_model: row.try_get(4)?,
                     amount: row.try_get(5)?,
                     start,
-                    end: end.unwrap_or(now.max(start)),
+                    end: end.unwrap_or(last_seen.min(now)).max(start),
                 })
             })
             .collect()

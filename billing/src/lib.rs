@@ -43,6 +43,10 @@ pub enum Error {
     Json(#[from] serde_json::Error),
     #[error("cannot write CSV: {0}")]
     Csv(#[from] csv::Error),
+    #[error("cannot write XLSX: {0}")]
+    Xlsx(#[from] rust_xlsxwriter::XlsxError),
+    #[error("cannot write Parquet: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
     #[error(transparent)]
     Close(#[from] statement::CloseError),
     #[error(transparent)]
@@ -59,6 +63,8 @@ impl Error {
             Error::Month(_) => "month",
             Error::Json(_) => "json",
             Error::Csv(_) => "csv",
+            Error::Xlsx(_) => "xlsx",
+            Error::Parquet(_) => "parquet",
             Error::Close(_) => "close",
             Error::Input(_) => "input",
         }

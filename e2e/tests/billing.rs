@@ -466,11 +466,55 @@ async fn closed_month_never_changes(backend: &str) {
     .await;
     assert_eq!(export("csv", false), closed_csv, "a closed month's CSV does not change");
     assert_eq!(export("json", false), closed_json, "nor its JSON");
+    finance_reads_the_same_total(&url, &month_text, &closed_json);
+
     let (ok, again, _) = billing(&["close", "--database", &url, "--month", &month_text]);
     assert!(ok, "closing again is harmless");
     assert_eq!(again, closed, "and reports the first close");
     drop(meter);
     scene.clean_up().await;
+}
+
+/// CSV, XLSX and Parquet of the month, read back by pandas, openpyxl and pyarrow (a virtual
+/// environment `e2e/python-env` makes once): each says what the JSON says the month costs.
+fn finance_reads_the_same_total(url: &str, month: &str, json: &str) {
+    let total = serde_json::from_str::<serde_json::Value>(json).expect("JSON")["total"]
+        .as_str()
+        .expect("a total")
+        .to_string();
+    let dir = std::env::temp_dir().join(unique("exports"));
+    std::fs::create_dir_all(&dir).expect("a directory");
+    let mut files = Vec::new();
+    for format in ["csv", "xlsx", "parquet"] {
+        let path = dir.join(format!("bill.{format}")).display().to_string();
+        let (ok, _, err) =
+            billing(&["export", "--database", url, "--month", month, "--format", format, "--out", &path]);
+        assert!(ok, "{format}: {err}");
+        files.push(path);
+    }
+    let python = Command::new(yiyun_e2e::repo_path("e2e/python-env")).output().expect("e2e/python-env");
+    assert!(python.status.success(), "{}", String::from_utf8_lossy(&python.stderr));
+    let python = String::from_utf8_lossy(&python.stdout).trim().to_string();
+    let out = Command::new(python)
+        .arg(yiyun_e2e::repo_path("e2e/finance-check.py"))
+        .args(&files)
+        .output()
+        .expect("the finance checker");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let read: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the checker's JSON");
+    assert_eq!(read["csv"]["bom"], true, "{read}");
+    assert_eq!(read["csv"]["columns"][15], "金额(元)", "{read}");
+    assert_eq!(read["xlsx"]["sheets"], json!(["汇总", "明细"]), "{read}");
+    assert_eq!(read["parquet"]["schema"]["amount_cny"], "decimal128(18, 2)", "{read}");
+    assert_eq!(
+        read["parquet"]["rows"], read["parquet"]["unique_rows"],
+        "one row per tenant, resource, site and hour"
+    );
+    for (reader, field) in
+        [("csv", "total"), ("xlsx", "summary_total"), ("xlsx", "detail_total"), ("parquet", "total")]
+    {
+        assert_eq!(read[reader][field], total.as_str(), "{reader} {field}: {read}");
+    }
 }
 
 #[tokio::test]
