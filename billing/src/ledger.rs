@@ -444,6 +444,15 @@ impl Ledger {
         rows.iter().map(|row| Ok(row.try_get(0)?)).collect()
     }
 
+    /// Bytes the ledger's database takes on disk.
+    pub async fn size_bytes(&self) -> Result<i64, LedgerError> {
+        let query = match self.backend {
+            Backend::Sqlite => "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+            Backend::Postgres => "SELECT pg_database_size(current_database())",
+        };
+        Ok(sqlx::query(query).fetch_one(&self.pool).await?.try_get(0)?)
+    }
+
     pub(crate) fn pool(&self) -> &AnyPool {
         &self.pool
     }

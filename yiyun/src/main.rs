@@ -57,6 +57,9 @@ enum Bench {
     /// yiyun-scheduler against kube-scheduler (default and raised client limits) and the
     /// apiserver's binding ceiling, on kwok nodes.
     Scheduler(yiyun_bench::scheduler::Config),
+    /// A month of pods metered, rated and exported on SQLite (and PostgreSQL), then the meter's
+    /// CPU and memory on the local cluster.
+    Billing(yiyun_bench::billing::Config),
     /// The placement engine alone, on one core: decisions per second against a full scan, a
     /// large gang, memory.
     Engine(yiyun_simulator::bench::BenchArgs),
@@ -81,6 +84,7 @@ fn main() -> anyhow::Result<()> {
             Bench::Tenancy(config) => block_on(yiyun_bench::tenancy::run(config)),
             Bench::Pools(config) => block_on(yiyun_bench::pools::run(config)),
             Bench::Scheduler(config) => block_on(yiyun_bench::scheduler::run(config)),
+            Bench::Billing(config) => block_on(yiyun_bench::billing::run(config)),
         },
         Command::Billing(Billing::Run(config)) => {
             serve(&cli.telemetry, "yiyun-billing", Threads::One, |shutdown| async move {
