@@ -48,7 +48,7 @@ def check_xlsx(path):
 def check_parquet(path):
     table = pyarrow.parquet.read_table(path)
     rows = table.to_pylist()
-    keys = {(r["tenant"], r["resource"], r["site"], r["gpu_model"], r["hour"]) for r in rows}
+    keys = {(r["tenant"], r["resource"], r["site"], r["gpu_model"], r["hour"], r["corrects_month"]) for r in rows}
     return {
         "schema": {field.name: str(field.type) for field in table.schema},
         "rows": len(rows),

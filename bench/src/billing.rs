@@ -140,7 +140,7 @@ fn changes(month: Month, pods: usize, seed: u64) -> Vec<(Seconds, Change)> {
             tenant: tenant.clone(),
             namespace: format!("{tenant}-ns"),
             object: uid.clone(),
-            node: format!("{site}-node-{}", random_node(pod)),
+            node: format!("{site}-node-{}", pod % 50),
             site: site.into(),
             region_class: class.into(),
             pool: format!("{site}-pool"),
@@ -198,10 +198,6 @@ fn changes(month: Month, pods: usize, seed: u64) -> Vec<(Seconds, Change)> {
     }
     changes.sort_by_key(|(at, _)| *at);
     changes
-}
-
-fn random_node(pod: usize) -> usize {
-    pod % 50
 }
 
 /// What one backend measured.

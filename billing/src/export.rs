@@ -44,9 +44,11 @@ pub struct LineRow {
     pub discount: String,
     pub amount: String,
     pub price_book: String,
+    /// For an adjustment line, the closed month it corrects.
+    pub corrects: String,
 }
 
-const CHINESE: [&str; 17] = [
+const CHINESE: [&str; 18] = [
     "账期",
     "成本中心",
     "租户",
@@ -64,8 +66,9 @@ const CHINESE: [&str; 17] = [
     "折扣",
     "金额(元)",
     "价格表",
+    "更正账期",
 ];
-const ENGLISH: [&str; 17] = [
+const ENGLISH: [&str; 18] = [
     "month",
     "cost_center",
     "tenant",
@@ -83,6 +86,7 @@ const ENGLISH: [&str; 17] = [
     "discount",
     "amount_cny",
     "price_book",
+    "corrects_month",
 ];
 
 /// The bill lines of a statement, in tree order, optionally of one tenant's subtree.
@@ -155,6 +159,7 @@ fn line_row(
         discount: price.discount.normalize().to_string(),
         amount: line.amount.to_string(),
         price_book: price.book.clone(),
+        corrects: key.corrects.clone(),
     }
 }
 
@@ -393,6 +398,7 @@ pub fn xlsx(statement: &Statement, subtree_of: Option<&str>, headers: Headers) -
         detail.write_number(row, 14, decimal_number(&line.discount))?;
         detail.write_number_with_format(row, 15, decimal_number(&line.amount), &money)?;
         detail.write_string(row, 16, &line.price_book)?;
+        detail.write_string(row, 17, &line.corrects)?;
     }
     detail.set_freeze_panes(1, 0)?;
     detail.autofilter(0, 0, rows.len() as u32, names.len() as u16 - 1)?;
@@ -425,10 +431,12 @@ const PARQUET_SCHEMA: &str = "message hourly_cost {
     REQUIRED INT64 quantity (DECIMAL(18,6));
     REQUIRED BYTE_ARRAY unit (STRING);
     REQUIRED INT64 amount_cny (DECIMAL(18,2));
+    REQUIRED BYTE_ARRAY corrects_month (STRING);
 }";
 
 /// The statement's hours as Parquet for data platforms: one row per tenant, resource, site and
-/// hour (both cells of an hour a price change splits add up in it).
+/// hour (both cells of an hour a price change splits add up in it); a correction of a closed
+/// month is a row of its own in the month's first hour, naming the month it corrects.
 pub fn parquet(statement: &Statement, subtree_of: Option<&str>) -> Result<Vec<u8>, ParquetError> {
     use parquet::data_type::{ByteArray, ByteArrayType, Int64Type};
     let rating = &statement.rating;
@@ -459,6 +467,7 @@ pub fn parquet(statement: &Statement, subtree_of: Option<&str>) -> Result<Vec<u8
         })
         .collect();
     let units = text(&|h| key(h).meter.unit().to_string());
+    let corrects = text(&|h| key(h).corrects.clone());
     let fen: Vec<i64> = hours.iter().map(|h| h.amount.0).collect();
 
     let schema = Arc::new(parquet::schema::parser::parse_message_type(PARQUET_SCHEMA)?);
@@ -481,8 +490,11 @@ pub fn parquet(statement: &Statement, subtree_of: Option<&str>) -> Result<Vec<u8
             9 => {
                 writer.typed::<ByteArrayType>().write_batch(&units, None, None)?;
             }
-            _ => {
+            10 => {
                 writer.typed::<Int64Type>().write_batch(&fen, None, None)?;
+            }
+            _ => {
+                writer.typed::<ByteArrayType>().write_batch(&corrects, None, None)?;
             }
         }
         writer.close()?;

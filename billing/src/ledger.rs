@@ -326,11 +326,31 @@ impl Ledger {
     /// checkpoint (at most `now`): never beyond what the meter saw, so a meter that is down
     /// bills nothing it cannot vouch for.
     pub async fn usages(&self, from: Seconds, to: Seconds, now: Seconds) -> Result<Vec<Usage>, LedgerError> {
-        let rows = sqlx::query(
+        self.intervals_between("kind <> 'guarantee'", from, to, now).await
+    }
+
+    /// The tenants' guarantees held over `[from, to)`, as reserved meters.
+    pub async fn guarantees(
+        &self,
+        from: Seconds,
+        to: Seconds,
+        now: Seconds,
+    ) -> Result<Vec<Usage>, LedgerError> {
+        self.intervals_between("kind = 'guarantee'", from, to, now).await
+    }
+
+    async fn intervals_between(
+        &self,
+        kinds: &str,
+        from: Seconds,
+        to: Seconds,
+        now: Seconds,
+    ) -> Result<Vec<Usage>, LedgerError> {
+        let rows = sqlx::query(&format!(
             "SELECT tenant, site, region_class, meter, gpu_model, amount, started_at, ended_at, last_seen_at \
-             FROM usage_intervals WHERE kind <> 'guarantee' AND started_at < $1 \
-             AND (ended_at IS NULL OR ended_at > $2 OR (ended_at = started_at AND started_at >= $2))",
-        )
+             FROM usage_intervals WHERE {kinds} AND started_at < $1 \
+             AND (ended_at IS NULL OR ended_at > $2 OR (ended_at = started_at AND started_at >= $2))"
+        ))
         .bind(to)
         .bind(from)
         .fetch_all(&self.pool)
@@ -355,6 +375,16 @@ impl Ledger {
                 })
             })
             .collect()
+    }
+
+    /// The open intervals of a kind, by object, with their amounts.
+    pub async fn open_amounts(&self, kind: &str) -> Result<HashMap<String, i64>, LedgerError> {
+        let rows =
+            sqlx::query("SELECT source, amount FROM usage_intervals WHERE ended_at IS NULL AND kind = $1")
+                .bind(kind)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter().map(|row| Ok((row.try_get(0)?, row.try_get(1)?))).collect()
     }
 
     /// Every interval of an object, oldest first (for tests and audits).

@@ -5,7 +5,8 @@
 //! The rules are pure and need no cluster or database: [`calendar`] (months in China Standard
 //! Time), [`money`] (whole fen and the one rounding rule), [`meter`], [`prices`] (the catalog
 //! of PriceBooks), [`rating`] (usage × prices → cells), [`bill`] (lines, totals, the tree) and
-//! [`metering`] (what a pod or claim holds, from its lifecycle). The I/O: [`ledger`] (SQLite or
+//! [`metering`] (what a pod or claim holds, from its lifecycle), [`reservation`] (quota held
+//! but unused). The I/O: [`ledger`] (SQLite or
 //! PostgreSQL), [`meter_controller`] (`yiyun billing run`), [`statement`] (open and closed
 //! months), [`export`] and [`cli`].
 
@@ -13,6 +14,7 @@ pub mod bill;
 pub mod calendar;
 pub mod cli;
 pub mod export;
+pub mod http;
 pub mod ledger;
 pub mod meter;
 pub mod meter_controller;
@@ -21,6 +23,7 @@ pub mod money;
 pub mod pricebook;
 pub mod prices;
 pub mod rating;
+pub mod reservation;
 pub mod statement;
 
 #[cfg(test)]
@@ -51,6 +54,8 @@ pub enum Error {
     Close(#[from] statement::CloseError),
     #[error(transparent)]
     Input(#[from] cli::InputError),
+    #[error("cannot serve bills on {addr}: {source}")]
+    Bind { addr: std::net::SocketAddr, source: std::io::Error },
 }
 
 impl Error {
@@ -67,6 +72,7 @@ impl Error {
             Error::Parquet(_) => "parquet",
             Error::Close(_) => "close",
             Error::Input(_) => "input",
+            Error::Bind { .. } => "bind",
         }
     }
 }

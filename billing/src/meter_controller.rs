@@ -17,26 +17,35 @@ use std::{
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolumeClaim, Pod};
+use k8s_openapi::{
+    apimachinery::pkg::apis::meta::v1::{Condition, Time},
+    jiff::Timestamp,
+};
 use kube::{
-    Api, Client, ResourceExt,
-    api::ListParams,
+    Api, Client, Resource, ResourceExt,
+    api::{ListParams, Patch, PatchParams},
     runtime::{
         WatchStreamExt,
-        watcher::{self, Event},
+        events::{Event, EventType, Recorder, Reporter},
+        watcher::{self, Event as WatchEvent},
     },
 };
 use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge};
+use rust_decimal::{Decimal, prelude::ToPrimitive};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-use yiyun_crds::{ComputeSite, PriceBook, Tenant, labels};
+use yiyun_crds::{ComputeSite, PriceBook, Tenant, TenantCost, labels};
 
 use crate::{
     Error,
-    calendar::Seconds,
+    calendar::{Month, Seconds},
     ledger::{Interval, Ledger, now},
+    meter::Meter,
     metering::{NodePlace, Places, PodState, claim_interval, pod_intervals, pod_state},
+    money::parse_decimal,
     pricebook,
     rating::TenantInfo,
+    statement::month_so_far,
 };
 
 /// Configuration of `yiyun billing run`.
@@ -55,6 +64,15 @@ pub struct Config {
     /// deleted while the meter is down can be estimated short by.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub checkpoint_seconds: u64,
+    /// Serve bills read-only over HTTP on this address (`GET /v1/bills/{month}`), to callers
+    /// whose bearer token the apiserver accepts and whose roles allow `get` on
+    /// `billing.yiyun.io`; off when absent.
+    #[arg(long, env = "YIYUN_BILLING_HTTP_ADDR")]
+    pub http_addr: Option<SocketAddr>,
+    /// How often each Tenant's `status.cost` (the month so far) and budget condition are
+    /// brought up to date; 0 leaves the Tenants alone (one meter per cluster writes them).
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(0..=86400))]
+    pub status_seconds: u64,
 }
 
 /// The meter's counters.
@@ -101,8 +119,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         {
             return Ok(());
         }
-        let mut meter = Meter::new(client, ledger, metrics);
-        meter.run(Duration::from_secs(config.checkpoint_seconds), readiness, shutdown).await
+        let endpoint = config.http_addr.map(|addr| {
+            tokio::spawn(crate::http::serve(addr, ledger.clone(), client.clone(), shutdown.clone()))
+        });
+        let mut meter = Metering::new(client, ledger, metrics);
+        let every =
+            (Duration::from_secs(config.checkpoint_seconds), Duration::from_secs(config.status_seconds));
+        let metered = meter.run(every, readiness, shutdown.clone()).await;
+        shutdown.cancel();
+        if let Some(endpoint) = endpoint {
+            match endpoint.await {
+                Ok(served) => served?,
+                Err(err) => warn!(%err, "the bill endpoint stopped abnormally"),
+            }
+        }
+        metered
     })
     .await
 }
@@ -110,17 +141,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
 /// One event from any of the watches the meter reads, in the order they arrive (boxed: a pod
 /// event is kilobytes, a failure a few words).
 enum Change {
-    Pod(Box<Event<Pod>>),
-    Claim(Box<Event<PersistentVolumeClaim>>),
-    Namespace(Box<Event<Namespace>>),
-    Node(Box<Event<Node>>),
-    Site(Box<Event<ComputeSite>>),
-    Tenant(Box<Event<Tenant>>),
-    PriceBook(Box<Event<PriceBook>>),
+    Pod(Box<WatchEvent<Pod>>),
+    Claim(Box<WatchEvent<PersistentVolumeClaim>>),
+    Namespace(Box<WatchEvent<Namespace>>),
+    Node(Box<WatchEvent<Node>>),
+    Site(Box<WatchEvent<ComputeSite>>),
+    Tenant(Box<WatchEvent<Tenant>>),
+    PriceBook(Box<WatchEvent<PriceBook>>),
     Failed(&'static str, watcher::Error),
 }
 
-struct Meter {
+struct Metering {
     client: Client,
     ledger: Ledger,
     metrics: Metrics,
@@ -136,11 +167,13 @@ struct Meter {
     live: HashSet<&'static str>,
     tenants_dirty: bool,
     price_books_dirty: bool,
+    /// The budget alert each tenant was last given.
+    budget_alerts: HashMap<String, String>,
 }
 
-impl Meter {
-    fn new(client: Client, ledger: Ledger, metrics: Metrics) -> Meter {
-        Meter {
+impl Metering {
+    fn new(client: Client, ledger: Ledger, metrics: Metrics) -> Metering {
+        Metering {
             client,
             ledger,
             metrics,
@@ -153,12 +186,13 @@ impl Meter {
             live: HashSet::new(),
             tenants_dirty: false,
             price_books_dirty: false,
+            budget_alerts: HashMap::new(),
         }
     }
 
     async fn run(
         &mut self,
-        checkpoint_every: Duration,
+        (checkpoint_every, status_every): (Duration, Duration),
         readiness: yiyun_admin::Readiness,
         shutdown: CancellationToken,
     ) -> Result<(), Error> {
@@ -198,6 +232,11 @@ impl Meter {
         ]);
         let mut checkpoint = tokio::time::interval(checkpoint_every);
         let mut flush = tokio::time::interval(Duration::from_secs(2));
+        let mut costs = tokio::time::interval(status_every.max(Duration::from_secs(1)));
+        let recorder = Recorder::new(
+            self.client.clone(),
+            Reporter { controller: "yiyun-billing".into(), instance: None },
+        );
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -214,6 +253,7 @@ impl Meter {
                 }
                 _ = checkpoint.tick() => self.checkpoint().await?,
                 _ = flush.tick() => self.flush().await?,
+                _ = costs.tick(), if readiness.get() && !status_every.is_zero() => self.write_costs(&recorder).await?,
             }
         }
         self.flush().await?;
@@ -302,27 +342,31 @@ impl Meter {
     /// Keeps a small map of places up to date from its watch.
     fn places_event<K: kube::Resource>(
         &mut self,
-        event: Event<K>,
+        event: WatchEvent<K>,
         kind: &'static str,
-        mut update: impl FnMut(&mut Meter, K, bool),
+        mut update: impl FnMut(&mut Metering, K, bool),
     ) {
         match event {
-            Event::Init => {}
-            Event::InitApply(object) | Event::Apply(object) => update(self, object, true),
-            Event::Delete(object) => update(self, object, false),
-            Event::InitDone => {
+            WatchEvent::Init => {}
+            WatchEvent::InitApply(object) | WatchEvent::Apply(object) => update(self, object, true),
+            WatchEvent::Delete(object) => update(self, object, false),
+            WatchEvent::InitDone => {
                 self.live.insert(kind);
             }
         }
     }
 
     /// Records what a pod or claim holds, or that it stopped holding it.
-    async fn object_event<K: Metered>(&mut self, event: Event<K>, kind: &'static str) -> Result<(), Error> {
+    async fn object_event<K: Metered>(
+        &mut self,
+        event: WatchEvent<K>,
+        kind: &'static str,
+    ) -> Result<(), Error> {
         match event {
-            Event::Init => {
+            WatchEvent::Init => {
                 self.listing.insert(kind, (HashSet::new(), Vec::new()));
             }
-            Event::InitApply(object) => {
+            WatchEvent::InitApply(object) => {
                 let uid = object.uid().unwrap_or_default();
                 let intervals = self.intervals(&object, None).await;
                 if intervals.iter().any(|i| i.ended_at.is_some()) {
@@ -332,7 +376,7 @@ impl Meter {
                 seen.insert(uid);
                 batch.extend(intervals);
             }
-            Event::InitDone => {
+            WatchEvent::InitDone => {
                 let (seen, batch) = self.listing.remove(kind).unwrap_or_default();
                 // One transaction for the whole list: a meter killed half-way through it
                 // records all of it again on restart.
@@ -366,7 +410,7 @@ impl Meter {
                 // Checkpoint now: what was listed is known held at this moment.
                 self.checkpoint().await?;
             }
-            Event::Apply(object) => {
+            WatchEvent::Apply(object) => {
                 let uid = object.uid().unwrap_or_default();
                 let key = format!("{}{uid}", kind_prefix(kind));
                 if self.ended.contains(&key) {
@@ -387,7 +431,7 @@ impl Meter {
                 }
                 self.metrics.open_intervals.set(self.open.len() as i64);
             }
-            Event::Delete(object) => {
+            WatchEvent::Delete(object) => {
                 let uid = object.uid().unwrap_or_default();
                 let key = format!("{}{uid}", kind_prefix(kind));
                 if !self.ended.remove(&key) {
@@ -432,12 +476,201 @@ impl Meter {
         Ok(())
     }
 
+    /// Records each tenant's `quota.guaranteed` as intervals held from the moment the meter sees
+    /// it: a changed or removed guarantee closes its interval and opens the new one.
+    async fn record_guarantees(&mut self) -> Result<(), Error> {
+        let held = self.ledger.open_amounts("guarantee").await?;
+        let at = now();
+        let mut wanted: HashMap<String, Interval> = HashMap::new();
+        for tenant in self.tenants.values() {
+            let Some(guaranteed) = &tenant.spec.quota.guaranteed else { continue };
+            let name = tenant.name_any();
+            let milli = |q: &Option<k8s_openapi::apimachinery::pkg::api::resource::Quantity>| {
+                q.as_ref().and_then(|q| yiyun_quota::Milli::parse(&q.0).ok()).map_or(0, |m| m.0.max(0))
+            };
+            let amounts = [
+                (Meter::ReservedCpu, milli(&guaranteed.cpu)),
+                (Meter::ReservedMemory, milli(&guaranteed.memory) / 1000),
+                (Meter::ReservedGpu, milli(&guaranteed.gpu)),
+            ];
+            for (meter, amount) in amounts.into_iter().filter(|(_, amount)| *amount > 0) {
+                let source = format!("guarantee/{name}/{}", meter.key());
+                wanted.insert(
+                    source.clone(),
+                    Interval {
+                        key: format!("{source}/{at}"),
+                        source,
+                        kind: "guarantee".into(),
+                        tenant: name.clone(),
+                        namespace: String::new(),
+                        object: name.clone(),
+                        node: String::new(),
+                        site: String::new(),
+                        region_class: String::new(),
+                        pool: String::new(),
+                        meter,
+                        gpu_model: String::new(),
+                        amount: i64::try_from(amount).unwrap_or(i64::MAX),
+                        started_at: at,
+                        ended_at: None,
+                        estimated: false,
+                    },
+                );
+            }
+        }
+        let ended: Vec<(String, Seconds, bool)> = held
+            .iter()
+            .filter(|(source, amount)| wanted.get(*source).map(|w| w.amount) != Some(**amount))
+            .map(|(source, _)| (source.clone(), at, false))
+            .collect();
+        let opened: Vec<Interval> =
+            wanted.into_values().filter(|w| held.get(&w.source) != Some(&w.amount)).collect();
+        self.ledger.close(&ended).await?;
+        self.ledger.record(&opened).await?;
+        Ok(())
+    }
+
+    /// Writes each Tenant's month so far into `status.cost` and, for a tenant with a budget, its
+    /// `BudgetAlert` condition, with a Warning event when the cost crosses 80% or 100% of it.
+    /// Only what changed is written (`asOf` alone is not a change).
+    async fn write_costs(&mut self, recorder: &Recorder) -> Result<(), Error> {
+        let at = now();
+        let month = Month::of(at);
+        let (statement, left_out) = month_so_far(&self.ledger, at).await?;
+        for (tenant, why) in &left_out {
+            warn!(%tenant, %why, "the tenant's usage cannot be rated; its cost waits for a price");
+        }
+        let rollup = statement.rollup();
+        let api: Api<Tenant> = Api::all(self.client.clone());
+        for tenant in self.tenants.values() {
+            let name = tenant.name_any();
+            let own = rollup.own.get(&name).copied().unwrap_or_default();
+            let subtree = rollup.subtree.get(&name).copied().unwrap_or_default();
+            let budget = tenant
+                .spec
+                .budget
+                .as_ref()
+                .and_then(|b| parse_decimal(&b.monthly).ok())
+                .filter(|b| *b > Decimal::ZERO);
+            let percent = budget.and_then(|b| (subtree.yuan() * Decimal::ONE_HUNDRED / b).floor().to_i64());
+            let cost = TenantCost {
+                month: month.to_string(),
+                own: own.to_string(),
+                subtree: subtree.to_string(),
+                budget_used_percent: percent,
+                as_of: Time(Timestamp::from_second(at).unwrap_or(Timestamp::UNIX_EPOCH)),
+            };
+            let previous = tenant.status.as_ref();
+            let previous_alert =
+                previous.and_then(|s| s.conditions.iter().find(|c| c.type_ == "BudgetAlert"));
+            let alert = budget.zip(percent).map(|(budget, percent)| {
+                let (status, reason) = match percent {
+                    100.. => ("True", "Exceeded"),
+                    80.. => ("True", "Reached80Percent"),
+                    _ => ("False", "Below80Percent"),
+                };
+                Condition {
+                    type_: "BudgetAlert".into(),
+                    status: status.into(),
+                    reason: reason.into(),
+                    message: format!("{month} so far: {subtree} CNY of the monthly budget {budget} ({percent}%), whole subtree"),
+                    observed_generation: tenant.metadata.generation,
+                    last_transition_time: match previous_alert {
+                        Some(c) if c.reason == reason => c.last_transition_time.clone(),
+                        _ => Time(Timestamp::now()),
+                    },
+                }
+            });
+            // A tenant whose usage cannot be rated says so in its status; its cost waits.
+            let unpriced = left_out.iter().find(|(t, _)| *t == name).map(|(_, why)| Condition {
+                type_: "Billed".into(),
+                status: "False".into(),
+                reason: "UnpricedUsage".into(),
+                message: why.clone(),
+                observed_generation: tenant.metadata.generation,
+                last_transition_time: Time(Timestamp::from_second(at).unwrap_or(Timestamp::UNIX_EPOCH)),
+            });
+            let previous_unpriced = previous.and_then(|s| s.conditions.iter().find(|c| c.type_ == "Billed"));
+            if let Some(unpriced) = unpriced {
+                if previous_unpriced.is_some_and(|p| p.message == unpriced.message) {
+                    continue;
+                }
+                let patch = serde_json::json!({"apiVersion": "yiyun.io/v1alpha1", "kind": "Tenant",
+                    "status": {"conditions": [unpriced]}});
+                if let Err(error) = api
+                    .patch_status(&name, &PatchParams::apply("yiyun-billing").force(), &Patch::Apply(&patch))
+                    .await
+                {
+                    warn!(tenant = %name, %error, "cannot write the tenant's billing condition");
+                }
+                continue;
+            }
+            let unchanged_cost = previous
+                .and_then(|s| s.cost.as_ref())
+                .is_some_and(|c| TenantCost { as_of: c.as_of.clone(), ..cost.clone() } == *c);
+            let unchanged_alert = match (&alert, previous_alert) {
+                (Some(a), Some(p)) => a.reason == p.reason && a.message == p.message,
+                (None, None) => true,
+                _ => false,
+            };
+            if unchanged_cost && unchanged_alert && previous_unpriced.is_none() {
+                continue;
+            }
+            let patch = serde_json::json!({
+                "apiVersion": "yiyun.io/v1alpha1",
+                "kind": "Tenant",
+                "status": {"cost": cost, "conditions": alert.iter().collect::<Vec<_>>()},
+            });
+            match api
+                .patch_status(&name, &PatchParams::apply("yiyun-billing").force(), &Patch::Apply(&patch))
+                .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(status)) if status.code == 404 => continue,
+                Err(error) => {
+                    warn!(tenant = %name, %error, "cannot write the tenant's cost; next round retries");
+                    continue;
+                }
+            }
+            // The store may not show this meter's last write yet: what it last raised is
+            // remembered here (and read from the status after a restart).
+            let last =
+                self.budget_alerts.get(&name).cloned().or_else(|| previous_alert.map(|p| p.reason.clone()));
+            if let Some(alert) = &alert {
+                self.budget_alerts.insert(name.clone(), alert.reason.clone());
+            }
+            let rose = |reason: &str| {
+                alert.as_ref().is_some_and(|a| a.reason == reason)
+                    && last.as_deref().is_none_or(|last| last != reason && last != "Exceeded")
+            };
+            for (reason, event) in
+                [("Reached80Percent", "BudgetReached80Percent"), ("Exceeded", "BudgetExceeded")]
+            {
+                if rose(reason) {
+                    let note = alert.as_ref().map(|a| a.message.clone());
+                    let event = Event {
+                        type_: EventType::Warning,
+                        reason: event.into(),
+                        note,
+                        action: "Metering".into(),
+                        secondary: None,
+                    };
+                    if let Err(error) = recorder.publish(&event, &tenant.object_ref(&())).await {
+                        warn!(tenant = %name, %error, "cannot publish the budget event");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Writes the tenant tree and the PriceBooks (and the books' Accepted conditions) when
     /// they changed.
     async fn flush(&mut self) -> Result<(), Error> {
         if self.tenants_dirty && self.live.contains("tenant") {
             let tenants: Vec<TenantInfo> = self.tenants.values().map(tenant_info).collect();
             self.ledger.sync_tenants(&tenants).await?;
+            self.record_guarantees().await?;
             self.tenants_dirty = false;
         }
         if self.price_books_dirty && self.live.contains("pricebook") {
@@ -503,9 +736,9 @@ pub fn tenant_info(tenant: &Tenant) -> TenantInfo {
 
 /// Maps a watch's items to [`Change`]s, keeping its errors apart.
 fn change<K>(
-    wrap: fn(Event<K>) -> Change,
+    wrap: fn(WatchEvent<K>) -> Change,
     kind: &'static str,
-) -> impl FnMut(Result<Event<K>, watcher::Error>) -> Change {
+) -> impl FnMut(Result<WatchEvent<K>, watcher::Error>) -> Change {
     move |event| match event {
         Ok(event) => wrap(event),
         Err(error) => Change::Failed(kind, error),

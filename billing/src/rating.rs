@@ -50,6 +50,9 @@ pub struct LineKey {
     pub region_class: String,
     pub meter: Meter,
     pub gpu_model: String,
+    /// For an adjustment, the closed month it corrects (`YYYY-MM`); empty for the month's own
+    /// usage.
+    pub corrects: String,
 }
 
 /// A price as applied: per unit, the tenant's discount, and the book it came from.
@@ -144,6 +147,7 @@ pub fn rate<'a>(
             region_class: usage.region_class.clone(),
             meter: usage.meter,
             gpu_model: if usage.meter.has_model() { usage.gpu_model.clone() } else { String::new() },
+            corrects: String::new(),
         };
         let amount = i128::from(usage.amount);
         if usage.meter.is_instant() {
@@ -180,7 +184,7 @@ pub fn rate<'a>(
         events.direct.sort_unstable();
         let level = tenants.get(&key.tenant).map_or("", |t| t.level.as_str());
         let per_unit = key.meter.per_unit(month.seconds());
-        let mut cached: Option<(usize, usize)> = None;
+        let mut cached: Option<(usize, Option<usize>)> = None;
         let (mut running, mut billed) = (Decimal::ZERO, Fen::ZERO);
         let (mut rate, mut next_rate, mut next_direct) = (0i128, 0, 0);
         let mut slot = 0;
@@ -200,28 +204,33 @@ pub fn rate<'a>(
                 let price = match cached {
                     Some((epoch, price)) if epoch == epochs[slot] => price,
                     _ => {
-                        let applied = applied_price(catalog, &key, level, at)?;
-                        let next = rating.prices.len();
-                        let price = *price_index.entry(applied.clone()).or_insert(next);
-                        if price == next {
-                            rating.prices.push(applied);
-                        }
+                        let price = applied_price(catalog, &key, level, at)?.map(|applied| {
+                            let next = rating.prices.len();
+                            let price = *price_index.entry(applied.clone()).or_insert(next);
+                            if price == next {
+                                rating.prices.push(applied);
+                            }
+                            price
+                        });
                         cached = Some((epochs[slot], price));
                         price
                     }
                 };
-                let overflow = || RatingError::Overflow {
-                    tenant: key.tenant.clone(),
-                    meter: key.meter.key(),
-                    at: format_local(at),
-                };
-                running = cost(usage, &rating.prices[price], per_unit)
-                    .and_then(|exact| running.checked_add(exact))
-                    .ok_or_else(overflow)?;
-                let total = Fen::round(running).ok_or_else(overflow)?;
-                let amount = Fen(total.0 - billed.0);
-                billed = total;
-                rating.cells.push(Cell { line, start: at, end: bounds[slot + 1], usage, price, amount });
+                // Unpriced quota held unused is free: no cell.
+                if let Some(price) = price {
+                    let overflow = || RatingError::Overflow {
+                        tenant: key.tenant.clone(),
+                        meter: key.meter.key(),
+                        at: format_local(at),
+                    };
+                    running = cost(usage, &rating.prices[price], per_unit)
+                        .and_then(|exact| running.checked_add(exact))
+                        .ok_or_else(overflow)?;
+                    let total = Fen::round(running).ok_or_else(overflow)?;
+                    let amount = Fen(total.0 - billed.0);
+                    billed = total;
+                    rating.cells.push(Cell { line, start: at, end: bounds[slot + 1], usage, price, amount });
+                }
             }
             slot += 1;
             if rate == 0 {
@@ -264,34 +273,40 @@ fn check(usage: &Usage) -> Result<(), RatingError> {
     Ok(())
 }
 
+/// The price of a line at `at`; `None` for quota held unused that no book prices (holding quota
+/// is free unless a book says otherwise), an error for any other unpriced usage.
 fn applied_price(
     catalog: &Catalog,
     key: &LineKey,
     level: &str,
     at: Seconds,
-) -> Result<AppliedPrice, RatingError> {
-    let price =
-        catalog.price(&key.site, &key.region_class, key.meter, &key.gpu_model, at).ok_or_else(|| {
-            let (what, field) = match key.meter {
-                Meter::Gpu => (
-                    format!("GPU-hours of model {}", key.gpu_model),
-                    format!("spec.prices.gpuHour[{}]", key.gpu_model),
-                ),
-                meter => (format!("{} ({})", meter.key(), meter.unit()), price_field(meter).to_string()),
-            };
-            RatingError::Unpriced {
-                what,
-                field,
-                place: format!("site {:?} (region class {:?})", key.site, key.region_class),
-                tenant: key.tenant.clone(),
-                at: format_local(at),
-            }
-        })?;
-    Ok(AppliedPrice {
+) -> Result<Option<AppliedPrice>, RatingError> {
+    let found = catalog.price(&key.site, &key.region_class, key.meter, &key.gpu_model, at);
+    if found.is_none() && matches!(key.meter, Meter::ReservedCpu | Meter::ReservedMemory | Meter::ReservedGpu)
+    {
+        return Ok(None);
+    }
+    let price = found.ok_or_else(|| {
+        let (what, field) = match key.meter {
+            Meter::Gpu => (
+                format!("GPU-hours of model {}", key.gpu_model),
+                format!("spec.prices.gpuHour[{}]", key.gpu_model),
+            ),
+            meter => (format!("{} ({})", meter.key(), meter.unit()), price_field(meter).to_string()),
+        };
+        RatingError::Unpriced {
+            what,
+            field,
+            place: format!("site {:?} (region class {:?})", key.site, key.region_class),
+            tenant: key.tenant.clone(),
+            at: format_local(at),
+        }
+    })?;
+    Ok(Some(AppliedPrice {
         per_unit: price.per_unit,
         discount: catalog.discount(&key.site, &key.region_class, level, at),
         book: price.book.to_string(),
-    })
+    }))
 }
 
 /// The PriceBook field of a meter's price.

@@ -2,7 +2,7 @@
 //! it is closed. Closing writes the month's cells and tenant tree in one transaction; nothing
 //! changes them afterwards, so a closed month exports the same bytes for ever.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use rust_decimal::Decimal;
 use sqlx::Row;
@@ -15,7 +15,7 @@ use crate::{
     meter::Meter,
     money::Fen,
     pricebook,
-    rating::{AppliedPrice, Cell, LineKey, Rating, TenantInfo, rate},
+    rating::{AppliedPrice, Cell, LineKey, Rating, RatingError, TenantInfo, rate},
 };
 
 /// A month's bills: the rating, the tenant tree it rolls up by, and whether it is final.
@@ -55,21 +55,126 @@ pub async fn statement(
         return Ok(closed);
     }
     let as_of = now.min(month.end());
-    let mut usages = ledger.usages(month.start(), month.end(), as_of).await?;
     let tenants = ledger.tenants().await?;
-    if let Some(root) = subtree_of {
-        let subtree = subtree(&tenants, root);
-        usages.retain(|u| subtree.contains(u.tenant.as_str()));
+    let in_scope =
+        subtree_of.map(|root| subtree(&tenants, root).into_iter().map(String::from).collect::<HashSet<_>>());
+    let mut rating = rate_open(ledger, month, as_of, &tenants, in_scope.as_ref()).await?;
+    adjust(ledger, &mut rating, now, &tenants, in_scope.as_ref()).await?;
+    Ok(Statement { rating, tenants, closed_at: None, as_of })
+}
+
+/// Rates an open month (or a closed one again) from the ledger, of the tenants in scope.
+async fn rate_open(
+    ledger: &Ledger,
+    month: Month,
+    as_of: Seconds,
+    tenants: &HashMap<String, TenantInfo>,
+    in_scope: Option<&HashSet<String>>,
+) -> Result<Rating, Error> {
+    let mut usages = ledger.usages(month.start(), month.end(), as_of).await?;
+    let guarantees = ledger.guarantees(month.start(), month.end(), as_of).await?;
+    usages.extend(crate::reservation::unused_quota(&guarantees, &usages, tenants));
+    if let Some(in_scope) = in_scope {
+        usages.retain(|u| in_scope.contains(&u.tenant));
     }
+    let catalog = catalog(ledger).await?;
+    Ok(rate(month, &usages, &catalog, tenants)?)
+}
+
+/// Late corrections: for every closed month whose first open month after it is this one, what
+/// rating it again now gives beyond what was frozen (and beyond corrections already frozen in
+/// later closed months), per line, as adjustment lines pointing at the month they correct.
+async fn adjust(
+    ledger: &Ledger,
+    rating: &mut Rating,
+    now: Seconds,
+    tenants: &HashMap<String, TenantInfo>,
+    in_scope: Option<&HashSet<String>>,
+) -> Result<(), Error> {
+    let closed: HashSet<String> = closed_months(ledger).await?.into_iter().collect();
+    for corrected in closed.iter().filter_map(|m| m.parse::<Month>().ok()) {
+        let mut first_open = corrected.next();
+        while closed.contains(&first_open.to_string()) {
+            first_open = first_open.next();
+        }
+        if corrected >= rating.month || first_open != rating.month {
+            continue;
+        }
+        let Some(as_closed) = frozen(ledger, corrected).await? else { continue };
+        let again = rate_open(ledger, corrected, now.min(corrected.end()), tenants, in_scope).await?;
+        // Per line of the corrected month: (usage, amount) now, minus frozen, minus corrected.
+        let mut delta: BTreeMap<LineKey, (i128, i64)> = BTreeMap::new();
+        let mut add = |rating: &Rating, sign: i64, only: &dyn Fn(&LineKey) -> bool| {
+            for cell in &rating.cells {
+                let key = &rating.keys[cell.line];
+                if !only(key) {
+                    continue;
+                }
+                let entry = delta.entry(LineKey { corrects: String::new(), ..key.clone() }).or_default();
+                entry.0 += i128::from(sign) * cell.usage;
+                entry.1 += sign * cell.amount.0;
+            }
+        };
+        let of_scope = |key: &LineKey| in_scope.is_none_or(|s| s.contains(&key.tenant));
+        add(&again, 1, &|key| key.corrects.is_empty());
+        add(&as_closed.rating, -1, &|key| key.corrects.is_empty() && of_scope(key));
+        for later in closed.iter().filter_map(|m| m.parse::<Month>().ok()).filter(|m| *m > corrected) {
+            if let Some(later) = frozen(ledger, later).await? {
+                add(&later.rating, -1, &|key| key.corrects == corrected.to_string() && of_scope(key));
+            }
+        }
+        let price = rating.prices.len();
+        rating.prices.push(AppliedPrice {
+            per_unit: Decimal::ZERO,
+            discount: Decimal::ZERO,
+            book: format!("adjustment of {corrected}"),
+        });
+        for (key, (usage, amount)) in delta.into_iter().filter(|(_, (u, a))| *u != 0 || *a != 0) {
+            let line = rating.keys.len();
+            rating.keys.push(LineKey { corrects: corrected.to_string(), ..key });
+            let start = rating.month.start();
+            rating.cells.push(Cell { line, start, end: start, usage, price, amount: Fen(amount) });
+        }
+    }
+    Ok(())
+}
+
+/// The month so far for every tenant that can be rated: a tenant whose usage no book prices is
+/// left out (with why), so that one unpriced node does not stop every other tenant's figures.
+pub async fn month_so_far(
+    ledger: &Ledger,
+    now: Seconds,
+) -> Result<(Statement, Vec<(String, String)>), Error> {
+    let month = Month::of(now);
+    let mut usages = ledger.usages(month.start(), month.end(), now).await?;
+    let tenants = ledger.tenants().await?;
+    let guarantees = ledger.guarantees(month.start(), month.end(), now).await?;
+    usages.extend(crate::reservation::unused_quota(&guarantees, &usages, &tenants));
+    let catalog = catalog(ledger).await?;
+    let mut left_out = Vec::new();
+    loop {
+        match rate(month, &usages, &catalog, &tenants) {
+            Ok(rating) => return Ok((Statement { rating, tenants, closed_at: None, as_of: now }, left_out)),
+            Err(RatingError::Unpriced { tenant, what, field, place, at }) => {
+                let why =
+                    RatingError::Unpriced { tenant: tenant.clone(), what, field, place, at }.to_string();
+                usages.retain(|u| u.tenant != tenant);
+                left_out.push((tenant, why));
+            }
+            Err(other) => return Err(other.into()),
+        }
+    }
+}
+
+/// The PriceBooks in the ledger, as rating reads them.
+async fn catalog(ledger: &Ledger) -> Result<crate::prices::Catalog, Error> {
     let books = ledger
         .price_books()
         .await?
         .iter()
         .map(|document| serde_json::from_str(document))
         .collect::<Result<Vec<yiyun_crds::PriceBook>, _>>()?;
-    let (catalog, _) = pricebook::catalog(&books);
-    let rating = rate(month, &usages, &catalog, &tenants)?;
-    Ok(Statement { rating, tenants, closed_at: None, as_of })
+    Ok(pricebook::catalog(&books).0)
 }
 
 /// `root` and every tenant below it.
@@ -135,7 +240,7 @@ pub async fn close(ledger: &Ledger, month: Month, now: Seconds) -> Result<Statem
         .bind(&line.region_class)
         .bind(line.meter.key())
         .bind(&line.gpu_model)
-        .bind("")
+        .bind(&line.corrects)
         .bind(cell.start)
         .bind(cell.end)
         .bind(cell.usage.to_string())
@@ -182,7 +287,7 @@ async fn frozen(ledger: &Ledger, month: Month) -> Result<Option<Statement>, Erro
     let closed_at: i64 = closed.try_get(0).map_err(LedgerError::from)?;
     let rows = sqlx::query(
         "SELECT tenant, site, region_class, meter, gpu_model, slot_start, slot_end, usage, unit_price, discount, \
-         book, amount_fen FROM closed_cells WHERE month = $1 ORDER BY seq",
+         book, amount_fen, corrects FROM closed_cells WHERE month = $1 ORDER BY seq",
     )
     .bind(&key)
     .fetch_all(ledger.pool())
@@ -203,6 +308,7 @@ async fn frozen(ledger: &Ledger, month: Month) -> Result<Option<Statement>, Erro
             region_class: get(2)?,
             meter: Meter::from_key(&meter).ok_or_else(|| corrupt("meter", &meter))?,
             gpu_model: get(4)?,
+            corrects: get(12)?,
         };
         let decimal = |i: usize, what: &str| -> Result<Decimal, LedgerError> {
             let text = get(i)?;

@@ -218,6 +218,18 @@ fn unpriced_usage_names_the_model_the_site_and_the_field() {
 }
 
 #[test]
+fn quota_held_unused_is_billed_where_a_book_prices_it_and_free_where_none_does() {
+    let held = usage("t", Meter::ReservedCpu, 4000, at(2, 0, 0), at(2, 10, 0));
+    let unpriced =
+        rate(november(), [&held], &catalog(vec![standard(0, None, "0.12")]), &HashMap::new()).unwrap();
+    assert!(unpriced.cells.is_empty(), "no book prices holding quota: it is free");
+    let mut book = standard(0, None, "0.12");
+    book.prices.insert((Meter::ReservedCpu, String::new()), decimal("0.03"));
+    let priced = rate(november(), [&held], &catalog(vec![book]), &HashMap::new()).unwrap();
+    assert_eq!(total(&priced), Fen(120), "4 vCPU × 10 h × 0.03");
+}
+
+#[test]
 fn malformed_usage_is_refused() {
     let catalog = catalog(vec![standard(0, None, "0.12")]);
     let backwards = usage("t", Meter::Cpu, 1000, at(3, 11, 0), at(3, 10, 0));

@@ -26,7 +26,8 @@ pub use site::{
 };
 pub use tenant::{
     DeletionPolicy, NetworkIsolation, ResourceAmounts, Subject, SubjectKind, TENANT_FINALIZER, Tenant,
-    TenantLevel, TenantNamespace, TenantQuota, TenantSpec, TenantStatus, TenantUsage,
+    TenantBudget, TenantCost, TenantLevel, TenantNamespace, TenantQuota, TenantSpec, TenantStatus,
+    TenantUsage,
 };
 
 /// The API group of every yiyun kind.
@@ -77,7 +78,10 @@ mod tests {
         let version = &crd.spec.versions[0];
         let columns: Vec<_> =
             version.additional_printer_columns.iter().flatten().map(|c| c.name.as_str()).collect();
-        assert_eq!(columns, ["Level", "Parent", "Ready", "CPU Used", "CPU Max", "Display Name", "Age"]);
+        assert_eq!(
+            columns,
+            ["Level", "Parent", "Ready", "CPU Used", "CPU Max", "Cost MTD", "Display Name", "Age"]
+        );
         let schema = serde_json::to_value(&version.schema).unwrap();
         let spec = &schema["openAPIV3Schema"]["properties"]["spec"];
         assert!(

@@ -2,7 +2,10 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::Condition};
+use k8s_openapi::apimachinery::pkg::{
+    api::resource::Quantity,
+    apis::meta::v1::{Condition, Time},
+};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -42,6 +45,12 @@ pub const TENANT_FINALIZER: &str = "yiyun.io/tenant-cleanup";
         name = "CPU Max",
         type_ = "string",
         json_path = ".spec.quota.max.cpu"
+    ),
+    printcolumn(
+        name = "Cost MTD",
+        type_ = "string",
+        description = "Cost of the whole subtree this month so far, CNY",
+        json_path = ".status.cost.subtree"
     ),
     printcolumn(name = "Display Name", type_ = "string", json_path = ".spec.displayName", priority = 1),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
@@ -106,6 +115,11 @@ pub struct TenantSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_regions: Vec<String>,
 
+    /// Monthly budget of the tenant's whole subtree, in CNY: the Tenant's `BudgetAlert` condition
+    /// turns True, with an event, when the month-to-date cost reaches 80% and again at 100%.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<TenantBudget>,
+
     /// What happens to the tenant's namespaces when the Tenant is deleted: `Retain` (default)
     /// keeps them, labelled as orphaned; `Delete` deletes them.
     #[serde(default)]
@@ -114,6 +128,14 @@ pub struct TenantSpec {
 
 fn default_security_level() -> i32 {
     2
+}
+
+/// A tenant's spending limit.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct TenantBudget {
+    /// CNY per calendar month (China Standard Time) for the whole subtree, e.g. `"50000.00"`.
+    #[schemars(length(max = 20), regex(pattern = r"^[0-9]{1,12}(\.[0-9]{1,2})?$"))]
+    pub monthly: String,
 }
 
 /// Tier of a government unit.
@@ -275,9 +297,13 @@ pub struct TenantStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Ready` and, when it is not, the reason.
+    /// `Ready` (the tenancy controller's) and `BudgetAlert` (billing's), one of each type.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+    /// Cost of the month so far, written by the meter (`yiyun billing run`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<TenantCost>,
     /// Names from the root of the tree down to this tenant.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub path: Vec<String>,
@@ -296,6 +322,23 @@ pub struct TenantStatus {
     /// Number of direct children.
     #[serde(default)]
     pub children: i32,
+}
+
+/// A tenant's cost of the month so far, in CNY (decimal strings, to the fen).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantCost {
+    /// The billing month, `YYYY-MM` (China Standard Time).
+    pub month: String,
+    /// Cost of the tenant's own namespaces and unused guarantee.
+    pub own: String,
+    /// Cost of the whole subtree.
+    pub subtree: String,
+    /// The subtree's cost as a percentage of `spec.budget.monthly`, when there is a budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_used_percent: Option<i64>,
+    /// Usage counted up to this time.
+    pub as_of: Time,
 }
 
 /// Resources in use by a tenant.

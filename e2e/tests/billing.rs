@@ -48,6 +48,9 @@ impl MeterProcess {
                 &admin,
                 "--checkpoint-seconds",
                 "1",
+                // Tenants' status is the budget test's to write: one writer per cluster.
+                "--status-seconds",
+                "0",
             ])
             .stdout(file.try_clone().expect("log handle"))
             .stderr(file)
@@ -441,8 +444,8 @@ async fn closed_month_never_changes(backend: &str) {
         cpu[1]
     );
     // 2 h at 0.12 and 1.5 h at 0.24 of half a vCPU.
-    assert!(cpu[0].ends_with(&format!(",1.000000,vCPU-hour,0.12,0,0.12,{}", scene.books[0])), "{}", cpu[0]);
-    assert!(cpu[1].ends_with(&format!(",0.750000,vCPU-hour,0.24,0,0.18,{}", scene.books[1])), "{}", cpu[1]);
+    assert!(cpu[0].ends_with(&format!(",1.000000,vCPU-hour,0.12,0,0.12,{},", scene.books[0])), "{}", cpu[0]);
+    assert!(cpu[1].ends_with(&format!(",0.750000,vCPU-hour,0.24,0,0.18,{},", scene.books[1])), "{}", cpu[1]);
 
     let (ok, closed, err) = billing(&["close", "--database", &url, "--month", &month_text]);
     assert!(ok, "{err}");
@@ -467,6 +470,38 @@ async fn closed_month_never_changes(backend: &str) {
     assert_eq!(export("csv", false), closed_csv, "a closed month's CSV does not change");
     assert_eq!(export("json", false), closed_json, "nor its JSON");
     finance_reads_the_same_total(&url, &month_text, &closed_json);
+
+    // The late usage is billed in the next open month, as adjustments pointing at the closed one:
+    // a day of half a vCPU at 0.12 and of 1Gi at 0.015 (the line's running totals, rounded).
+    let next = month.next().to_string();
+    let (ok, out, err) = billing(&[
+        "export",
+        "--database",
+        &url,
+        "--month",
+        &next,
+        "--tenant",
+        &scene.tenant,
+        "--format",
+        "json",
+    ]);
+    assert!(ok, "{err}");
+    let json: serde_json::Value = serde_json::from_slice(&out).expect("JSON");
+    let lines = json["tenants"][0]["lines"].as_array().cloned().unwrap_or_default();
+    let adjustment = |resource: &str| {
+        lines
+            .iter()
+            .find(|l| l["corrects"] == month_text.as_str() && l["resource"] == resource)
+            .map(|l| l["amount"].as_str().unwrap_or_default().to_string())
+    };
+    assert_eq!(adjustment("cpu").as_deref(), Some("1.44"), "{lines:?}");
+    assert_eq!(adjustment("memory").as_deref(), Some("0.36"), "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .filter(|l| l["corrects"] == month_text.as_str())
+            .all(|l| l["price_book"] == format!("adjustment of {month_text}"))
+    );
 
     let (ok, again, _) = billing(&["close", "--database", &url, "--month", &month_text]);
     assert!(ok, "closing again is harmless");
@@ -659,4 +694,257 @@ async fn bad_input_is_refused_with_the_field_or_cause() {
     }
     drop(meter);
     scene.clean_up().await;
+}
+
+/// A tenant with a monthly budget: the meter writes its month so far into `status.cost`, turns
+/// `BudgetAlert` True at 80% and again (reason `Exceeded`) at 100%, with a Warning event each
+/// time; the guarantee it holds unused is metered as its own line.
+#[tokio::test]
+async fn a_budget_raises_its_condition_and_an_event_at_80_and_100_percent() {
+    let month = Month::of(now());
+    let scene = Scene::new("budget", month).await;
+    apply_yiyun::<yiyun_crds::Tenant>(
+        &scene.client,
+        &scene.tenant,
+        yiyun_object(
+            "Tenant",
+            &scene.tenant,
+            json!({"displayName": "预算测试局", "level": "province", "costCenter": "CC-E2E",
+                "budget": {"monthly": "36.00"}, "quota": {"guaranteed": {"cpu": 4}}}),
+        ),
+    )
+    .await;
+    // Holding quota is priced by a book for every site (the only one in the suite).
+    apply_yiyun::<yiyun_crds::PriceBook>(
+        &scene.client,
+        "e2e-reserved-quota",
+        yiyun_object(
+            "PriceBook",
+            "e2e-reserved-quota",
+            json!({"effectiveFrom": "2020-01-01T00:00:00+08:00", "prices": {"reserved": {"cpuCoreHour": "0.01"}}}),
+        ),
+    )
+    .await;
+    let url = ledger_url("sqlite", "budget");
+    let books: Api<yiyun_crds::PriceBook> = Api::all(scene.client.clone());
+    let meter = {
+        let log = std::env::temp_dir().join(format!("{}.log", unique("meter-budget")));
+        let admin = format!("127.0.0.1:{}", free_port());
+        let child = Command::new(yiyun_bin())
+            .args(["billing", "run", "--database", &url, "--admin-addr", &admin])
+            .args(["--checkpoint-seconds", "1", "--status-seconds", "1"])
+            .stderr(std::fs::File::create(&log).expect("a log"))
+            .spawn()
+            .expect("start the meter");
+        MeterProcess { child, admin, log }
+    };
+    meter.ready().await;
+    eventually(Duration::from_secs(30), "the reserved-quota book accepted", || async {
+        let status = books.get("e2e-reserved-quota").await.ok()?.status?;
+        status.conditions.iter().any(|c| c.type_ == "Accepted" && c.status == "True").then_some(())
+    })
+    .await;
+    // Each pod: a quarter A800 for 10 hours (30.00 CNY at 12 a GPU-hour), half a vCPU and 1Gi
+    // (under 1.50 more): one is 85–88% of 36.00, two are over it.
+    let tenants: Api<yiyun_crds::Tenant> = Api::all(scene.client.clone());
+    let alert = |reason: &'static str| {
+        let tenants = tenants.clone();
+        let name = scene.tenant.clone();
+        async move {
+            eventually(Duration::from_secs(60), &format!("BudgetAlert {reason}"), || async {
+                let tenant = tenants.get(&name).await.ok()?;
+                let status = tenant.status?;
+                let condition = status
+                    .conditions
+                    .iter()
+                    .find(|c| c.type_ == "BudgetAlert" && c.reason == reason)?
+                    .clone();
+                Some((condition, status.cost?))
+            })
+            .await
+        }
+    };
+    for (i, expected) in ["Reached80Percent", "Exceeded"].into_iter().enumerate() {
+        let name = format!("gpu-{i}");
+        let start = month.start().max(now() - 12 * HOUR) + i as i64;
+        scene.create_pod(&name, true).await;
+        // Straight to Succeeded: while Running, a pod started 12 hours ago counts to now, and
+        // the month's cost would overshoot, then fall back when it ends at 10 hours.
+        scene.finish(&name, start, start + 10 * HOUR).await;
+        let (condition, cost) = alert(expected).await;
+        assert_eq!(condition.status, "True");
+        assert!(condition.message.contains("of the monthly budget 36"), "{}", condition.message);
+        let percent = cost.budget_used_percent.expect("a percentage");
+        assert!(
+            if i == 0 { (80..100).contains(&percent) } else { percent >= 100 },
+            "{percent}% after {} pods",
+            i + 1
+        );
+        assert_eq!(cost.month, month.to_string());
+    }
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(scene.client.clone(), "default");
+    let reasons = eventually(Duration::from_secs(30), "both budget events", || async {
+        let list = events.list(&Default::default()).await.ok()?;
+        let reasons: Vec<String> = list
+            .items
+            .iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(scene.tenant.as_str()))
+            .filter_map(|e| e.reason.clone())
+            .collect();
+        (reasons.iter().any(|r| r == "BudgetReached80Percent")
+            && reasons.iter().any(|r| r == "BudgetExceeded"))
+        .then_some(reasons)
+    })
+    .await;
+    assert_eq!(
+        reasons.iter().filter(|r| r.starts_with("Budget")).count(),
+        2,
+        "one event per threshold: {reasons:?}"
+    );
+
+    // The 4 vCPU guaranteed and not requested (the pods have ended) are held unused.
+    let reserved = eventually(Duration::from_secs(30), "a line of quota held unused", || async {
+        let (ok, out, _) =
+            billing(&["export", "--database", &url, "--tenant", &scene.tenant, "--format", "json"]);
+        let json: serde_json::Value = serde_json::from_slice(&out).ok().filter(|_| ok)?;
+        let lines = json["tenants"][0]["lines"].as_array()?.clone();
+        lines
+            .into_iter()
+            .find(|l| l["resource"] == "reserved-cpu" && l["quantity"].as_str() != Some("0.000000"))
+    })
+    .await;
+    assert_eq!(reserved["price_book"], "e2e-reserved-quota", "{reserved}");
+    drop(meter);
+    scene.clean_up().await;
+}
+
+/// `curl` of the bill endpoint: the status code and the body.
+fn get_bill(addr: &str, path: &str, token: Option<&str>) -> (u16, Vec<u8>) {
+    let body = std::env::temp_dir().join(unique("bill-body"));
+    let mut command = Command::new("curl");
+    command.args(["-s", "-o"]).arg(&body).args(["-w", "%{http_code}", &format!("http://{addr}{path}")]);
+    if let Some(token) = token {
+        command.args(["-H", &format!("Authorization: Bearer {token}")]);
+    }
+    let out = command.output().expect("curl on PATH");
+    let code = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
+    (code, std::fs::read(&body).unwrap_or_default())
+}
+
+/// Asks until the answer is 200 (roles reach the apiserver's authorizer through its informers),
+/// for at most 30 s; then fails with the last answer.
+async fn until_ok(addr: &str, path: &str, token: &str) -> (u16, Vec<u8>) {
+    let mut last = (0, Vec::new());
+    for _ in 0..150 {
+        last = get_bill(addr, path, Some(token));
+        if last.0 == 200 {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("GET {path} answered {} for 30 s: {}", last.0, String::from_utf8_lossy(&last.1));
+}
+
+/// The bill endpoint: finance's ServiceAccount reads every bill, a department's its own tenant's
+/// only; anonymous callers, unknown tokens and other tenants are refused.
+#[tokio::test]
+async fn the_bill_endpoint_serves_finance_and_refuses_everyone_else() {
+    // A month no other test meters: the province's bill holds this scene alone (a province bill
+    // with anything unpriced in it is refused, rightly, and other tests leave such usage).
+    let month = last_month().previous();
+    let scene = Scene::new("http", month).await;
+    let start = month.start() + 2 * DAY;
+    scene.create_pod("worked", false).await;
+    scene.run("worked", start).await;
+    scene.finish("worked", start, start + HOUR).await;
+    let url = ledger_url("sqlite", "http");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let meter = {
+        let log = std::env::temp_dir().join(format!("{}.log", unique("meter-http")));
+        let admin = format!("127.0.0.1:{}", free_port());
+        let child = Command::new(yiyun_bin())
+            .args(["billing", "run", "--database", &url, "--admin-addr", &admin, "--http-addr", &addr])
+            .args(["--status-seconds", "0"])
+            // Exactly the chart's role: watches, status, events, token and access reviews.
+            .arg("--kubeconfig")
+            .arg(yiyun_e2e::service_account_kubeconfig("billing-rbac.yaml", "yiyun-billing"))
+            .stderr(std::fs::File::create(&log).expect("a log"))
+            .spawn()
+            .expect("start the meter");
+        MeterProcess { child, admin, log }
+    };
+    meter.ready().await;
+    let ns = &scene.namespace.clone();
+    let rbac = format!(
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: finance, namespace: {ns}}}\n---\n\
+         apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: department, namespace: {ns}}}\n---\n\
+         apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: stranger, namespace: {ns}}}\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {{name: {ns}-finance}}\n\
+         rules: [{{apiGroups: [yiyun.io], resources: [billing], verbs: [get]}}]\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {{name: {ns}-finance}}\n\
+         roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {ns}-finance}}\n\
+         subjects: [{{kind: ServiceAccount, name: finance, namespace: {ns}}}]\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {{name: {ns}-department}}\n\
+         rules: [{{apiGroups: [yiyun.io], resources: [billing], verbs: [get], resourceNames: [{tenant}]}}]\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {{name: {ns}-department}}\n\
+         roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {ns}-department}}\n\
+         subjects: [{{kind: ServiceAccount, name: department, namespace: {ns}}}]\n",
+        tenant = scene.tenant
+    );
+    let (ok, out) = kubectl_apply(&rbac);
+    assert!(ok, "{out}");
+    let token = |account: &str| {
+        let out = yiyun_e2e::kubectl(&["create", "token", account, "-n", ns]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let (finance, department, stranger) = (token("finance"), token("department"), token("stranger"));
+    let own = format!("/v1/bills/{month}?tenant={}", scene.tenant);
+    let all = format!("/v1/bills/{month}?format=json");
+
+    // Roles reach the authorizer through its informers: wait for the first yes.
+    let (code, body) = until_ok(&addr, &all, &finance).await;
+    assert_eq!(code, 200);
+    let json: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+    assert!(
+        json["tenants"].as_array().is_some_and(|t| t.iter().any(|t| t["tenant"] == scene.tenant.as_str())),
+        "{json}"
+    );
+    let (code, body) = until_ok(&addr, &own, &department).await;
+    assert_eq!(code, 200);
+    assert!(body.starts_with("\u{feff}账期".as_bytes()), "CSV with a BOM and Chinese headers");
+    assert!(String::from_utf8_lossy(&body).contains(&scene.tenant));
+    let (code, body) = get_bill(&addr, &format!("{own}&format=xlsx"), Some(&department));
+    assert_eq!((code, &body[..2]), (200, &b"PK"[..]), "an XLSX (zip) workbook");
+
+    for (what, path, token, expected) in [
+        ("anonymous", own.clone(), None, 401),
+        ("an unknown token", own.clone(), Some("not-a-token"), 401),
+        ("a tenant that is not the caller's", own.clone(), Some(stranger.as_str()), 403),
+        ("the department asking for every tenant", all.clone(), Some(department.as_str()), 403),
+        (
+            "a month that does not exist",
+            format!("/v1/bills/2026-13?tenant={}", scene.tenant),
+            Some(finance.as_str()),
+            400,
+        ),
+        ("a format it does not serve", format!("{own}&format=pdf"), Some(finance.as_str()), 400),
+    ] {
+        let (code, body) = get_bill(&addr, &path, token);
+        assert_eq!(code, expected, "{what}: {}", String::from_utf8_lossy(&body));
+    }
+    let (_, body) = get_bill(&addr, &own, Some(&stranger));
+    assert!(
+        String::from_utf8_lossy(&body).contains("may not get the bills of tenant"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    drop(meter);
+    scene.clean_up().await;
+    let _ = yiyun_e2e::kubectl(&[
+        "delete",
+        "clusterrole,clusterrolebinding",
+        &format!("{ns}-finance"),
+        &format!("{ns}-department"),
+    ]);
 }

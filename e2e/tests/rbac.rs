@@ -310,6 +310,87 @@ const CONTROLLER: &[Use] = &[
     ),
 ];
 
+const METER: &str = "billing/src/meter_controller.rs";
+const BILL_ENDPOINT: &str = "billing/src/http.rs";
+
+const BILLING: &[Use] = &[
+    uses("", &["pods"], WATCH, METER, "watcher::watcher(Api::<Pod>::all(client.clone()),config.clone())"),
+    uses(
+        "",
+        &["persistentvolumeclaims"],
+        WATCH,
+        METER,
+        "watcher::watcher(Api::<PersistentVolumeClaim>::all(client.clone()),config)",
+    ),
+    uses(
+        "",
+        &["namespaces"],
+        WATCH,
+        METER,
+        "watcher::watcher(Api::<Namespace>::all(client.clone()),config.clone())",
+    ),
+    uses("", &["nodes"], WATCH, METER, "watcher::watcher(Api::<Node>::all(client.clone()),config.clone())"),
+    // A pod can arrive before its namespace or node does.
+    uses(
+        "",
+        &["namespaces"],
+        &["get"],
+        METER,
+        "Api::<Namespace>::all(self.client.clone()).get_opt(&namespace)",
+    ),
+    uses("", &["nodes"], &["get"], METER, "Api::<Node>::all(self.client.clone()).get_opt(&node)"),
+    uses(
+        "yiyun.io",
+        &["computesites"],
+        WATCH,
+        METER,
+        "watcher::watcher(Api::<ComputeSite>::all(client.clone()),config.clone())",
+    ),
+    uses(
+        "yiyun.io",
+        &["tenants"],
+        WATCH,
+        METER,
+        "watcher::watcher(Api::<Tenant>::all(client.clone()),config.clone())",
+    ),
+    uses(
+        "yiyun.io",
+        &["tenants/status"],
+        &["patch"],
+        METER,
+        r#".patch_status(&name,&PatchParams::apply("yiyun-billing").force(),&Patch::Apply(&patch))"#,
+    ),
+    uses(
+        "yiyun.io",
+        &["pricebooks"],
+        WATCH,
+        METER,
+        "watcher::watcher(Api::<PriceBook>::all(client.clone()),config.clone())",
+    ),
+    uses("yiyun.io", &["pricebooks/status"], &["patch"], METER, "yiyun_kube::conditions::write_status("),
+    uses(
+        "events.k8s.io",
+        &["events"],
+        &["create", "patch"],
+        METER,
+        "recorder.publish(&event,&tenant.object_ref(&()))",
+    ),
+    uses(
+        "authentication.k8s.io",
+        &["tokenreviews"],
+        &["create"],
+        BILL_ENDPOINT,
+        "Api::<TokenReview>::all(client.clone()).create(&PostParams::default(),&review)",
+    ),
+    uses(
+        "authorization.k8s.io",
+        &["subjectaccessreviews"],
+        &["create"],
+        BILL_ENDPOINT,
+        "Api::<SubjectAccessReview>::all(client.clone()).create(&PostParams::default(),&review)",
+    ),
+];
+
 fn squeezed(text: &str) -> String {
     text.chars().filter(|c| !c.is_whitespace()).collect()
 }
@@ -375,4 +456,9 @@ fn the_scheduler_role_grants_exactly_what_its_code_uses() {
 #[test]
 fn the_controller_role_grants_exactly_what_its_code_uses() {
     check("charts/yiyun/templates/controller-rbac.yaml", &[CONTROLLER, LEASES]);
+}
+
+#[test]
+fn the_billing_role_grants_exactly_what_its_code_uses() {
+    check("charts/yiyun/templates/billing-rbac.yaml", &[BILLING]);
 }

@@ -1,5 +1,5 @@
 //! What a pod holds on its node, counted once for every component: the scheduler places by it,
-//! node pools and sites report it, billing will meter it.
+//! node pools and sites report it, billing meters it.
 
 use std::collections::BTreeMap;
 

@@ -359,9 +359,19 @@ async fn write_status(
             Some(resource_amounts(&plan.allocated))
         },
         children: i32::try_from(plan.children.len()).unwrap_or(i32::MAX),
+        cost: None,
     };
+    // Compared on this controller's fields only: billing writes `cost` and its own conditions
+    // beside them (conditions are a map by type, so applying `Ready` leaves the others be).
+    let previous_own = previous.map(|p| TenantStatus {
+        conditions: p.conditions.iter().filter(|c| c.type_ == "Ready").cloned().collect(),
+        cost: None,
+        ..p.clone()
+    });
     let api: Api<Tenant> = Api::all(ctx.client.clone());
-    let wrote = yiyun_kube::conditions::write_status(&api, &tenant.name_any(), previous, &status).await?;
+    let wrote =
+        yiyun_kube::conditions::write_status(&api, &tenant.name_any(), previous_own.as_ref(), &status)
+            .await?;
     write(ctx, "TenantStatus", wrote);
     Ok(())
 }
