@@ -444,63 +444,59 @@ pub fn parquet(statement: &Statement, subtree_of: Option<&str>) -> Result<Vec<u8
     let in_scope = scope(statement, subtree_of);
     let hours: Vec<_> =
         rating.hourly().into_iter().filter(|h| in_scope.contains(&rating.keys[h.key].tenant)).collect();
-    let text = |f: &dyn Fn(&crate::bill::HourRow) -> String| -> Vec<ByteArray> {
-        hours.iter().map(|h| ByteArray::from(f(h).into_bytes())).collect()
-    };
     let key = |h: &crate::bill::HourRow| &rating.keys[h.key];
     let month = statement.month().to_string();
-    let strings: Vec<Vec<ByteArray>> = vec![
-        text(&|_| month.clone()),
-        text(&|h| key(h).tenant.clone()),
-        text(&|h| rollup.cost_center.get(&key(h).tenant).cloned().unwrap_or_default()),
-        text(&|h| key(h).site.clone()),
-        text(&|h| key(h).region_class.clone()),
-        text(&|h| key(h).meter.key().to_string()),
-        text(&|h| key(h).gpu_model.clone()),
-    ];
-    let hour_millis: Vec<i64> = hours.iter().map(|h| h.hour * 1000).collect();
-    let micro_units: Vec<i64> = hours
-        .iter()
-        .map(|h| {
-            let quantity = rating.quantity(h.key, h.usage) * rust_decimal::Decimal::from(1_000_000);
-            rust_decimal::prelude::ToPrimitive::to_i64(&quantity).unwrap_or(i64::MAX)
-        })
-        .collect();
-    let units = text(&|h| key(h).meter.unit().to_string());
-    let corrects = text(&|h| key(h).corrects.clone());
-    let fen: Vec<i64> = hours.iter().map(|h| h.amount.0).collect();
-
     let schema = Arc::new(parquet::schema::parser::parse_message_type(PARQUET_SCHEMA)?);
     let mut out = Vec::new();
     let mut writer =
         SerializedFileWriter::new(&mut out, schema, Arc::new(WriterProperties::builder().build()))?;
-    let mut group = writer.next_row_group()?;
-    let mut column = 0;
-    while let Some(mut writer) = group.next_column()? {
-        match column {
-            0..=6 => {
-                writer.typed::<ByteArrayType>().write_batch(&strings[column], None, None)?;
+    // Row groups of 64Ki rows, each column built just before it is written: a month of
+    // thousands of pods is hundreds of thousands of rows, and whole columns of them would take
+    // hundreds of MiB.
+    for rows in hours.chunks(1 << 16) {
+        let text = |f: &dyn Fn(&crate::bill::HourRow) -> String| -> Vec<ByteArray> {
+            rows.iter().map(|h| ByteArray::from(f(h).into_bytes())).collect()
+        };
+        let mut group = writer.next_row_group()?;
+        let mut column = 0;
+        while let Some(mut writer) = group.next_column()? {
+            let strings = match column {
+                0 => Some(text(&|_| month.clone())),
+                1 => Some(text(&|h| key(h).tenant.clone())),
+                2 => Some(text(&|h| rollup.cost_center.get(&key(h).tenant).cloned().unwrap_or_default())),
+                3 => Some(text(&|h| key(h).site.clone())),
+                4 => Some(text(&|h| key(h).region_class.clone())),
+                5 => Some(text(&|h| key(h).meter.key().to_string())),
+                6 => Some(text(&|h| key(h).gpu_model.clone())),
+                9 => Some(text(&|h| key(h).meter.unit().to_string())),
+                11 => Some(text(&|h| key(h).corrects.clone())),
+                _ => None,
+            };
+            match strings {
+                Some(strings) => {
+                    writer.typed::<ByteArrayType>().write_batch(&strings, None, None)?;
+                }
+                None => {
+                    let numbers: Vec<i64> = match column {
+                        7 => rows.iter().map(|h| h.hour * 1000).collect(),
+                        8 => rows
+                            .iter()
+                            .map(|h| {
+                                let quantity =
+                                    rating.quantity(h.key, h.usage) * rust_decimal::Decimal::from(1_000_000);
+                                rust_decimal::prelude::ToPrimitive::to_i64(&quantity).unwrap_or(i64::MAX)
+                            })
+                            .collect(),
+                        _ => rows.iter().map(|h| h.amount.0).collect(),
+                    };
+                    writer.typed::<Int64Type>().write_batch(&numbers, None, None)?;
+                }
             }
-            7 => {
-                writer.typed::<Int64Type>().write_batch(&hour_millis, None, None)?;
-            }
-            8 => {
-                writer.typed::<Int64Type>().write_batch(&micro_units, None, None)?;
-            }
-            9 => {
-                writer.typed::<ByteArrayType>().write_batch(&units, None, None)?;
-            }
-            10 => {
-                writer.typed::<Int64Type>().write_batch(&fen, None, None)?;
-            }
-            _ => {
-                writer.typed::<ByteArrayType>().write_batch(&corrects, None, None)?;
-            }
+            writer.close()?;
+            column += 1;
         }
-        writer.close()?;
-        column += 1;
+        group.close()?;
     }
-    group.close()?;
     writer.close()?;
     Ok(out)
 }
