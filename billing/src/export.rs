@@ -212,6 +212,8 @@ struct JsonTenant {
     cost_center: String,
     own: String,
     subtree: String,
+    /// The tenant's own cost on each day of the month, from the 1st.
+    days: Vec<String>,
     lines: Vec<LineRow>,
 }
 
@@ -225,6 +227,8 @@ pub fn json(statement: &Statement, subtree_of: Option<&str>) -> Result<Vec<u8>, 
     let rollup = statement.rollup();
     let in_scope = scope(statement, subtree_of);
     let lines = line_rows(statement, subtree_of, Headers::English);
+    let daily = statement.rating.daily();
+    let days_in_month = (statement.month().seconds() / crate::calendar::DAY) as usize;
     let tenants: Vec<JsonTenant> = rollup
         .order
         .iter()
@@ -239,6 +243,10 @@ pub fn json(statement: &Statement, subtree_of: Option<&str>) -> Result<Vec<u8>, 
                 cost_center: rollup.cost_center[name].clone(),
                 own: rollup.own[name].to_string(),
                 subtree: rollup.subtree[name].to_string(),
+                days: match daily.get(name) {
+                    Some(days) => days.iter().map(ToString::to_string).collect(),
+                    None => vec![crate::money::Fen::ZERO.to_string(); days_in_month],
+                },
                 lines: lines.iter().filter(|l| &l.tenant == name).cloned().collect(),
             }
         })

@@ -141,20 +141,39 @@ impl Scene {
             ),
         )
         .await;
-        let ns: Namespace = serde_json::from_value(
-            json!({"metadata": {"name": namespace, "labels": {"yiyun.io/tenant": tenant}}}),
+        let unit = format!("{tenant}-unit");
+        apply_yiyun::<yiyun_crds::Tenant>(
+            &client,
+            &unit,
+            yiyun_object(
+                "Tenant",
+                &unit,
+                json!({"displayName": format!("{prefix} 下属单位"), "level": "city", "parent": tenant}),
+            ),
         )
-        .expect("a namespace");
-        Api::<Namespace>::all(client.clone())
-            .create(&PostParams::default(), &ns)
-            .await
-            .expect("create the namespace");
-        let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
-            Api::namespaced(client.clone(), &namespace);
-        eventually(Duration::from_secs(30), "the namespace's default ServiceAccount", || async {
-            accounts.get_opt("default").await.ok().flatten().map(|_| ())
-        })
         .await;
+        let accounts_ready = |namespace: String| {
+            let client = client.clone();
+            async move {
+                let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+                    Api::namespaced(client, &namespace);
+                eventually(Duration::from_secs(30), "the namespace's default ServiceAccount", || async {
+                    accounts.get_opt("default").await.ok().flatten().map(|_| ())
+                })
+                .await;
+            }
+        };
+        for (name, owner) in [(&namespace, &tenant), (&format!("{unit}-ns"), &unit)] {
+            let ns: Namespace = serde_json::from_value(
+                json!({"metadata": {"name": name, "labels": {"yiyun.io/tenant": owner}}}),
+            )
+            .expect("a namespace");
+            Api::<Namespace>::all(client.clone())
+                .create(&PostParams::default(), &ns)
+                .await
+                .expect("create the namespace");
+            accounts_ready(name.clone()).await;
+        }
         let labels = json!({"yiyun.io/site": site, "topology.kubernetes.io/region": "e2e", "yiyun.io/region-class": "west", "yiyun.io/gpu-model": "A800"});
         let node_object: Node =
             serde_json::from_value(json!({"metadata": {"name": node, "labels": labels}})).expect("a node");
@@ -183,6 +202,15 @@ impl Scene {
         Api::namespaced(self.client.clone(), &self.namespace)
     }
 
+    /// Pods named `unit-…` belong to the scene's child tenant, the others to the tenant.
+    fn pods_for(&self, name: &str) -> Api<Pod> {
+        if name.starts_with("unit-") {
+            Api::namespaced(self.client.clone(), &format!("{}-unit-ns", self.tenant))
+        } else {
+            self.pods()
+        }
+    }
+
     /// A pod on the scene's node (bound at creation): 500m and 1Gi, a quarter GPU when `gpu`.
     async fn create_pod(&self, name: &str, gpu: bool) -> String {
         let annotations = if gpu { json!({"yiyun.io/gpu-milli": "250"}) } else { json!({}) };
@@ -195,7 +223,7 @@ impl Scene {
             }
         }))
         .expect("a pod");
-        let created = self.pods().create(&PostParams::default(), &pod).await.expect("create a pod");
+        let created = self.pods_for(name).create(&PostParams::default(), &pod).await.expect("create a pod");
         created.metadata.uid.expect("a uid")
     }
 
@@ -215,7 +243,7 @@ impl Scene {
         let status = json!({"status": {"phase": phase, "containerStatuses": [
             {"name": "c", "image": "registry.local/app:1", "imageID": "", "ready": phase == "Running", "restartCount": 0, "state": state}
         ]}});
-        self.pods()
+        self.pods_for(name)
             .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
             .await
             .unwrap_or_else(|err| panic!("status of {name}: {err}"));
@@ -226,9 +254,14 @@ impl Scene {
             .delete(&self.namespace, &DeleteParams::default())
             .await;
         let _ = Api::<Node>::all(self.client.clone()).delete(&self.node, &DeleteParams::default()).await;
-        let _ = Api::<yiyun_crds::Tenant>::all(self.client.clone())
-            .delete(&self.tenant, &DeleteParams::default())
+        let _ = Api::<Namespace>::all(self.client.clone())
+            .delete(&format!("{}-unit-ns", self.tenant), &DeleteParams::default())
             .await;
+        for tenant in [format!("{}-unit", self.tenant), self.tenant.clone()] {
+            let _ = Api::<yiyun_crds::Tenant>::all(self.client.clone())
+                .delete(&tenant, &DeleteParams::default())
+                .await;
+        }
         // The PriceBooks stay: other tests' meters rate (and close) the same month, this scene's
         // pods included, and a month with unpriced usage cannot be closed.
     }
@@ -303,7 +336,9 @@ async fn sigkill_at_random_points_changes_no_number(backend: &str) {
             next_step[pod] += 1;
         }
     }
-    let names: Vec<String> = (0..PODS).map(|i| format!("pod-{i}")).collect();
+    // Every other pod belongs to the tenant's child: the bills roll up a real subtree.
+    let names: Vec<String> =
+        (0..PODS).map(|i| if i % 2 == 1 { format!("unit-pod-{i}") } else { format!("pod-{i}") }).collect();
     let mut uids: HashMap<usize, String> = HashMap::new();
     let mut kills = 0;
     let mut down_until: Option<usize> = None;
@@ -371,6 +406,13 @@ async fn sigkill_at_random_points_changes_no_number(backend: &str) {
     };
     let csv = export(&killed_url, "csv");
     assert_eq!(csv, export(&reference_url, "csv"), "the killed meter's bill equals the undisturbed one's");
+    for url in [&killed_url, &reference_url] {
+        let json: serde_json::Value = serde_json::from_slice(&export(url, "json")).expect("JSON");
+        bills_add_up(&json, &scene.tenant);
+        let tenants = json["tenants"].as_array().cloned().unwrap_or_default();
+        let unit = tenants.iter().find(|t| t["parent"] == scene.tenant.as_str()).expect("the tenant's child");
+        assert!(fen(&unit["own"]) > 0, "the child has costs of its own: {unit}");
+    }
     let csv = String::from_utf8(csv).expect("UTF-8");
     assert!(csv.starts_with('\u{feff}'), "a byte-order mark for Excel");
     // The cpu lines, by their own arithmetic: 500m for every second of every pod.
@@ -383,6 +425,44 @@ async fn sigkill_at_random_points_changes_no_number(backend: &str) {
     let expected_hours = cpu_seconds as f64 * 0.5 / 3600.0;
     assert!((quantity - expected_hours).abs() < 1e-5, "{quantity} vCPU-hours, expected {expected_hours}");
     scene.clean_up().await;
+}
+
+/// Whole fen of an amount as the exports write it (`"-12.34"`).
+fn fen(amount: &serde_json::Value) -> i64 {
+    let text = amount.as_str().unwrap_or_else(|| panic!("an amount: {amount}"));
+    let (yuan, fen) = text.trim_start_matches('-').split_once('.').expect("two decimals");
+    let value = yuan.parse::<i64>().expect("yuan") * 100 + fen.parse::<i64>().expect("fen");
+    if text.starts_with('-') { -value } else { value }
+}
+
+/// The invariants of a month's JSON statement: the total is the tenants' own costs, each
+/// tenant's own cost is its lines and its days, each subtree is its own cost plus its
+/// children's subtrees, and no usage line costs less than nothing.
+fn bills_add_up(statement: &serde_json::Value, root: &str) {
+    let tenants = statement["tenants"].as_array().expect("tenants");
+    assert!(tenants.iter().any(|t| t["tenant"] == root), "{root} in the statement");
+    let own_total: i64 = tenants.iter().map(|t| fen(&t["own"])).sum();
+    assert_eq!(fen(&statement["total"]), own_total, "the total is the tenants' own costs");
+    for tenant in tenants {
+        let name = tenant["tenant"].as_str().expect("a name");
+        let lines = tenant["lines"].as_array().expect("lines");
+        let by_lines: i64 = lines.iter().map(|l| fen(&l["amount"])).sum();
+        assert_eq!(fen(&tenant["own"]), by_lines, "{name}: its bill is the sum of its lines");
+        let by_days: i64 = tenant["days"].as_array().expect("days").iter().map(fen).sum();
+        assert_eq!(fen(&tenant["own"]), by_days, "{name}: its month is the sum of its days");
+        for line in lines.iter().filter(|l| l["corrects"] == "") {
+            assert!(
+                fen(&line["amount"]) >= 0 && !line["quantity"].as_str().unwrap_or("-").starts_with('-'),
+                "{name}: {line}"
+            );
+        }
+        let children: i64 = tenants.iter().filter(|t| t["parent"] == name).map(|t| fen(&t["subtree"])).sum();
+        assert_eq!(
+            fen(&tenant["subtree"]),
+            fen(&tenant["own"]) + children,
+            "{name}: own plus the children's subtrees"
+        );
+    }
 }
 
 #[tokio::test]
@@ -453,6 +533,7 @@ async fn closed_month_never_changes(backend: &str) {
     let closed_csv = export("csv", false);
     let closed_json = export("json", false);
     assert!(closed_json.contains("\"status\": \"closed\""), "{closed_json}");
+    bills_add_up(&serde_json::from_str(&closed_json).expect("JSON"), &scene.tenant);
 
     // Late usage for the closed month, seen by a restarted meter.
     meter.kill();
