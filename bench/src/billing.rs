@@ -365,6 +365,7 @@ async fn on_cluster(config: &Config, dir: &std::path::Path) -> Result<String, Er
         .args([
             "billing",
             "run",
+            "--leader-elect=false",
             "--database",
             &format!("sqlite://{}/cluster.db", dir.display()),
             "--admin-addr",

@@ -192,19 +192,35 @@ impl Ledger {
             .connect(&url)
             .await
             .map_err(|source| LedgerError::Connect { target: target.clone(), source })?;
-        if backend == Backend::Sqlite {
-            sqlx::raw_sql("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000;")
-                .execute(&pool)
-                .await
-                .map_err(|source| LedgerError::Connect { target, source })?;
-        }
         let ledger = Ledger { pool, backend };
-        ledger.migrate().await?;
+        // Replicas (or a meter and a `close`) may open the same ledger at once: WAL mode and the
+        // schema are settled by whichever comes first, the others try again and find it so.
+        let mut attempt = 0;
+        loop {
+            match ledger.prepare().await {
+                Ok(()) => break,
+                Err(err) if attempt < 10 => {
+                    attempt += 1;
+                    tracing::debug!(%err, attempt, "the ledger is being prepared by another process; trying again");
+                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                }
+                Err(err) => return Err(err),
+            }
+        }
         Ok(ledger)
     }
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// WAL mode for SQLite (exports read while the meter writes), then the schema.
+    async fn prepare(&self) -> Result<(), LedgerError> {
+        if self.backend == Backend::Sqlite {
+            sqlx::raw_sql("PRAGMA busy_timeout = 10000").execute(&self.pool).await?;
+            sqlx::raw_sql("PRAGMA journal_mode = WAL").execute(&self.pool).await?;
+        }
+        self.migrate().await
     }
 
     async fn migrate(&self) -> Result<(), LedgerError> {

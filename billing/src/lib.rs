@@ -56,6 +56,10 @@ pub enum Error {
     Input(#[from] cli::InputError),
     #[error("cannot serve bills on {addr}: {source}")]
     Bind { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Election(#[from] yiyun_kube::leader::Error),
+    #[error("lost the leader lease; stopping so that another meter can take over")]
+    LostLease,
 }
 
 impl Error {
@@ -73,6 +77,8 @@ impl Error {
             Error::Close(_) => "close",
             Error::Input(_) => "input",
             Error::Bind { .. } => "bind",
+            Error::Election(_) => "election_config",
+            Error::LostLease => "lost_lease",
         }
     }
 }

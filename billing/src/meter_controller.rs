@@ -69,6 +69,8 @@ pub struct Config {
     /// `billing.yiyun.io`; off when absent.
     #[arg(long, env = "YIYUN_BILLING_HTTP_ADDR")]
     pub http_addr: Option<SocketAddr>,
+    #[command(flatten)]
+    pub election: yiyun_kube::leader::Args,
     /// How often each Tenant's `status.cost` (the month so far) and budget condition are
     /// brought up to date; 0 leaves the Tenants alone (one meter per cluster writes them).
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(0..=86400))]
@@ -119,13 +121,34 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         {
             return Ok(());
         }
+        // Every replica serves bills (they only read); only the leader meters and writes status.
         let endpoint = config.http_addr.map(|addr| {
             tokio::spawn(crate::http::serve(addr, ledger.clone(), client.clone(), shutdown.clone()))
         });
-        let mut meter = Metering::new(client, ledger, metrics);
-        let every =
-            (Duration::from_secs(config.checkpoint_seconds), Duration::from_secs(config.status_seconds));
-        let metered = meter.run(every, readiness, shutdown.clone()).await;
+        let election = config.election.election(client.clone(), "yiyun-billing")?;
+        let metered = if let Some(election) = &election
+            && !election.acquire(&shutdown).await
+        {
+            Ok(())
+        } else {
+            let mut meter = Metering::new(client, ledger, metrics);
+            let every =
+                (Duration::from_secs(config.checkpoint_seconds), Duration::from_secs(config.status_seconds));
+            let work = shutdown.child_token();
+            let metering = meter.run(every, readiness, work.clone());
+            match &election {
+                // Renewal first: a leader resumed past its deadline stops before it writes.
+                Some(election) => tokio::select! {
+                    biased;
+                    () = election.keep(&shutdown) => {
+                        work.cancel();
+                        if shutdown.is_cancelled() { Ok(()) } else { Err(Error::LostLease) }
+                    }
+                    metered = metering => metered,
+                },
+                None => metering.await,
+            }
+        };
         shutdown.cancel();
         if let Some(endpoint) = endpoint {
             match endpoint.await {

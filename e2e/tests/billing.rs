@@ -34,7 +34,14 @@ struct MeterProcess {
 }
 
 impl MeterProcess {
+    /// A meter of its own: no status writes (the budget test's), no lease to share.
     fn start(database: &str, name: &str) -> MeterProcess {
+        // Tenants' status is the budget test's to write: one writer per cluster. Each test's
+        // meters keep ledgers of their own: no lease to share.
+        MeterProcess::start_with(database, name, &["--status-seconds", "0", "--leader-elect=false"])
+    }
+
+    fn start_with(database: &str, name: &str, flags: &[&str]) -> MeterProcess {
         let log = std::env::temp_dir().join(format!("{}-{}.log", unique(name), std::process::id()));
         let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("a log file");
         let admin = format!("127.0.0.1:{}", free_port());
@@ -48,10 +55,8 @@ impl MeterProcess {
                 &admin,
                 "--checkpoint-seconds",
                 "1",
-                // Tenants' status is the budget test's to write: one writer per cluster.
-                "--status-seconds",
-                "0",
             ])
+            .args(flags)
             .stdout(file.try_clone().expect("log handle"))
             .stderr(file)
             .spawn()
@@ -250,6 +255,16 @@ impl Scene {
     }
 
     async fn clean_up(self) {
+        // No kubelet confirms these pods' deletion: gone at once, and before their node, so that
+        // no meter started later meets a pod whose node (and so site) is unknown.
+        let now_gone = DeleteParams { grace_period_seconds: Some(0), ..DeleteParams::default() };
+        for pods in [self.pods(), self.pods_for("unit-")] {
+            let _ = pods.delete_collection(&now_gone, &Default::default()).await;
+            eventually(Duration::from_secs(30), "the scene's pods gone", || async {
+                pods.list_metadata(&Default::default()).await.ok().filter(|l| l.items.is_empty()).map(|_| ())
+            })
+            .await;
+        }
         let _ = Api::<Namespace>::all(self.client.clone())
             .delete(&self.namespace, &DeleteParams::default())
             .await;
@@ -813,7 +828,7 @@ async fn a_budget_raises_its_condition_and_an_event_at_80_and_100_percent() {
         let admin = format!("127.0.0.1:{}", free_port());
         let child = Command::new(yiyun_bin())
             .args(["billing", "run", "--database", &url, "--admin-addr", &admin])
-            .args(["--checkpoint-seconds", "1", "--status-seconds", "1"])
+            .args(["--checkpoint-seconds", "1", "--status-seconds", "1", "--leader-elect=false"])
             .stderr(std::fs::File::create(&log).expect("a log"))
             .spawn()
             .expect("start the meter");
@@ -945,7 +960,7 @@ async fn the_bill_endpoint_serves_finance_and_refuses_everyone_else() {
         let admin = format!("127.0.0.1:{}", free_port());
         let child = Command::new(yiyun_bin())
             .args(["billing", "run", "--database", &url, "--admin-addr", &admin, "--http-addr", &addr])
-            .args(["--status-seconds", "0"])
+            .args(["--status-seconds", "0", "--leader-elect=false"])
             // Exactly the chart's role: watches, status, events, token and access reviews.
             .arg("--kubeconfig")
             .arg(yiyun_e2e::service_account_kubeconfig("billing-rbac.yaml", "yiyun-billing"))
@@ -1028,4 +1043,55 @@ async fn the_bill_endpoint_serves_finance_and_refuses_everyone_else() {
         &format!("{ns}-finance"),
         &format!("{ns}-department"),
     ]);
+}
+
+/// Two meters on one ledger with leader election: one meters, the other waits; the leader
+/// killed, the other takes the Lease and meters what happened meanwhile.
+#[tokio::test]
+async fn a_standby_meter_takes_over_when_the_leader_dies() {
+    let month = last_month();
+    let scene = Scene::new("lease", month).await;
+    let (ok, out) = kubectl_apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: yiyun-system}\n");
+    assert!(ok, "{out}");
+    let url = ledger_url("sqlite", "lease");
+    let lease = unique("billing-lease");
+    let flags = [
+        "--status-seconds",
+        "0",
+        "--lease-name",
+        &lease,
+        "--lease-duration-seconds",
+        "4",
+        "--renew-deadline-seconds",
+        "3",
+        "--retry-period-seconds",
+        "1",
+    ];
+    let first_run = (month.start() + DAY, month.start() + DAY + HOUR);
+    let first = scene.create_pod("before", false).await;
+    scene.finish("before", first_run.0, first_run.1).await;
+    let mut meters = [
+        MeterProcess::start_with(&url, "meter-lease", &flags),
+        MeterProcess::start_with(&url, "meter-lease", &flags),
+    ];
+    let ready = |meter: &MeterProcess| {
+        let addr = meter.admin.parse().expect("an address");
+        http_get(addr, "/readyz").is_some_and(|(code, _)| code == 200)
+    };
+    let leader =
+        eventually(Duration::from_secs(60), "one meter leading", || async { meters.iter().position(&ready) })
+            .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!ready(&meters[1 - leader]), "the standby waits for the Lease and meters nothing");
+    let ledger = Ledger::connect(&url).await.expect("the ledger");
+    recorded(&ledger, &HashMap::from([(first, (first_run.0, Some(first_run.1)))]), "the leader's pod").await;
+
+    meters[leader].kill();
+    let second_run = (month.start() + 2 * DAY, month.start() + 2 * DAY + HOUR);
+    let second = scene.create_pod("after", false).await;
+    scene.finish("after", second_run.0, second_run.1).await;
+    meters[1 - leader].ready().await;
+    recorded(&ledger, &HashMap::from([(second, (second_run.0, Some(second_run.1)))]), "the new leader's pod")
+        .await;
+    scene.clean_up().await;
 }
