@@ -13,6 +13,7 @@
 pub mod bill;
 pub mod calendar;
 pub mod cli;
+mod costs;
 pub mod export;
 pub mod http;
 pub mod ledger;

@@ -17,35 +17,28 @@ use std::{
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolumeClaim, Pod};
-use k8s_openapi::{
-    apimachinery::pkg::apis::meta::v1::{Condition, Time},
-    jiff::Timestamp,
-};
 use kube::{
-    Api, Client, Resource, ResourceExt,
-    api::{ListParams, Patch, PatchParams},
+    Api, Client, ResourceExt,
+    api::ListParams,
     runtime::{
         WatchStreamExt,
-        events::{Event, EventType, Recorder, Reporter},
         watcher::{self, Event as WatchEvent},
     },
 };
 use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge};
-use rust_decimal::{Decimal, prelude::ToPrimitive};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-use yiyun_crds::{ComputeSite, PriceBook, Tenant, TenantCost, labels};
+use yiyun_crds::{ComputeSite, PriceBook, Tenant, labels};
 
 use crate::{
     Error,
-    calendar::{Month, Seconds},
+    calendar::Seconds,
+    costs::CostWriter,
     ledger::{Interval, Ledger, now},
     meter::Meter,
     metering::{NodePlace, Places, PodState, claim_interval, pod_intervals, pod_state},
-    money::parse_decimal,
     pricebook,
     rating::TenantInfo,
-    statement::month_so_far,
 };
 
 /// Configuration of `yiyun billing run`.
@@ -190,13 +183,13 @@ struct Metering {
     live: HashSet<&'static str>,
     tenants_dirty: bool,
     price_books_dirty: bool,
-    /// The budget alert each tenant was last given.
-    budget_alerts: HashMap<String, String>,
+    costs: CostWriter,
 }
 
 impl Metering {
     fn new(client: Client, ledger: Ledger, metrics: Metrics) -> Metering {
         Metering {
+            costs: CostWriter::new(client.clone()),
             client,
             ledger,
             metrics,
@@ -209,7 +202,6 @@ impl Metering {
             live: HashSet::new(),
             tenants_dirty: false,
             price_books_dirty: false,
-            budget_alerts: HashMap::new(),
         }
     }
 
@@ -256,10 +248,6 @@ impl Metering {
         let mut checkpoint = tokio::time::interval(checkpoint_every);
         let mut flush = tokio::time::interval(Duration::from_secs(2));
         let mut costs = tokio::time::interval(status_every.max(Duration::from_secs(1)));
-        let recorder = Recorder::new(
-            self.client.clone(),
-            Reporter { controller: "yiyun-billing".into(), instance: None },
-        );
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -276,7 +264,7 @@ impl Metering {
                 }
                 _ = checkpoint.tick() => self.checkpoint().await?,
                 _ = flush.tick() => self.flush().await?,
-                _ = costs.tick(), if readiness.get() && !status_every.is_zero() => self.write_costs(&recorder).await?,
+                _ = costs.tick(), if readiness.get() && !status_every.is_zero() => self.costs.write(&self.ledger, &self.tenants).await?,
             }
         }
         self.flush().await?;
@@ -550,140 +538,6 @@ impl Metering {
             wanted.into_values().filter(|w| held.get(&w.source) != Some(&w.amount)).collect();
         self.ledger.close(&ended).await?;
         self.ledger.record(&opened).await?;
-        Ok(())
-    }
-
-    /// Writes each Tenant's month so far into `status.cost` and, for a tenant with a budget, its
-    /// `BudgetAlert` condition, with a Warning event when the cost crosses 80% or 100% of it.
-    /// Only what changed is written (`asOf` alone is not a change).
-    async fn write_costs(&mut self, recorder: &Recorder) -> Result<(), Error> {
-        let at = now();
-        let month = Month::of(at);
-        let (statement, left_out) = month_so_far(&self.ledger, at).await?;
-        for (tenant, why) in &left_out {
-            warn!(%tenant, %why, "the tenant's usage cannot be rated; its cost waits for a price");
-        }
-        let rollup = statement.rollup();
-        let api: Api<Tenant> = Api::all(self.client.clone());
-        for tenant in self.tenants.values() {
-            let name = tenant.name_any();
-            let own = rollup.own.get(&name).copied().unwrap_or_default();
-            let subtree = rollup.subtree.get(&name).copied().unwrap_or_default();
-            let budget = tenant
-                .spec
-                .budget
-                .as_ref()
-                .and_then(|b| parse_decimal(&b.monthly).ok())
-                .filter(|b| *b > Decimal::ZERO);
-            let percent = budget.and_then(|b| (subtree.yuan() * Decimal::ONE_HUNDRED / b).floor().to_i64());
-            let cost = TenantCost {
-                month: month.to_string(),
-                own: own.to_string(),
-                subtree: subtree.to_string(),
-                budget_used_percent: percent,
-                as_of: Time(Timestamp::from_second(at).unwrap_or(Timestamp::UNIX_EPOCH)),
-            };
-            let previous = tenant.status.as_ref();
-            let previous_alert =
-                previous.and_then(|s| s.conditions.iter().find(|c| c.type_ == "BudgetAlert"));
-            let alert = budget.zip(percent).map(|(budget, percent)| {
-                let (status, reason) = match percent {
-                    100.. => ("True", "Exceeded"),
-                    80.. => ("True", "Reached80Percent"),
-                    _ => ("False", "Below80Percent"),
-                };
-                Condition {
-                    type_: "BudgetAlert".into(),
-                    status: status.into(),
-                    reason: reason.into(),
-                    message: format!("{month} so far: {subtree} CNY of the monthly budget {budget} ({percent}%), whole subtree"),
-                    observed_generation: tenant.metadata.generation,
-                    last_transition_time: match previous_alert {
-                        Some(c) if c.reason == reason => c.last_transition_time.clone(),
-                        _ => Time(Timestamp::now()),
-                    },
-                }
-            });
-            // A tenant whose usage cannot be rated says so in its status; its cost waits.
-            let unpriced = left_out.iter().find(|(t, _)| *t == name).map(|(_, why)| Condition {
-                type_: "Billed".into(),
-                status: "False".into(),
-                reason: "UnpricedUsage".into(),
-                message: why.clone(),
-                observed_generation: tenant.metadata.generation,
-                last_transition_time: Time(Timestamp::from_second(at).unwrap_or(Timestamp::UNIX_EPOCH)),
-            });
-            let previous_unpriced = previous.and_then(|s| s.conditions.iter().find(|c| c.type_ == "Billed"));
-            if let Some(unpriced) = unpriced {
-                if previous_unpriced.is_some_and(|p| p.message == unpriced.message) {
-                    continue;
-                }
-                let patch = serde_json::json!({"apiVersion": "yiyun.io/v1alpha1", "kind": "Tenant",
-                    "status": {"conditions": [unpriced]}});
-                if let Err(error) = api
-                    .patch_status(&name, &PatchParams::apply("yiyun-billing").force(), &Patch::Apply(&patch))
-                    .await
-                {
-                    warn!(tenant = %name, %error, "cannot write the tenant's billing condition");
-                }
-                continue;
-            }
-            let unchanged_cost = previous
-                .and_then(|s| s.cost.as_ref())
-                .is_some_and(|c| TenantCost { as_of: c.as_of.clone(), ..cost.clone() } == *c);
-            let unchanged_alert = match (&alert, previous_alert) {
-                (Some(a), Some(p)) => a.reason == p.reason && a.message == p.message,
-                (None, None) => true,
-                _ => false,
-            };
-            if unchanged_cost && unchanged_alert && previous_unpriced.is_none() {
-                continue;
-            }
-            let patch = serde_json::json!({
-                "apiVersion": "yiyun.io/v1alpha1",
-                "kind": "Tenant",
-                "status": {"cost": cost, "conditions": alert.iter().collect::<Vec<_>>()},
-            });
-            match api
-                .patch_status(&name, &PatchParams::apply("yiyun-billing").force(), &Patch::Apply(&patch))
-                .await
-            {
-                Ok(_) => {}
-                Err(kube::Error::Api(status)) if status.code == 404 => continue,
-                Err(error) => {
-                    warn!(tenant = %name, %error, "cannot write the tenant's cost; next round retries");
-                    continue;
-                }
-            }
-            // The store may not show this meter's last write yet: what it last raised is
-            // remembered here (and read from the status after a restart).
-            let last =
-                self.budget_alerts.get(&name).cloned().or_else(|| previous_alert.map(|p| p.reason.clone()));
-            if let Some(alert) = &alert {
-                self.budget_alerts.insert(name.clone(), alert.reason.clone());
-            }
-            let rose = |reason: &str| {
-                alert.as_ref().is_some_and(|a| a.reason == reason)
-                    && last.as_deref().is_none_or(|last| last != reason && last != "Exceeded")
-            };
-            for (reason, event) in
-                [("Reached80Percent", "BudgetReached80Percent"), ("Exceeded", "BudgetExceeded")]
-            {
-                if rose(reason) {
-                    let note = alert.as_ref().map(|a| a.message.clone());
-                    let event = Event {
-                        type_: EventType::Warning,
-                        reason: event.into(),
-                        note,
-                        action: "Metering".into(),
-                        secondary: None,
-                    };
-                    if let Err(error) = recorder.publish(&event, &tenant.object_ref(&())).await {
-                        warn!(tenant = %name, %error, "cannot publish the budget event");
-                    }
-                }
-            }
-        }
         Ok(())
     }
 

@@ -92,7 +92,10 @@ async fn adjust(
     in_scope: Option<&HashSet<String>>,
 ) -> Result<(), Error> {
     let closed: HashSet<String> = closed_months(ledger).await?.into_iter().collect();
-    for corrected in closed.iter().filter_map(|m| m.parse::<Month>().ok()) {
+    // Oldest first, so that the lines come in the same order every time.
+    let mut months: Vec<Month> = closed.iter().filter_map(|m| m.parse().ok()).collect();
+    months.sort_unstable();
+    for &corrected in &months {
         let mut first_open = corrected.next();
         while closed.contains(&first_open.to_string()) {
             first_open = first_open.next();
@@ -118,10 +121,14 @@ async fn adjust(
         let of_scope = |key: &LineKey| in_scope.is_none_or(|s| s.contains(&key.tenant));
         add(&again, 1, &|key| key.corrects.is_empty());
         add(&as_closed.rating, -1, &|key| key.corrects.is_empty() && of_scope(key));
-        for later in closed.iter().filter_map(|m| m.parse::<Month>().ok()).filter(|m| *m > corrected) {
+        for &later in months.iter().filter(|m| **m > corrected) {
             if let Some(later) = frozen(ledger, later).await? {
                 add(&later.rating, -1, &|key| key.corrects == corrected.to_string() && of_scope(key));
             }
+        }
+        delta.retain(|_, (usage, amount)| *usage != 0 || *amount != 0);
+        if delta.is_empty() {
+            continue;
         }
         let price = rating.prices.len();
         rating.prices.push(AppliedPrice {
@@ -129,7 +136,7 @@ async fn adjust(
             discount: Decimal::ZERO,
             book: format!("adjustment of {corrected}"),
         });
-        for (key, (usage, amount)) in delta.into_iter().filter(|(_, (u, a))| *u != 0 || *a != 0) {
+        for (key, (usage, amount)) in delta {
             let line = rating.keys.len();
             rating.keys.push(LineKey { corrects: corrected.to_string(), ..key });
             let start = rating.month.start();

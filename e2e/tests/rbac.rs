@@ -312,6 +312,7 @@ const CONTROLLER: &[Use] = &[
 
 const METER: &str = "billing/src/meter_controller.rs";
 const BILL_ENDPOINT: &str = "billing/src/http.rs";
+const COSTS: &str = "billing/src/costs.rs";
 
 const BILLING: &[Use] = &[
     uses("", &["pods"], WATCH, METER, "watcher::watcher(Api::<Pod>::all(client.clone()),config.clone())"),
@@ -357,7 +358,7 @@ const BILLING: &[Use] = &[
         "yiyun.io",
         &["tenants/status"],
         &["patch"],
-        METER,
+        COSTS,
         r#".patch_status(&name,&PatchParams::apply("yiyun-billing").force(),&Patch::Apply(&patch))"#,
     ),
     uses(
@@ -372,7 +373,7 @@ const BILLING: &[Use] = &[
         "events.k8s.io",
         &["events"],
         &["create", "patch"],
-        METER,
+        COSTS,
         "recorder.publish(&event,&tenant.object_ref(&()))",
     ),
     uses(
