@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use crate::{
     Error,
     calendar::Month,
-    export::{self, Headers},
+    export::{self, Format, Headers},
     ledger::{Ledger, now},
     statement::{close, statement},
 };
@@ -28,15 +28,6 @@ impl MonthArgs {
             None => Ok(Month::of(now())),
         }
     }
-}
-
-/// Formats of `yiyun billing export`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
-    Csv,
-    Xlsx,
-    Parquet,
-    Json,
 }
 
 #[derive(clap::Args, Clone, Debug)]
@@ -112,12 +103,7 @@ pub async fn export_month(args: ExportArgs) -> Result<Option<Vec<u8>>, Error> {
     let ledger = Ledger::connect(&args.month.database).await?;
     checked_tenant(&ledger, args.tenant.as_deref()).await?;
     let statement = statement(&ledger, month, now(), args.tenant.as_deref()).await?;
-    let bytes = match args.format {
-        Format::Csv => export::csv(&statement, args.tenant.as_deref(), args.headers)?,
-        Format::Xlsx => export::xlsx(&statement, args.tenant.as_deref(), args.headers)?,
-        Format::Parquet => export::parquet(&statement, args.tenant.as_deref())?,
-        Format::Json => export::json(&statement, args.tenant.as_deref())?,
-    };
+    let bytes = export::render(&statement, args.format, args.tenant.as_deref(), args.headers)?;
     match args.out {
         None => Ok(Some(bytes)),
         Some(path) => {

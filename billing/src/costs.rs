@@ -4,10 +4,7 @@
 
 use std::collections::HashMap;
 
-use k8s_openapi::{
-    apimachinery::pkg::apis::meta::v1::{Condition, Time},
-    jiff::Timestamp,
-};
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{Patch, PatchParams},
@@ -78,32 +75,37 @@ impl CostWriter {
             let previous = tenant.status.as_ref();
             let previous_alert =
                 previous.and_then(|s| s.conditions.iter().find(|c| c.type_ == "BudgetAlert"));
+            let conditions = previous.map(|s| s.conditions.as_slice()).unwrap_or_default();
             let alert = budget.zip(percent).map(|(budget, percent)| {
-                let (status, reason) = match percent {
-                    100.. => ("True", "Exceeded"),
-                    80.. => ("True", "Reached80Percent"),
-                    _ => ("False", "Below80Percent"),
+                let (raised, reason) = match percent {
+                    100.. => (true, "Exceeded"),
+                    80.. => (true, "Reached80Percent"),
+                    _ => (false, "Below80Percent"),
                 };
-                Condition {
-                    type_: "BudgetAlert".into(),
-                    status: status.into(),
-                    reason: reason.into(),
-                    message: format!("{month} so far: {subtree} CNY of the monthly budget {budget} ({percent}%), whole subtree"),
-                    observed_generation: tenant.metadata.generation,
-                    last_transition_time: match previous_alert {
-                        Some(c) if c.reason == reason => c.last_transition_time.clone(),
-                        _ => Time(Timestamp::now()),
-                    },
-                }
+                let message = format!(
+                    "{month} so far: {subtree} CNY of the monthly budget {budget} ({percent}%), whole subtree"
+                );
+                let generation = tenant.metadata.generation;
+                yiyun_kube::conditions::condition(
+                    conditions,
+                    "BudgetAlert",
+                    raised,
+                    reason,
+                    &message,
+                    generation,
+                )
             });
             // A tenant whose usage cannot be rated says so in its status; its cost waits.
-            let unpriced = left_out.iter().find(|(t, _)| *t == name).map(|(_, why)| Condition {
-                type_: "Billed".into(),
-                status: "False".into(),
-                reason: "UnpricedUsage".into(),
-                message: why.clone(),
-                observed_generation: tenant.metadata.generation,
-                last_transition_time: Time(Timestamp::from_second(at).unwrap_or(Timestamp::UNIX_EPOCH)),
+            let unpriced = left_out.iter().find(|(t, _)| *t == name).map(|(_, why)| {
+                let generation = tenant.metadata.generation;
+                yiyun_kube::conditions::condition(
+                    conditions,
+                    "Billed",
+                    false,
+                    "UnpricedUsage",
+                    why,
+                    generation,
+                )
             });
             let previous_unpriced = previous.and_then(|s| s.conditions.iter().find(|c| c.type_ == "Billed"));
             if let Some(unpriced) = unpriced {

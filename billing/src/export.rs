@@ -8,7 +8,7 @@ use parquet::{
     errors::ParquetError,
     file::{properties::WriterProperties, writer::SerializedFileWriter},
 };
-use rust_xlsxwriter::{Format, Workbook, XlsxError};
+use rust_xlsxwriter::{Format as CellFormat, Workbook, XlsxError};
 use serde::Serialize;
 
 use crate::{
@@ -22,6 +22,56 @@ use crate::{
 pub enum Headers {
     Chinese,
     English,
+}
+
+/// The formats a statement is exported in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Csv,
+    Xlsx,
+    Parquet,
+    Json,
+}
+
+impl Format {
+    /// The format of a name (`csv`, `xlsx`, `parquet`, `json`).
+    pub fn from_name(name: &str) -> Option<Format> {
+        <Format as clap::ValueEnum>::from_str(name, false).ok()
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Csv => "csv",
+            Format::Xlsx => "xlsx",
+            Format::Parquet => "parquet",
+            Format::Json => "json",
+        }
+    }
+
+    /// The media type of the format, for HTTP.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Csv => "text/csv; charset=utf-8",
+            Format::Xlsx => "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+            Format::Parquet => "application/vnd.apache.parquet",
+            Format::Json => "application/json",
+        }
+    }
+}
+
+/// A statement in `format`, of every tenant or of `subtree_of`'s subtree.
+pub fn render(
+    statement: &Statement,
+    format: Format,
+    subtree_of: Option<&str>,
+    headers: Headers,
+) -> Result<Vec<u8>, crate::Error> {
+    Ok(match format {
+        Format::Csv => csv(statement, subtree_of, headers)?,
+        Format::Xlsx => xlsx(statement, subtree_of, headers)?,
+        Format::Parquet => parquet(statement, subtree_of)?,
+        Format::Json => json(statement, subtree_of)?,
+    })
 }
 
 /// One bill line, as every format writes it.
@@ -317,10 +367,10 @@ pub fn xlsx(statement: &Statement, subtree_of: Option<&str>, headers: Headers) -
     let in_scope = scope(statement, subtree_of);
     let chinese = headers == Headers::Chinese;
     let mut workbook = Workbook::new();
-    let bold = Format::new().set_bold();
-    let money = Format::new().set_num_format("#,##0.00");
-    let bold_money = Format::new().set_bold().set_num_format("#,##0.00");
-    let quantity = Format::new().set_num_format("0.000000");
+    let bold = CellFormat::new().set_bold();
+    let money = CellFormat::new().set_num_format("#,##0.00");
+    let bold_money = CellFormat::new().set_bold().set_num_format("#,##0.00");
+    let quantity = CellFormat::new().set_num_format("0.000000");
 
     let summary = workbook.add_worksheet().set_name(if chinese { "汇总" } else { "Summary" })?;
     let state = match statement.closed_at {

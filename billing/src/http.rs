@@ -27,7 +27,7 @@ use tracing::{info, warn};
 
 use crate::{
     calendar::Month,
-    export::{self, Headers},
+    export::{self, Format, Headers},
     ledger::{Ledger, now},
     statement::statement,
 };
@@ -82,7 +82,7 @@ async fn bill(
         Err(err) => return refuse(StatusCode::BAD_REQUEST, format!("month: {err}")),
     };
     let tenant = params.get("tenant").filter(|t| !t.is_empty()).cloned();
-    let format = params.get("format").map_or("csv", String::as_str);
+    let format_name = params.get("format").map_or("csv", String::as_str);
     let column_headers = match params.get("headers").map(String::as_str) {
         None | Some("chinese") => Headers::Chinese,
         Some("english") => Headers::English,
@@ -90,13 +90,12 @@ async fn bill(
             return refuse(StatusCode::BAD_REQUEST, format!("headers: {other:?} is not chinese or english"));
         }
     };
-    if !["csv", "xlsx", "parquet", "json"].contains(&format) {
+    let Some(format) = Format::from_name(format_name) else {
         return refuse(
             StatusCode::BAD_REQUEST,
-            format!("format: {format:?} is not csv, xlsx, parquet or json"),
+            format!("format: {format_name:?} is not csv, xlsx, parquet or json"),
         );
-    }
-
+    };
     // Who is asking, and may they read this?
     let user = match authenticate(&shared.client, token).await {
         Ok(Some(user)) => user,
@@ -148,31 +147,20 @@ async fn bill(
         }
         Err(err) => return refuse(StatusCode::SERVICE_UNAVAILABLE, err.to_string()),
     };
-    let (bytes, content_type) = match format {
-        "csv" => (
-            export::csv(&statement, tenant.as_deref(), column_headers).map_err(crate::Error::from),
-            "text/csv; charset=utf-8",
-        ),
-        "xlsx" => (
-            export::xlsx(&statement, tenant.as_deref(), column_headers).map_err(crate::Error::from),
-            "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
-        ),
-        "parquet" => (
-            export::parquet(&statement, tenant.as_deref()).map_err(crate::Error::from),
-            "application/vnd.apache.parquet",
-        ),
-        _ => (export::json(&statement, tenant.as_deref()).map_err(crate::Error::from), "application/json"),
-    };
+    let bytes = export::render(&statement, format, tenant.as_deref(), column_headers);
     match bytes {
         Ok(bytes) => {
-            let file =
-                format!("bill-{month}{}.{format}", tenant.map(|t| format!("-{t}")).unwrap_or_default());
+            let file = format!(
+                "bill-{month}{}.{}",
+                tenant.map(|t| format!("-{t}")).unwrap_or_default(),
+                format.name()
+            );
             let disposition = HeaderValue::from_str(&format!("attachment; filename=\"{file}\""))
                 .unwrap_or_else(|_| HeaderValue::from_static("attachment"));
             (
                 StatusCode::OK,
                 [
-                    (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+                    (header::CONTENT_TYPE, HeaderValue::from_static(format.content_type())),
                     (header::CONTENT_DISPOSITION, disposition),
                 ],
                 bytes,

@@ -36,7 +36,7 @@ use crate::{
     costs::CostWriter,
     ledger::{Interval, Ledger, now},
     meter::Meter,
-    metering::{NodePlace, Places, PodState, claim_interval, pod_intervals, pod_state},
+    metering::{NodePlace, Places, claim_interval, pod_intervals, pod_state},
     pricebook,
     rating::TenantInfo,
 };
@@ -634,11 +634,7 @@ impl Metered for Pod {
     }
 
     fn intervals(&self, gone_at: Option<Seconds>, places: &Places) -> Vec<Interval> {
-        let state = pod_state(self, gone_at);
-        if matches!(state, PodState::NotMetered) {
-            return Vec::new();
-        }
-        pod_intervals(self, &state, places)
+        pod_intervals(self, &pod_state(self, gone_at), places)
     }
 }
 

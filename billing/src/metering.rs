@@ -31,7 +31,7 @@ impl NodePlace {
             site: get(labels::SITE),
             region: get(labels::REGION),
             region_class: get(labels::REGION_CLASS),
-            pool: get("yiyun.io/node-pool"),
+            pool: get(labels::NODE_POOL),
             gpu_model: labels
                 .get(labels::GPU_MODEL)
                 .or_else(|| labels.get(labels::NVIDIA_GPU_PRODUCT))

@@ -3,10 +3,6 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::{
-    apimachinery::pkg::apis::meta::v1::{Condition, Time},
-    jiff::Timestamp,
-};
 use rust_decimal::Decimal;
 use yiyun_crds::{PriceBook, PriceBookStatus, RegionClass};
 
@@ -123,25 +119,15 @@ pub fn catalog(price_books: &[PriceBook]) -> (Catalog, Vec<Refusal>) {
 pub fn status(book: &PriceBook, refusal: Option<&Refusal>) -> PriceBookStatus {
     let generation = book.metadata.generation;
     let previous = book.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
-    let (status, reason, message) = match refusal {
-        None => ("True", "InForce", "rating uses this book over its effective range".to_string()),
+    let (accepted, reason, message) = match refusal {
+        None => (true, "InForce", "rating uses this book over its effective range"),
         Some(refusal) if refusal.message.contains("overlaps") => {
-            ("False", "OverlappingRange", refusal.message.clone())
+            (false, "OverlappingRange", refusal.message.as_str())
         }
-        Some(refusal) => ("False", "Invalid", refusal.message.clone()),
+        Some(refusal) => (false, "Invalid", refusal.message.as_str()),
     };
-    let before = previous.iter().find(|c| c.type_ == "Accepted");
-    let condition = Condition {
-        type_: "Accepted".into(),
-        status: status.into(),
-        reason: reason.into(),
-        message,
-        observed_generation: generation,
-        last_transition_time: match before {
-            Some(c) if c.status == status => c.last_transition_time.clone(),
-            _ => Time(Timestamp::now()),
-        },
-    };
+    let condition =
+        yiyun_kube::conditions::condition(previous, "Accepted", accepted, reason, message, generation);
     PriceBookStatus { observed_generation: generation, conditions: vec![condition] }
 }
 

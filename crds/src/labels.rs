@@ -32,6 +32,8 @@ pub const REGION: &str = "topology.kubernetes.io/region";
 pub const ZONE: &str = "topology.kubernetes.io/zone";
 pub const SITE: &str = "yiyun.io/site";
 pub const RACK: &str = "yiyun.io/rack";
+/// The NodePool a node belongs to.
+pub const NODE_POOL: &str = "yiyun.io/node-pool";
 /// Label and NoSchedule taint of nodes dedicated to a tenant (the value): only pods of that
 /// tenant's subtree may run there, whatever they tolerate.
 pub const DEDICATED: &str = "yiyun.io/dedicated";

@@ -21,10 +21,22 @@ pub fn ready_condition(
     message: &str,
     generation: Option<i64>,
 ) -> Condition {
-    let status = if ready { "True" } else { "False" };
-    let before = previous.iter().find(|c| c.type_ == "Ready");
+    condition(previous, "Ready", ready, reason, message, generation)
+}
+
+/// A condition of `type_`, keeping the previous transition time while its status holds.
+pub fn condition(
+    previous: &[Condition],
+    type_: &str,
+    holds: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+) -> Condition {
+    let status = if holds { "True" } else { "False" };
+    let before = previous.iter().find(|c| c.type_ == type_);
     Condition {
-        type_: "Ready".into(),
+        type_: type_.into(),
         status: status.into(),
         reason: reason.into(),
         message: message.into(),

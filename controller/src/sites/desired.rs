@@ -11,8 +11,7 @@ use k8s_openapi::api::core::v1::{Node, Taint};
 use yiyun_crds::{ComputeSite, NodePool, Onboarding, RegionClass, TaintEffect};
 use yiyun_kube::disruption::selects;
 
-pub use yiyun_crds::labels::{DEDICATED, RACK, REGION, REGION_CLASS, SITE, ZONE};
-pub const POOL: &str = "yiyun.io/node-pool";
+pub use yiyun_crds::labels::{DEDICATED, NODE_POOL, RACK, REGION, REGION_CLASS, SITE, ZONE};
 /// NoSchedule taint of a node a Manual pool has not approved yet.
 pub const ONBOARDING: &str = "yiyun.io/onboarding";
 /// Label keys yiyun set on the node, comma-separated.
@@ -59,7 +58,7 @@ pub fn wanted(pool: &NodePool, site: &ComputeSite, node: &Node) -> (BTreeMap<Str
         RegionClass::West => "west",
     };
     labels.insert(REGION_CLASS.into(), class.into());
-    labels.insert(POOL.into(), pool_name);
+    labels.insert(NODE_POOL.into(), pool_name);
     if let Some(rack) = rack_of(pool, node) {
         labels.insert(RACK.into(), rack);
     }
@@ -238,7 +237,7 @@ mod tests {
         assert_eq!(labels[SITE], "qingyang");
         assert_eq!(labels[RACK], "r07");
         assert_eq!(labels[REGION_CLASS], "west");
-        assert_eq!(labels[POOL], "gpu");
+        assert_eq!(labels[NODE_POOL], "gpu");
         assert_eq!(labels["class"], "gpu");
         assert_eq!(taint_keys(&updated), ["kwok.x-k8s.io/node", "nvidia.com/gpu"]);
         assert_eq!(
@@ -296,7 +295,7 @@ mod tests {
         let labels = in_new.metadata.labels.unwrap();
         assert!(!labels.contains_key("class"));
         assert_eq!(labels["tier"], "batch");
-        assert_eq!(labels[POOL], "batch");
+        assert_eq!(labels[NODE_POOL], "batch");
     }
 
     #[test]
