@@ -79,7 +79,7 @@ build_etcd() {
 
 build_kwok() {
   local v=$KWOK_VERSION
-  if have "kwok-$v" && [ -f "$cache/kwok-stages-$v.yaml" ]; then return; fi
+  if have "kwok-$v" && [ -f "$cache/kwok-config-$v.yaml" ]; then return; fi
   log "kwok $v (about 2-4 min cold)"
   local dir=$cache/src/kwok-$v
   rm -rf "$dir" && mkdir -p "$dir"
@@ -87,29 +87,48 @@ build_kwok() {
     GOBIN=$dir go install -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$v"
     mv "$dir/kwok" "$bin/kwok-$v"
   fi
-  # The default stages (node initialise and lease heartbeat, pod ready/complete/delete) ship
-  # inside the module; kwok reads them as one multi-document config file.
+  # The default stages (node initialise and lease heartbeat, pod ready/complete/delete) and the
+  # emulated kubelet resource metrics (each pod's usage from its kwok.x-k8s.io/usage-cpu and
+  # usage-memory annotations, served at /metrics/nodes/NODE/metrics/resource for metrics-server)
+  # ship inside the module; kwok reads them as one multi-document config file.
   local moddir
   moddir=$(go mod download -json "sigs.k8s.io/kwok@$v" | sed -n 's/.*"Dir": "\(.*\)",/\1/p')
-  local stage=$moddir/kustomize/stage
+  local stage=$moddir/kustomize/stage metrics=$moddir/kustomize/metrics
   for f in "$stage"/node/fast/node-initialize.yaml "$stage"/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml \
-    "$stage"/pod/fast/pod-*.yaml; do
+    "$stage"/pod/fast/pod-*.yaml "$metrics"/resource/metrics-resource.yaml "$metrics"/usage/usage-from-annotation.yaml; do
     echo "---"; cat "$f"
-  done >"$cache/kwok-stages-$v.yaml"
+  done >"$cache/kwok-config-$v.yaml"
   log "kwok $v ready"
+}
+
+# metrics-server serves metrics.k8s.io (what `kubectl top` and billing's usage basis read) from
+# the kubelets' resource metrics, which kwok emulates.
+build_metrics_server() {
+  local v=$METRICS_SERVER_VERSION
+  if have "metrics-server-$v"; then return; fi
+  log "metrics-server $v (about 2-3 min cold)"
+  local dir=$cache/src/metrics-server-$v
+  rm -rf "$dir" && mkdir -p "$dir" && cd "$dir"
+  go mod init yiyun.local/metrics-server-build >/dev/null 2>&1
+  go get -tool "sigs.k8s.io/metrics-server/cmd/metrics-server@$v" 2>&1 | tail -n 3 >&2
+  mkdir -p out
+  go build -v -ldflags "-s -w" -o out/ sigs.k8s.io/metrics-server/cmd/metrics-server 2>&1 | progress "metrics-server $v"
+  mv out/metrics-server "$bin/metrics-server-$v"
+  log "metrics-server $v ready"
 }
 
 if [ "${1:-}" = "--check" ]; then
   # Exit 0 when every binary is cached already, 1 when a build is needed.
-  have "etcd-$ETCD_VERSION" "etcdctl-$ETCD_VERSION" "kwok-$KWOK_VERSION" \
+  have "etcd-$ETCD_VERSION" "etcdctl-$ETCD_VERSION" "kwok-$KWOK_VERSION" "metrics-server-$METRICS_SERVER_VERSION" \
     "kube-apiserver-$KUBERNETES_VERSION" "kube-controller-manager-$KUBERNETES_VERSION" \
     "kube-scheduler-$KUBERNETES_VERSION" "kubectl-$KUBERNETES_VERSION" &&
-    [ -f "$cache/kwok-stages-$KWOK_VERSION.yaml" ]
+    [ -f "$cache/kwok-config-$KWOK_VERSION.yaml" ]
   exit
 fi
 
 start=$(date +%s)
 build_etcd
 build_kwok
+build_metrics_server
 build_kubernetes
 log "all binaries cached in $bin ($(( $(date +%s) - start ))s)"

@@ -85,6 +85,17 @@ pub struct Interval {
     pub estimated: bool,
 }
 
+/// An interval as the ledger holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recorded {
+    pub key: String,
+    pub meter: Meter,
+    pub amount: i64,
+    pub started_at: Seconds,
+    pub ended_at: Option<Seconds>,
+    pub estimated: bool,
+}
+
 /// The schema, one version per step; a step is applied in one transaction and never edited
 /// once released (a new one is added instead).
 const MIGRATIONS: &[(i64, &str)] = &[(
@@ -257,39 +268,46 @@ impl Ledger {
         if intervals.is_empty() {
             return Ok(());
         }
-        let now = now();
         let mut tx = self.pool.begin().await?;
-        for i in intervals {
-            sqlx::query(
-                "INSERT INTO usage_intervals (key, source, kind, tenant, namespace, object, node, site, \
-                 region_class, pool, meter, gpu_model, amount, started_at, ended_at, last_seen_at, estimated, \
-                 recorded_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) \
-                 ON CONFLICT (key) DO UPDATE SET ended_at = excluded.ended_at, estimated = excluded.estimated \
+        for interval in intervals {
+            insert(
+                &mut tx,
+                interval,
+                "DO UPDATE SET ended_at = excluded.ended_at, estimated = excluded.estimated \
                  WHERE usage_intervals.ended_at IS NULL AND excluded.ended_at IS NOT NULL",
             )
-            .bind(&i.key)
-            .bind(&i.source)
-            .bind(&i.kind)
-            .bind(&i.tenant)
-            .bind(&i.namespace)
-            .bind(&i.object)
-            .bind(&i.node)
-            .bind(&i.site)
-            .bind(&i.region_class)
-            .bind(&i.pool)
-            .bind(i.meter.key())
-            .bind(&i.gpu_model)
-            .bind(i.amount)
-            .bind(i.started_at)
-            .bind(i.ended_at.map(|end| end.max(i.started_at)))
-            .bind(now.max(i.started_at))
-            .bind(i64::from(i.estimated))
-            .bind(now)
-            .execute(&mut *tx)
             .await?;
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Records usage beyond the requests ([`crate::usage`]) in one transaction, returning how
+    /// many intervals are new. Each starts no earlier than the last one of its pod and meter
+    /// ended, so that measurement windows that overlap never count a second twice; a key
+    /// already recorded is left as it is.
+    pub async fn record_over_request(&self, intervals: &[Interval]) -> Result<u64, LedgerError> {
+        let mut ordered: Vec<&Interval> = intervals.iter().filter(|i| i.ended_at.is_some()).collect();
+        ordered.sort_by_key(|i| (&i.source, i.meter, i.started_at));
+        let mut recorded = 0;
+        let mut tx = self.pool.begin().await?;
+        for interval in ordered {
+            let covered: Option<i64> =
+                sqlx::query("SELECT MAX(ended_at) FROM usage_intervals WHERE source = $1 AND meter = $2")
+                    .bind(&interval.source)
+                    .bind(interval.meter.key())
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .try_get(0)?;
+            let started_at = covered.map_or(interval.started_at, |c| c.max(interval.started_at));
+            if interval.ended_at.is_none_or(|end| end <= started_at) {
+                continue;
+            }
+            let clipped = Interval { started_at, ..interval.clone() };
+            recorded += insert(&mut tx, &clipped, "DO NOTHING").await?;
+        }
+        tx.commit().await?;
+        Ok(recorded)
     }
 
     /// Ends every open interval of the objects named, each at its time (never before it
@@ -403,20 +421,27 @@ impl Ledger {
         rows.iter().map(|row| Ok((row.try_get(0)?, row.try_get(1)?))).collect()
     }
 
-    /// Every interval of an object, oldest first (for tests and audits).
-    pub async fn intervals_of(
-        &self,
-        source: &str,
-    ) -> Result<Vec<(String, Seconds, Option<Seconds>, bool)>, LedgerError> {
+    /// Every interval of an object, by key (for tests and audits).
+    pub async fn intervals_of(&self, source: &str) -> Result<Vec<Recorded>, LedgerError> {
         let rows = sqlx::query(
-            "SELECT key, started_at, ended_at, estimated FROM usage_intervals WHERE source = $1 ORDER BY key",
+            "SELECT key, meter, amount, started_at, ended_at, estimated FROM usage_intervals \
+             WHERE source = $1 ORDER BY key",
         )
         .bind(source)
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
             .map(|row| {
-                Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get::<i64, _>(3)? != 0))
+                let meter: String = row.try_get(1)?;
+                Ok(Recorded {
+                    key: row.try_get(0)?,
+                    meter: Meter::from_key(&meter)
+                        .ok_or_else(|| LedgerError::Corrupt(format!("unknown meter {meter:?}")))?,
+                    amount: row.try_get(2)?,
+                    started_at: row.try_get(3)?,
+                    ended_at: row.try_get(4)?,
+                    estimated: row.try_get::<i64, _>(5)? != 0,
+                })
             })
             .collect()
     }
@@ -517,6 +542,43 @@ pub(crate) fn tenant_row(row: &AnyRow) -> Result<TenantInfo, LedgerError> {
 /// Now, in the ledger's clock.
 pub fn now() -> Seconds {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as Seconds)
+}
+
+/// Inserts one interval; `on_conflict` says what a key already recorded does. Returns the
+/// number of rows written.
+async fn insert(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    i: &Interval,
+    on_conflict: &str,
+) -> Result<u64, LedgerError> {
+    let now = now();
+    let done = sqlx::query(&format!(
+        "INSERT INTO usage_intervals (key, source, kind, tenant, namespace, object, node, site, \
+         region_class, pool, meter, gpu_model, amount, started_at, ended_at, last_seen_at, estimated, \
+         recorded_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) \
+         ON CONFLICT (key) {on_conflict}"
+    ))
+    .bind(&i.key)
+    .bind(&i.source)
+    .bind(&i.kind)
+    .bind(&i.tenant)
+    .bind(&i.namespace)
+    .bind(&i.object)
+    .bind(&i.node)
+    .bind(&i.site)
+    .bind(&i.region_class)
+    .bind(&i.pool)
+    .bind(i.meter.key())
+    .bind(&i.gpu_model)
+    .bind(i.amount)
+    .bind(i.started_at)
+    .bind(i.ended_at.map(|end| end.max(i.started_at)))
+    .bind(now.max(i.started_at))
+    .bind(i64::from(i.estimated))
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected())
 }
 
 /// A URL without its password, for messages.

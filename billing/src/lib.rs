@@ -26,6 +26,7 @@ pub mod prices;
 pub mod rating;
 pub mod reservation;
 pub mod statement;
+pub mod usage;
 
 #[cfg(test)]
 mod tests;

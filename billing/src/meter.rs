@@ -21,12 +21,17 @@ pub enum Meter {
     ReservedCpu,
     ReservedMemory,
     ReservedGpu,
+    /// Under the usage basis, vCPU and memory used beyond the request (in the units of
+    /// [`Meter::Cpu`] and [`Meter::Memory`], at their prices): with the request's own line,
+    /// max(request, usage).
+    CpuOverRequest,
+    MemoryOverRequest,
 }
 
 const GIB: i128 = 1 << 30;
 
 impl Meter {
-    pub const ALL: [Meter; 8] = [
+    pub const ALL: [Meter; 10] = [
         Meter::Cpu,
         Meter::Memory,
         Meter::Gpu,
@@ -35,6 +40,8 @@ impl Meter {
         Meter::ReservedCpu,
         Meter::ReservedMemory,
         Meter::ReservedGpu,
+        Meter::CpuOverRequest,
+        Meter::MemoryOverRequest,
     ];
 
     /// The stable name in the ledger and the exports.
@@ -48,6 +55,8 @@ impl Meter {
             Meter::ReservedCpu => "reserved-cpu",
             Meter::ReservedMemory => "reserved-memory",
             Meter::ReservedGpu => "reserved-gpu",
+            Meter::CpuOverRequest => "cpu-over-request",
+            Meter::MemoryOverRequest => "memory-over-request",
         }
     }
 
@@ -66,14 +75,16 @@ impl Meter {
             Meter::ReservedCpu => "预留未用 vCPU",
             Meter::ReservedMemory => "预留未用内存",
             Meter::ReservedGpu => "预留未用 GPU",
+            Meter::CpuOverRequest => "超出申请的 vCPU 用量",
+            Meter::MemoryOverRequest => "超出申请的内存用量",
         }
     }
 
     /// The unit a price is per.
     pub fn unit(self) -> &'static str {
         match self {
-            Meter::Cpu | Meter::ReservedCpu => "vCPU-hour",
-            Meter::Memory | Meter::ReservedMemory => "GiB-hour",
+            Meter::Cpu | Meter::ReservedCpu | Meter::CpuOverRequest => "vCPU-hour",
+            Meter::Memory | Meter::ReservedMemory | Meter::MemoryOverRequest => "GiB-hour",
             Meter::Gpu | Meter::ReservedGpu => "GPU-hour",
             Meter::Storage => "GiB-month",
             Meter::CrossRegion => "GB",
@@ -83,8 +94,8 @@ impl Meter {
     /// 计量单位.
     pub fn chinese_unit(self) -> &'static str {
         match self {
-            Meter::Cpu | Meter::ReservedCpu => "核·小时",
-            Meter::Memory | Meter::ReservedMemory => "GiB·小时",
+            Meter::Cpu | Meter::ReservedCpu | Meter::CpuOverRequest => "核·小时",
+            Meter::Memory | Meter::ReservedMemory | Meter::MemoryOverRequest => "GiB·小时",
             Meter::Gpu | Meter::ReservedGpu => "卡·小时",
             Meter::Storage => "GiB·月",
             Meter::CrossRegion => "GB",
@@ -96,6 +107,15 @@ impl Meter {
         self == Meter::CrossRegion
     }
 
+    /// The meter whose price applies: usage beyond the request costs what the request does.
+    pub fn priced_as(self) -> Meter {
+        match self {
+            Meter::CpuOverRequest => Meter::Cpu,
+            Meter::MemoryOverRequest => Meter::Memory,
+            meter => meter,
+        }
+    }
+
     /// Whether the meter is of a GPU model.
     pub fn has_model(self) -> bool {
         self == Meter::Gpu
@@ -105,8 +125,10 @@ impl Meter {
     /// GiB-month is over the calendar month of `month_seconds`.
     pub fn per_unit(self, month_seconds: i64) -> i128 {
         match self {
-            Meter::Cpu | Meter::Gpu | Meter::ReservedCpu | Meter::ReservedGpu => 1000 * 3600,
-            Meter::Memory | Meter::ReservedMemory => GIB * 3600,
+            Meter::Cpu | Meter::Gpu | Meter::ReservedCpu | Meter::ReservedGpu | Meter::CpuOverRequest => {
+                1000 * 3600
+            }
+            Meter::Memory | Meter::ReservedMemory | Meter::MemoryOverRequest => GIB * 3600,
             Meter::Storage => GIB * i128::from(month_seconds),
             Meter::CrossRegion => 1_000_000_000,
         }

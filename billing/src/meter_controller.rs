@@ -7,6 +7,10 @@
 //! checkpoint that saw it held, marked estimated. Checkpoints are written every
 //! `--checkpoint-seconds` while the watches are live, so an estimate is never later than the
 //! truth and at most one checkpoint earlier.
+//!
+//! Under the usage basis (`--basis max-request-usage`) the meter also reads every pod's
+//! measured usage from `metrics.k8s.io` each `--usage-seconds` and records what went beyond
+//! the requests (see [`crate::usage`]).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -36,9 +40,10 @@ use crate::{
     costs::CostWriter,
     ledger::{Interval, Ledger, now},
     meter::Meter,
-    metering::{NodePlace, Places, claim_interval, pod_intervals, pod_state},
+    metering::{NodePlace, Places, Requested, claim_interval, pod_intervals, pod_requested, pod_state},
     pricebook,
     rating::TenantInfo,
+    usage::{Basis, over_request, sample},
 };
 
 /// Configuration of `yiyun billing run`.
@@ -68,6 +73,16 @@ pub struct Config {
     /// brought up to date; 0 leaves the Tenants alone (one meter per cluster writes them).
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(0..=86400))]
     pub status_seconds: u64,
+    /// What vCPU and memory are billed on: `request` (what is allocated), or
+    /// `max-request-usage` (the larger of the request and the usage `metrics.k8s.io` measures;
+    /// the request alone while that API is not served).
+    #[arg(long, value_enum, default_value_t = Basis::Request)]
+    pub basis: Basis,
+    /// Under `max-request-usage`, how often measured usage is read: at most metrics-server's
+    /// `--metric-resolution` (60 s by default), or some of its windows are never read and
+    /// are billed at the request.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub usage_seconds: u64,
 }
 
 /// The meter's counters.
@@ -75,6 +90,8 @@ pub struct Config {
 struct Metrics {
     events: Family<Vec<(&'static str, &'static str)>, Counter>,
     open_intervals: Gauge,
+    usage_reads: Family<Vec<(&'static str, &'static str)>, Counter>,
+    over_request_intervals: Counter,
 }
 
 impl Metrics {
@@ -85,6 +102,16 @@ impl Metrics {
             "open_objects",
             "Pods and claims the meter holds intervals open for",
             metrics.open_intervals.clone(),
+        );
+        registry.register(
+            "usage_reads",
+            "Reads of metrics.k8s.io under the usage basis, by result (ok, unavailable)",
+            metrics.usage_reads.clone(),
+        );
+        registry.register(
+            "over_request_intervals",
+            "Intervals of usage beyond the requests recorded under the usage basis",
+            metrics.over_request_intervals.clone(),
         );
         metrics
     }
@@ -124,9 +151,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         {
             Ok(())
         } else {
-            let mut meter = Metering::new(client, ledger, metrics);
-            let every =
-                (Duration::from_secs(config.checkpoint_seconds), Duration::from_secs(config.status_seconds));
+            let mut meter = Metering::new(client, ledger, metrics, config.basis);
+            let every = Every {
+                checkpoint: Duration::from_secs(config.checkpoint_seconds),
+                status: Duration::from_secs(config.status_seconds),
+                usage: Duration::from_secs(config.usage_seconds),
+            };
             let work = shutdown.child_token();
             let metering = meter.run(every, readiness, work.clone());
             match &election {
@@ -184,10 +214,28 @@ struct Metering {
     tenants_dirty: bool,
     price_books_dirty: bool,
     costs: CostWriter,
+    /// Under the usage basis, what each metered pod requests.
+    usage: Option<UsageBasis>,
+}
+
+/// What the usage basis keeps between reads of `metrics.k8s.io`.
+#[derive(Default)]
+struct UsageBasis {
+    /// Metered pods by namespace and name (how PodMetrics name them).
+    requested: HashMap<(String, String), Requested>,
+    /// Whether the last read found the API served (`None` before the first).
+    served: Option<bool>,
+}
+
+/// How often the meter does each of its periodic writes.
+struct Every {
+    checkpoint: Duration,
+    status: Duration,
+    usage: Duration,
 }
 
 impl Metering {
-    fn new(client: Client, ledger: Ledger, metrics: Metrics) -> Metering {
+    fn new(client: Client, ledger: Ledger, metrics: Metrics, basis: Basis) -> Metering {
         Metering {
             costs: CostWriter::new(client.clone()),
             client,
@@ -202,12 +250,13 @@ impl Metering {
             live: HashSet::new(),
             tenants_dirty: false,
             price_books_dirty: false,
+            usage: (basis == Basis::MaxRequestUsage).then(UsageBasis::default),
         }
     }
 
     async fn run(
         &mut self,
-        (checkpoint_every, status_every): (Duration, Duration),
+        every: Every,
         readiness: yiyun_admin::Readiness,
         shutdown: CancellationToken,
     ) -> Result<(), Error> {
@@ -245,9 +294,10 @@ impl Metering {
                 .map(change(|e| Change::Claim(Box::new(e)), "pvc"))
                 .boxed(),
         ]);
-        let mut checkpoint = tokio::time::interval(checkpoint_every);
+        let mut checkpoint = tokio::time::interval(every.checkpoint);
         let mut flush = tokio::time::interval(Duration::from_secs(2));
-        let mut costs = tokio::time::interval(status_every.max(Duration::from_secs(1)));
+        let mut costs = tokio::time::interval(every.status.max(Duration::from_secs(1)));
+        let mut usage = tokio::time::interval(every.usage);
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -264,7 +314,8 @@ impl Metering {
                 }
                 _ = checkpoint.tick() => self.checkpoint().await?,
                 _ = flush.tick() => self.flush().await?,
-                _ = costs.tick(), if readiness.get() && !status_every.is_zero() => self.costs.write(&self.ledger, &self.tenants).await?,
+                _ = costs.tick(), if readiness.get() && !every.status.is_zero() => self.costs.write(&self.ledger, &self.tenants).await?,
+                _ = usage.tick(), if self.usage.is_some() && self.live.contains("pod") => self.read_usage().await?,
             }
         }
         self.flush().await?;
@@ -339,6 +390,9 @@ impl Metering {
             Change::Pod(event) => {
                 let event = *event;
                 self.metrics.event("pod");
+                if self.usage.is_some() {
+                    self.track_requests(&event).await;
+                }
                 self.object_event(event, "pod").await?;
             }
             Change::Claim(event) => {
@@ -460,9 +514,15 @@ impl Metering {
         Ok(())
     }
 
-    /// The intervals of an object, looking up a namespace or node the watches have not
-    /// delivered yet (a pod can arrive before its new namespace).
+    /// The intervals of an object (see [`Metering::look_up_places`]).
     async fn intervals<K: Metered>(&mut self, object: &K, gone_at: Option<Seconds>) -> Vec<Interval> {
+        self.look_up_places(object).await;
+        object.intervals(gone_at, &self.places)
+    }
+
+    /// Looks up a namespace or node of `object` the watches have not delivered yet (a pod can
+    /// arrive before its new namespace).
+    async fn look_up_places<K: Metered>(&mut self, object: &K) {
         let namespace = object.namespace().unwrap_or_default();
         if !self.places.tenant_of_namespace.contains_key(&namespace)
             && let Ok(Some(ns)) = Api::<Namespace>::all(self.client.clone()).get_opt(&namespace).await
@@ -476,7 +536,72 @@ impl Metering {
         {
             self.places.nodes.insert(node, NodePlace::from_labels(found.labels()));
         }
-        object.intervals(gone_at, &self.places)
+    }
+
+    /// Under the usage basis, keeps what each metered pod requests, by namespace and name.
+    async fn track_requests(&mut self, event: &WatchEvent<Pod>) {
+        let pod = match event {
+            WatchEvent::InitApply(pod) | WatchEvent::Apply(pod) => Some(pod),
+            WatchEvent::Delete(pod) => {
+                if let Some(usage) = &mut self.usage {
+                    usage.requested.remove(&(pod.namespace().unwrap_or_default(), pod.name_any()));
+                }
+                None
+            }
+            WatchEvent::Init => {
+                if let Some(usage) = &mut self.usage {
+                    usage.requested.clear();
+                }
+                None
+            }
+            WatchEvent::InitDone => None,
+        };
+        let Some(pod) = pod else { return };
+        self.look_up_places(pod).await;
+        let requested = pod_requested(pod, &pod_state(pod, None), &self.places);
+        if let Some(usage) = &mut self.usage {
+            let key = (pod.namespace().unwrap_or_default(), pod.name_any());
+            match requested {
+                Some(requested) => usage.requested.insert(key, requested),
+                None => usage.requested.remove(&key),
+            };
+        }
+    }
+
+    /// Under the usage basis, reads every pod's measured usage and records what went beyond
+    /// its requests. Where `metrics.k8s.io` is not served, the requests alone are billed.
+    async fn read_usage(&mut self) -> Result<(), Error> {
+        let Some(usage) = &mut self.usage else { return Ok(()) };
+        let objects = match yiyun_kube::resource_metrics::pod_metrics(&self.client).await {
+            Ok(objects) => objects,
+            Err(error) => {
+                if usage.served != Some(false) {
+                    warn!(%error, "metrics.k8s.io is not served: billing the requests alone until it is");
+                }
+                usage.served = Some(false);
+                self.metrics.usage_reads.get_or_create(&vec![("result", "unavailable")]).inc();
+                return Ok(());
+            }
+        };
+        if usage.served != Some(true) {
+            info!("metrics.k8s.io is served: billing max(request, usage)");
+        }
+        usage.served = Some(true);
+        self.metrics.usage_reads.get_or_create(&vec![("result", "ok")]).inc();
+        let mut over = Vec::new();
+        for object in objects {
+            match sample(object) {
+                Ok(sample) => {
+                    if let Some(pod) = usage.requested.get(&(sample.namespace.clone(), sample.pod.clone())) {
+                        over.extend(over_request(pod, &sample));
+                    }
+                }
+                Err(error) => warn!(%error, "a measurement left out (billed at the request)"),
+            }
+        }
+        let recorded = self.ledger.record_over_request(&over).await?;
+        self.metrics.over_request_intervals.inc_by(recorded);
+        Ok(())
     }
 
     async fn checkpoint(&mut self) -> Result<(), Error> {

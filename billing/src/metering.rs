@@ -7,7 +7,7 @@
 //! node pool and GPU model of its node. A claim is metered from its creation while bound,
 //! with the storage it was given.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use k8s_openapi::api::core::v1::{ContainerStatus, PersistentVolumeClaim, Pod};
 use yiyun_crds::labels;
@@ -123,22 +123,72 @@ pub fn pod_state(pod: &Pod, gone_at: Option<Seconds>) -> PodState {
     }
 }
 
-/// The intervals of `pod` in `state`: one per meter it requests, plus a cross-region transfer
-/// of its input data when that sits in another region.
-pub fn pod_intervals(pod: &Pod, state: &PodState, places: &Places) -> Vec<Interval> {
+/// What every interval of a metered pod shares (whose, where, from when to when), with the
+/// meter, key, amount and GPU model left for each meter to fill; `None` when the pod is not
+/// metered.
+fn pod_interval_base(pod: &Pod, state: &PodState, places: &Places) -> Option<(Interval, NodePlace)> {
     let (started, ended) = match *state {
-        PodState::NotMetered => return Vec::new(),
+        PodState::NotMetered => return None,
         PodState::Running { started } => (started, None),
         PodState::Ended { started, ended } => (started, Some(ended)),
     };
     let namespace = pod.metadata.namespace.clone().unwrap_or_default();
-    let Some(tenant) = places.tenant_of_namespace.get(&namespace) else { return Vec::new() };
-    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let tenant = places.tenant_of_namespace.get(&namespace)?;
     let node = pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
     let place = places.nodes.get(&node).cloned().unwrap_or_default();
-    // Milli-units: milli-vCPU, milli-bytes, milli-GPU.
+    let base = Interval {
+        key: String::new(),
+        source: pod.metadata.uid.clone().unwrap_or_default(),
+        kind: "pod".into(),
+        tenant: tenant.clone(),
+        namespace,
+        object: pod.metadata.name.clone().unwrap_or_default(),
+        node,
+        site: place.site.clone(),
+        region_class: place.region_class.clone(),
+        pool: place.pool.clone(),
+        meter: Meter::Cpu,
+        gpu_model: String::new(),
+        amount: 0,
+        started_at: started,
+        ended_at: ended,
+        estimated: false,
+    };
+    Some((base, place))
+}
+
+/// A pod's request of `resource` in milli-units (milli-vCPU, milli-bytes, milli-GPU).
+fn request_milli(requests: &BTreeMap<String, yiyun_quota::Milli>, resource: &str) -> i64 {
+    requests.get(resource).map_or(0, |m| i64::try_from(m.0).unwrap_or(i64::MAX))
+}
+
+/// What a metered pod requests of the resources the usage basis compares with usage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Requested {
+    /// The fields its intervals share (see [`pod_interval_base`]).
+    pub base: Interval,
+    pub cpu_milli: i64,
+    pub memory_bytes: i64,
+}
+
+/// The requests of `pod` in `state`, when it is metered.
+pub fn pod_requested(pod: &Pod, state: &PodState, places: &Places) -> Option<Requested> {
+    let (base, _) = pod_interval_base(pod, state, places)?;
     let requests = yiyun_kube::pods::requests(pod);
-    let request = |name: &str| requests.get(name).map_or(0, |m| i64::try_from(m.0).unwrap_or(i64::MAX));
+    Some(Requested {
+        base,
+        cpu_milli: request_milli(&requests, "cpu"),
+        memory_bytes: request_milli(&requests, "memory") / 1000,
+    })
+}
+
+/// The intervals of `pod` in `state`: one per meter it requests, plus a cross-region transfer
+/// of its input data when that sits in another region.
+pub fn pod_intervals(pod: &Pod, state: &PodState, places: &Places) -> Vec<Interval> {
+    let Some((base, place)) = pod_interval_base(pod, state, places) else { return Vec::new() };
+    let uid = base.source.clone();
+    let requests = yiyun_kube::pods::requests(pod);
+    let request = |name: &str| request_milli(&requests, name);
     let annotations = pod.metadata.annotations.clone().unwrap_or_default();
     let whole_gpus = request(labels::GPU_RESOURCE);
     let fraction: i64 = annotations
@@ -158,31 +208,17 @@ pub fn pod_intervals(pod: &Pod, state: &PodState, places: &Places) -> Vec<Interv
             if place.gpu_model.is_empty() { "unknown".into() } else { place.gpu_model.clone() },
         ));
     }
-    let interval =
-        |meter: Meter, amount: i64, gpu_model: String, started_at: Seconds, ended_at: Option<Seconds>| {
-            Interval {
-                key: format!("pod/{uid}/{}", meter.key()),
-                source: uid.clone(),
-                kind: "pod".into(),
-                tenant: tenant.clone(),
-                namespace: namespace.clone(),
-                object: pod.metadata.name.clone().unwrap_or_default(),
-                node: node.clone(),
-                site: place.site.clone(),
-                region_class: place.region_class.clone(),
-                pool: place.pool.clone(),
-                meter,
-                gpu_model,
-                amount,
-                started_at,
-                ended_at,
-                estimated: false,
-            }
-        };
+    let interval = |meter: Meter, amount: i64, gpu_model: String| Interval {
+        key: format!("pod/{uid}/{}", meter.key()),
+        meter,
+        gpu_model,
+        amount,
+        ..base.clone()
+    };
     let mut intervals: Vec<Interval> = meters
         .into_iter()
         .filter(|(_, amount, _)| *amount > 0)
-        .map(|(meter, amount, model)| interval(meter, amount, model, started, ended))
+        .map(|(meter, amount, model)| interval(meter, amount, model))
         .collect();
     let data_site = annotations.get(labels::DATA_SITE);
     let data_region = data_site.and_then(|site| places.site_regions.get(site));
@@ -195,7 +231,12 @@ pub fn pod_intervals(pod: &Pod, state: &PodState, places: &Places) -> Vec<Interv
         && !place.region.is_empty()
         && *data_region != place.region
     {
-        intervals.push(interval(Meter::CrossRegion, bytes, String::new(), started, Some(started)));
+        let started = base.started_at;
+        intervals.push(Interval {
+            started_at: started,
+            ended_at: Some(started),
+            ..interval(Meter::CrossRegion, bytes, String::new())
+        });
     }
     intervals
 }

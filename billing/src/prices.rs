@@ -145,7 +145,7 @@ impl Catalog {
         model: &str,
         at: Seconds,
     ) -> Option<Price<'_>> {
-        let key = (meter, model.to_string());
+        let key = (meter.priced_as(), model.to_string());
         self.in_force(site, region_class, at)
             .into_iter()
             .find_map(|b| b.prices.get(&key).map(|&per_unit| Price { per_unit, book: &b.name }))

@@ -312,8 +312,8 @@ fn applied_price(
 /// The PriceBook field of a meter's price.
 pub fn price_field(meter: Meter) -> &'static str {
     match meter {
-        Meter::Cpu => "spec.prices.cpuCoreHour",
-        Meter::Memory => "spec.prices.memoryGiBHour",
+        Meter::Cpu | Meter::CpuOverRequest => "spec.prices.cpuCoreHour",
+        Meter::Memory | Meter::MemoryOverRequest => "spec.prices.memoryGiBHour",
         Meter::Gpu => "spec.prices.gpuHour",
         Meter::Storage => "spec.prices.storageGiBMonth",
         Meter::CrossRegion => "spec.prices.crossRegionGB",

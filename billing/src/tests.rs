@@ -96,6 +96,16 @@ fn each_meter_is_priced_in_its_unit() {
             "100 GiB × a month × 0.30",
         ),
         (usage("t", Meter::CrossRegion, 5_000_000_000, at(3, 10, 0), at(3, 10, 0)), Fen(250), "5 GB × 0.5"),
+        (
+            usage("t", Meter::CpuOverRequest, 1000, at(3, 10, 0), at(3, 12, 0)),
+            Fen(24),
+            "1 vCPU used beyond the request × 2 h × the vCPU price 0.12",
+        ),
+        (
+            usage("t", Meter::MemoryOverRequest, 2 * GIB, at(3, 0, 0), at(3, 10, 0)),
+            Fen(30),
+            "2 GiB used beyond the request × 10 h × the memory price 0.015",
+        ),
     ];
     for (usage, expected, what) in cases {
         let rating = rate(november(), [&usage], &catalog, &tenants).unwrap();

@@ -20,7 +20,8 @@ use kube::{
 use serde_json::json;
 use yiyun_billing::{
     calendar::{DAY, HOUR, Month, Seconds, format_local},
-    ledger::{Ledger, now},
+    ledger::{Interval, Ledger, now},
+    meter::Meter,
 };
 use yiyun_e2e::{
     apply_yiyun, client, eventually, free_port, http_get, install_crds, kubectl_apply, unique, yiyun_bin,
@@ -302,8 +303,8 @@ async fn recorded(ledger: &Ledger, expected: &HashMap<String, (Seconds, Option<S
     eventually(Duration::from_secs(90), what, || async {
         for (uid, (started, ended)) in expected {
             let intervals = ledger.intervals_of(uid).await.ok()?;
-            let cpu = intervals.iter().find(|(key, ..)| key.ends_with("/cpu"))?;
-            if (cpu.1, cpu.2, cpu.3) != (*started, *ended, false) {
+            let cpu = intervals.iter().find(|i| i.meter == Meter::Cpu)?;
+            if (cpu.started_at, cpu.ended_at, cpu.estimated) != (*started, *ended, false) {
                 return None;
             }
         }
@@ -686,8 +687,8 @@ async fn a_pod_gone_while_the_meter_was_down_ends_at_its_last_checkpoint_marked_
     meter.ready().await;
     let ended = eventually(Duration::from_secs(30), "the gone pod's interval closed", || async {
         let intervals = ledger.intervals_of(&uid).await.ok()?;
-        let cpu = intervals.iter().find(|(key, ..)| key.ends_with("/cpu"))?.clone();
-        cpu.2.map(|end| (end, cpu.3))
+        let cpu = intervals.iter().find(|i| i.meter == Meter::Cpu)?.clone();
+        cpu.ended_at.map(|end| (end, cpu.estimated))
     })
     .await;
     assert!(ended.1, "marked estimated");
@@ -1093,5 +1094,201 @@ async fn a_standby_meter_takes_over_when_the_leader_dies() {
     meters[1 - leader].ready().await;
     recorded(&ledger, &HashMap::from([(second, (second_run.0, Some(second_run.1)))]), "the new leader's pod")
         .await;
+    scene.clean_up().await;
+}
+
+/// Usage beyond the requests, recorded straight into each ledger: a measurement window that
+/// overlaps one already recorded starts where that one ended, and the same window read again
+/// changes nothing.
+async fn over_request_windows_never_count_a_second_twice(backend: &str) {
+    let ledger = Ledger::connect(&ledger_url(backend, "over")).await.expect("the ledger");
+    let window = |at: Seconds, length: Seconds| Interval {
+        key: format!("pod/uid-over/cpu-over-request/{at}"),
+        source: "uid-over".into(),
+        kind: "pod".into(),
+        tenant: "dept".into(),
+        namespace: "ns".into(),
+        object: "p".into(),
+        node: "n".into(),
+        site: "site".into(),
+        region_class: "west".into(),
+        pool: String::new(),
+        meter: Meter::CpuOverRequest,
+        gpu_model: String::new(),
+        amount: 1000,
+        started_at: at - length,
+        ended_at: Some(at),
+        estimated: false,
+    };
+    let record = |windows: Vec<Interval>| {
+        let ledger = ledger.clone();
+        async move { ledger.record_over_request(&windows).await.expect("recorded") }
+    };
+    assert_eq!(record(vec![window(130, 30)]).await, 1);
+    assert_eq!(record(vec![window(130, 30)]).await, 0, "the same window again");
+    assert_eq!(record(vec![window(150, 30), window(145, 5)]).await, 1, "one overlaps, the other is covered");
+    let recorded: Vec<(Seconds, Option<Seconds>)> = ledger
+        .intervals_of("uid-over")
+        .await
+        .expect("read")
+        .iter()
+        .map(|i| (i.started_at, i.ended_at))
+        .collect();
+    assert_eq!(recorded, [(100, Some(130)), (130, Some(150))]);
+}
+
+#[tokio::test]
+async fn over_request_windows_never_count_a_second_twice_on_sqlite() {
+    over_request_windows_never_count_a_second_twice("sqlite").await;
+}
+
+#[tokio::test]
+async fn over_request_windows_never_count_a_second_twice_on_postgres() {
+    over_request_windows_never_count_a_second_twice("postgres").await;
+}
+
+/// Under `--basis max-request-usage` the meter reads metrics.k8s.io (metrics-server scraping
+/// the kubelet metrics kwok emulates from each pod's usage annotations): a pod using more than
+/// it asked for is billed for the difference over each measured window, at the request's price,
+/// through a SIGKILL of the meter; a pod using less is billed its request alone.
+#[tokio::test]
+async fn the_usage_basis_bills_what_pods_use_beyond_their_requests() {
+    let month = Month::of(now());
+    let scene = Scene::new("usage", month).await;
+    let node = format!("{}-kwok", scene.tenant);
+    let node_object: Node = serde_json::from_value(json!({
+        "metadata": {
+            "name": node,
+            "labels": {"yiyun.io/site": scene.site, "topology.kubernetes.io/region": "e2e",
+                "yiyun.io/region-class": "west", "yiyun.io/e2e-metrics": "true"},
+            "annotations": {"kwok.x-k8s.io/node": "fake",
+                "metrics.k8s.io/resource-metrics-path": format!("/metrics/nodes/{node}/metrics/resource")}
+        },
+        "spec": {"taints": [{"key": "kwok.x-k8s.io/node", "value": "fake", "effect": "NoSchedule"}]},
+        "status": {"allocatable": {"cpu": "8", "memory": "32Gi", "pods": "110"},
+            "capacity": {"cpu": "8", "memory": "32Gi", "pods": "110"}}
+    }))
+    .expect("a node");
+    Api::<Node>::all(scene.client.clone())
+        .create(&PostParams::default(), &node_object)
+        .await
+        .expect("the node");
+    let pod = |name: &str, cpu: &str, memory: &str| -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "annotations": {"kwok.x-k8s.io/usage-cpu": cpu, "kwok.x-k8s.io/usage-memory": memory}},
+            "spec": {
+                "nodeName": node,
+                "tolerations": [{"operator": "Exists"}],
+                "containers": [{"name": "c", "image": "registry.local/app:1", "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}}}]
+            }
+        }))
+        .expect("a pod")
+    };
+    let mut uids = Vec::new();
+    for (name, cpu, memory) in [("burst", "1500m", "3Gi"), ("steady", "200m", "512Mi")] {
+        let created =
+            scene.pods().create(&PostParams::default(), &pod(name, cpu, memory)).await.expect("a pod");
+        uids.push(created.metadata.uid.expect("a uid"));
+    }
+    let (burst, steady) = (uids[0].clone(), uids[1].clone());
+
+    let url = ledger_url("sqlite", "usage");
+    // Exactly the chart's role, which lets the meter read metrics.k8s.io.
+    let kubeconfig = yiyun_e2e::service_account_kubeconfig("billing-rbac.yaml", "yiyun-billing");
+    let kubeconfig = kubeconfig.to_str().expect("a UTF-8 path");
+    let flags = [
+        "--status-seconds",
+        "0",
+        "--leader-elect=false",
+        "--basis",
+        "max-request-usage",
+        "--usage-seconds",
+        "2",
+        "--kubeconfig",
+        kubeconfig,
+    ];
+    let mut meter = MeterProcess::start_with(&url, "meter-usage", &flags);
+    meter.ready().await;
+    let ledger = Ledger::connect(&url).await.expect("the ledger");
+    let over = |wanted: usize| {
+        let ledger = ledger.clone();
+        let burst = burst.clone();
+        async move {
+            let intervals = ledger.intervals_of(&burst).await.ok()?;
+            let cpu_over = intervals.iter().filter(|i| i.meter == Meter::CpuOverRequest).count();
+            (cpu_over >= wanted).then_some(intervals)
+        }
+    };
+    eventually(Duration::from_secs(90), "two measured windows of the bursting pod", || over(2)).await;
+    meter.kill();
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let meter = MeterProcess::start_with(&url, "meter-usage", &flags);
+    meter.ready().await;
+    let intervals =
+        eventually(Duration::from_secs(90), "two more windows after the restart", || over(4)).await;
+    drop(meter);
+
+    let cpu = intervals.iter().find(|i| i.meter == Meter::Cpu).expect("the request's interval");
+    assert_eq!(cpu.amount, 500);
+    for meter in [Meter::CpuOverRequest, Meter::MemoryOverRequest] {
+        let mut windows: Vec<_> = intervals.iter().filter(|i| i.meter == meter).collect();
+        windows.sort_by_key(|i| i.started_at);
+        assert!(windows.len() >= 4, "{meter:?}: {windows:?}");
+        for pair in windows.windows(2) {
+            assert!(pair[0].ended_at.is_some_and(|end| end <= pair[1].started_at), "overlap: {pair:?}");
+        }
+        for window in &windows {
+            assert!(window.started_at >= cpu.started_at, "within the pod's run: {window:?}");
+            match meter {
+                // kwok's CPU counter is cumulative: a rate over a window varies by a hair.
+                Meter::CpuOverRequest => assert!((990..=1010).contains(&window.amount), "{window:?}"),
+                _ => assert_eq!(window.amount, 2 << 30, "3Gi used of 1Gi requested"),
+            }
+        }
+    }
+    let steady_intervals = ledger.intervals_of(&steady).await.expect("read");
+    assert!(
+        steady_intervals.iter().all(|i| matches!(i.meter, Meter::Cpu | Meter::Memory)),
+        "a pod under its requests pays its requests: {steady_intervals:?}"
+    );
+
+    // The bill prices the difference at the request's own price, in lines of their own.
+    let (ok, csv, err) = billing(&[
+        "export",
+        "--database",
+        &url,
+        "--month",
+        &month.to_string(),
+        "--format",
+        "csv",
+        "--headers",
+        "english",
+        "--tenant",
+        &scene.tenant,
+    ]);
+    assert!(ok, "{err}");
+    let csv = String::from_utf8(csv).expect("UTF-8");
+    for (meter, unit) in [(Meter::CpuOverRequest, "vCPU-hour"), (Meter::MemoryOverRequest, "GiB-hour")] {
+        let per_unit =
+            i128::from(if meter == Meter::CpuOverRequest { 1000 * 3600 } else { (1i64 << 30) * 3600 });
+        let used: i128 = intervals
+            .iter()
+            .filter(|i| i.meter == meter)
+            .map(|i| i128::from(i.amount) * i128::from(i.ended_at.unwrap_or(i.started_at) - i.started_at))
+            .sum();
+        let lines: Vec<&str> = csv.lines().filter(|l| l.contains(&format!(",{},", meter.key()))).collect();
+        assert_eq!(lines.len(), 1, "one line at one price:\n{csv}");
+        let price = if meter == Meter::CpuOverRequest { "0.24" } else { "0.015" };
+        assert!(lines[0].contains(&format!(",{unit},{price},")), "priced as the request: {}", lines[0]);
+        let fields: Vec<&str> = lines[0].split(',').collect();
+        let at = fields.iter().position(|f| *f == unit).expect("the unit column");
+        let quantity: f64 = fields[at - 1].parse().expect("a quantity");
+        let expected = used as f64 / per_unit as f64;
+        assert!((quantity - expected).abs() < 1e-6, "{quantity} vs {expected} ({meter:?})");
+    }
+
+    let now_gone = DeleteParams { grace_period_seconds: Some(0), ..DeleteParams::default() };
+    let _ = scene.pods().delete_collection(&now_gone, &Default::default()).await;
+    let _ = Api::<Node>::all(scene.client.clone()).delete(&node, &DeleteParams::default()).await;
     scene.clean_up().await;
 }

@@ -369,6 +369,14 @@ const BILLING: &[Use] = &[
         "watcher::watcher(Api::<PriceBook>::all(client.clone()),config.clone())",
     ),
     uses("yiyun.io", &["pricebooks/status"], &["patch"], METER, "yiyun_kube::conditions::write_status("),
+    // The usage basis: what pods use, as metrics-server measures it.
+    uses(
+        "metrics.k8s.io",
+        &["pods"],
+        &["list"],
+        METER,
+        "yiyun_kube::resource_metrics::pod_metrics(&self.client)",
+    ),
     uses(
         "events.k8s.io",
         &["events"],

@@ -1,6 +1,6 @@
 //! What every yiyun component needs of Kubernetes, written once: a client, watches reflected
 //! into stores, server-side apply under yiyun's field manager, status conditions, label
-//! selectors and disruption budgets, retries that back off, what a pod holds on its node, and
+//! selectors and disruption budgets, retries that back off, what a pod holds on its node, what pods use (metrics.k8s.io), and
 //! leader election with client-go's semantics. Components do their I/O through this crate;
 //! their rules stay in pure crates.
 
@@ -10,6 +10,7 @@ pub mod conditions;
 pub mod disruption;
 pub mod leader;
 pub mod pods;
+pub mod resource_metrics;
 pub mod watches;
 
 use std::path::Path;

@@ -24,8 +24,19 @@ impl Milli {
         Milli(units as i128 * 1000)
     }
 
-    /// Parses Kubernetes quantity notation.
+    /// Parses Kubernetes quantity notation; a fraction of a milli-unit rounds up (what is asked
+    /// for is never less than the text says).
     pub fn parse(text: &str) -> Result<Milli, QuantityError> {
+        Milli::parse_rounding(text, true)
+    }
+
+    /// Parses a measurement (e.g. `1500026320n` of CPU from metrics.k8s.io); a fraction of a
+    /// milli-unit rounds down (what is billed as used is never more than was measured).
+    pub fn parse_measured(text: &str) -> Result<Milli, QuantityError> {
+        Milli::parse_rounding(text, false)
+    }
+
+    fn parse_rounding(text: &str, up: bool) -> Result<Milli, QuantityError> {
         let malformed = || QuantityError::Malformed(text.to_string());
         let too_large = || QuantityError::TooLarge(text.to_string());
         let s = text.trim();
@@ -47,6 +58,8 @@ impl Milli {
         let mut binary_multiplier: i128 = 1;
         match suffix {
             "" => {}
+            "n" => exp10 -= 9,
+            "u" => exp10 -= 6,
             "m" => exp10 -= 3,
             "k" => exp10 += 3,
             "M" => exp10 += 6,
@@ -75,8 +88,7 @@ impl Milli {
             10i128.checked_pow(exp10 as u32).and_then(|p| scaled.checked_mul(p)).ok_or_else(too_large)?
         } else {
             let divisor = 10i128.checked_pow((-exp10) as u32).ok_or_else(too_large)?;
-            // Round up: a fraction of a milli-unit still counts.
-            scaled / divisor + i128::from(scaled % divisor != 0)
+            scaled / divisor + i128::from(up && scaled % divisor != 0)
         };
         // Kubernetes caps quantities near 2^63 whole units; anything larger is an error here.
         if value > i128::from(i64::MAX) * 1000 {
@@ -162,6 +174,15 @@ mod tests {
     fn fractions_of_a_milli_unit_round_up() {
         assert_eq!(milli("0.0001"), 1);
         assert_eq!(milli("1.0001"), 1001);
+        assert_eq!(milli("1500026320n"), 1501);
+        assert_eq!(milli("1u"), 1);
+    }
+
+    #[test]
+    fn fractions_of_a_measured_milli_unit_round_down() {
+        assert_eq!(Milli::parse_measured("1500026320n").unwrap(), Milli(1500));
+        assert_eq!(Milli::parse_measured("999999u").unwrap(), Milli(999));
+        assert_eq!(Milli::parse_measured("3Gi").unwrap(), Milli(3 * (1 << 30) * 1000));
     }
 
     #[test]
