@@ -117,9 +117,22 @@ build_metrics_server() {
   log "metrics-server $v ready"
 }
 
+# grpcurl: the gRPC client the self-service API's tests call it with.
+build_grpcurl() {
+  local v=$GRPCURL_VERSION
+  if have "grpcurl-$v"; then return; fi
+  log "grpcurl $v (about 1-2 min cold)"
+  local dir=$cache/src/grpcurl-$v
+  rm -rf "$dir" && mkdir -p "$dir"
+  GOBIN=$dir go install -ldflags "-s -w" "github.com/fullstorydev/grpcurl/cmd/grpcurl@$v"
+  mv "$dir/grpcurl" "$bin/grpcurl-$v"
+  log "grpcurl $v ready"
+}
+
 if [ "${1:-}" = "--check" ]; then
   # Exit 0 when every binary is cached already, 1 when a build is needed.
   have "etcd-$ETCD_VERSION" "etcdctl-$ETCD_VERSION" "kwok-$KWOK_VERSION" "metrics-server-$METRICS_SERVER_VERSION" \
+    "grpcurl-$GRPCURL_VERSION" \
     "kube-apiserver-$KUBERNETES_VERSION" "kube-controller-manager-$KUBERNETES_VERSION" \
     "kube-scheduler-$KUBERNETES_VERSION" "kubectl-$KUBERNETES_VERSION" &&
     [ -f "$cache/kwok-config-$KWOK_VERSION.yaml" ]
@@ -130,5 +143,6 @@ start=$(date +%s)
 build_etcd
 build_kwok
 build_metrics_server
+build_grpcurl
 build_kubernetes
 log "all binaries cached in $bin ($(( $(date +%s) - start ))s)"

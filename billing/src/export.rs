@@ -156,7 +156,7 @@ pub fn line_rows(statement: &Statement, subtree_of: Option<&str>, headers: Heade
 }
 
 /// The tenants in scope: all, or `tenant` and its descendants.
-fn scope(statement: &Statement, subtree_of: Option<&str>) -> std::collections::HashSet<String> {
+pub fn scope(statement: &Statement, subtree_of: Option<&str>) -> std::collections::HashSet<String> {
     let rollup = statement.rollup();
     let Some(root) = subtree_of else { return rollup.order.into_iter().map(|(name, _)| name).collect() };
     let mut in_scope = std::collections::HashSet::new();

@@ -6,9 +6,9 @@
 //! named after the tenant asked for, or with no name for the whole province: finance's role
 //! grants `billing` without `resourceNames`; a department's role grants it for its own tenant
 //! only. No token, a token the apiserver does not know, or a tenant that is not the caller's:
-//! refused, and nothing read.
+//! refused, and nothing read. Answers are reused for 10 s (`yiyun_kube::access`).
 
-use std::{collections::HashMap, net::SocketAddr, sync::Arc};
+use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{
     Router,
@@ -17,13 +17,10 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use k8s_openapi::api::{
-    authentication::v1::{TokenReview, TokenReviewSpec},
-    authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec},
-};
-use kube::{Api, Client, api::PostParams};
+use kube::Client;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+use yiyun_kube::access::{Access, Action, Decision};
 
 use crate::{
     calendar::Month,
@@ -34,8 +31,11 @@ use crate::{
 
 struct Shared {
     ledger: Ledger,
-    client: Client,
+    access: Access,
 }
+
+/// How long the apiserver's answers about a token or an access are reused.
+const ACCESS_TTL: Duration = Duration::from_secs(10);
 
 /// Serves the endpoint on `addr` until `shutdown`.
 pub async fn serve(
@@ -46,8 +46,9 @@ pub async fn serve(
 ) -> Result<(), crate::Error> {
     let listener =
         tokio::net::TcpListener::bind(addr).await.map_err(|source| crate::Error::Bind { addr, source })?;
-    let router =
-        Router::new().route("/v1/bills/{month}", get(bill)).with_state(Arc::new(Shared { ledger, client }));
+    let router = Router::new()
+        .route("/v1/bills/{month}", get(bill))
+        .with_state(Arc::new(Shared { ledger, access: Access::new(client, ACCESS_TTL) }));
     info!(%addr, "bill endpoint listening");
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown.cancelled_owned())
@@ -97,7 +98,7 @@ async fn bill(
         );
     };
     // Who is asking, and may they read this?
-    let user = match authenticate(&shared.client, token).await {
+    let user = match shared.access.authenticate(token).await {
         Ok(Some(user)) => user,
         Ok(None) => return refuse(StatusCode::UNAUTHORIZED, "the apiserver does not accept this token"),
         Err(err) => {
@@ -108,15 +109,22 @@ async fn bill(
             );
         }
     };
-    match authorize(&shared.client, &user, tenant.as_deref()).await {
-        Ok(None) => {}
-        Ok(Some(reason)) => {
+    let action = Action {
+        group: yiyun_crds::GROUP.into(),
+        resource: "billing".into(),
+        verb: "get".into(),
+        name: tenant.clone(),
+        ..Action::default()
+    };
+    match shared.access.authorize(&user, &action).await {
+        Ok(Decision::Allowed) => {}
+        Ok(Decision::Denied(reason)) => {
             let what = tenant
                 .as_deref()
                 .map_or("every tenant's bills".to_string(), |t| format!("the bills of tenant {t}"));
             return refuse(
                 StatusCode::FORBIDDEN,
-                format!("{} may not get {what} (billing.yiyun.io): {reason}", user.0),
+                format!("{} may not get {what} (billing.yiyun.io): {reason}", user.name),
             );
         }
         Err(err) => {
@@ -169,51 +177,4 @@ async fn bill(
         }
         Err(err) => refuse(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
     }
-}
-
-/// The user of a token as the apiserver knows it: (name, groups, uid); `None` if unknown.
-async fn authenticate(
-    client: &Client,
-    token: &str,
-) -> Result<Option<(String, Vec<String>, Option<String>)>, kube::Error> {
-    let review = TokenReview {
-        spec: TokenReviewSpec { token: token.to_string(), ..Default::default() },
-        ..Default::default()
-    };
-    let reviewed = Api::<TokenReview>::all(client.clone()).create(&PostParams::default(), &review).await?;
-    let status = reviewed.status.unwrap_or_default();
-    if status.authenticated != Some(true) {
-        return Ok(None);
-    }
-    let user = status.user.unwrap_or_default();
-    Ok(user.username.map(|name| (name, user.groups.unwrap_or_default(), user.uid)))
-}
-
-/// `None` if the user may get `billing` of `tenant` (of every tenant without one), else why not.
-async fn authorize(
-    client: &Client,
-    (user, groups, uid): &(String, Vec<String>, Option<String>),
-    tenant: Option<&str>,
-) -> Result<Option<String>, kube::Error> {
-    let review = SubjectAccessReview {
-        spec: SubjectAccessReviewSpec {
-            user: Some(user.clone()),
-            groups: Some(groups.clone()),
-            uid: uid.clone(),
-            resource_attributes: Some(ResourceAttributes {
-                group: Some(yiyun_crds::GROUP.into()),
-                resource: Some("billing".into()),
-                verb: Some("get".into()),
-                name: tenant.map(String::from),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let reviewed =
-        Api::<SubjectAccessReview>::all(client.clone()).create(&PostParams::default(), &review).await?;
-    let status = reviewed.status.unwrap_or_default();
-    Ok((!status.allowed)
-        .then(|| status.reason.filter(|r| !r.is_empty()).unwrap_or_else(|| "no role allows it".into())))
 }

@@ -311,7 +311,8 @@ const CONTROLLER: &[Use] = &[
 ];
 
 const METER: &str = "billing/src/meter_controller.rs";
-const BILL_ENDPOINT: &str = "billing/src/http.rs";
+/// Token and access reviews, for the bill endpoint (and the self-service API).
+const ACCESS: &str = "kube-support/src/access.rs";
 const COSTS: &str = "billing/src/costs.rs";
 
 const BILLING: &[Use] = &[
@@ -384,19 +385,23 @@ const BILLING: &[Use] = &[
         COSTS,
         "recorder.publish(&event,&tenant.object_ref(&()))",
     ),
+];
+
+/// Token and access reviews, for every call of the self-service API.
+const REVIEWS: &[Use] = &[
     uses(
         "authentication.k8s.io",
         &["tokenreviews"],
         &["create"],
-        BILL_ENDPOINT,
-        "Api::<TokenReview>::all(client.clone()).create(&PostParams::default(),&review)",
+        ACCESS,
+        "Api::<TokenReview>::all(self.client.clone()).create(&PostParams::default(),&review)",
     ),
     uses(
         "authorization.k8s.io",
         &["subjectaccessreviews"],
         &["create"],
-        BILL_ENDPOINT,
-        "Api::<SubjectAccessReview>::all(client.clone()).create(&PostParams::default(),&review)",
+        ACCESS,
+        "Api::<SubjectAccessReview>::all(self.client.clone()).create(&PostParams::default(),&review)",
     ),
 ];
 
@@ -469,5 +474,10 @@ fn the_controller_role_grants_exactly_what_its_code_uses() {
 
 #[test]
 fn the_billing_role_grants_exactly_what_its_code_uses() {
-    check("charts/yiyun/templates/billing-rbac.yaml", &[BILLING, LEASES]);
+    check("charts/yiyun/templates/billing-rbac.yaml", &[BILLING, REVIEWS, LEASES]);
+}
+
+#[test]
+fn the_api_role_grants_exactly_what_its_code_uses() {
+    check("charts/yiyun/templates/api-rbac.yaml", &[REVIEWS]);
 }

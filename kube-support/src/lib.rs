@@ -4,6 +4,7 @@
 //! leader election with client-go's semantics. Components do their I/O through this crate;
 //! their rules stay in pure crates.
 
+pub mod access;
 pub mod apply;
 pub mod backoff;
 pub mod conditions;

@@ -26,6 +26,8 @@ enum Command {
     /// Metering and billing: the meter, month bills, month close, exports for finance.
     #[command(subcommand)]
     Billing(Billing),
+    /// Serve the departments' self-service API (gRPC and REST over TLS).
+    Api(yiyun_api::Config),
     /// Replay cluster traces through the placement engine and compare policies.
     #[command(subcommand)]
     Simulate(yiyun_simulator::Command),
@@ -115,6 +117,9 @@ fn main() -> anyhow::Result<()> {
                     .map_err(|err| anyhow::anyhow!(err).context("controller failed"))
             })
         }
+        Command::Api(config) => serve(&cli.telemetry, "yiyun-api", Threads::PerCore, |shutdown| async move {
+            yiyun_api::run(config, shutdown).await.map_err(|err| anyhow::anyhow!(err).context("API failed"))
+        }),
         Command::Scheduler(config) => {
             serve(&cli.telemetry, "yiyun-scheduler", Threads::PerCore, |shutdown| async move {
                 yiyun_scheduler::run(config, shutdown)

@@ -1,0 +1,335 @@
+//! Usage and bills: a tenant's month from the billing ledger, as gRPC (`yiyun.api.v1.Billing`)
+//! and as REST (`GET /v1/bills/{month}`, `GET /v1/bills/{month}/export`), one handler each.
+//!
+//! Access is `get` on `billing.yiyun.io` named after the tenant (finance's role grants it
+//! without a name, for every tenant), asked before anything is read: a refusal says nothing of
+//! whether the tenant exists.
+
+use std::{sync::Arc, time::Instant};
+
+use axum::{
+    Json, Router,
+    extract::{Path, Query, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use tonic::{Request, Response as GrpcResponse, Status};
+use yiyun_billing::{
+    calendar::{Month, format_rfc3339},
+    export::{self, Format, Headers},
+    ledger::{Ledger, now},
+    statement::{Statement, statement},
+};
+use yiyun_kube::access::{Access, Action, User};
+
+use crate::{
+    caller::{Audit, authenticate, authorize},
+    error::{ApiError, FieldViolation},
+    proto::{self, Bill, BillLine, ExportBillRequest, ExportedBill, GetBillRequest, TenantTotal},
+};
+
+/// The Billing service: bills read from the ledger for callers the apiserver allows.
+pub struct BillingService {
+    access: Arc<Access>,
+    ledger: Ledger,
+}
+
+impl BillingService {
+    pub fn new(access: Arc<Access>, ledger: Ledger) -> Arc<BillingService> {
+        Arc::new(BillingService { access, ledger })
+    }
+
+    /// Authenticates, runs `operation` and writes the audit line.
+    async fn call<T>(
+        &self,
+        headers: &http::HeaderMap,
+        audit: Audit<'_>,
+        operation: impl AsyncFnOnce(&User) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        let user = authenticate(&self.access, headers).await;
+        let result = match &user {
+            Ok(user) => operation(user).await,
+            Err(err) => Err(err.clone()),
+        };
+        audit.record(user.as_ref().ok(), &result);
+        result
+    }
+
+    pub async fn read_bill(&self, user: &User, request: &GetBillRequest) -> Result<Bill, ApiError> {
+        let (tenant, month) = checked(&request.tenant, &request.month, Vec::new())?;
+        let statement = self.statement(user, tenant.as_deref(), month).await?;
+        Ok(bill(&statement, tenant.as_deref()))
+    }
+
+    pub async fn export(&self, user: &User, request: &ExportBillRequest) -> Result<ExportedBill, ApiError> {
+        let mut violations = Vec::new();
+        let format = match request.format.as_str() {
+            "" => Some(Format::Csv),
+            name => Format::from_name(name),
+        };
+        if format.is_none() {
+            violations
+                .push(violation("format", format!("{:?} is not csv, xlsx, parquet or json", request.format)));
+        }
+        let headers = match request.headers.as_str() {
+            "" | "chinese" => Some(Headers::Chinese),
+            "english" => Some(Headers::English),
+            other => {
+                violations.push(violation("headers", format!("{other:?} is not chinese or english")));
+                None
+            }
+        };
+        let (tenant, month) = checked(&request.tenant, &request.month, violations)?;
+        let (Some(format), Some(headers)) = (format, headers) else {
+            return Err(ApiError::Internal("checked fields missing".into()));
+        };
+        let statement = self.statement(user, tenant.as_deref(), month).await?;
+        let content = export::render(&statement, format, tenant.as_deref(), headers)
+            .map_err(|err| ApiError::Internal(err.to_string()))?;
+        Ok(ExportedBill {
+            content_type: format.content_type().into(),
+            filename: format!(
+                "bill-{month}{}.{}",
+                tenant.as_deref().map(|t| format!("-{t}")).unwrap_or_default(),
+                format.name()
+            ),
+            content,
+        })
+    }
+
+    /// The month's statement of `tenant`'s subtree (every tenant's without one), once the
+    /// caller may read it.
+    async fn statement(
+        &self,
+        user: &User,
+        tenant: Option<&str>,
+        month: Month,
+    ) -> Result<Statement, ApiError> {
+        let action = Action {
+            group: yiyun_crds::GROUP.into(),
+            resource: "billing".into(),
+            verb: "get".into(),
+            name: tenant.map(String::from),
+            ..Action::default()
+        };
+        let what =
+            tenant.map_or("get every tenant's bills".to_string(), |t| format!("get the bills of tenant {t}"));
+        authorize(&self.access, user, &action, &what).await?;
+        let unavailable =
+            |err: &dyn std::fmt::Display| ApiError::Unavailable(format!("the billing ledger: {err}"));
+        if let Some(tenant) = tenant {
+            let known = self.ledger.tenants().await.map_err(|err| unavailable(&err))?;
+            if !known.contains_key(tenant) {
+                return Err(ApiError::NotFound(format!(
+                    "tenant {tenant:?} has no bills (it is not in the ledger)"
+                )));
+            }
+        }
+        statement(&self.ledger, month, now(), tenant).await.map_err(|err| match err {
+            yiyun_billing::Error::Rating(rating) => ApiError::FailedPrecondition(rating.to_string()),
+            other => unavailable(&other),
+        })
+    }
+}
+
+fn violation(field: &str, description: String) -> FieldViolation {
+    FieldViolation { field: field.into(), description }
+}
+
+/// The tenant (`None`: every tenant) and month of a request, or every field that is wrong.
+fn checked(
+    tenant: &str,
+    month: &str,
+    mut violations: Vec<FieldViolation>,
+) -> Result<(Option<String>, Month), ApiError> {
+    let month = if month.is_empty() {
+        Some(Month::of(now()))
+    } else {
+        month.parse::<Month>().map_err(|err| violations.push(violation("month", err.to_string()))).ok()
+    };
+    if !tenant.is_empty() && !is_object_name(tenant) {
+        violations.push(violation(
+            "tenant",
+            format!("{tenant:?} is not a tenant name (lowercase letters, digits and '-', at most 63)"),
+        ));
+    }
+    match month {
+        Some(month) if violations.is_empty() => Ok(((!tenant.is_empty()).then(|| tenant.to_string()), month)),
+        _ => Err(ApiError::InvalidArgument(violations)),
+    }
+}
+
+/// A Kubernetes object name as tenants have them (an RFC 1123 label).
+fn is_object_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes[0] != b'-'
+        && bytes[bytes.len() - 1] != b'-'
+}
+
+/// A statement as the API's Bill: the tenants in scope with their totals, and their lines.
+fn bill(statement: &Statement, tenant: Option<&str>) -> Bill {
+    let rollup = statement.rollup();
+    let in_scope = export::scope(statement, tenant);
+    let tenants: Vec<TenantTotal> = rollup
+        .order
+        .iter()
+        .filter(|(name, _)| in_scope.contains(name))
+        .map(|(name, _)| {
+            let info = statement.tenants.get(name);
+            TenantTotal {
+                tenant: name.clone(),
+                display_name: info.map(|t| t.display_name.clone()).unwrap_or_default(),
+                parent: info.and_then(|t| t.parent.clone()).unwrap_or_default(),
+                cost_center: rollup.cost_center.get(name).cloned().unwrap_or_default(),
+                own: rollup.own.get(name).copied().unwrap_or_default().to_string(),
+                subtree: rollup.subtree.get(name).copied().unwrap_or_default().to_string(),
+            }
+        })
+        .collect();
+    let total: yiyun_billing::money::Fen =
+        tenants.iter().map(|t| rollup.own.get(&t.tenant).copied().unwrap_or_default()).sum();
+    let lines = export::line_rows(statement, tenant, Headers::English)
+        .into_iter()
+        .map(|row| BillLine {
+            tenant: row.tenant,
+            site: row.site,
+            region_class: row.region_class,
+            resource: row.resource,
+            gpu_model: row.gpu_model,
+            from: row.from,
+            to: row.to,
+            quantity: row.quantity,
+            unit: row.unit,
+            unit_price: row.unit_price,
+            discount: row.discount,
+            amount: row.amount,
+            price_book: row.price_book,
+            corrects: row.corrects,
+        })
+        .collect();
+    Bill {
+        tenant: tenant.unwrap_or_default().to_string(),
+        month: statement.month().to_string(),
+        status: if statement.closed_at.is_some() { "closed" } else { "open" }.into(),
+        as_of: format_rfc3339(statement.as_of),
+        currency: "CNY".into(),
+        total: total.to_string(),
+        tenants,
+        lines,
+    }
+}
+
+fn audit<'a>(operation: &'static str, protocol: &'static str, tenant: &'a str, object: &'a str) -> Audit<'a> {
+    Audit { operation, protocol, tenant, object, started: Instant::now() }
+}
+
+#[tonic::async_trait]
+impl proto::billing_server::Billing for Arc<BillingService> {
+    async fn get_bill(&self, request: Request<GetBillRequest>) -> Result<GrpcResponse<Bill>, Status> {
+        let headers = request.metadata().clone().into_headers();
+        let body = request.get_ref();
+        let audit = audit("GetBill", "grpc", &body.tenant, &body.month);
+        self.call(&headers, audit, async |user| self.read_bill(user, body).await)
+            .await
+            .map(GrpcResponse::new)
+            .map_err(|err| err.status())
+    }
+
+    async fn export_bill(
+        &self,
+        request: Request<ExportBillRequest>,
+    ) -> Result<GrpcResponse<ExportedBill>, Status> {
+        let headers = request.metadata().clone().into_headers();
+        let body = request.get_ref();
+        let audit = audit("ExportBill", "grpc", &body.tenant, &body.month);
+        self.call(&headers, audit, async |user| self.export(user, body).await)
+            .await
+            .map(GrpcResponse::new)
+            .map_err(|err| err.status())
+    }
+}
+
+/// REST: `GET /v1/bills/{month}?tenant=T` (a Bill as JSON) and
+/// `GET /v1/bills/{month}/export?tenant=T&format=F&headers=H` (the file).
+pub fn routes(service: Arc<BillingService>) -> Router {
+    Router::new()
+        .route("/v1/bills/{month}", get(rest_get_bill))
+        .route("/v1/bills/{month}/export", get(rest_export_bill))
+        .with_state(service)
+}
+
+async fn rest_get_bill(
+    State(service): State<Arc<BillingService>>,
+    Path(month): Path<String>,
+    Query(query): Query<GetBillRequest>,
+    headers: HeaderMap,
+) -> Response {
+    let request = GetBillRequest { month, ..query };
+    let audit = audit("GetBill", "rest", &request.tenant, &request.month);
+    match service.call(&headers, audit, async |user| service.read_bill(user, &request).await).await {
+        Ok(bill) => Json(bill).into_response(),
+        Err(err) => err.into_response(),
+    }
+}
+
+async fn rest_export_bill(
+    State(service): State<Arc<BillingService>>,
+    Path(month): Path<String>,
+    Query(query): Query<ExportBillRequest>,
+    headers: HeaderMap,
+) -> Response {
+    let request = ExportBillRequest { month, ..query };
+    let audit = audit("ExportBill", "rest", &request.tenant, &request.month);
+    match service.call(&headers, audit, async |user| service.export(user, &request).await).await {
+        Ok(file) => {
+            let disposition = HeaderValue::from_str(&format!("attachment; filename=\"{}\"", file.filename))
+                .unwrap_or_else(|_| HeaderValue::from_static("attachment"));
+            let content_type = HeaderValue::from_str(&file.content_type)
+                .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"));
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, content_type), (header::CONTENT_DISPOSITION, disposition)],
+                file.content,
+            )
+                .into_response()
+        }
+        Err(err) => err.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_wrong_field_is_named_at_once() {
+        let Err(ApiError::InvalidArgument(violations)) = checked("Bad_Tenant", "2026-13", Vec::new()) else {
+            panic!("refused");
+        };
+        let fields: Vec<&str> = violations.iter().map(|v| v.field.as_str()).collect();
+        assert_eq!(fields, ["month", "tenant"]);
+        assert!(violations[0].description.contains("months run from 01 to 12"), "{violations:?}");
+    }
+
+    #[test]
+    fn an_empty_tenant_is_every_tenant_and_an_empty_month_the_current_one() {
+        let (tenant, month) = checked("", "", Vec::new()).unwrap();
+        assert_eq!((tenant, month), (None, Month::of(now())));
+        let (tenant, month) = checked("health", "2026-11", Vec::new()).unwrap();
+        assert_eq!((tenant.as_deref(), month.to_string().as_str()), (Some("health"), "2026-11"));
+    }
+
+    #[test]
+    fn tenant_names_are_rfc_1123_labels() {
+        for good in ["a", "health-2", "x1"] {
+            assert!(is_object_name(good), "{good}");
+        }
+        for bad in ["", "-a", "a-", "A", "a.b", &"a".repeat(64)] {
+            assert!(!is_object_name(bad), "{bad}");
+        }
+    }
+}

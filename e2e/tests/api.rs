@@ -1,0 +1,422 @@
+//! The self-service API against the real cluster, called by real clients: `grpcurl` (built from
+//! the Go module proxy by `e2e/build-binaries.sh`) and `curl`, over TLS with a certificate of a
+//! local CA, the API running with exactly its chart ServiceAccount.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Output},
+    time::Duration,
+};
+
+use k8s_openapi::api::core::v1::ServiceAccount;
+use kube::{Api, api::DeleteParams};
+use serde_json::{Value, json};
+use yiyun_e2e::{
+    apply_yiyun, client, eventually, free_port, http_get, install_crds, kubectl, kubectl_apply, unique,
+    yiyun_bin,
+};
+
+/// `yiyun api` (and, before it, a meter that brings the tenant tree into the ledger), killed
+/// when dropped.
+struct ApiProcess {
+    child: Child,
+    addr: String,
+    log: PathBuf,
+}
+
+impl Drop for ApiProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A CA and a serving certificate for 127.0.0.1 signed by it, in `dir`.
+fn local_ca(dir: &Path) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=yiyun-test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=yiyun-api",
+        "-keyout",
+        "api.key",
+        "-out",
+        "api.csr",
+    ]);
+    std::fs::write(
+        dir.join("api.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("write api.ext");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "api.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "api.ext",
+        "-out",
+        "api.crt",
+    ]);
+}
+
+/// A binary `e2e/build-binaries.sh` cached, at the version `e2e/versions.env` pins.
+fn cached_binary(name: &str, version_key: &str) -> PathBuf {
+    let versions = yiyun_e2e::repo_file("e2e/versions.env");
+    let version = versions
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{version_key}=")))
+        .unwrap_or_else(|| panic!("{version_key} in e2e/versions.env"));
+    let cache = std::env::var("YIYUN_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/yiyun"));
+    let path = cache.join("bin").join(format!("{name}-{version}"));
+    assert!(path.exists(), "{} is missing: run e2e/build-binaries.sh", path.display());
+    path
+}
+
+/// Who calls: an answer of the API is the same over gRPC and REST.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Answer {
+    Ok,
+    Unauthenticated,
+    PermissionDenied,
+    NotFound,
+    InvalidArgument,
+}
+
+impl Answer {
+    fn http(self) -> u16 {
+        match self {
+            Answer::Ok => 200,
+            Answer::Unauthenticated => 401,
+            Answer::PermissionDenied => 403,
+            Answer::NotFound => 404,
+            Answer::InvalidArgument => 400,
+        }
+    }
+
+    fn grpc(self) -> &'static str {
+        match self {
+            Answer::Ok => "OK",
+            Answer::Unauthenticated => "Unauthenticated",
+            Answer::PermissionDenied => "PermissionDenied",
+            Answer::NotFound => "NotFound",
+            Answer::InvalidArgument => "InvalidArgument",
+        }
+    }
+}
+
+struct Clients {
+    addr: String,
+    ca: PathBuf,
+    grpcurl: PathBuf,
+}
+
+impl Clients {
+    fn grpcurl(&self, token: Option<&str>, data: Option<&Value>, method: &str) -> Output {
+        let mut command = Command::new(&self.grpcurl);
+        command.args(["-cacert"]).arg(&self.ca);
+        if let Some(token) = token {
+            command.args(["-H", &format!("authorization: Bearer {token}")]);
+        }
+        if let Some(data) = data {
+            command.args(["-d", &data.to_string()]);
+        }
+        command.args([self.addr.as_str(), method]).output().expect("grpcurl")
+    }
+
+    /// The gRPC code of a call (`OK` or the name grpcurl prints) and its output.
+    fn grpc(&self, token: Option<&str>, data: &Value, method: &str) -> (String, String) {
+        let out = self.grpcurl(token, Some(data), method);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        if out.status.success() {
+            return ("OK".into(), stdout);
+        }
+        let code =
+            stderr.lines().find_map(|l| l.trim().strip_prefix("Code: ")).unwrap_or("(no code)").to_string();
+        (code, stderr)
+    }
+
+    /// The HTTP status of a REST GET and its body.
+    fn rest(&self, token: Option<&str>, path: &str) -> (u16, String) {
+        let mut command = Command::new("curl");
+        command.args(["-sS", "--cacert"]).arg(&self.ca).args(["-w", "\n%{http_code}"]);
+        if let Some(token) = token {
+            command.args(["-H", &format!("Authorization: Bearer {token}")]);
+        }
+        let out = command.arg(format!("https://{}{path}", self.addr)).output().expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    }
+}
+
+/// Billing over gRPC and REST, and the whole matrix of callers: finance, a department, a
+/// stranger, anonymous, an unknown token and a revoked one, each asking for its own tenant,
+/// another's, every tenant, and one that does not exist.
+#[tokio::test]
+async fn bills_over_grpc_and_rest_answer_each_caller_as_their_roles_say() {
+    let client = client().await;
+    install_crds(&client).await;
+    let prefix = unique("api");
+    let (own, other) = (format!("{prefix}-a"), format!("{prefix}-b"));
+    for tenant in [&own, &other] {
+        let object = json!({"apiVersion": "yiyun.io/v1alpha1", "kind": "Tenant", "metadata": {"name": tenant},
+            "spec": {"displayName": format!("{tenant} 局"), "level": "province"}});
+        apply_yiyun::<yiyun_crds::Tenant>(&client, tenant, object).await;
+    }
+    let dir = std::env::temp_dir().join(unique("api-tls"));
+    std::fs::create_dir_all(&dir).expect("a directory");
+    local_ca(&dir);
+
+    // The tenant tree reaches the ledger through the meter.
+    let url = format!("sqlite://{}/ledger.db", dir.display());
+    let meter_admin = format!("127.0.0.1:{}", free_port());
+    let mut meter = Command::new(yiyun_bin())
+        .args(["billing", "run", "--database", &url, "--admin-addr", &meter_admin])
+        .args(["--status-seconds", "0", "--leader-elect=false"])
+        .stderr(std::fs::File::create(dir.join("meter.log")).expect("a log"))
+        .spawn()
+        .expect("start the meter");
+    let ledger = yiyun_billing::ledger::Ledger::connect(&url).await.expect("the ledger");
+    eventually(Duration::from_secs(60), "both tenants in the ledger", || async {
+        let tenants = ledger.tenants().await.ok()?;
+        (tenants.contains_key(&own) && tenants.contains_key(&other)).then_some(())
+    })
+    .await;
+    let _ = meter.kill();
+    let _ = meter.wait();
+
+    let addr = format!("127.0.0.1:{}", free_port());
+    let admin = format!("127.0.0.1:{}", free_port());
+    let log = dir.join("api.log");
+    let api = ApiProcess {
+        child: Command::new(yiyun_bin())
+            .args(["api", "--addr", &addr, "--admin-addr", &admin, "--billing-database", &url])
+            .arg("--tls-cert")
+            .arg(dir.join("api.crt"))
+            .arg("--tls-key")
+            .arg(dir.join("api.key"))
+            .args(["--auth-cache-seconds", "1"])
+            // Exactly the chart's role: token and access reviews.
+            .arg("--kubeconfig")
+            .arg(yiyun_e2e::service_account_kubeconfig("api-rbac.yaml", "yiyun-api"))
+            .stderr(std::fs::File::create(&log).expect("a log"))
+            .spawn()
+            .expect("start yiyun api"),
+        addr: addr.clone(),
+        log: log.clone(),
+    };
+    let admin_addr = admin.parse().expect("an address");
+    eventually(Duration::from_secs(60), &format!("the API ready (log {})", api.log.display()), || async {
+        http_get(admin_addr, "/readyz").filter(|(code, _)| *code == 200).map(|_| ())
+    })
+    .await;
+    let clients = Clients {
+        addr: api.addr.clone(),
+        ca: dir.join("ca.crt"),
+        grpcurl: cached_binary("grpcurl", "GRPCURL_VERSION"),
+    };
+
+    // Reflection and health: grpcurl needs no .proto files.
+    let listed = clients.grpcurl(None, None, "list");
+    let services = String::from_utf8_lossy(&listed.stdout);
+    for service in ["yiyun.api.v1.Billing", "yiyun.api.v1.DisasterRecovery", "grpc.health.v1.Health"] {
+        assert!(services.lines().any(|l| l == service), "{service} listed: {services}");
+    }
+    let (code, health) =
+        clients.grpc(None, &json!({"service": "yiyun.api.v1.Billing"}), "grpc.health.v1.Health/Check");
+    assert_eq!(code, "OK", "{health}");
+    assert!(health.contains("SERVING"), "{health}");
+
+    // Callers: ServiceAccounts with ordinary roles on billing.yiyun.io.
+    let ns = format!("{prefix}-callers");
+    let rbac = format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}}}\n---\n\
+         apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: finance, namespace: {ns}}}\n---\n\
+         apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: department, namespace: {ns}}}\n---\n\
+         apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: stranger, namespace: {ns}}}\n---\n\
+         apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: revoked, namespace: {ns}}}\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {{name: {ns}-finance}}\n\
+         rules: [{{apiGroups: [yiyun.io], resources: [billing], verbs: [get]}}]\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {{name: {ns}-finance}}\n\
+         roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {ns}-finance}}\n\
+         subjects: [{{kind: ServiceAccount, name: finance, namespace: {ns}}}, {{kind: ServiceAccount, name: revoked, namespace: {ns}}}]\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {{name: {ns}-department}}\n\
+         rules: [{{apiGroups: [yiyun.io], resources: [billing], verbs: [get], resourceNames: [{own}]}}]\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {{name: {ns}-department}}\n\
+         roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {ns}-department}}\n\
+         subjects: [{{kind: ServiceAccount, name: department, namespace: {ns}}}]\n"
+    );
+    let (ok, out) = kubectl_apply(&rbac);
+    assert!(ok, "{out}");
+    let token = |account: &str| {
+        let out = kubectl(&["create", "token", account, "-n", &ns]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let (finance, department, stranger, revoked) =
+        (token("finance"), token("department"), token("stranger"), token("revoked"));
+    let month = yiyun_billing::calendar::Month::of(yiyun_billing::ledger::now()).to_string();
+    let get_bill = |tenant: &str| json!({"tenant": tenant, "month": month});
+    let rest_bill = |tenant: &str| format!("/v1/bills/{month}?tenant={tenant}");
+
+    // Roles reach the authorizer through its informers: wait for the first yes.
+    let body = eventually(Duration::from_secs(30), "finance's first bill", || async {
+        let (code, body) = clients.grpc(Some(&finance), &get_bill(&own), "yiyun.api.v1.Billing/GetBill");
+        (code == "OK").then_some(body)
+    })
+    .await;
+    let grpc_bill: Value = serde_json::from_str(&body).expect("grpcurl prints JSON");
+    let (code, body) = clients.rest(Some(&finance), &rest_bill(&own));
+    assert_eq!(code, 200, "{body}");
+    let rest_bill_json: Value = serde_json::from_str(&body).expect("JSON");
+    for bill in [&grpc_bill, &rest_bill_json] {
+        assert_eq!(bill["tenant"], own.as_str(), "{bill}");
+        assert_eq!(bill["total"], "0.00", "{bill}");
+        assert_eq!(bill["currency"], "CNY", "{bill}");
+        assert_eq!(bill["tenants"][0]["tenant"], own.as_str(), "{bill}");
+    }
+    assert_eq!(grpc_bill["asOf"].as_str().map(|t| t.len()), rest_bill_json["asOf"].as_str().map(|t| t.len()));
+
+    // Finance exports; a department's CSV has Chinese headers behind a BOM.
+    let (code, csv) = clients.rest(Some(&department), &format!("/v1/bills/{month}/export?tenant={own}"));
+    assert_eq!(code, 200, "{csv}");
+    assert!(csv.starts_with('\u{feff}') && csv.contains("账期"), "{csv}");
+    let (code, exported) = clients.grpc(
+        Some(&finance),
+        &json!({"tenant": own, "month": month, "format": "json"}),
+        "yiyun.api.v1.Billing/ExportBill",
+    );
+    assert_eq!(code, "OK", "{exported}");
+    assert!(exported.contains("\"contentType\": \"application/json\""), "{exported}");
+
+    let everyone = "";
+    let missing = format!("{prefix}-none");
+    let matrix: Vec<(&str, Option<&str>, &str, Answer)> = vec![
+        ("finance, own tenant", Some(&finance), &own, Answer::Ok),
+        ("finance, another tenant", Some(&finance), &other, Answer::Ok),
+        ("finance, every tenant", Some(&finance), everyone, Answer::Ok),
+        ("finance, a tenant that does not exist", Some(&finance), &missing, Answer::NotFound),
+        ("department, its tenant", Some(&department), &own, Answer::Ok),
+        ("department, another tenant", Some(&department), &other, Answer::PermissionDenied),
+        ("department, every tenant", Some(&department), everyone, Answer::PermissionDenied),
+        // Whether the tenant exists is not the department's to learn.
+        ("department, a tenant that does not exist", Some(&department), &missing, Answer::PermissionDenied),
+        ("stranger, a tenant", Some(&stranger), &own, Answer::PermissionDenied),
+        ("stranger, a tenant that does not exist", Some(&stranger), &missing, Answer::PermissionDenied),
+        ("anonymous", None, &own, Answer::Unauthenticated),
+        ("an unknown token", Some("not-a-token"), &own, Answer::Unauthenticated),
+        ("a token not yet revoked", Some(&revoked), &own, Answer::Ok),
+        ("finance, a malformed tenant name", Some(&finance), "Bad_Name", Answer::InvalidArgument),
+    ];
+    for (who, token, tenant, answer) in &matrix {
+        let (code, body) = clients.grpc(*token, &get_bill(tenant), "yiyun.api.v1.Billing/GetBill");
+        assert_eq!(code, answer.grpc(), "gRPC, {who}: {body}");
+        let path = if tenant.is_empty() { format!("/v1/bills/{month}") } else { rest_bill(tenant) };
+        let (code, body) = clients.rest(*token, &path);
+        assert_eq!(code, answer.http(), "REST, {who}: {body}");
+        if *answer != Answer::Ok {
+            assert!(
+                !body.contains(&format!("{prefix}-b\"")),
+                "{who}: nothing of the other tenant leaks: {body}"
+            );
+        }
+    }
+
+    // A revoked token stops working once the answer cached for it (1 s here) is stale.
+    Api::<ServiceAccount>::namespaced(client.clone(), &ns)
+        .delete("revoked", &DeleteParams::default())
+        .await
+        .expect("delete the ServiceAccount");
+    eventually(Duration::from_secs(30), "the revoked token refused", || async {
+        let (code, _) = clients.grpc(Some(&revoked), &get_bill(&own), "yiyun.api.v1.Billing/GetBill");
+        let (status, _) = clients.rest(Some(&revoked), &rest_bill(&own));
+        (code == "Unauthenticated" && status == 401).then_some(())
+    })
+    .await;
+
+    // Bad input: every wrong field named, in both protocols.
+    let (code, body) = clients.grpc(
+        Some(&finance),
+        &json!({"tenant": "Bad_Name", "month": "2026-13"}),
+        "yiyun.api.v1.Billing/GetBill",
+    );
+    assert_eq!(code, "InvalidArgument", "{body}");
+    assert!(
+        body.contains("month: month \"2026-13\" does not exist") && body.contains("tenant: \"Bad_Name\""),
+        "{body}"
+    );
+    let (code, body) = clients.rest(Some(&finance), "/v1/bills/2026-13?tenant=Bad_Name");
+    assert_eq!(code, 400, "{body}");
+    let problem: Value = serde_json::from_str(&body).expect("a problem document");
+    let fields: Vec<&str> =
+        problem["errors"].as_array().expect("errors").iter().filter_map(|e| e["field"].as_str()).collect();
+    assert_eq!(fields, ["month", "tenant"], "{problem}");
+    assert_eq!(problem["status"], 400, "{problem}");
+    let (code, body) =
+        clients.rest(Some(&finance), &format!("/v1/bills/{month}/export?tenant={own}&format=pdf"));
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("\"field\":\"format\""), "{body}");
+
+    // The disaster-recovery slot answers, and says it is not built.
+    let (code, body) =
+        clients.grpc(Some(&finance), &json!({"tenant": own}), "yiyun.api.v1.DisasterRecovery/RequestDrill");
+    assert_eq!(code, "Unimplemented", "{body}");
+
+    // Every call left an audit line: who, the operation, the result.
+    drop(api);
+    let audit = std::fs::read_to_string(&log).expect("the API's log");
+    let denied = audit.lines().find(|l| {
+        l.contains("api call") && l.contains("permission_denied") && l.contains(&format!("{ns}:stranger"))
+    });
+    assert!(
+        denied.is_some_and(|l| l.contains("GetBill") && l.contains("grpc")),
+        "an audit line for the stranger:\n{audit}"
+    );
+    assert!(
+        audit.lines().any(|l| l.contains("api call") && l.contains("rest") && l.contains("ExportBill")),
+        "{audit}"
+    );
+
+    let _ = kubectl(&["delete", "namespace", &ns, "--wait=false"]);
+    let _ = kubectl(&[
+        "delete",
+        "clusterrole,clusterrolebinding",
+        &format!("{ns}-finance"),
+        &format!("{ns}-department"),
+    ]);
+    for tenant in [&own, &other] {
+        let _ = Api::<yiyun_crds::Tenant>::all(client.clone()).delete(tenant, &DeleteParams::default()).await;
+    }
+}
