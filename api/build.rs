@@ -1,6 +1,7 @@
 //! Compiles the API's .proto files (protoc: Debian's protobuf-compiler, which `.ci/run`
 //! installs) into the message types, the gRPC services, and the descriptor set that server
-//! reflection serves. Messages also derive serde: REST/JSON serves the same types.
+//! reflection serves. Messages also derive serde and utoipa's schema: REST/JSON serves the same
+//! types, and the OpenAPI document describes them.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
@@ -8,7 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(false)
         .file_descriptor_set_path(out.join("yiyun_api_v1_descriptor.bin"))
-        .type_attribute(".yiyun.api.v1", "#[derive(serde::Serialize, serde::Deserialize)]")
+        .type_attribute(".yiyun.api.v1", "#[derive(serde::Serialize, serde::Deserialize, utoipa::ToSchema)]")
         .type_attribute(".yiyun.api.v1", "#[serde(rename_all = \"camelCase\", default)]")
         .compile_protos(&protos, &["proto"])?;
     for proto in protos {

@@ -9,7 +9,7 @@ use std::{sync::Arc, time::Instant};
 
 use axum::{
     Json, Router,
-    extract::{Path, Query, State},
+    extract::{Path, Query, State, rejection::QueryRejection},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
     routing::get,
@@ -21,39 +21,23 @@ use yiyun_billing::{
     ledger::{Ledger, now},
     statement::{Statement, statement},
 };
-use yiyun_kube::access::{Access, Action, User};
+use yiyun_kube::access::{Action, User};
 
 use crate::{
-    caller::{Audit, authenticate, authorize},
-    error::{ApiError, FieldViolation},
+    caller::{Audit, Gate, authorize},
+    error::{ApiError, FieldViolation, Refusals},
     proto::{self, Bill, BillLine, ExportBillRequest, ExportedBill, GetBillRequest, TenantTotal},
 };
 
 /// The Billing service: bills read from the ledger for callers the apiserver allows.
 pub struct BillingService {
-    access: Arc<Access>,
+    gate: Arc<Gate>,
     ledger: Ledger,
 }
 
 impl BillingService {
-    pub fn new(access: Arc<Access>, ledger: Ledger) -> Arc<BillingService> {
-        Arc::new(BillingService { access, ledger })
-    }
-
-    /// Authenticates, runs `operation` and writes the audit line.
-    async fn call<T>(
-        &self,
-        headers: &http::HeaderMap,
-        audit: Audit<'_>,
-        operation: impl AsyncFnOnce(&User) -> Result<T, ApiError>,
-    ) -> Result<T, ApiError> {
-        let user = authenticate(&self.access, headers).await;
-        let result = match &user {
-            Ok(user) => operation(user).await,
-            Err(err) => Err(err.clone()),
-        };
-        audit.record(user.as_ref().ok(), &result);
-        result
+    pub fn new(gate: Arc<Gate>, ledger: Ledger) -> Arc<BillingService> {
+        Arc::new(BillingService { gate, ledger })
     }
 
     pub async fn read_bill(&self, user: &User, request: &GetBillRequest) -> Result<Bill, ApiError> {
@@ -115,7 +99,7 @@ impl BillingService {
         };
         let what =
             tenant.map_or("get every tenant's bills".to_string(), |t| format!("get the bills of tenant {t}"));
-        authorize(&self.access, user, &action, &what).await?;
+        authorize(&self.gate.access, user, &action, &what).await?;
         let unavailable =
             |err: &dyn std::fmt::Display| ApiError::Unavailable(format!("the billing ledger: {err}"));
         if let Some(tenant) = tenant {
@@ -131,6 +115,48 @@ impl BillingService {
             other => unavailable(&other),
         })
     }
+}
+
+/// The query of the REST routes. A parameter is left out to take its default (every tenant,
+/// CSV, Chinese headers); given empty, it is refused, as the OpenAPI document says.
+#[derive(Default, serde::Deserialize)]
+pub(crate) struct RestQuery {
+    tenant: Option<String>,
+    format: Option<String>,
+    headers: Option<String>,
+}
+
+impl RestQuery {
+    fn checked(query: Result<Query<RestQuery>, QueryRejection>) -> Result<RestQuery, ApiError> {
+        let Query(query) = query.map_err(|rejection| ApiError::invalid("query", rejection.body_text()))?;
+        let empty = [("tenant", &query.tenant), ("format", &query.format), ("headers", &query.headers)]
+            .into_iter()
+            .filter(|(_, value)| value.as_deref() == Some(""))
+            .map(|(field, _)| violation(field, "empty: leave it out to take its default".into()))
+            .collect::<Vec<_>>();
+        if empty.is_empty() { Ok(query) } else { Err(ApiError::InvalidArgument(empty)) }
+    }
+}
+
+/// The formats of an export, for the OpenAPI document (the handler reads the text itself, so that
+/// a wrong one gets the API's own problem naming the field).
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum ExportFormat {
+    Csv,
+    Xlsx,
+    Parquet,
+    Json,
+}
+
+/// The languages of export headers, for the OpenAPI document (read as text, as above).
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum HeaderLanguage {
+    Chinese,
+    English,
 }
 
 fn violation(field: &str, description: String) -> FieldViolation {
@@ -233,7 +259,8 @@ impl proto::billing_server::Billing for Arc<BillingService> {
         let headers = request.metadata().clone().into_headers();
         let body = request.get_ref();
         let audit = audit("GetBill", "grpc", &body.tenant, &body.month);
-        self.call(&headers, audit, async |user| self.read_bill(user, body).await)
+        self.gate
+            .call(&headers, audit, async |user| self.read_bill(user, body).await)
             .await
             .map(GrpcResponse::new)
             .map_err(|err| err.status())
@@ -246,7 +273,8 @@ impl proto::billing_server::Billing for Arc<BillingService> {
         let headers = request.metadata().clone().into_headers();
         let body = request.get_ref();
         let audit = audit("ExportBill", "grpc", &body.tenant, &body.month);
-        self.call(&headers, audit, async |user| self.export(user, body).await)
+        self.gate
+            .call(&headers, audit, async |user| self.export(user, body).await)
             .await
             .map(GrpcResponse::new)
             .map_err(|err| err.status())
@@ -262,29 +290,83 @@ pub fn routes(service: Arc<BillingService>) -> Router {
         .with_state(service)
 }
 
-async fn rest_get_bill(
+/// The month's bill of a tenant and its subtree (every tenant's without `tenant`).
+#[utoipa::path(
+    get,
+    path = "/v1/bills/{month}",
+    tag = "Billing",
+    operation_id = "GetBill",
+    params(
+        ("month" = String, Path, description = "YYYY-MM, China Standard Time, 2000 to 2199", pattern = r"^2[01][0-9]{2}-(0[1-9]|1[0-2])$"),
+        ("tenant" = Option<String>, Query, description = "The tenant whose subtree is billed; every tenant when absent",
+            pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"),
+    ),
+    responses((status = 200, description = "The bill", body = Bill), Refusals),
+    security(("bearer" = []))
+)]
+pub(crate) async fn rest_get_bill(
     State(service): State<Arc<BillingService>>,
     Path(month): Path<String>,
-    Query(query): Query<GetBillRequest>,
+    query: Result<Query<RestQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Response {
-    let request = GetBillRequest { month, ..query };
-    let audit = audit("GetBill", "rest", &request.tenant, &request.month);
-    match service.call(&headers, audit, async |user| service.read_bill(user, &request).await).await {
+    let query = RestQuery::checked(query);
+    let tenant = query.as_ref().ok().and_then(|q| q.tenant.clone()).unwrap_or_default();
+    let audit = audit("GetBill", "rest", &tenant, &month);
+    let call = async |user: &User| {
+        let request = GetBillRequest { tenant: query?.tenant.unwrap_or_default(), month: month.clone() };
+        service.read_bill(user, &request).await
+    };
+    match service.gate.call(&headers, audit, call).await {
         Ok(bill) => Json(bill).into_response(),
         Err(err) => err.into_response(),
     }
 }
 
-async fn rest_export_bill(
+/// The month's bill as finance exports it.
+#[utoipa::path(
+    get,
+    path = "/v1/bills/{month}/export",
+    tag = "Billing",
+    operation_id = "ExportBill",
+    params(
+        ("month" = String, Path, description = "YYYY-MM, China Standard Time, 2000 to 2199", pattern = r"^2[01][0-9]{2}-(0[1-9]|1[0-2])$"),
+        ("tenant" = Option<String>, Query, description = "The tenant whose subtree is exported; every tenant when absent",
+            pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"),
+        ("format" = Option<ExportFormat>, Query, description = "csv when absent"),
+        ("headers" = Option<HeaderLanguage>, Query, description = "CSV and XLSX headers: chinese when absent"),
+    ),
+    responses(
+        (status = 200, description = "The file (Content-Disposition names it)", content(
+            (String = "text/csv"),
+            (Vec<u8> = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"),
+            (Vec<u8> = "application/vnd.apache.parquet"),
+            (Object = "application/json"),
+        )),
+        Refusals,
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn rest_export_bill(
     State(service): State<Arc<BillingService>>,
     Path(month): Path<String>,
-    Query(query): Query<ExportBillRequest>,
+    query: Result<Query<RestQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Response {
-    let request = ExportBillRequest { month, ..query };
-    let audit = audit("ExportBill", "rest", &request.tenant, &request.month);
-    match service.call(&headers, audit, async |user| service.export(user, &request).await).await {
+    let query = RestQuery::checked(query);
+    let tenant = query.as_ref().ok().and_then(|q| q.tenant.clone()).unwrap_or_default();
+    let audit = audit("ExportBill", "rest", &tenant, &month);
+    let call = async |user: &User| {
+        let query = query?;
+        let request = ExportBillRequest {
+            tenant: query.tenant.unwrap_or_default(),
+            month: month.clone(),
+            format: query.format.unwrap_or_default(),
+            headers: query.headers.unwrap_or_default(),
+        };
+        service.export(user, &request).await
+    };
+    match service.gate.call(&headers, audit, call).await {
         Ok(file) => {
             let disposition = HeaderValue::from_str(&format!("attachment; filename=\"{}\"", file.filename))
                 .unwrap_or_else(|_| HeaderValue::from_static("attachment"));

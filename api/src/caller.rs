@@ -1,12 +1,43 @@
 //! Who is calling and whether they may: the bearer token of a gRPC call or an HTTP request,
-//! reviewed by the apiserver (`yiyun_kube::access`), and the audit line every call leaves.
+//! reviewed by the apiserver (`yiyun_kube::access`), the caller's rate limit, and the audit line
+//! every call leaves.
 
-use std::time::Instant;
+use std::{sync::Arc, time::Instant};
 
 use tracing::info;
 use yiyun_kube::access::{Access, Action, Decision, User};
 
-use crate::error::ApiError;
+use crate::{error::ApiError, limits::RateLimiter};
+
+/// What every call passes through before its operation runs.
+pub struct Gate {
+    pub access: Arc<Access>,
+    pub limiter: RateLimiter,
+}
+
+impl Gate {
+    /// Authenticates the caller, admits them under their rate limit, runs `operation` and
+    /// writes the audit line.
+    pub async fn call<T>(
+        &self,
+        headers: &http::HeaderMap,
+        audit: Audit<'_>,
+        operation: impl AsyncFnOnce(&User) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        let user = authenticate(&self.access, headers).await;
+        let result = match &user {
+            Ok(user) => match self.limiter.admit(&user.name, Instant::now()) {
+                Ok(()) => operation(user).await,
+                Err(retry_after) => {
+                    Err(ApiError::ResourceExhausted { caller: user.name.clone(), retry_after })
+                }
+            },
+            Err(err) => Err(err.clone()),
+        };
+        audit.record(user.as_ref().ok(), &result);
+        result
+    }
+}
 
 /// The bearer token of `headers` (gRPC metadata are HTTP headers too).
 fn bearer(headers: &http::HeaderMap) -> Option<&str> {

@@ -10,11 +10,52 @@ use tonic::Code;
 use tonic_types::{ErrorDetails, StatusExt};
 
 /// A field of a request and what is wrong with it.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct FieldViolation {
     /// The field as the request names it (`month`, `format`).
     pub field: String,
     pub description: String,
+}
+
+/// A refused REST call (RFC 9457, `application/problem+json`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// Always `about:blank`: the status says what kind of problem it is.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// For a bad request, every field that is wrong.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldViolation>,
+}
+
+/// Every refusal a REST call can get, for the OpenAPI document (only its shape is used: the
+/// responses themselves are made by `ApiError`).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum Refusals {
+    /// A field is wrong: each one is named in `errors`.
+    #[response(status = 400, content_type = "application/problem+json")]
+    BadRequest(Problem),
+    /// No bearer token, or one the apiserver does not accept.
+    #[response(status = 401, content_type = "application/problem+json")]
+    Unauthenticated(Problem),
+    /// The caller's roles do not allow it (whether the object exists is not said).
+    #[response(status = 403, content_type = "application/problem+json")]
+    Forbidden(Problem),
+    #[response(status = 404, content_type = "application/problem+json")]
+    NotFound(Problem),
+    /// Well-formed, but not possible as things stand (e.g. usage no PriceBook prices).
+    #[response(status = 422, content_type = "application/problem+json")]
+    Unprocessable(Problem),
+    /// The caller's rate limit; `Retry-After` says when to try again.
+    #[response(status = 429, content_type = "application/problem+json")]
+    TooManyRequests(Problem),
+    /// The apiserver or the ledger cannot be reached; try again.
+    #[response(status = 503, content_type = "application/problem+json")]
+    Unavailable(Problem),
 }
 
 /// Why a call did not succeed; `label()` is stable for metrics and the audit log.
@@ -34,6 +75,9 @@ pub enum ApiError {
     FailedPrecondition(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The caller's rate limit: try again after the time given.
+    #[error("too many calls from {caller}: try again in {} ms", .retry_after.as_millis())]
+    ResourceExhausted { caller: String, retry_after: std::time::Duration },
     #[error("{0}")]
     Unimplemented(String),
     #[error("{0}")]
@@ -62,6 +106,7 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::FailedPrecondition(_) => "failed_precondition",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::ResourceExhausted { .. } => "resource_exhausted",
             ApiError::Unimplemented(_) => "unimplemented",
             ApiError::Internal(_) => "internal",
         }
@@ -75,12 +120,14 @@ impl ApiError {
             ApiError::NotFound(_) => (Code::NotFound, StatusCode::NOT_FOUND),
             ApiError::FailedPrecondition(_) => (Code::FailedPrecondition, StatusCode::UNPROCESSABLE_ENTITY),
             ApiError::Unavailable(_) => (Code::Unavailable, StatusCode::SERVICE_UNAVAILABLE),
+            ApiError::ResourceExhausted { .. } => (Code::ResourceExhausted, StatusCode::TOO_MANY_REQUESTS),
             ApiError::Unimplemented(_) => (Code::Unimplemented, StatusCode::NOT_IMPLEMENTED),
             ApiError::Internal(_) => (Code::Internal, StatusCode::INTERNAL_SERVER_ERROR),
         }
     }
 
-    /// The gRPC status; field violations travel as google.rpc.BadRequest details.
+    /// The gRPC status; field violations travel as google.rpc.BadRequest details, the time to
+    /// wait as google.rpc.RetryInfo.
     pub fn status(&self) -> tonic::Status {
         let (code, _) = self.codes();
         match self {
@@ -93,6 +140,11 @@ impl ApiError {
                 );
                 tonic::Status::with_error_details(code, self.to_string(), details)
             }
+            ApiError::ResourceExhausted { retry_after, .. } => tonic::Status::with_error_details(
+                code,
+                self.to_string(),
+                ErrorDetails::with_retry_info(Some(*retry_after)),
+            ),
             _ => tonic::Status::new(code, self.to_string()),
         }
     }
@@ -103,19 +155,25 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (_, status) = self.codes();
-        let mut problem = serde_json::json!({
-            "type": "about:blank",
-            "title": status.canonical_reason().unwrap_or("error"),
-            "status": status.as_u16(),
-            "detail": self.to_string(),
-        });
-        if let ApiError::InvalidArgument(violations) = &self {
-            problem["errors"] = serde_json::json!(violations);
+        let problem = Problem {
+            kind: "about:blank".into(),
+            title: status.canonical_reason().unwrap_or("error").into(),
+            status: status.as_u16(),
+            detail: self.to_string(),
+            errors: match &self {
+                ApiError::InvalidArgument(violations) => violations.clone(),
+                _ => Vec::new(),
+            },
+        };
+        let body = serde_json::to_string(&problem).unwrap_or_else(|_| problem.detail.clone());
+        let mut response = (status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        if let ApiError::ResourceExhausted { retry_after, .. } = &self {
+            // Whole seconds, rounded up: never sooner than the limit allows.
+            let seconds = retry_after.as_millis().div_ceil(1000).max(1);
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds as u64));
         }
-        let mut response = (status, problem.to_string()).into_response();
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         response
     }
 }
@@ -138,6 +196,21 @@ mod tests {
         let response = error.into_response();
         assert_eq!(response.status(), StatusCode::BAD_REQUEST);
         assert_eq!(response.headers()[header::CONTENT_TYPE], "application/problem+json");
+    }
+
+    #[test]
+    fn a_rate_limited_call_says_when_to_try_again() {
+        let error = ApiError::ResourceExhausted {
+            caller: "dept".into(),
+            retry_after: std::time::Duration::from_millis(1500),
+        };
+        let status = error.status();
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        let retry = status.get_error_details().retry_info().expect("RetryInfo").retry_delay;
+        assert_eq!(retry, Some(std::time::Duration::from_millis(1500)));
+        let response = error.into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "2");
     }
 
     #[test]

@@ -10,6 +10,8 @@ pub mod billing;
 mod caller;
 pub mod disaster_recovery;
 pub mod error;
+mod limits;
+pub mod openapi;
 mod server;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
@@ -55,6 +57,13 @@ pub struct Config {
     /// The largest request body accepted, gRPC message or REST body, in bytes.
     #[arg(long, default_value_t = 1 << 20)]
     pub max_request_bytes: usize,
+    /// Calls a second each caller may make on average (0: no limit); beyond it, calls are
+    /// refused with the time to wait (429 / RESOURCE_EXHAUSTED).
+    #[arg(long, default_value_t = 50)]
+    pub rate_limit_per_second: u32,
+    /// Calls a caller may make at once before the average applies.
+    #[arg(long, default_value_t = 100)]
+    pub rate_limit_burst: u32,
 }
 
 /// Errors of the API server, each with a stable label.
@@ -96,8 +105,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         .map_err(|err| Error::Ledger(Box::new(err)))?;
     let registry = yiyun_admin::registry("api", env!("CARGO_PKG_VERSION"));
     yiyun_admin::run_with_admin(config.admin_addr, registry, shutdown.clone(), |readiness| async move {
-        let access = Arc::new(Access::new(client, Duration::from_secs(config.auth_cache_seconds)));
-        let routes = server::routes(access, ledger, config.max_request_bytes).await?;
+        let gate = Arc::new(caller::Gate {
+            access: Arc::new(Access::new(client, Duration::from_secs(config.auth_cache_seconds))),
+            limiter: limits::RateLimiter::new(config.rate_limit_per_second, config.rate_limit_burst),
+        });
+        let routes = server::routes(gate, ledger, config.max_request_bytes).await?;
         let listener = tokio::net::TcpListener::bind(config.addr)
             .await
             .map_err(|source| Error::Bind { addr: config.addr, source })?;

@@ -19,11 +19,11 @@ use tokio_rustls::{
 };
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
-use yiyun_kube::access::Access;
 
 use crate::{
     Error,
     billing::{self, BillingService},
+    caller::Gate,
     disaster_recovery::DisasterRecoveryService,
     proto::{self, billing_server::BillingServer, disaster_recovery_server::DisasterRecoveryServer},
 };
@@ -53,11 +53,11 @@ pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, 
 
 /// Every gRPC service and REST route, requests limited to `max_request_bytes`.
 pub async fn routes(
-    access: Arc<Access>,
+    gate: Arc<Gate>,
     ledger: yiyun_billing::ledger::Ledger,
     max_request_bytes: usize,
 ) -> Result<axum::Router, Error> {
-    let billing = BillingService::new(access, ledger);
+    let billing = BillingService::new(gate, ledger);
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<BillingServer<Arc<BillingService>>>().await;
     // Both reflection versions (older grpcurl releases speak v1alpha), describing the
@@ -80,6 +80,7 @@ pub async fn routes(
     Ok(grpc
         .into_axum_router()
         .merge(billing::routes(billing))
+        .merge(crate::openapi::routes())
         .layer(DefaultBodyLimit::max(max_request_bytes)))
 }
 

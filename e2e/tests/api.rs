@@ -24,6 +24,38 @@ struct ApiProcess {
     log: PathBuf,
 }
 
+impl ApiProcess {
+    /// `yiyun api` on free ports with the certificate of `local_ca(dir)` and exactly the
+    /// chart's role (token and access reviews), ready.
+    async fn start(dir: &Path, ledger: &str, name: &str, flags: &[&str]) -> ApiProcess {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let admin = format!("127.0.0.1:{}", free_port());
+        let log = dir.join(format!("{name}.log"));
+        let child = Command::new(yiyun_bin())
+            .args(["api", "--addr", &addr, "--admin-addr", &admin, "--billing-database", ledger])
+            .arg("--tls-cert")
+            .arg(dir.join("api.crt"))
+            .arg("--tls-key")
+            .arg(dir.join("api.key"))
+            .args(["--auth-cache-seconds", "1"])
+            .args(flags)
+            .arg("--kubeconfig")
+            .arg(yiyun_e2e::service_account_kubeconfig("api-rbac.yaml", "yiyun-api"))
+            .stderr(std::fs::File::create(&log).expect("a log"))
+            .spawn()
+            .expect("start yiyun api");
+        let api = ApiProcess { child, addr, log };
+        let admin_addr = admin.parse().expect("an address");
+        eventually(
+            Duration::from_secs(60),
+            &format!("the API ready (log {})", api.log.display()),
+            || async { http_get(admin_addr, "/readyz").filter(|(code, _)| *code == 200).map(|_| ()) },
+        )
+        .await;
+        api
+    }
+}
+
 impl Drop for ApiProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -217,31 +249,8 @@ async fn bills_over_grpc_and_rest_answer_each_caller_as_their_roles_say() {
     let _ = meter.kill();
     let _ = meter.wait();
 
-    let addr = format!("127.0.0.1:{}", free_port());
-    let admin = format!("127.0.0.1:{}", free_port());
-    let log = dir.join("api.log");
-    let api = ApiProcess {
-        child: Command::new(yiyun_bin())
-            .args(["api", "--addr", &addr, "--admin-addr", &admin, "--billing-database", &url])
-            .arg("--tls-cert")
-            .arg(dir.join("api.crt"))
-            .arg("--tls-key")
-            .arg(dir.join("api.key"))
-            .args(["--auth-cache-seconds", "1"])
-            // Exactly the chart's role: token and access reviews.
-            .arg("--kubeconfig")
-            .arg(yiyun_e2e::service_account_kubeconfig("api-rbac.yaml", "yiyun-api"))
-            .stderr(std::fs::File::create(&log).expect("a log"))
-            .spawn()
-            .expect("start yiyun api"),
-        addr: addr.clone(),
-        log: log.clone(),
-    };
-    let admin_addr = admin.parse().expect("an address");
-    eventually(Duration::from_secs(60), &format!("the API ready (log {})", api.log.display()), || async {
-        http_get(admin_addr, "/readyz").filter(|(code, _)| *code == 200).map(|_| ())
-    })
-    .await;
+    let api = ApiProcess::start(&dir, &url, "api", &[]).await;
+    let log = api.log.clone();
     let clients = Clients {
         addr: api.addr.clone(),
         ca: dir.join("ca.crt"),
@@ -388,6 +397,61 @@ async fn bills_over_grpc_and_rest_answer_each_caller_as_their_roles_say() {
         clients.rest(Some(&finance), &format!("/v1/bills/{month}/export?tenant={own}&format=pdf"));
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("\"field\":\"format\""), "{body}");
+
+    // The OpenAPI document, generated from the code, fuzzed by schemathesis as finance: every
+    // answer conforms to the document and none is a server error.
+    let (code, document) = clients.rest(None, "/openapi.json");
+    assert_eq!(code, 200, "{document}");
+    let document: Value = serde_json::from_str(&document).expect("an OpenAPI document");
+    assert!(document["paths"]["/v1/bills/{month}"]["get"].is_object(), "{document}");
+    let python =
+        Command::new(yiyun_e2e::repo_path("e2e/python-env")).arg("fuzz").output().expect("e2e/python-env");
+    assert!(python.status.success(), "{}", String::from_utf8_lossy(&python.stderr));
+    let python = PathBuf::from(String::from_utf8_lossy(&python.stdout).trim());
+    let schemathesis = python.with_file_name("schemathesis");
+    let fuzzed = Command::new(&schemathesis)
+        .args(["run", &format!("https://{}/openapi.json", clients.addr), "--checks", "all"])
+        .args(["--max-examples", "40", "--seed", "42", "--workers", "2", "--report-dir"])
+        .arg(dir.join("schemathesis"))
+        .arg("--tls-verify")
+        .arg(&clients.ca)
+        .args(["-H", &format!("Authorization: Bearer {finance}")])
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("schemathesis");
+    let report =
+        format!("{}\n{}", String::from_utf8_lossy(&fuzzed.stdout), String::from_utf8_lossy(&fuzzed.stderr));
+    assert!(fuzzed.status.success(), "schemathesis found failures:\n{report}");
+
+    // A caller over their rate limit waits, told for how long, in both protocols.
+    let limited = ApiProcess::start(
+        &dir,
+        &url,
+        "api-limited",
+        &["--rate-limit-per-second", "1", "--rate-limit-burst", "2"],
+    )
+    .await;
+    let limited_clients =
+        Clients { addr: limited.addr.clone(), ca: clients.ca.clone(), grpcurl: clients.grpcurl.clone() };
+    for _ in 0..2 {
+        let (code, body) = limited_clients.rest(Some(&finance), &rest_bill(&own));
+        assert_eq!(code, 200, "{body}");
+    }
+    let out = Command::new("curl")
+        .args(["-sS", "-i", "--cacert"])
+        .arg(&clients.ca)
+        .args(["-H", &format!("Authorization: Bearer {finance}")])
+        .arg(format!("https://{}{}", limited.addr, rest_bill(&own)))
+        .output()
+        .expect("curl");
+    let response = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(response.starts_with("http/2 429") || response.starts_with("http/1.1 429"), "{response}");
+    assert!(response.contains("\nretry-after: 1"), "{response}");
+    let (code, body) = limited_clients.grpc(Some(&finance), &get_bill(&own), "yiyun.api.v1.Billing/GetBill");
+    assert_eq!(code, "ResourceExhausted", "{body}");
+    let (code, body) = limited_clients.rest(Some(&department), &rest_bill(&own));
+    assert_eq!(code, 200, "another caller has a bucket of their own: {body}");
+    drop(limited);
 
     // The disaster-recovery slot answers, and says it is not built.
     let (code, body) =
