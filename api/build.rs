@@ -5,12 +5,26 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
-    let protos = ["proto/yiyun/api/v1/billing.proto", "proto/yiyun/api/v1/disaster_recovery.proto"];
+    let protos = [
+        "proto/yiyun/api/v1/billing.proto",
+        "proto/yiyun/api/v1/disaster_recovery.proto",
+        "proto/yiyun/api/v1/resource_requests.proto",
+    ];
     tonic_prost_build::configure()
         .build_client(false)
         .file_descriptor_set_path(out.join("yiyun_api_v1_descriptor.bin"))
         .type_attribute(".yiyun.api.v1", "#[derive(serde::Serialize, serde::Deserialize, utoipa::ToSchema)]")
         .type_attribute(".yiyun.api.v1", "#[serde(rename_all = \"camelCase\", default)]")
+        // What the OpenAPI document says of a quota request beyond the types.
+        .field_attribute(
+            ".yiyun.api.v1.CreateResourceRequestRequest.reason",
+            "#[schema(min_length = 1, max_length = 1024)]",
+        )
+        .field_attribute(
+            ".yiyun.api.v1.CreateResourceRequestRequest.idempotency_key",
+            "#[schema(max_length = 128)]",
+        )
+        .field_attribute(".yiyun.api.v1.DecideResourceRequestRequest.message", "#[schema(max_length = 1024)]")
         .compile_protos(&protos, &["proto"])?;
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");

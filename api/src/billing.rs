@@ -5,7 +5,7 @@
 //! without a name, for every tenant), asked before anything is read: a refusal says nothing of
 //! whether the tenant exists.
 
-use std::{sync::Arc, time::Instant};
+use std::sync::Arc;
 
 use axum::{
     Json, Router,
@@ -249,35 +249,21 @@ fn bill(statement: &Statement, tenant: Option<&str>) -> Bill {
     }
 }
 
-fn audit<'a>(operation: &'static str, protocol: &'static str, tenant: &'a str, object: &'a str) -> Audit<'a> {
-    Audit { operation, protocol, tenant, object, started: Instant::now() }
-}
-
 #[tonic::async_trait]
 impl proto::billing_server::Billing for Arc<BillingService> {
     async fn get_bill(&self, request: Request<GetBillRequest>) -> Result<GrpcResponse<Bill>, Status> {
-        let headers = request.metadata().clone().into_headers();
         let body = request.get_ref();
-        let audit = audit("GetBill", "grpc", &body.tenant, &body.month);
-        self.gate
-            .call(&headers, audit, async |user| self.read_bill(user, body).await)
-            .await
-            .map(GrpcResponse::new)
-            .map_err(|err| err.status())
+        let audit = Audit::new("GetBill", "grpc", &body.tenant, &body.month);
+        self.gate.grpc(&request, audit, async |user, body| self.read_bill(user, body).await).await
     }
 
     async fn export_bill(
         &self,
         request: Request<ExportBillRequest>,
     ) -> Result<GrpcResponse<ExportedBill>, Status> {
-        let headers = request.metadata().clone().into_headers();
         let body = request.get_ref();
-        let audit = audit("ExportBill", "grpc", &body.tenant, &body.month);
-        self.gate
-            .call(&headers, audit, async |user| self.export(user, body).await)
-            .await
-            .map(GrpcResponse::new)
-            .map_err(|err| err.status())
+        let audit = Audit::new("ExportBill", "grpc", &body.tenant, &body.month);
+        self.gate.grpc(&request, audit, async |user, body| self.export(user, body).await).await
     }
 }
 
@@ -312,7 +298,7 @@ pub(crate) async fn rest_get_bill(
 ) -> Response {
     let query = RestQuery::checked(query);
     let tenant = query.as_ref().ok().and_then(|q| q.tenant.clone()).unwrap_or_default();
-    let audit = audit("GetBill", "rest", &tenant, &month);
+    let audit = Audit::new("GetBill", "rest", &tenant, &month);
     let call = async |user: &User| {
         let request = GetBillRequest { tenant: query?.tenant.unwrap_or_default(), month: month.clone() };
         service.read_bill(user, &request).await
@@ -355,7 +341,7 @@ pub(crate) async fn rest_export_bill(
 ) -> Response {
     let query = RestQuery::checked(query);
     let tenant = query.as_ref().ok().and_then(|q| q.tenant.clone()).unwrap_or_default();
-    let audit = audit("ExportBill", "rest", &tenant, &month);
+    let audit = Audit::new("ExportBill", "rest", &tenant, &month);
     let call = async |user: &User| {
         let query = query?;
         let request = ExportBillRequest {

@@ -16,6 +16,22 @@ pub struct Gate {
 }
 
 impl Gate {
+    /// A gRPC call through [`Gate::call`]: the token travels in the request's metadata, the
+    /// refusal as a status.
+    pub async fn grpc<T, R>(
+        &self,
+        request: &tonic::Request<T>,
+        audit: Audit<'_>,
+        operation: impl AsyncFnOnce(&User, &T) -> Result<R, ApiError>,
+    ) -> Result<tonic::Response<R>, tonic::Status> {
+        let headers = request.metadata().clone().into_headers();
+        let body = request.get_ref();
+        self.call(&headers, audit, async |user| operation(user, body).await)
+            .await
+            .map(tonic::Response::new)
+            .map_err(|err| err.status())
+    }
+
     /// Authenticates the caller, admits them under their rate limit, runs `operation` and
     /// writes the audit line.
     pub async fn call<T>(
@@ -89,7 +105,17 @@ pub struct Audit<'a> {
     pub started: Instant,
 }
 
-impl Audit<'_> {
+impl<'a> Audit<'a> {
+    /// A call starting now.
+    pub fn new(
+        operation: &'static str,
+        protocol: &'static str,
+        tenant: &'a str,
+        object: &'a str,
+    ) -> Audit<'a> {
+        Audit { operation, protocol, tenant, object, started: Instant::now() }
+    }
+
     /// Writes the audit line: who, their groups, the tenant, the operation and object, the
     /// result and how long it took.
     pub fn record<T>(&self, user: Option<&User>, result: &Result<T, ApiError>) {

@@ -47,6 +47,9 @@ pub enum Refusals {
     Forbidden(Problem),
     #[response(status = 404, content_type = "application/problem+json")]
     NotFound(Problem),
+    /// An idempotency key already used for a different request.
+    #[response(status = 409, content_type = "application/problem+json")]
+    Conflict(Problem),
     /// Well-formed, but not possible as things stand (e.g. usage no PriceBook prices).
     #[response(status = 422, content_type = "application/problem+json")]
     Unprocessable(Problem),
@@ -69,6 +72,9 @@ pub enum ApiError {
     InvalidArgument(Vec<FieldViolation>),
     #[error("{0}")]
     NotFound(String),
+    /// Something else already holds the name (an idempotency key reused for another request).
+    #[error("{0}")]
+    Conflict(String),
     /// The request is well-formed but cannot be served as things stand (e.g. usage no
     /// PriceBook prices).
     #[error("{0}")]
@@ -104,6 +110,7 @@ impl ApiError {
             ApiError::PermissionDenied(_) => "permission_denied",
             ApiError::InvalidArgument(_) => "invalid_argument",
             ApiError::NotFound(_) => "not_found",
+            ApiError::Conflict(_) => "conflict",
             ApiError::FailedPrecondition(_) => "failed_precondition",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::ResourceExhausted { .. } => "resource_exhausted",
@@ -118,6 +125,7 @@ impl ApiError {
             ApiError::PermissionDenied(_) => (Code::PermissionDenied, StatusCode::FORBIDDEN),
             ApiError::InvalidArgument(_) => (Code::InvalidArgument, StatusCode::BAD_REQUEST),
             ApiError::NotFound(_) => (Code::NotFound, StatusCode::NOT_FOUND),
+            ApiError::Conflict(_) => (Code::AlreadyExists, StatusCode::CONFLICT),
             ApiError::FailedPrecondition(_) => (Code::FailedPrecondition, StatusCode::UNPROCESSABLE_ENTITY),
             ApiError::Unavailable(_) => (Code::Unavailable, StatusCode::SERVICE_UNAVAILABLE),
             ApiError::ResourceExhausted { .. } => (Code::ResourceExhausted, StatusCode::TOO_MANY_REQUESTS),

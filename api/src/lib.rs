@@ -3,8 +3,8 @@
 //! same handlers, over TLS on one port. Every call is a Kubernetes authorization decision
 //! (TokenReview, then SubjectAccessReview on a yiyun resource), and leaves an audit line.
 //!
-//! Served so far: usage and bills ([`billing`]); disaster recovery is a reserved slot that
-//! answers UNIMPLEMENTED ([`disaster_recovery`]).
+//! Served so far: usage and bills ([`billing`]), quota requests ([`resource_requests`]);
+//! disaster recovery is a reserved slot that answers UNIMPLEMENTED ([`disaster_recovery`]).
 
 pub mod billing;
 mod caller;
@@ -12,6 +12,7 @@ pub mod disaster_recovery;
 pub mod error;
 mod limits;
 pub mod openapi;
+pub mod resource_requests;
 mod server;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
@@ -106,10 +107,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     let registry = yiyun_admin::registry("api", env!("CARGO_PKG_VERSION"));
     yiyun_admin::run_with_admin(config.admin_addr, registry, shutdown.clone(), |readiness| async move {
         let gate = Arc::new(caller::Gate {
-            access: Arc::new(Access::new(client, Duration::from_secs(config.auth_cache_seconds))),
+            access: Arc::new(Access::new(client.clone(), Duration::from_secs(config.auth_cache_seconds))),
             limiter: limits::RateLimiter::new(config.rate_limit_per_second, config.rate_limit_burst),
         });
-        let routes = server::routes(gate, ledger, config.max_request_bytes).await?;
+        let routes = server::routes(gate, client, ledger, config.max_request_bytes).await?;
         let listener = tokio::net::TcpListener::bind(config.addr)
             .await
             .map_err(|source| Error::Bind { addr: config.addr, source })?;

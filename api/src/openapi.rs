@@ -8,7 +8,7 @@ use utoipa::{
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 
-use crate::{billing, error, proto};
+use crate::{billing, error, proto, resource_requests};
 
 /// Where the document is served.
 pub const PATH: &str = "/openapi.json";
@@ -21,18 +21,34 @@ pub const PATH: &str = "/openapi.json";
             operations (yiyun.api.v1, with server reflection). Every call carries a Kubernetes \
             bearer token and is allowed or refused by the apiserver's RBAC."
     ),
-    paths(billing::rest_get_bill, billing::rest_export_bill),
+    paths(
+        billing::rest_get_bill,
+        billing::rest_export_bill,
+        resource_requests::rest_create,
+        resource_requests::rest_list,
+        resource_requests::rest_get,
+        resource_requests::rest_decide
+    ),
     components(schemas(
         proto::Bill,
         proto::TenantTotal,
         proto::BillLine,
         billing::ExportFormat,
+        proto::ResourceRequest,
+        proto::CreateResourceRequestRequest,
+        proto::DecideResourceRequestRequest,
+        proto::ListResourceRequestsResponse,
+        proto::Quota,
+        proto::Amounts,
         billing::HeaderLanguage,
         error::Problem,
         error::FieldViolation
     )),
     modifiers(&BearerToken),
-    tags((name = "Billing", description = "Usage and bills from the billing ledger"))
+    tags(
+        (name = "Billing", description = "Usage and bills from the billing ledger"),
+        (name = "ResourceRequests", description = "Quota requests, decided by the parent tenant's admins")
+    )
 )]
 pub struct Document;
 

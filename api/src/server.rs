@@ -25,7 +25,11 @@ use crate::{
     billing::{self, BillingService},
     caller::Gate,
     disaster_recovery::DisasterRecoveryService,
-    proto::{self, billing_server::BillingServer, disaster_recovery_server::DisasterRecoveryServer},
+    proto::{
+        self, billing_server::BillingServer, disaster_recovery_server::DisasterRecoveryServer,
+        resource_requests_server::ResourceRequestsServer,
+    },
+    resource_requests::{self, ResourceRequestService},
 };
 
 /// TLS from PEM files, offering HTTP/2 and HTTP/1.1.
@@ -54,12 +58,15 @@ pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, 
 /// Every gRPC service and REST route, requests limited to `max_request_bytes`.
 pub async fn routes(
     gate: Arc<Gate>,
+    client: kube::Client,
     ledger: yiyun_billing::ledger::Ledger,
     max_request_bytes: usize,
 ) -> Result<axum::Router, Error> {
-    let billing = BillingService::new(gate, ledger);
+    let billing = BillingService::new(gate.clone(), ledger);
+    let requests = ResourceRequestService::new(gate, client);
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<BillingServer<Arc<BillingService>>>().await;
+    health.set_serving::<ResourceRequestsServer<Arc<ResourceRequestService>>>().await;
     // Both reflection versions (older grpcurl releases speak v1alpha), describing the
     // health service too.
     let reflection = || {
@@ -74,12 +81,14 @@ pub async fn routes(
     .add_service(
         DisasterRecoveryServer::new(DisasterRecoveryService).max_decoding_message_size(max_request_bytes),
     )
+    .add_service(ResourceRequestsServer::new(requests.clone()).max_decoding_message_size(max_request_bytes))
     .add_service(health_service)
     .add_service(reflection_v1)
     .add_service(reflection_v1alpha);
     Ok(grpc
         .into_axum_router()
         .merge(billing::routes(billing))
+        .merge(resource_requests::routes(requests))
         .merge(crate::openapi::routes())
         .layer(DefaultBodyLimit::max(max_request_bytes)))
 }

@@ -6,6 +6,7 @@
 pub mod labels;
 mod podgroup;
 mod pricebook;
+mod resourcerequest;
 mod site;
 mod tenant;
 
@@ -18,6 +19,9 @@ pub use podgroup::{
 pub use pricebook::{
     LevelDiscounts, PRICE_PATTERN, PriceBook, PriceBookSpec, PriceBookStatus, PriceScope, Prices,
     ReservedPrices,
+};
+pub use resourcerequest::{
+    ResourceRequest, ResourceRequestPhase, ResourceRequestSpec, ResourceRequestStatus,
 };
 pub use site::{
     BlockedPod, ComputeSite, ComputeSiteSpec, ComputeSiteStatus, Maintenance, MaintenanceStatus, NodeCounts,
@@ -38,7 +42,14 @@ pub const FIELD_MANAGER: &str = "yiyun-controller";
 
 /// Every CustomResourceDefinition yiyun serves, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![Tenant::crd(), ComputeSite::crd(), NodePool::crd(), PodGroup::crd(), PriceBook::crd()]
+    vec![
+        Tenant::crd(),
+        ComputeSite::crd(),
+        NodePool::crd(),
+        PodGroup::crd(),
+        PriceBook::crd(),
+        ResourceRequest::crd(),
+    ]
 }
 
 /// Every CRD as one multi-document YAML stream, the form checked into the Helm chart.

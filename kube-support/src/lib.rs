@@ -12,6 +12,7 @@ pub mod disruption;
 pub mod leader;
 pub mod pods;
 pub mod resource_metrics;
+pub mod tenants;
 pub mod watches;
 
 use std::path::Path;

@@ -25,9 +25,11 @@ use yiyun_quota::TenantPlan;
 use super::{
     CONTROLLER, Context,
     desired::{self, NamespaceObjects},
-    observe::resource_amounts,
 };
-use yiyun_kube::apply::{FIELD_MANAGER, apply, holds};
+use yiyun_kube::{
+    apply::{FIELD_MANAGER, apply, holds},
+    tenants::resource_amounts,
+};
 
 use crate::Error;
 
