@@ -6,7 +6,9 @@
 //! did not have, else it fails with the rules' message.
 //!
 //! Every call is a SubjectAccessReview on `resourcerequests.yiyun.io` in the request's namespace
-//! (`create`, `get`, `list`, `approve`), asked before anything is read.
+//! (`create`, `get`, `list`, `approve`), asked before anything is read. What changes a request
+//! (filed, rejected, applied, failed) is also a Kubernetes Event on it, naming who did it, so
+//! `kubectl describe rr` tells its story.
 
 use std::sync::Arc;
 
@@ -22,8 +24,9 @@ use k8s_openapi::{
     apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::Time},
 };
 use kube::{
-    Api, Client, ResourceExt,
+    Api, Client, Resource, ResourceExt,
     api::{ListParams, Patch, PatchParams, PostParams},
+    runtime::events::{Event, EventType, Recorder, Reporter},
 };
 use serde_json::json;
 use tonic::{Request, Response as GrpcResponse, Status};
@@ -47,6 +50,7 @@ use crate::{
 pub struct ResourceRequestService {
     gate: Arc<Gate>,
     client: Client,
+    recorder: Recorder,
 }
 
 fn violation(field: &str, description: impl Into<String>) -> FieldViolation {
@@ -229,7 +233,9 @@ fn kube_error(err: kube::Error, what: &str) -> ApiError {
 
 impl ResourceRequestService {
     pub fn new(gate: Arc<Gate>, client: Client) -> Arc<ResourceRequestService> {
-        Arc::new(ResourceRequestService { gate, client })
+        let recorder =
+            Recorder::new(client.clone(), Reporter { controller: "yiyun-api".into(), instance: None });
+        Arc::new(ResourceRequestService { gate, client, recorder })
     }
 
     async fn allow(
@@ -254,6 +260,22 @@ impl ResourceRequestService {
             &format!("{verb} resourcerequests in namespace {namespace}"),
         )
         .await
+    }
+
+    /// An Event on `stored`; best effort, for the call has happened whether or not it is told.
+    async fn tell(&self, stored: &Stored, warning: bool, reason: &str, note: String) {
+        // Filing is the department's action; everything after it is a decision.
+        let action = if reason == "Filed" { "File" } else { "Decide" };
+        let event = Event {
+            type_: if warning { EventType::Warning } else { EventType::Normal },
+            reason: reason.into(),
+            note: Some(note),
+            action: action.into(),
+            secondary: None,
+        };
+        if let Err(error) = self.recorder.publish(&event, &stored.object_ref(&())).await {
+            tracing::warn!(request = %stored.name_any(), %error, "cannot publish the request's event");
+        }
     }
 
     fn requests(&self, namespace: &str) -> Api<Stored> {
@@ -295,7 +317,11 @@ impl ResourceRequestService {
         }
         let api = self.requests(&namespace);
         match api.create(&PostParams::default(), &object).await {
-            Ok(created) => Ok(message(&created)),
+            Ok(created) => {
+                self.tell(&created, false, "Filed", format!("{} asked: {}", user.name, created.spec.reason))
+                    .await;
+                Ok(message(&created))
+            }
             Err(kube::Error::Api(status)) if status.code == 409 => {
                 // The same key again: the same request, unless it asked for something else.
                 let name = object.metadata.name.unwrap_or_default();
@@ -417,6 +443,8 @@ impl ResourceRequestService {
         };
         let stored = status(decided).await.map_err(|err| kube_error(err, &what))?;
         if !request.approve {
+            self.tell(&stored, false, "Rejected", format!("{} rejected it: {}", user.name, request.message))
+                .await;
             return Ok(message(&stored));
         }
         let tenants_api: Api<Tenant> = Api::all(self.client.clone());
@@ -427,9 +455,16 @@ impl ResourceRequestService {
             return Err(ApiError::FailedPrecondition(format!("tenant {tenant} does not exist any more")));
         }
         if let Err(refusal) = tree_allows(&tenants.items, tenant, &stored.spec.quota) {
-            status(json!({"status": {"phase": "Failed", "message": refusal}}))
+            let failed = status(json!({"status": {"phase": "Failed", "message": refusal}}))
                 .await
                 .map_err(|err| kube_error(err, &what))?;
+            self.tell(
+                &failed,
+                true,
+                "Failed",
+                format!("approved by {}, refused by the tenant tree: {refusal}", user.name),
+            )
+            .await;
             return Err(ApiError::FailedPrecondition(format!(
                 "the tenant tree does not allow {what}: {refusal}"
             )));
@@ -444,6 +479,13 @@ impl ResourceRequestService {
             .map_err(|err| kube_error(err, &format!("tenant {tenant}")))?;
         let applied = json!({"status": {"phase": "Applied", "appliedAt": Time(jiff::Timestamp::now())}});
         let stored = status(applied).await.map_err(|err| kube_error(err, &what))?;
+        self.tell(
+            &stored,
+            false,
+            "Applied",
+            format!("{} approved it; tenant {tenant}'s quota changed", user.name),
+        )
+        .await;
         Ok(message(&stored))
     }
 }

@@ -661,6 +661,44 @@ async fn quota_requests_are_filed_decided_and_applied_only_within_the_tree() {
     let quota = tenants_api.get(&dept).await.expect("the tenant").spec.quota;
     assert_eq!(quota.max.and_then(|m| m.cpu).map(|q| q.0).as_deref(), Some("20"), "nothing applied");
 
+    // The story of each request is told in Events on it, naming who did what.
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &dept_ns);
+    let told = |name: String| {
+        let events = events.clone();
+        async move {
+            let list = events.list(&Default::default()).await.ok()?;
+            let reasons: Vec<(String, String, String)> = list
+                .items
+                .into_iter()
+                .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name.as_str()))
+                .map(|e| {
+                    (e.reason.unwrap_or_default(), e.type_.unwrap_or_default(), e.note.unwrap_or_default())
+                })
+                .collect();
+            (reasons.len() >= 2).then_some(reasons)
+        }
+    };
+    let applied_story =
+        eventually(Duration::from_secs(30), "the applied request's events", || told(name.clone())).await;
+    assert!(
+        applied_story.iter().any(|(reason, _, note)| reason == "Filed" && note.contains(":clerk asked")),
+        "{applied_story:?}"
+    );
+    assert!(
+        applied_story
+            .iter()
+            .any(|(reason, _, note)| reason == "Applied" && note.contains(":approver approved")),
+        "{applied_story:?}"
+    );
+    let failed_story =
+        eventually(Duration::from_secs(30), "the failed request's events", || told(over_max.clone())).await;
+    assert!(
+        failed_story.iter().any(|(reason, kind, note)| reason == "Failed"
+            && kind == "Warning"
+            && note.contains("exceeds 40")),
+        "{failed_story:?}"
+    );
+
     // Rejected, with who and why.
     let (code, body) = clients.grpc(Some(&clerk), &ask(json!({"cpu": "12"}), json!({}), ""), create);
     assert_eq!(code, "OK", "{body}");

@@ -510,6 +510,13 @@ const API: &[Use] = &[
     ),
     uses("yiyun.io", &["tenants"], &["list"], REQUESTS, "tenants_api.list(&ListParams::default())"),
     uses("yiyun.io", &["tenants"], &["patch"], REQUESTS, "tenants_api.patch(tenant,"),
+    uses(
+        "events.k8s.io",
+        &["events"],
+        &["create", "patch"],
+        REQUESTS,
+        "self.recorder.publish(&event,&stored.object_ref(&()))",
+    ),
 ];
 
 const REQUESTS: &str = "api/src/resource_requests.rs";
