@@ -2,8 +2,10 @@
 //! and as REST (`GET /v1/bills/{month}`, `GET /v1/bills/{month}/export`), one handler each.
 //!
 //! Access is `get` on `billing.yiyun.io` named after the tenant (finance's role grants it
-//! without a name, for every tenant), asked before anything is read: a refusal says nothing of
-//! whether the tenant exists.
+//! without a name, for every tenant), or `get` on `billing.yiyun.io` in one of the tenant's own
+//! namespaces (what the chart's `yiyun-billing-viewer` aggregates into `admin`, so a tenant's
+//! owners read its bills with no binding of their own). It is asked before the ledger is read: a
+//! refusal says nothing of whether the tenant exists.
 
 use std::sync::Arc;
 
@@ -21,7 +23,7 @@ use yiyun_billing::{
     ledger::{Ledger, now},
     statement::{Statement, statement},
 };
-use yiyun_kube::access::{Action, User};
+use yiyun_kube::access::{Action, Decision, User};
 
 use crate::{
     caller::{Audit, Gate, authorize},
@@ -32,12 +34,40 @@ use crate::{
 /// The Billing service: bills read from the ledger for callers the apiserver allows.
 pub struct BillingService {
     gate: Arc<Gate>,
+    client: kube::Client,
     ledger: Ledger,
 }
 
 impl BillingService {
-    pub fn new(gate: Arc<Gate>, ledger: Ledger) -> Arc<BillingService> {
-        Arc::new(BillingService { gate, ledger })
+    pub fn new(gate: Arc<Gate>, client: kube::Client, ledger: Ledger) -> Arc<BillingService> {
+        Arc::new(BillingService { gate, client, ledger })
+    }
+
+    /// Whether `user` may read `tenant`'s bills through a role in one of its namespaces.
+    async fn allowed_in_namespaces(&self, user: &User, tenant: &str) -> Result<bool, ApiError> {
+        let found = kube::Api::<yiyun_crds::Tenant>::all(self.client.clone())
+            .get_opt(tenant)
+            .await
+            .map_err(|err| ApiError::Unavailable(format!("the apiserver: {err}")))?;
+        for namespace in found.iter().flat_map(|t| t.spec.namespaces.iter()) {
+            let action = Action {
+                group: yiyun_crds::GROUP.into(),
+                resource: "billing".into(),
+                verb: "get".into(),
+                namespace: Some(namespace.name.clone()),
+                ..Action::default()
+            };
+            match self.gate.access.authorize(user, &action).await {
+                Ok(Decision::Allowed) => return Ok(true),
+                Ok(Decision::Denied(_)) => {}
+                Err(err) => {
+                    return Err(ApiError::Unavailable(format!(
+                        "cannot check access with the apiserver: {err}"
+                    )));
+                }
+            }
+        }
+        Ok(false)
     }
 
     pub async fn read_bill(&self, user: &User, request: &GetBillRequest) -> Result<Bill, ApiError> {
@@ -99,7 +129,14 @@ impl BillingService {
         };
         let what =
             tenant.map_or("get every tenant's bills".to_string(), |t| format!("get the bills of tenant {t}"));
-        authorize(&self.gate.access, user, &action, &what).await?;
+        match authorize(&self.gate.access, user, &action, &what).await {
+            Ok(()) => {}
+            Err(ApiError::PermissionDenied(refusal)) => match tenant {
+                Some(tenant) if self.allowed_in_namespaces(user, tenant).await? => {}
+                _ => return Err(ApiError::PermissionDenied(refusal)),
+            },
+            Err(err) => return Err(err),
+        }
         let unavailable =
             |err: &dyn std::fmt::Display| ApiError::Unavailable(format!("the billing ledger: {err}"));
         if let Some(tenant) = tenant {

@@ -62,7 +62,7 @@ pub async fn routes(
     ledger: yiyun_billing::ledger::Ledger,
     max_request_bytes: usize,
 ) -> Result<axum::Router, Error> {
-    let billing = BillingService::new(gate.clone(), ledger);
+    let billing = BillingService::new(gate.clone(), client.clone(), ledger);
     let requests = ResourceRequestService::new(gate, client);
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<BillingServer<Arc<BillingService>>>().await;

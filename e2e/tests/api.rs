@@ -224,9 +224,12 @@ async fn bills_over_grpc_and_rest_answer_each_caller_as_their_roles_say() {
     let (own, other) = (format!("{prefix}-a"), format!("{prefix}-b"));
     for tenant in [&own, &other] {
         let object = json!({"apiVersion": "yiyun.io/v1alpha1", "kind": "Tenant", "metadata": {"name": tenant},
-            "spec": {"displayName": format!("{tenant} 局"), "level": "province"}});
+            "spec": {"displayName": format!("{tenant} 局"), "level": "province", "namespaces": [{"name": format!("{tenant}-ns")}]}});
         apply_yiyun::<yiyun_crds::Tenant>(&client, tenant, object).await;
     }
+    // The chart's default roles: owners (bound to `admin` in their namespaces) read bills.
+    let (ok, out) = kubectl_apply(&yiyun_e2e::repo_file("charts/yiyun/templates/api-roles.yaml"));
+    assert!(ok, "{out}");
     let dir = std::env::temp_dir().join(unique("api-tls"));
     std::fs::create_dir_all(&dir).expect("a directory");
     local_ca(&dir);
@@ -276,6 +279,11 @@ async fn bills_over_grpc_and_rest_answer_each_caller_as_their_roles_say() {
          apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: department, namespace: {ns}}}\n---\n\
          apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: stranger, namespace: {ns}}}\n---\n\
          apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: revoked, namespace: {ns}}}\n---\n\
+         apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: owner, namespace: {ns}}}\n---\n\
+         apiVersion: v1\nkind: Namespace\nmetadata: {{name: {own}-ns, labels: {{yiyun.io/tenant: {own}}}}}\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: yiyun-owners, namespace: {own}-ns}}\n\
+         roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: admin}}\n\
+         subjects: [{{kind: ServiceAccount, name: owner, namespace: {ns}}}]\n---\n\
          apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {{name: {ns}-finance}}\n\
          rules: [{{apiGroups: [yiyun.io], resources: [billing], verbs: [get]}}]\n---\n\
          apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {{name: {ns}-finance}}\n\
@@ -294,8 +302,8 @@ async fn bills_over_grpc_and_rest_answer_each_caller_as_their_roles_say() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
-    let (finance, department, stranger, revoked) =
-        (token("finance"), token("department"), token("stranger"), token("revoked"));
+    let (finance, department, stranger, revoked, owner) =
+        (token("finance"), token("department"), token("stranger"), token("revoked"), token("owner"));
     let month = yiyun_billing::calendar::Month::of(yiyun_billing::ledger::now()).to_string();
     let get_bill = |tenant: &str| json!({"tenant": tenant, "month": month});
     let rest_bill = |tenant: &str| format!("/v1/bills/{month}?tenant={tenant}");
@@ -307,6 +315,15 @@ async fn bills_over_grpc_and_rest_answer_each_caller_as_their_roles_say() {
     })
     .await;
     let grpc_bill: Value = serde_json::from_str(&body).expect("grpcurl prints JSON");
+    eventually(
+        Duration::from_secs(30),
+        "the owner's first bill (through the aggregated admin role)",
+        || async {
+            let (code, _) = clients.grpc(Some(&owner), &get_bill(&own), "yiyun.api.v1.Billing/GetBill");
+            (code == "OK").then_some(())
+        },
+    )
+    .await;
     let (code, body) = clients.rest(Some(&finance), &rest_bill(&own));
     assert_eq!(code, 200, "{body}");
     let rest_bill_json: Value = serde_json::from_str(&body).expect("JSON");
@@ -342,6 +359,10 @@ async fn bills_over_grpc_and_rest_answer_each_caller_as_their_roles_say() {
         ("department, every tenant", Some(&department), everyone, Answer::PermissionDenied),
         // Whether the tenant exists is not the department's to learn.
         ("department, a tenant that does not exist", Some(&department), &missing, Answer::PermissionDenied),
+        ("an owner, its tenant", Some(&owner), &own, Answer::Ok),
+        ("an owner, another tenant", Some(&owner), &other, Answer::PermissionDenied),
+        ("an owner, every tenant", Some(&owner), everyone, Answer::PermissionDenied),
+        ("an owner, a tenant that does not exist", Some(&owner), &missing, Answer::PermissionDenied),
         ("stranger, a tenant", Some(&stranger), &own, Answer::PermissionDenied),
         ("stranger, a tenant that does not exist", Some(&stranger), &missing, Answer::PermissionDenied),
         ("anonymous", None, &own, Answer::Unauthenticated),
@@ -475,7 +496,7 @@ async fn bills_over_grpc_and_rest_answer_each_caller_as_their_roles_say() {
         "{audit}"
     );
 
-    let _ = kubectl(&["delete", "namespace", &ns, "--wait=false"]);
+    let _ = kubectl(&["delete", "namespace", &ns, &format!("{own}-ns"), "--wait=false"]);
     let _ = kubectl(&[
         "delete",
         "clusterrole,clusterrolebinding",

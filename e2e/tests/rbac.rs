@@ -509,6 +509,14 @@ const API: &[Use] = &[
         "Api::<Namespace>::all(self.client.clone()).get_opt(&namespace)",
     ),
     uses("yiyun.io", &["tenants"], &["list"], REQUESTS, "tenants_api.list(&ListParams::default())"),
+    // A tenant's namespaces, where its owners may read its bills.
+    uses(
+        "yiyun.io",
+        &["tenants"],
+        &["get"],
+        "api/src/billing.rs",
+        "kube::Api::<yiyun_crds::Tenant>::all(self.client.clone()).get_opt(tenant)",
+    ),
     uses("yiyun.io", &["tenants"], &["patch"], REQUESTS, "tenants_api.patch(tenant,"),
     uses(
         "events.k8s.io",
