@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use axum::{
-    Json, Router,
+    Router,
     extract::{Path, Query, State, rejection::QueryRejection},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
@@ -27,7 +27,7 @@ use yiyun_kube::access::{Action, Decision, User};
 
 use crate::{
     caller::{Audit, Gate, authorize},
-    error::{ApiError, FieldViolation, Refusals},
+    error::{ApiError, FieldViolation, Refusals, is_label, respond},
     proto::{self, Bill, BillLine, ExportBillRequest, ExportedBill, GetBillRequest, TenantTotal},
 };
 
@@ -83,14 +83,17 @@ impl BillingService {
             name => Format::from_name(name),
         };
         if format.is_none() {
-            violations
-                .push(violation("format", format!("{:?} is not csv, xlsx, parquet or json", request.format)));
+            violations.push(FieldViolation::new(
+                "format",
+                format!("{:?} is not csv, xlsx, parquet or json", request.format),
+            ));
         }
         let headers = match request.headers.as_str() {
             "" | "chinese" => Some(Headers::Chinese),
             "english" => Some(Headers::English),
             other => {
-                violations.push(violation("headers", format!("{other:?} is not chinese or english")));
+                violations
+                    .push(FieldViolation::new("headers", format!("{other:?} is not chinese or english")));
                 None
             }
         };
@@ -169,7 +172,7 @@ impl RestQuery {
         let empty = [("tenant", &query.tenant), ("format", &query.format), ("headers", &query.headers)]
             .into_iter()
             .filter(|(_, value)| value.as_deref() == Some(""))
-            .map(|(field, _)| violation(field, "empty: leave it out to take its default".into()))
+            .map(|(field, _)| FieldViolation::new(field, "empty: leave it out to take its default"))
             .collect::<Vec<_>>();
         if empty.is_empty() { Ok(query) } else { Err(ApiError::InvalidArgument(empty)) }
     }
@@ -196,10 +199,6 @@ pub enum HeaderLanguage {
     English,
 }
 
-fn violation(field: &str, description: String) -> FieldViolation {
-    FieldViolation { field: field.into(), description }
-}
-
 /// The tenant (`None`: every tenant) and month of a request, or every field that is wrong.
 fn checked(
     tenant: &str,
@@ -209,10 +208,13 @@ fn checked(
     let month = if month.is_empty() {
         Some(Month::of(now()))
     } else {
-        month.parse::<Month>().map_err(|err| violations.push(violation("month", err.to_string()))).ok()
+        month
+            .parse::<Month>()
+            .map_err(|err| violations.push(FieldViolation::new("month", err.to_string())))
+            .ok()
     };
-    if !tenant.is_empty() && !is_object_name(tenant) {
-        violations.push(violation(
+    if !tenant.is_empty() && !is_label(tenant) {
+        violations.push(FieldViolation::new(
             "tenant",
             format!("{tenant:?} is not a tenant name (lowercase letters, digits and '-', at most 63)"),
         ));
@@ -221,16 +223,6 @@ fn checked(
         Some(month) if violations.is_empty() => Ok(((!tenant.is_empty()).then(|| tenant.to_string()), month)),
         _ => Err(ApiError::InvalidArgument(violations)),
     }
-}
-
-/// A Kubernetes object name as tenants have them (an RFC 1123 label).
-fn is_object_name(name: &str) -> bool {
-    let bytes = name.as_bytes();
-    !bytes.is_empty()
-        && bytes.len() <= 63
-        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
-        && bytes[0] != b'-'
-        && bytes[bytes.len() - 1] != b'-'
 }
 
 /// A statement as the API's Bill: the tenants in scope with their totals, and their lines.
@@ -340,10 +332,7 @@ pub(crate) async fn rest_get_bill(
         let request = GetBillRequest { tenant: query?.tenant.unwrap_or_default(), month: month.clone() };
         service.read_bill(user, &request).await
     };
-    match service.gate.call(&headers, audit, call).await {
-        Ok(bill) => Json(bill).into_response(),
-        Err(err) => err.into_response(),
-    }
+    respond(service.gate.call(&headers, audit, call).await)
 }
 
 /// The month's bill as finance exports it.
@@ -431,10 +420,10 @@ mod tests {
     #[test]
     fn tenant_names_are_rfc_1123_labels() {
         for good in ["a", "health-2", "x1"] {
-            assert!(is_object_name(good), "{good}");
+            assert!(is_label(good), "{good}");
         }
         for bad in ["", "-a", "a-", "A", "a.b", &"a".repeat(64)] {
-            assert!(!is_object_name(bad), "{bad}");
+            assert!(!is_label(bad), "{bad}");
         }
     }
 }

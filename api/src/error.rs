@@ -17,6 +17,31 @@ pub struct FieldViolation {
     pub description: String,
 }
 
+impl FieldViolation {
+    pub fn new(field: &str, description: impl Into<String>) -> FieldViolation {
+        FieldViolation { field: field.into(), description: description.into() }
+    }
+}
+
+/// Whether `name` is a Kubernetes object name of the kind namespaces and tenants have (an RFC
+/// 1123 label).
+pub fn is_label(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes[0] != b'-'
+        && bytes[bytes.len() - 1] != b'-'
+}
+
+/// A REST answer: the value as JSON, or the problem.
+pub fn respond<T: serde::Serialize>(result: Result<T, ApiError>) -> Response {
+    match result {
+        Ok(value) => axum::Json(value).into_response(),
+        Err(err) => err.into_response(),
+    }
+}
+
 /// A refused REST call (RFC 9457, `application/problem+json`).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Problem {
@@ -98,10 +123,7 @@ fn describe(violations: &[FieldViolation]) -> String {
 impl ApiError {
     /// One field that is wrong.
     pub fn invalid(field: &str, description: impl Into<String>) -> ApiError {
-        ApiError::InvalidArgument(vec![FieldViolation {
-            field: field.into(),
-            description: description.into(),
-        }])
+        ApiError::InvalidArgument(vec![FieldViolation::new(field, description)])
     }
 
     pub fn label(&self) -> &'static str {

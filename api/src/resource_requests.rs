@@ -16,7 +16,7 @@ use axum::{
     Json, Router,
     extract::{Path, Query, State, rejection::JsonRejection, rejection::QueryRejection},
     http::HeaderMap,
-    response::{IntoResponse, Response},
+    response::Response,
     routing::{get, post},
 };
 use k8s_openapi::{
@@ -39,7 +39,7 @@ use yiyun_quota::{Milli, World};
 
 use crate::{
     caller::{Audit, Gate, authorize},
-    error::{ApiError, FieldViolation, Refusals},
+    error::{ApiError, FieldViolation, Refusals, is_label, respond},
     proto::{
         self, Amounts, CreateResourceRequestRequest, DecideResourceRequestRequest, GetResourceRequestRequest,
         ListResourceRequestsRequest, ListResourceRequestsResponse, Quota, ResourceRequest,
@@ -53,18 +53,10 @@ pub struct ResourceRequestService {
     recorder: Recorder,
 }
 
-fn violation(field: &str, description: impl Into<String>) -> FieldViolation {
-    FieldViolation { field: field.into(), description: description.into() }
-}
-
-/// A Kubernetes object name as namespaces have them (an RFC 1123 label).
-fn is_label(name: &str) -> bool {
-    let bytes = name.as_bytes();
-    !bytes.is_empty()
-        && bytes.len() <= 63
-        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
-        && bytes[0] != b'-'
-        && bytes[bytes.len() - 1] != b'-'
+/// Why `namespace` is not a namespace name, if it is not.
+fn namespace_violation(namespace: &str) -> Option<FieldViolation> {
+    (!is_label(namespace))
+        .then(|| FieldViolation::new("namespace", format!("{namespace:?} is not a namespace name")))
 }
 
 /// The amounts of a request, in the Tenant's form; every malformed one named.
@@ -81,11 +73,12 @@ fn amounts(
         match Milli::parse(text) {
             Ok(m) if m.0 >= 0 => Some(Quantity(text.to_string())),
             Ok(_) => {
-                violations.push(violation(&format!("{field}.{name}"), format!("{text:?} is negative")));
+                violations
+                    .push(FieldViolation::new(&format!("{field}.{name}"), format!("{text:?} is negative")));
                 None
             }
             Err(err) => {
-                violations.push(violation(&format!("{field}.{name}"), err.to_string()));
+                violations.push(FieldViolation::new(&format!("{field}.{name}"), err.to_string()));
                 None
             }
         }
@@ -103,23 +96,21 @@ fn amounts(
 /// A create request checked: the namespace, the quota in the Tenant's form and the reason.
 fn checked_create(request: &CreateResourceRequestRequest) -> Result<(String, TenantQuota), ApiError> {
     let mut violations = Vec::new();
-    if !is_label(&request.namespace) {
-        violations.push(violation("namespace", format!("{:?} is not a namespace name", request.namespace)));
-    }
+    violations.extend(namespace_violation(&request.namespace));
     let quota = request.quota.as_ref();
     let asked = TenantQuota {
         guaranteed: amounts("quota.guaranteed", quota.and_then(|q| q.guaranteed.as_ref()), &mut violations),
         max: amounts("quota.max", quota.and_then(|q| q.max.as_ref()), &mut violations),
     };
     if asked == TenantQuota::default() && violations.is_empty() {
-        violations.push(violation("quota", "ask for at least one guaranteed or max amount"));
+        violations.push(FieldViolation::new("quota", "ask for at least one guaranteed or max amount"));
     }
     let reason = request.reason.trim();
     if reason.is_empty() || reason.chars().count() > 1024 {
-        violations.push(violation("reason", "say why, in 1 to 1024 characters"));
+        violations.push(FieldViolation::new("reason", "say why, in 1 to 1024 characters"));
     }
     if request.idempotency_key.chars().count() > 128 {
-        violations.push(violation("idempotency_key", "at most 128 characters"));
+        violations.push(FieldViolation::new("idempotency_key", "at most 128 characters"));
     }
     if violations.is_empty() {
         Ok((request.namespace.clone(), asked))
@@ -288,11 +279,8 @@ impl ResourceRequestService {
         request: &CreateResourceRequestRequest,
     ) -> Result<ResourceRequest, ApiError> {
         // Who may file here first: the rules of a request are for those who may make one.
-        if !is_label(&request.namespace) {
-            return Err(ApiError::invalid(
-                "namespace",
-                format!("{:?} is not a namespace name", request.namespace),
-            ));
+        if let Some(violation) = namespace_violation(&request.namespace) {
+            return Err(ApiError::InvalidArgument(vec![violation]));
         }
         self.allow(user, "create", &request.namespace, None).await?;
         let (namespace, quota) = checked_create(request)?;
@@ -345,12 +333,9 @@ impl ResourceRequestService {
         request: &GetResourceRequestRequest,
     ) -> Result<ResourceRequest, ApiError> {
         let mut violations = Vec::new();
-        if !is_label(&request.namespace) {
-            violations
-                .push(violation("namespace", format!("{:?} is not a namespace name", request.namespace)));
-        }
+        violations.extend(namespace_violation(&request.namespace));
         if request.name.is_empty() || request.name.len() > 253 {
-            violations.push(violation("name", "a request's name"));
+            violations.push(FieldViolation::new("name", "a request's name"));
         }
         if !violations.is_empty() {
             return Err(ApiError::InvalidArgument(violations));
@@ -370,12 +355,9 @@ impl ResourceRequestService {
         request: &ListResourceRequestsRequest,
     ) -> Result<ListResourceRequestsResponse, ApiError> {
         let mut violations = Vec::new();
-        if !is_label(&request.namespace) {
-            violations
-                .push(violation("namespace", format!("{:?} is not a namespace name", request.namespace)));
-        }
+        violations.extend(namespace_violation(&request.namespace));
         if !(0..=500).contains(&request.page_size) {
-            violations.push(violation("page_size", "1 to 500 (0 for 100)"));
+            violations.push(FieldViolation::new("page_size", "1 to 500 (0 for 100)"));
         }
         if !violations.is_empty() {
             return Err(ApiError::InvalidArgument(violations));
@@ -405,15 +387,12 @@ impl ResourceRequestService {
         request: &DecideResourceRequestRequest,
     ) -> Result<ResourceRequest, ApiError> {
         let mut violations = Vec::new();
-        if !is_label(&request.namespace) {
-            violations
-                .push(violation("namespace", format!("{:?} is not a namespace name", request.namespace)));
-        }
+        violations.extend(namespace_violation(&request.namespace));
         if request.name.is_empty() || request.name.len() > 253 {
-            violations.push(violation("name", "a request's name"));
+            violations.push(FieldViolation::new("name", "a request's name"));
         }
         if request.message.chars().count() > 1024 {
-            violations.push(violation("message", "at most 1024 characters"));
+            violations.push(FieldViolation::new("message", "at most 1024 characters"));
         }
         if !violations.is_empty() {
             return Err(ApiError::InvalidArgument(violations));
@@ -541,13 +520,6 @@ pub fn routes(service: Arc<ResourceRequestService>) -> Router {
 
 fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     body.map(|Json(body)| body).map_err(|rejection| ApiError::invalid("body", rejection.body_text()))
-}
-
-fn respond<T: serde::Serialize>(result: Result<T, ApiError>) -> Response {
-    match result {
-        Ok(value) => Json(value).into_response(),
-        Err(err) => err.into_response(),
-    }
 }
 
 /// Files a quota request.

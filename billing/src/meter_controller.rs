@@ -225,6 +225,9 @@ struct UsageBasis {
     requested: HashMap<(String, String), Requested>,
     /// Whether the last read found the API served (`None` before the first).
     served: Option<bool>,
+    /// The end of the last window read per pod UID: metrics-server measures less often than the
+    /// meter reads, and a window read before is not sent to the ledger again.
+    read_until: HashMap<String, Seconds>,
 }
 
 /// How often the meter does each of its periodic writes.
@@ -589,16 +592,25 @@ impl Metering {
         usage.served = Some(true);
         self.metrics.usage_reads.get_or_create(&vec![("result", "ok")]).inc();
         let mut over = Vec::new();
+        let mut read_until = HashMap::with_capacity(usage.read_until.len());
         for object in objects {
             match sample(object) {
                 Ok(sample) => {
-                    if let Some(pod) = usage.requested.get(&(sample.namespace.clone(), sample.pod.clone())) {
+                    let Some(pod) = usage.requested.get(&(sample.namespace.clone(), sample.pod.clone()))
+                    else {
+                        continue;
+                    };
+                    let uid = &pod.base.source;
+                    if usage.read_until.get(uid).is_none_or(|&until| sample.at > until) {
                         over.extend(over_request(pod, &sample));
                     }
+                    read_until.insert(uid.clone(), sample.at);
                 }
                 Err(error) => warn!(%error, "a measurement left out (billed at the request)"),
             }
         }
+        // Only pods measured now are kept: a pod gone from the metrics is forgotten.
+        usage.read_until = read_until;
         let recorded = self.ledger.record_over_request(&over).await?;
         self.metrics.over_request_intervals.inc_by(recorded);
         Ok(())
