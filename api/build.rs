@@ -8,9 +8,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "proto/yiyun/api/v1/billing.proto",
         "proto/yiyun/api/v1/disaster_recovery.proto",
+        "proto/yiyun/api/v1/jobs.proto",
         "proto/yiyun/api/v1/resource_requests.proto",
     ];
-    tonic_prost_build::configure()
+    let mut config = tonic_prost_build::configure()
         .build_client(false)
         .file_descriptor_set_path(out.join("yiyun_api_v1_descriptor.bin"))
         .type_attribute(".yiyun.api.v1", "#[derive(serde::Serialize, serde::Deserialize, utoipa::ToSchema)]")
@@ -24,8 +25,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".yiyun.api.v1.CreateResourceRequestRequest.idempotency_key",
             "#[schema(max_length = 128)]",
         )
-        .field_attribute(".yiyun.api.v1.DecideResourceRequestRequest.message", "#[schema(max_length = 1024)]")
-        .compile_protos(&protos, &["proto"])?;
+        .field_attribute(
+            ".yiyun.api.v1.DecideResourceRequestRequest.message",
+            "#[schema(max_length = 1024)]",
+        );
+    // JSON Schema counts 4.0 as an integer: a job's JSON body may write its integers so.
+    for field in ["gpus", "gpu_milli", "replicas", "data_gigabytes", "deadline_seconds"] {
+        config = config.field_attribute(
+            format!(".yiyun.api.v1.SubmitJobRequest.{field}"),
+            "#[serde(deserialize_with = \"crate::shared::integral\")]",
+        );
+    }
+    config.compile_protos(&protos, &["proto"])?;
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

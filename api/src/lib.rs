@@ -3,17 +3,19 @@
 //! same handlers, over TLS on one port. Every call is a Kubernetes authorization decision
 //! (TokenReview, then SubjectAccessReview on a yiyun resource), and leaves an audit line.
 //!
-//! Served so far: usage and bills ([`billing`]), quota requests ([`resource_requests`]);
-//! disaster recovery is a reserved slot that answers UNIMPLEMENTED ([`disaster_recovery`]).
+//! Served: usage and bills ([`billing`]), quota requests ([`resource_requests`]), compute work
+//! ([`jobs`]); disaster recovery is a reserved slot that answers UNIMPLEMENTED ([`disaster_recovery`]).
 
 pub mod billing;
 mod caller;
 pub mod disaster_recovery;
 pub mod error;
+pub mod jobs;
 mod limits;
 pub mod openapi;
 pub mod resource_requests;
 mod server;
+mod shared;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -58,6 +60,9 @@ pub struct Config {
     /// The largest request body accepted, gRPC message or REST body, in bytes.
     #[arg(long, default_value_t = 1 << 20)]
     pub max_request_bytes: usize,
+    /// The scheduler that places submitted jobs' pods.
+    #[arg(long, env = "YIYUN_SCHEDULER_NAME", default_value = "yiyun-scheduler")]
+    pub scheduler_name: String,
     /// Calls a second each caller may make on average (0: no limit); beyond it, calls are
     /// refused with the time to wait (429 / RESOURCE_EXHAUSTED).
     #[arg(long, default_value_t = 50)]
@@ -110,12 +115,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
             access: Arc::new(Access::new(client.clone(), Duration::from_secs(config.auth_cache_seconds))),
             limiter: limits::RateLimiter::new(config.rate_limit_per_second, config.rate_limit_burst),
         });
-        let routes = server::routes(gate, client, ledger, config.max_request_bytes).await?;
+        let (caches, listed, watches) = jobs::Caches::start(&client);
+        tokio::spawn(watches);
+        let services = server::Services { gate, client, ledger, caches, scheduler: config.scheduler_name };
+        let routes = server::routes(services, config.max_request_bytes).await?;
         let listener = tokio::net::TcpListener::bind(config.addr)
             .await
             .map_err(|source| Error::Bind { addr: config.addr, source })?;
         info!(addr = %config.addr, "self-service API listening (gRPC and REST over TLS)");
-        readiness.set(true);
+        // Ready once jobs, pods and nodes are listed: a list of jobs before would be wrong.
+        let ready = async move {
+            if yiyun_kube::watches::all_listed(&listed).await {
+                readiness.set(true);
+            }
+        };
+        tokio::spawn(ready);
         server::serve(listener, tls, routes, shutdown).await;
         Ok(())
     })

@@ -8,7 +8,7 @@ use utoipa::{
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 
-use crate::{billing, error, proto, resource_requests};
+use crate::{billing, error, jobs, proto, resource_requests};
 
 /// Where the document is served.
 pub const PATH: &str = "/openapi.json";
@@ -27,7 +27,12 @@ pub const PATH: &str = "/openapi.json";
         resource_requests::rest_create,
         resource_requests::rest_list,
         resource_requests::rest_get,
-        resource_requests::rest_decide
+        resource_requests::rest_decide,
+        jobs::rest_submit,
+        jobs::rest_list,
+        jobs::rest_get,
+        jobs::rest_cancel,
+        jobs::rest_events
     ),
     components(schemas(
         proto::Bill,
@@ -40,6 +45,12 @@ pub const PATH: &str = "/openapi.json";
         proto::ListResourceRequestsResponse,
         proto::Quota,
         proto::Amounts,
+        proto::SubmitJobRequest,
+        proto::Job,
+        proto::JobPod,
+        proto::ListJobsResponse,
+        proto::JobEvent,
+        proto::JobEvents,
         billing::HeaderLanguage,
         error::Problem,
         error::FieldViolation
@@ -47,7 +58,8 @@ pub const PATH: &str = "/openapi.json";
     modifiers(&BearerToken),
     tags(
         (name = "Billing", description = "Usage and bills from the billing ledger"),
-        (name = "ResourceRequests", description = "Quota requests, decided by the parent tenant's admins")
+        (name = "ResourceRequests", description = "Quota requests, decided by the parent tenant's admins"),
+        (name = "Jobs", description = "Compute work placed by yiyun-scheduler")
     )
 )]
 pub struct Document;

@@ -19,10 +19,7 @@ use axum::{
     response::Response,
     routing::{get, post},
 };
-use k8s_openapi::{
-    api::core::v1::Namespace,
-    apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::Time},
-};
+use k8s_openapi::apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::Time};
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{ListParams, Patch, PatchParams, PostParams},
@@ -32,17 +29,21 @@ use serde_json::json;
 use tonic::{Request, Response as GrpcResponse, Status};
 use yiyun_crds::{
     ResourceAmounts, ResourceRequest as Stored, ResourceRequestPhase, ResourceRequestSpec, Tenant,
-    TenantQuota, labels,
+    TenantQuota,
 };
 use yiyun_kube::access::{Action, User};
 use yiyun_quota::{Milli, World};
 
 use crate::{
     caller::{Audit, Gate, authorize},
-    error::{ApiError, FieldViolation, Refusals, is_label, respond},
+    error::{ApiError, FieldViolation, Refusals, respond},
     proto::{
         self, Amounts, CreateResourceRequestRequest, DecideResourceRequestRequest, GetResourceRequestRequest,
         ListResourceRequestsRequest, ListResourceRequestsResponse, Quota, ResourceRequest,
+    },
+    shared::{
+        Page, body, idempotent_name, kube_error, namespace_violation, page_query, page_size,
+        page_size_violation, tenant_of,
     },
 };
 
@@ -51,12 +52,6 @@ pub struct ResourceRequestService {
     gate: Arc<Gate>,
     client: Client,
     recorder: Recorder,
-}
-
-/// Why `namespace` is not a namespace name, if it is not.
-fn namespace_violation(namespace: &str) -> Option<FieldViolation> {
-    (!is_label(namespace))
-        .then(|| FieldViolation::new("namespace", format!("{namespace:?} is not a namespace name")))
 }
 
 /// The amounts of a request, in the Tenant's form; every malformed one named.
@@ -117,13 +112,6 @@ fn checked_create(request: &CreateResourceRequestRequest) -> Result<(String, Ten
     } else {
         Err(ApiError::InvalidArgument(violations))
     }
-}
-
-/// The name an idempotency key gives a request: the same caller and key, the same name.
-fn idempotent_name(user: &str, key: &str) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, format!("{user}\0{key}").as_bytes());
-    let hex: String = digest.as_ref()[..10].iter().map(|b| format!("{b:02x}")).collect();
-    format!("rr-{hex}")
 }
 
 /// `current` with what `asked` names replaced.
@@ -207,21 +195,6 @@ fn message(stored: &Stored) -> ResourceRequest {
     }
 }
 
-fn kube_error(err: kube::Error, what: &str) -> ApiError {
-    match err {
-        kube::Error::Api(status) if status.code == 404 => {
-            ApiError::NotFound(format!("{what} does not exist"))
-        }
-        kube::Error::Api(status) if status.code == 409 => {
-            ApiError::Conflict(format!("{what}: {}", status.message))
-        }
-        kube::Error::Api(status) if status.code == 422 || status.code == 400 => {
-            ApiError::invalid("request", status.message)
-        }
-        other => ApiError::Unavailable(format!("the apiserver: {other}")),
-    }
-}
-
 impl ResourceRequestService {
     pub fn new(gate: Arc<Gate>, client: Client) -> Arc<ResourceRequestService> {
         let recorder =
@@ -284,13 +257,7 @@ impl ResourceRequestService {
         }
         self.allow(user, "create", &request.namespace, None).await?;
         let (namespace, quota) = checked_create(request)?;
-        let ns = Api::<Namespace>::all(self.client.clone())
-            .get_opt(&namespace)
-            .await
-            .map_err(|err| kube_error(err, "the namespace"))?;
-        let Some(tenant) = ns.as_ref().and_then(|ns| ns.labels().get(labels::TENANT).cloned()) else {
-            return Err(ApiError::invalid("namespace", format!("{namespace:?} is not a tenant's namespace")));
-        };
+        let tenant = tenant_of(&self.client, &namespace).await?;
         let spec = ResourceRequestSpec {
             tenant,
             quota,
@@ -301,7 +268,7 @@ impl ResourceRequestService {
         if request.idempotency_key.is_empty() {
             object.metadata.generate_name = Some("rr-".into());
         } else {
-            object.metadata.name = Some(idempotent_name(&user.name, &request.idempotency_key));
+            object.metadata.name = Some(idempotent_name("rr", &user.name, &request.idempotency_key));
         }
         let api = self.requests(&namespace);
         match api.create(&PostParams::default(), &object).await {
@@ -356,15 +323,12 @@ impl ResourceRequestService {
     ) -> Result<ListResourceRequestsResponse, ApiError> {
         let mut violations = Vec::new();
         violations.extend(namespace_violation(&request.namespace));
-        if !(0..=500).contains(&request.page_size) {
-            violations.push(FieldViolation::new("page_size", "1 to 500 (0 for 100)"));
-        }
+        violations.extend(page_size_violation(request.page_size));
         if !violations.is_empty() {
             return Err(ApiError::InvalidArgument(violations));
         }
         self.allow(user, "list", &request.namespace, None).await?;
-        let size = if request.page_size == 0 { 100 } else { request.page_size };
-        let mut params = ListParams::default().limit(u32::try_from(size).unwrap_or(100));
+        let mut params = ListParams::default().limit(page_size(request.page_size) as u32);
         if !request.page_token.is_empty() {
             params = params.continue_token(&request.page_token);
         }
@@ -518,10 +482,6 @@ pub fn routes(service: Arc<ResourceRequestService>) -> Router {
         .with_state(service)
 }
 
-fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
-    body.map(|Json(body)| body).map_err(|rejection| ApiError::invalid("body", rejection.body_text()))
-}
-
 /// Files a quota request.
 #[utoipa::path(
     post,
@@ -567,19 +527,6 @@ pub(crate) async fn rest_get(
     respond(service.gate.call(&headers, audit, async |user| service.read(user, &request).await).await)
 }
 
-/// The query of a list: `pageSize` and `pageToken`.
-#[derive(serde::Deserialize, utoipa::IntoParams)]
-#[serde(rename_all = "camelCase")]
-#[into_params(parameter_in = Query)]
-pub(crate) struct Page {
-    /// At most this many, 1 to 500 (100 when absent).
-    #[param(minimum = 1, maximum = 500)]
-    page_size: Option<i32>,
-    /// A previous page's `nextPageToken`.
-    #[param(min_length = 1)]
-    page_token: Option<String>,
-}
-
 /// A page of a namespace's quota requests.
 #[utoipa::path(
     get,
@@ -598,18 +545,8 @@ pub(crate) async fn rest_list(
 ) -> Response {
     let audit = Audit::new("ListResourceRequests", "rest", "", &namespace);
     let call = async |user: &User| {
-        let Query(page) = page.map_err(|rejection| ApiError::invalid("query", rejection.body_text()))?;
-        if page.page_size == Some(0) || page.page_token.as_deref() == Some("") {
-            return Err(ApiError::invalid(
-                "query",
-                "pageSize is 1 to 500 and pageToken is not empty: leave them out for their defaults",
-            ));
-        }
-        let request = ListResourceRequestsRequest {
-            namespace: namespace.clone(),
-            page_size: page.page_size.unwrap_or(0),
-            page_token: page.page_token.unwrap_or_default(),
-        };
+        let (page_size, page_token) = page_query(page)?;
+        let request = ListResourceRequestsRequest { namespace: namespace.clone(), page_size, page_token };
         service.list(user, &request).await
     };
     respond(service.gate.call(&headers, audit, call).await)
@@ -736,9 +673,9 @@ mod tests {
 
     #[test]
     fn the_same_caller_and_key_name_the_same_request() {
-        assert_eq!(idempotent_name("alice", "k1"), idempotent_name("alice", "k1"));
-        assert_ne!(idempotent_name("alice", "k1"), idempotent_name("bob", "k1"));
-        assert_ne!(idempotent_name("alice", "k1"), idempotent_name("alice", "k2"));
-        assert!(idempotent_name("alice", "k1").starts_with("rr-"));
+        assert_eq!(idempotent_name("rr", "alice", "k1"), idempotent_name("rr", "alice", "k1"));
+        assert_ne!(idempotent_name("rr", "alice", "k1"), idempotent_name("rr", "bob", "k1"));
+        assert_ne!(idempotent_name("rr", "alice", "k1"), idempotent_name("rr", "alice", "k2"));
+        assert!(idempotent_name("rr", "alice", "k1").starts_with("rr-"));
     }
 }

@@ -25,9 +25,10 @@ use crate::{
     billing::{self, BillingService},
     caller::Gate,
     disaster_recovery::DisasterRecoveryService,
+    jobs::{self, JobService},
     proto::{
         self, billing_server::BillingServer, disaster_recovery_server::DisasterRecoveryServer,
-        resource_requests_server::ResourceRequestsServer,
+        jobs_server::JobsServer, resource_requests_server::ResourceRequestsServer,
     },
     resource_requests::{self, ResourceRequestService},
 };
@@ -55,18 +56,26 @@ pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, 
     Ok(Arc::new(config))
 }
 
+/// What the services are made of.
+pub struct Services {
+    pub gate: Arc<Gate>,
+    pub client: kube::Client,
+    pub ledger: yiyun_billing::ledger::Ledger,
+    pub caches: jobs::Caches,
+    /// The scheduler submitted jobs are for.
+    pub scheduler: String,
+}
+
 /// Every gRPC service and REST route, requests limited to `max_request_bytes`.
-pub async fn routes(
-    gate: Arc<Gate>,
-    client: kube::Client,
-    ledger: yiyun_billing::ledger::Ledger,
-    max_request_bytes: usize,
-) -> Result<axum::Router, Error> {
+pub async fn routes(services: Services, max_request_bytes: usize) -> Result<axum::Router, Error> {
+    let Services { gate, client, ledger, caches, scheduler } = services;
     let billing = BillingService::new(gate.clone(), client.clone(), ledger);
+    let jobs = JobService::new(gate.clone(), client.clone(), caches, scheduler);
     let requests = ResourceRequestService::new(gate, client);
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<BillingServer<Arc<BillingService>>>().await;
     health.set_serving::<ResourceRequestsServer<Arc<ResourceRequestService>>>().await;
+    health.set_serving::<JobsServer<Arc<JobService>>>().await;
     // Both reflection versions (older grpcurl releases speak v1alpha), describing the
     // health service too.
     let reflection = || {
@@ -82,6 +91,7 @@ pub async fn routes(
         DisasterRecoveryServer::new(DisasterRecoveryService).max_decoding_message_size(max_request_bytes),
     )
     .add_service(ResourceRequestsServer::new(requests.clone()).max_decoding_message_size(max_request_bytes))
+    .add_service(JobsServer::new(jobs.clone()).max_decoding_message_size(max_request_bytes))
     .add_service(health_service)
     .add_service(reflection_v1)
     .add_service(reflection_v1alpha);
@@ -89,6 +99,7 @@ pub async fn routes(
         .into_axum_router()
         .merge(billing::routes(billing))
         .merge(resource_requests::routes(requests))
+        .merge(jobs::routes(jobs))
         .merge(crate::openapi::routes())
         .layer(DefaultBodyLimit::max(max_request_bytes)))
 }

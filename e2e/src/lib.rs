@@ -2,6 +2,8 @@
 //!
 //! Each test gets its own namespace and names, so tests run in parallel against one cluster.
 
+pub mod api;
+
 use std::{
     future::Future,
     net::TcpListener,

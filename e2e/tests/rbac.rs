@@ -505,8 +505,8 @@ const API: &[Use] = &[
         "",
         &["namespaces"],
         &["get"],
-        REQUESTS,
-        "Api::<Namespace>::all(self.client.clone()).get_opt(&namespace)",
+        "api/src/shared.rs",
+        "Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone()).get_opt(namespace)",
     ),
     uses("yiyun.io", &["tenants"], &["list"], REQUESTS, "tenants_api.list(&ListParams::default())"),
     // A tenant's namespaces, where its owners may read its bills.
@@ -519,6 +519,34 @@ const API: &[Use] = &[
     ),
     uses("yiyun.io", &["tenants"], &["patch"], REQUESTS, "tenants_api.patch(tenant,"),
     uses(
+        "batch",
+        &["jobs"],
+        WATCH,
+        JOBS,
+        "watcher::watcher(Api::<Stored>::all(client.clone()),config.clone())",
+    ),
+    uses(
+        "",
+        &["pods"],
+        WATCH,
+        JOBS,
+        "watcher::watcher(Api::<Pod>::all(client.clone()),config.clone().labels(JOB_NAME))",
+    ),
+    uses("", &["nodes"], WATCH, JOBS, "watcher::watcher(Api::<Node>::all(client.clone()),config)"),
+    uses("batch", &["jobs"], &["create"], JOBS, "api.create(&PostParams::default(),&job)"),
+    uses("batch", &["jobs"], &["get"], JOBS, "self.jobs(namespace).get(name)"),
+    uses("batch", &["jobs"], &["patch"], JOBS, r#"&Patch::Merge(json!({"spec":{"suspend":false}}))"#),
+    uses("batch", &["jobs"], &["delete"], JOBS, "self.jobs(&request.namespace).delete(name,&delete)"),
+    uses(
+        "yiyun.io",
+        &["podgroups"],
+        &["create"],
+        JOBS,
+        "groups.create(&PostParams::default(),&desired_pod_group(request,job))",
+    ),
+    uses("", &["events"], &["list"], JOBS, "events.list(&Default::default())"),
+    uses("", &["events"], &["watch"], JOBS, "watcher::watcher(events,watcher::Config::default())"),
+    uses(
         "events.k8s.io",
         &["events"],
         &["create", "patch"],
@@ -528,6 +556,7 @@ const API: &[Use] = &[
 ];
 
 const REQUESTS: &str = "api/src/resource_requests.rs";
+const JOBS: &str = "api/src/jobs.rs";
 
 #[test]
 fn the_api_role_grants_exactly_what_its_code_uses() {
