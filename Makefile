@@ -3,7 +3,7 @@ SHELL := /bin/bash
 # One target directory shared by every work tree and CI run on this machine.
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/yiyun/target
 
-.PHONY: test lint unit e2e fuzz crds demo demo-down cluster-binaries bench-billing bench-tenancy bench-pools bench-engine bench-scheduler bench-scheduler-perf simulate simulate-timeline simulate-scenario
+.PHONY: test lint unit e2e fuzz crds demo demo-down cluster-binaries bench-billing bench-api bench-tenancy bench-pools bench-engine bench-scheduler bench-scheduler-perf simulate simulate-timeline simulate-scenario
 
 ## test: format check, clippy (warnings denied), unit tests, then e2e tests on a fresh local cluster
 test: lint unit e2e
@@ -59,6 +59,13 @@ bench-pools: cluster-binaries
 bench-billing: cluster-binaries
 	cargo build --release -p yiyun --locked
 	e2e/with-postgres bench-$$$$ sh -c 'YIYUN_BENCH_POSTGRES=$$YIYUN_TEST_POSTGRES e2e/with-cluster bench-$$$$ $(CARGO_TARGET_DIR)/release/yiyun bench billing'
+
+## bench-api: the self-service API under 100 callers of 10 tenants: submit-job and list-jobs
+## against the same callers asking the apiserver directly, the review cache, CPU and RSS, on a
+## fresh local cluster (~3 min)
+bench-api: cluster-binaries
+	cargo build --release -p yiyun --locked
+	e2e/with-cluster bench-$$$$ $(CARGO_TARGET_DIR)/release/yiyun bench api
 
 ## simulate: the FGD paper's placement experiment on the Alibaba trace, every policy, 10 seeds (~15 s)
 simulate:

@@ -4,6 +4,14 @@
 
 use std::{sync::Arc, time::Instant};
 
+use prometheus_client::{
+    metrics::{
+        counter::Counter,
+        family::Family,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
 use tracing::info;
 use yiyun_kube::access::{Access, Action, Decision, User};
 
@@ -13,6 +21,42 @@ use crate::{error::ApiError, limits::RateLimiter};
 pub struct Gate {
     pub access: Arc<Access>,
     pub limiter: RateLimiter,
+    pub metrics: Metrics,
+}
+
+type Labels = Vec<(&'static str, &'static str)>;
+
+/// The calls served, for `/metrics`.
+pub struct Metrics {
+    calls: Family<Labels, Counter>,
+    seconds: Family<Labels, Histogram, fn() -> Histogram>,
+}
+
+impl Metrics {
+    /// Registers the call counters and latencies, and `access`'s review cache lookups.
+    pub fn register(registry: &mut Registry, access: &Access) -> Metrics {
+        fn latency() -> Histogram {
+            // 0.25 ms to about 4 s.
+            Histogram::new(exponential_buckets(0.000_25, 2.0, 15))
+        }
+        let metrics = Metrics { calls: Family::default(), seconds: Family::new_with_constructor(latency) };
+        registry.register("calls", "Calls by operation, protocol and result", metrics.calls.clone());
+        registry.register("call_seconds", "How long calls took, by operation", metrics.seconds.clone());
+        registry.register(
+            "auth_cache_lookups",
+            "Token and access review cache lookups, by kind (token, access) and result (hit, miss)",
+            access.cache_lookups(),
+        );
+        metrics
+    }
+
+    fn record(&self, audit: &Audit<'_>, result: &'static str) {
+        let labels = vec![("operation", audit.operation), ("protocol", audit.protocol), ("result", result)];
+        self.calls.get_or_create(&labels).inc();
+        self.seconds
+            .get_or_create(&vec![("operation", audit.operation)])
+            .observe(audit.started.elapsed().as_secs_f64());
+    }
 }
 
 impl Gate {
@@ -51,6 +95,7 @@ impl Gate {
             Err(err) => Err(err.clone()),
         };
         audit.record(user.as_ref().ok(), &result);
+        self.metrics.record(&audit, result.as_ref().map_or_else(ApiError::label, |_| "ok"));
         result
     }
 }
@@ -119,10 +164,7 @@ impl<'a> Audit<'a> {
     /// Writes the audit line: who, their groups, the tenant, the operation and object, the
     /// result and how long it took.
     pub fn record<T>(&self, user: Option<&User>, result: &Result<T, ApiError>) {
-        let outcome = match result {
-            Ok(_) => "ok",
-            Err(err) => err.label(),
-        };
+        let outcome = result.as_ref().map_or_else(ApiError::label, |_| "ok");
         info!(
             target: "yiyun_api::audit",
             user = user.map_or("", |u| u.name.as_str()),

@@ -24,7 +24,7 @@ use axum::{
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::{
     batch::v1::Job as Stored,
-    core::v1::{Event as CoreEvent, Node, Pod},
+    core::v1::{Event as CoreEvent, Namespace, Node, Pod},
 };
 use kube::{
     Api, Client, ResourceExt,
@@ -70,10 +70,12 @@ pub struct Caches {
     jobs: Store<Stored>,
     pods: Store<Pod>,
     nodes: Store<Node>,
+    /// Tenants' namespaces only.
+    namespaces: Store<Namespace>,
 }
 
 impl Caches {
-    /// The watches of jobs, of the pods of jobs and of nodes: the caches, one receiver per
+    /// The watches of jobs, of the pods of jobs, of nodes and of tenants' namespaces: the caches, one receiver per
     /// watch that turns true once it has listed, and the future that keeps them current.
     pub fn start(client: &Client) -> (Caches, Vec<watch::Receiver<bool>>, impl Future<Output = ()> + use<>) {
         let config = watcher::Config::default();
@@ -85,16 +87,24 @@ impl Caches {
             watcher::watcher(Api::<Pod>::all(client.clone()), config.clone().labels(JOB_NAME)),
             |_| {},
         );
-        let (nodes, nodes_listed, node_events) =
-            yiyun_kube::watches::reflect(watcher::watcher(Api::<Node>::all(client.clone()), config), |_| {});
+        let (nodes, nodes_listed, node_events) = yiyun_kube::watches::reflect(
+            watcher::watcher(Api::<Node>::all(client.clone()), config.clone()),
+            |_| {},
+        );
+        let (namespaces, namespaces_listed, namespace_events) = yiyun_kube::watches::reflect(
+            watcher::watcher(Api::<Namespace>::all(client.clone()), config.labels(labels::TENANT)),
+            |_| {},
+        );
         let drive = async move {
             futures::join!(
                 job_events.for_each(|_| async {}),
                 pod_events.for_each(|_| async {}),
                 node_events.for_each(|_| async {}),
+                namespace_events.for_each(|_| async {}),
             );
         };
-        (Caches { jobs, pods, nodes }, vec![jobs_listed, pods_listed, nodes_listed], drive)
+        let listed = vec![jobs_listed, pods_listed, nodes_listed, namespaces_listed];
+        (Caches { jobs, pods, nodes, namespaces }, listed, drive)
     }
 }
 
@@ -488,7 +498,12 @@ impl JobService {
         if !violations.is_empty() {
             return Err(ApiError::InvalidArgument(violations));
         }
-        let tenant = tenant_of(&self.client, namespace).await?;
+        // The watch knows the tenant's namespaces; one made a moment ago is asked for.
+        let cached = self.caches.namespaces.get(&ObjectRef::new(namespace));
+        let tenant = match cached.and_then(|ns| ns.labels().get(labels::TENANT).cloned()) {
+            Some(tenant) => tenant,
+            None => tenant_of(&self.client, namespace).await?,
+        };
         let name = match (request.name.as_str(), request.idempotency_key.as_str()) {
             ("", "") => format!("job-{}", random_hex()),
             ("", key) => idempotent_name("job", &user.name, key),
@@ -518,40 +533,43 @@ impl JobService {
             }
             Err(err) => return Err(kube_error(err, &format!("job {name}"))),
         };
-        if request.gang
-            && let Err(err) = self.release_gang(request, &created).await
-        {
-            // Nothing half-made is left behind: the Job goes, its PodGroup with it.
-            let delete = DeleteParams {
-                propagation_policy: Some(PropagationPolicy::Background),
-                ..DeleteParams::default()
-            };
-            if let Err(cleanup) = api.delete(&name, &delete).await {
-                tracing::warn!(job = %name, %cleanup, "cannot delete the job of a failed submission");
-            }
-            return Err(err);
+        if !request.gang {
+            return Ok(self.show(&created, Some(&tenant)));
         }
-        let current = api.get(&name).await.map_err(|err| kube_error(err, &format!("job {name}")))?;
-        Ok(self.show(&current, Some(&tenant)))
+        match self.release_gang(request, created).await {
+            Ok(released) => Ok(self.show(&released, Some(&tenant))),
+            Err(err) => {
+                // Nothing half-made is left behind: the Job goes, its PodGroup with it.
+                let delete = DeleteParams {
+                    propagation_policy: Some(PropagationPolicy::Background),
+                    ..DeleteParams::default()
+                };
+                if let Err(cleanup) = api.delete(&name, &delete).await {
+                    tracing::warn!(job = %name, %cleanup, "cannot delete the job of a failed submission");
+                }
+                Err(err)
+            }
+        }
     }
 
-    /// Creates a gang's PodGroup (unless it exists) and lets its suspended Job go.
-    async fn release_gang(&self, request: &SubmitJobRequest, job: &Stored) -> Result<(), ApiError> {
+    /// Creates a gang's PodGroup (unless it exists) and lets its suspended Job go: the Job as
+    /// it is then.
+    async fn release_gang(&self, request: &SubmitJobRequest, job: Stored) -> Result<Stored, ApiError> {
         let namespace = &request.namespace;
         let name = job.name_any();
         let groups: Api<PodGroup> = Api::namespaced(self.client.clone(), namespace);
-        match groups.create(&PostParams::default(), &desired_pod_group(request, job)).await {
+        match groups.create(&PostParams::default(), &desired_pod_group(request, &job)).await {
             Ok(_) => {}
             Err(kube::Error::Api(status)) if status.code == 409 => {}
             Err(err) => return Err(kube_error(err, &format!("podgroup {name}"))),
         }
-        if job.spec.as_ref().and_then(|s| s.suspend) == Some(true) {
-            self.jobs(namespace)
-                .patch(&name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"suspend": false}})))
-                .await
-                .map_err(|err| kube_error(err, &format!("job {name}")))?;
+        if job.spec.as_ref().and_then(|s| s.suspend) != Some(true) {
+            return Ok(job);
         }
-        Ok(())
+        self.jobs(namespace)
+            .patch(&name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"suspend": false}})))
+            .await
+            .map_err(|err| kube_error(err, &format!("job {name}")))
     }
 
     fn checked_name(namespace: &str, name: &str) -> Result<(), ApiError> {

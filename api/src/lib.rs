@@ -109,11 +109,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     let ledger = yiyun_billing::ledger::Ledger::connect(&config.billing_database)
         .await
         .map_err(|err| Error::Ledger(Box::new(err)))?;
-    let registry = yiyun_admin::registry("api", env!("CARGO_PKG_VERSION"));
+    let mut registry = yiyun_admin::registry("api", env!("CARGO_PKG_VERSION"));
+    let access = Arc::new(Access::new(client.clone(), Duration::from_secs(config.auth_cache_seconds)));
+    let metrics = caller::Metrics::register(&mut registry, &access);
     yiyun_admin::run_with_admin(config.admin_addr, registry, shutdown.clone(), |readiness| async move {
         let gate = Arc::new(caller::Gate {
-            access: Arc::new(Access::new(client.clone(), Duration::from_secs(config.auth_cache_seconds))),
+            access,
             limiter: limits::RateLimiter::new(config.rate_limit_per_second, config.rate_limit_burst),
+            metrics,
         });
         let (caches, listed, watches) = jobs::Caches::start(&client);
         tokio::spawn(watches);

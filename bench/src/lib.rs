@@ -1,6 +1,7 @@
 //! Benchmarks of yiyun against a real cluster (`KUBECONFIG`), printed as tables. Each compares
 //! against a baseline measured in the same run.
 
+pub mod api;
 pub mod billing;
 pub mod placement_check;
 pub mod pools;

@@ -1278,7 +1278,9 @@ async fn the_usage_basis_bills_what_pods_use_beyond_their_requests() {
             .sum();
         let lines: Vec<&str> = csv.lines().filter(|l| l.contains(&format!(",{},", meter.key()))).collect();
         assert_eq!(lines.len(), 1, "one line at one price:\n{csv}");
-        let price = if meter == Meter::CpuOverRequest { "0.24" } else { "0.015" };
+        // The scene's CPU price changes mid-month: the one in effect while the pod ran.
+        let cpu_price = if now() < scene.change { "0.12" } else { "0.24" };
+        let price = if meter == Meter::CpuOverRequest { cpu_price } else { "0.015" };
         assert!(lines[0].contains(&format!(",{unit},{price},")), "priced as the request: {}", lines[0]);
         let fields: Vec<&str> = lines[0].split(',').collect();
         let at = fields.iter().position(|f| *f == unit).expect("the unit column");

@@ -198,6 +198,30 @@ async fn a_tree_gets_namespaces_quotas_defaults_access_isolation_and_status() {
     assert_eq!(members.subjects.unwrap()[0].kind, "Group");
     let b_bindings: Api<RoleBinding> = Api::namespaced(client.clone(), &tree.ns_b);
     assert!(b_bindings.get_opt("yiyun-members").await.unwrap().is_none(), "no members, no binding");
+    assert!(bindings.get_opt("yiyun-approvers").await.unwrap().is_none(), "the city has no owners yet");
+
+    // The city's owners decide its departments' quota requests: given owners, they are bound in
+    // every department namespace to the chart's approver role.
+    apply_tenant(
+        &client,
+        &tree.city,
+        json!({
+            "displayName": "测试市", "parent": tree.root, "level": "city",
+            "owners": [{"kind": "Group", "name": "city-admins"}],
+            "quota": {"guaranteed": {"cpu": 4, "pods": 20}, "max": {"cpu": 8, "pods": 50}}
+        }),
+    )
+    .await;
+    for ns in [&tree.ns_a1, &tree.ns_a2, &tree.ns_b] {
+        let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), ns);
+        let approvers = eventually(WAIT, &format!("the city's owners approve in {ns}"), || async {
+            bindings.get_opt("yiyun-approvers").await.ok().flatten()
+        })
+        .await;
+        assert_eq!(approvers.role_ref.name, "yiyun-resourcerequest-approver");
+        let subjects = approvers.subjects.unwrap_or_default();
+        assert_eq!((subjects[0].kind.as_str(), subjects[0].name.as_str()), ("Group", "city-admins"));
+    }
 
     let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), &tree.ns_a1);
     let strict = policies.get("yiyun-isolation").await.unwrap().spec.unwrap();

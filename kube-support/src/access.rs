@@ -7,10 +7,7 @@
 use std::{
     collections::HashMap,
     hash::Hash,
-    sync::{
-        Mutex,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::Mutex,
     time::{Duration, Instant},
 };
 
@@ -19,6 +16,10 @@ use k8s_openapi::api::{
     authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec},
 };
 use kube::{Api, Client, api::PostParams};
+use prometheus_client::metrics::{counter::Counter, family::Family};
+
+/// Cache lookups by what was looked up (`token`, `access`) and the result (`hit`, `miss`).
+pub type CacheLookups = Family<Vec<(&'static str, &'static str)>, Counter>;
 
 /// A caller as the apiserver knows them.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -88,8 +89,7 @@ pub struct Access {
     /// Keyed by the token's SHA-256: no token is kept in memory longer than a request.
     tokens: TtlCache<[u8; 32], Option<User>>,
     decisions: TtlCache<(User, Action), Decision>,
-    hits: AtomicU64,
-    misses: AtomicU64,
+    lookups: CacheLookups,
 }
 
 /// Distinct tokens and decisions kept at most.
@@ -101,19 +101,18 @@ impl Access {
             client,
             tokens: TtlCache::new(ttl, CAPACITY),
             decisions: TtlCache::new(ttl, CAPACITY),
-            hits: AtomicU64::new(0),
-            misses: AtomicU64::new(0),
+            lookups: CacheLookups::default(),
         }
     }
 
-    /// Answers served from the cache and answers asked of the apiserver, so far.
-    pub fn cache_counts(&self) -> (u64, u64) {
-        (self.hits.load(Ordering::Relaxed), self.misses.load(Ordering::Relaxed))
+    /// The cache lookups so far, for a component's metrics (a handle on the same counters).
+    pub fn cache_lookups(&self) -> CacheLookups {
+        self.lookups.clone()
     }
 
-    fn counted<T>(&self, cached: Option<T>) -> Option<T> {
-        let counter = if cached.is_some() { &self.hits } else { &self.misses };
-        counter.fetch_add(1, Ordering::Relaxed);
+    fn counted<T>(&self, what: &'static str, cached: Option<T>) -> Option<T> {
+        let result = if cached.is_some() { "hit" } else { "miss" };
+        self.lookups.get_or_create(&vec![("kind", what), ("result", result)]).inc();
         cached
     }
 
@@ -121,7 +120,7 @@ impl Access {
     pub async fn authenticate(&self, token: &str) -> Result<Option<User>, kube::Error> {
         let mut key = [0u8; 32];
         key.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref());
-        if let Some(user) = self.counted(self.tokens.get(&key, Instant::now())) {
+        if let Some(user) = self.counted("token", self.tokens.get(&key, Instant::now())) {
             return Ok(user);
         }
         let review = TokenReview {
@@ -141,7 +140,7 @@ impl Access {
     /// Whether `user` may do `action`.
     pub async fn authorize(&self, user: &User, action: &Action) -> Result<Decision, kube::Error> {
         let key = (user.clone(), action.clone());
-        if let Some(decision) = self.counted(self.decisions.get(&key, Instant::now())) {
+        if let Some(decision) = self.counted("access", self.decisions.get(&key, Instant::now())) {
             return Ok(decision);
         }
         let review = SubjectAccessReview {

@@ -62,6 +62,9 @@ enum Bench {
     /// A month of pods metered, rated and exported on SQLite (and PostgreSQL), then the meter's
     /// CPU and memory on the local cluster.
     Billing(yiyun_bench::billing::Config),
+    /// The self-service API under 100 callers of 10 tenants: submit-job and list-jobs against
+    /// the same callers asking the apiserver directly, the review cache, CPU and memory.
+    Api(yiyun_bench::api::Config),
     /// The placement engine alone, on one core: decisions per second against a full scan, a
     /// large gang, memory.
     Engine(yiyun_simulator::bench::BenchArgs),
@@ -87,6 +90,7 @@ fn main() -> anyhow::Result<()> {
             Bench::Pools(config) => block_on(yiyun_bench::pools::run(config)),
             Bench::Scheduler(config) => block_on(yiyun_bench::scheduler::run(config)),
             Bench::Billing(config) => block_on(yiyun_bench::billing::run(config)),
+            Bench::Api(config) => block_on(yiyun_bench::api::run(config)),
         },
         Command::Billing(Billing::Run(config)) => {
             serve(&cli.telemetry, "yiyun-billing", Threads::One, |shutdown| async move {

@@ -30,6 +30,10 @@ pub const QUOTA: &str = "yiyun-quota";
 pub const LIMIT_RANGE: &str = "yiyun-defaults";
 pub const OWNERS: &str = "yiyun-owners";
 pub const MEMBERS: &str = "yiyun-members";
+/// The parent tenant's owners decide this tenant's quota requests through this binding.
+pub const APPROVERS: &str = "yiyun-approvers";
+/// The chart's role for deciding quota requests (`charts/yiyun/templates/api-roles.yaml`).
+pub const APPROVER_ROLE: &str = "yiyun-resourcerequest-approver";
 pub const ISOLATION: &str = "yiyun-isolation";
 
 /// The ResourceQuota limit of a resource the tree counts but no ceiling up the tree bounds: high
@@ -44,11 +48,18 @@ pub struct NamespaceObjects {
     pub limit_range: LimitRange,
     pub owners: Option<RoleBinding>,
     pub members: Option<RoleBinding>,
+    pub approvers: Option<RoleBinding>,
     pub isolation: Option<NetworkPolicy>,
 }
 
-/// The desired objects of `namespace`, which `tenant` owns.
-pub fn namespace_objects(tenant: &Tenant, plan: &TenantPlan, namespace: &str) -> NamespaceObjects {
+/// The desired objects of `namespace`, which `tenant` owns; `parent_owners` are the owners of
+/// its parent tenant, who decide its quota requests.
+pub fn namespace_objects(
+    tenant: &Tenant,
+    plan: &TenantPlan,
+    namespace: &str,
+    parent_owners: &[yiyun_crds::Subject],
+) -> NamespaceObjects {
     let name = tenant_name(tenant);
     let spec = &tenant.spec;
     let extra = spec.namespaces.iter().find(|ns| ns.name == namespace).map(|ns| ns.labels.clone());
@@ -100,6 +111,7 @@ pub fn namespace_objects(tenant: &Tenant, plan: &TenantPlan, namespace: &str) ->
         limit_range: limit_range(namespace, name),
         owners: role_binding(OWNERS, "admin", &spec.owners, namespace, name),
         members: role_binding(MEMBERS, "edit", &spec.members, namespace, name),
+        approvers: role_binding(APPROVERS, APPROVER_ROLE, parent_owners, namespace, name),
         isolation: isolation(spec.network_isolation, namespace, name),
     }
 }
@@ -442,7 +454,7 @@ mod tests {
 
     #[test]
     fn the_namespace_carries_tenant_ancestor_and_security_labels() {
-        let objects = namespace_objects(&edu(), &plan(), "edu");
+        let objects = namespace_objects(&edu(), &plan(), "edu", &[]);
         let labels = objects.namespace.metadata.labels.unwrap();
         assert_eq!(labels["yiyun.io/tenant"], "jj-edu");
         assert_eq!(labels["app.kubernetes.io/managed-by"], "yiyun");
@@ -461,7 +473,7 @@ mod tests {
     fn region_rules_go_on_the_namespace_for_the_admission_policy() {
         let mut plan = plan();
         plan.region_rules = vec![vec!["east".into()], vec!["anhui".into(), "hubei".into()]];
-        let namespace = namespace_objects(&edu(), &plan, "edu").namespace.metadata;
+        let namespace = namespace_objects(&edu(), &plan, "edu", &[]).namespace.metadata;
         assert_eq!(namespace.labels.unwrap()[REGION_RESTRICTED], "true");
         assert_eq!(namespace.annotations.unwrap()[ALLOWED_REGIONS], "east;anhui,hubei");
     }
@@ -470,8 +482,8 @@ mod tests {
     fn a_namespace_keeping_keys_yiyun_dropped_is_applied_again() {
         let mut plan = plan();
         plan.region_rules = vec![vec!["east".into()]];
-        let restricted = namespace_objects(&edu(), &plan, "edu").namespace.metadata;
-        let lifted = namespace_objects(&edu(), &plan_with_path(&["jj-edu"]), "edu").namespace.metadata;
+        let restricted = namespace_objects(&edu(), &plan, "edu", &[]).namespace.metadata;
+        let lifted = namespace_objects(&edu(), &plan_with_path(&["jj-edu"]), "edu", &[]).namespace.metadata;
         assert!(!carries_dropped_keys(&restricted, &restricted));
         assert!(carries_dropped_keys(&restricted, &lifted), "region rules and former ancestors' tree labels");
         let mut foreign = lifted.clone();
@@ -485,7 +497,7 @@ mod tests {
 
     #[test]
     fn the_quota_counts_what_the_tree_names_and_limits_what_it_bounds() {
-        let hard = namespace_objects(&edu(), &plan(), "edu").quota.spec.unwrap().hard.unwrap();
+        let hard = namespace_objects(&edu(), &plan(), "edu", &[]).quota.spec.unwrap().hard.unwrap();
         assert_eq!(hard["requests.cpu"].0, "80");
         assert_eq!(hard["requests.memory"].0, "320Gi");
         assert_eq!(hard["pods"].0, UNLIMITED);
@@ -494,16 +506,27 @@ mod tests {
 
     #[test]
     fn owners_are_admins_and_no_members_means_no_binding() {
-        let objects = namespace_objects(&edu(), &plan(), "edu");
+        let objects = namespace_objects(&edu(), &plan(), "edu", &[]);
         let owners = objects.owners.unwrap();
         assert_eq!(owners.role_ref.name, "admin");
         assert_eq!(owners.subjects.unwrap()[0].name, "li.na");
         assert!(objects.members.is_none());
+        assert!(objects.approvers.is_none(), "a root tenant's requests are the cloud admins' to decide");
+    }
+
+    #[test]
+    fn the_parent_owners_decide_quota_requests() {
+        let parent_owners =
+            [yiyun_crds::Subject { kind: SubjectKind::Group, name: "jiujiang-admins".into() }];
+        let approvers = namespace_objects(&edu(), &plan(), "edu", &parent_owners).approvers.unwrap();
+        assert_eq!(approvers.role_ref.name, APPROVER_ROLE);
+        let subjects = approvers.subjects.unwrap();
+        assert_eq!((subjects[0].kind.as_str(), subjects[0].name.as_str()), ("Group", "jiujiang-admins"));
     }
 
     #[test]
     fn strict_isolation_allows_only_the_tenant_and_dns() {
-        let policy = namespace_objects(&edu(), &plan(), "edu").isolation.unwrap().spec.unwrap();
+        let policy = namespace_objects(&edu(), &plan(), "edu", &[]).isolation.unwrap().spec.unwrap();
         assert_eq!(policy.policy_types.unwrap(), ["Ingress", "Egress"]);
         let from = &policy.ingress.unwrap()[0].from.clone().unwrap()[0];
         assert_eq!(
@@ -518,13 +541,13 @@ mod tests {
     fn tenant_isolation_admits_the_subtree_and_none_removes_the_policy() {
         let mut t = edu();
         t.spec.network_isolation = NetworkIsolation::Tenant;
-        let policy = namespace_objects(&t, &plan(), "edu").isolation.unwrap().spec.unwrap();
+        let policy = namespace_objects(&t, &plan(), "edu", &[]).isolation.unwrap().spec.unwrap();
         let from = &policy.ingress.unwrap()[0].from.clone().unwrap()[0];
         assert_eq!(
             from.namespace_selector.as_ref().unwrap().match_labels.as_ref().unwrap()["tree.yiyun.io/jj-edu"],
             "true"
         );
         t.spec.network_isolation = NetworkIsolation::None;
-        assert!(namespace_objects(&t, &plan(), "edu").isolation.is_none());
+        assert!(namespace_objects(&t, &plan(), "edu", &[]).isolation.is_none());
     }
 }

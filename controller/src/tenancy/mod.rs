@@ -42,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 use yiyun_admin::Readiness;
 use yiyun_crds::{
-    Tenant,
+    Subject, Tenant,
     labels::{MANAGED_BY, MANAGED_BY_VALUE, TENANT},
 };
 use yiyun_kube::backoff::Retries;
@@ -172,10 +172,15 @@ pub async fn run(
     let plans = Arc::new(Plans::new());
     let managed = watcher::Config::default().labels(&format!("{MANAGED_BY}={MANAGED_BY_VALUE}"));
     let all = watcher::Config::default();
+    let (owners_tx, owners_rx) = mpsc::unbounded_channel();
     let (tenants, tenants_listed, tenant_events) =
         yiyun_kube::watches::reflect(watcher(Api::<Tenant>::all(client.clone()), all.clone()), {
             let plans = plans.clone();
-            move |tenant: &Tenant| plans.mark_tenant_stale(tenant)
+            move |tenant: &Tenant| {
+                plans.mark_tenant_stale(tenant);
+                // Ends only with the controller, which stops the watch first.
+                let _ = owners_tx.send((tenant.name_any(), tenant.spec.owners.clone()));
+            }
         });
     let (namespaces, namespaces_listed, namespace_events) =
         reflect_marking(watcher(Api::<PartialObjectMeta<Namespace>>::all(client.clone()), all), &plans);
@@ -254,6 +259,7 @@ pub async fn run(
         .watches_stream(role_binding_events, |o| tenant_of(&o))
         .watches_stream(network_policy_events, |o| tenant_of(&o))
         .reconcile_on(receiver_stream(changed_rx))
+        .reconcile_on(children_of_new_owners(owners_rx, ctx.stores.tenants.clone()))
         .graceful_shutdown_on(stop_on_planner_panic.clone().cancelled_owned())
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|result| async move {
@@ -309,6 +315,34 @@ fn tenant_of<K: Resource>(object: &K) -> Option<ObjectRef<Tenant>> {
 
 fn receiver_stream<T: Send + 'static>(mut rx: mpsc::Receiver<T>) -> impl Stream<Item = T> + Send + 'static {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// The children of each tenant whose owners changed (a tenant's owners and their changes come
+/// from `owners`): the parent's owners decide the children's quota requests, through a binding
+/// in each child namespace. A tenant seen for the first time changes nobody's binding.
+fn children_of_new_owners(
+    owners: mpsc::UnboundedReceiver<(String, Vec<Subject>)>,
+    tenants: Store<Tenant>,
+) -> impl Stream<Item = ObjectRef<Tenant>> + Send + 'static {
+    let seen: HashMap<String, Vec<Subject>> = HashMap::new();
+    futures::stream::unfold((owners, seen), |(mut owners, mut seen)| async move {
+        let (parent, now) = owners.recv().await?;
+        let changed = seen.insert(parent.clone(), now.clone()).is_some_and(|before| before != now);
+        Some(((parent, changed), (owners, seen)))
+    })
+    .flat_map(move |(parent, changed)| {
+        let children: Vec<ObjectRef<Tenant>> = if changed {
+            let state = tenants.state();
+            state
+                .iter()
+                .filter(|t| t.spec.parent.as_ref() == Some(&parent))
+                .map(|t| ObjectRef::from_obj(&**t))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        futures::stream::iter(children)
+    })
 }
 
 /// Plans the tree whenever the watches saw a change (once changes settle), publishes the plan,

@@ -78,8 +78,12 @@ async fn reconcile_tenant(tenant: &Tenant, ctx: &Context) -> Result<Action, Erro
         write_status(tenant, tenant_plan, ready(false, problem.reason, &problem.message), ctx).await?;
         return Ok(Action::requeue(RESYNC));
     }
+    let parent =
+        tenant.spec.parent.as_ref().and_then(|parent| ctx.stores.tenants.get(&ObjectRef::new(parent)));
+    let parent_owners = parent.map(|parent| parent.spec.owners.clone()).unwrap_or_default();
+    let parent_owners = &parent_owners;
     let kept = tenant.spec.namespaces.iter().map(|namespace| {
-        let objects = desired::namespace_objects(tenant, tenant_plan, &namespace.name);
+        let objects = desired::namespace_objects(tenant, tenant_plan, &namespace.name, parent_owners);
         async move { keep_namespace(tenant, &objects, ctx).await }
     });
     futures::future::try_join_all(kept).await?;
@@ -127,6 +131,7 @@ async fn keep_namespace(tenant: &Tenant, objects: &NamespaceObjects, ctx: &Conte
         keep(ctx, "LimitRange", &stores.limit_ranges, desired::LIMIT_RANGE, ns, Some(&objects.limit_range)),
         keep(ctx, "RoleBinding", &stores.role_bindings, desired::OWNERS, ns, objects.owners.as_ref()),
         keep(ctx, "RoleBinding", &stores.role_bindings, desired::MEMBERS, ns, objects.members.as_ref()),
+        keep(ctx, "RoleBinding", &stores.role_bindings, desired::APPROVERS, ns, objects.approvers.as_ref()),
         keep(
             ctx,
             "NetworkPolicy",
