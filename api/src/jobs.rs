@@ -49,7 +49,7 @@ use crate::{
         ListJobsResponse, SubmitJobRequest, WatchJobEventsRequest,
     },
     shared::{
-        Page, body, digest, idempotent_name, kube_error, namespace_violation, page_query, page_size,
+        Events, Page, body, digest, idempotent_name, kube_error, namespace_violation, page_query, page_size,
         page_size_violation, tenant_of,
     },
 };
@@ -112,6 +112,7 @@ impl Caches {
 pub struct JobService {
     gate: Arc<Gate>,
     client: Client,
+    events: Events,
     caches: Caches,
     /// The scheduler that places submitted jobs' pods.
     scheduler: String,
@@ -439,7 +440,8 @@ pub type JobEventStream = Pin<Box<dyn Stream<Item = Result<JobEvent, Status>> + 
 
 impl JobService {
     pub fn new(gate: Arc<Gate>, client: Client, caches: Caches, scheduler: String) -> Arc<JobService> {
-        Arc::new(JobService { gate, client, caches, scheduler })
+        let events = Events::new(&client);
+        Arc::new(JobService { gate, client, events, caches, scheduler })
     }
 
     async fn allow(
@@ -516,7 +518,11 @@ impl JobService {
         job.annotations_mut().insert(SUBMISSION.into(), submission.clone());
         let api = self.jobs(namespace);
         let created = match api.create(&PostParams::default(), &job).await {
-            Ok(created) => created,
+            Ok(created) => {
+                let note = format!("{} submitted it through the self-service API", user.name);
+                self.events.tell(&created, false, "Submitted", "Submit", note).await;
+                created
+            }
             Err(kube::Error::Api(status)) if status.code == 409 && !request.idempotency_key.is_empty() => {
                 // The same key again: the same job, finished if it was left half-made.
                 let existing = api.get(&name).await.map_err(|err| kube_error(err, &format!("job {name}")))?;
@@ -648,6 +654,7 @@ impl JobService {
         let name = &request.name;
         let job = self.find(&request.namespace, name).await?;
         let mut shown = self.show(&job, None);
+        self.events.tell(&*job, false, "Cancelled", "Cancel", format!("{} cancelled it", user.name)).await;
         // Background: the Job goes now, its pods and PodGroup right after (their owner is gone).
         let delete = DeleteParams {
             propagation_policy: Some(PropagationPolicy::Background),

@@ -8,7 +8,7 @@ use utoipa::{
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 
-use crate::{billing, error, jobs, proto, resource_requests};
+use crate::{billing, disaster_recovery, error, jobs, proto, resource_requests};
 
 /// Where the document is served.
 pub const PATH: &str = "/openapi.json";
@@ -32,7 +32,9 @@ pub const PATH: &str = "/openapi.json";
         jobs::rest_list,
         jobs::rest_get,
         jobs::rest_cancel,
-        jobs::rest_events
+        jobs::rest_events,
+        disaster_recovery::rest_list_protection,
+        disaster_recovery::rest_request_drill
     ),
     components(schemas(
         proto::Bill,
@@ -51,6 +53,9 @@ pub const PATH: &str = "/openapi.json";
         proto::ListJobsResponse,
         proto::JobEvent,
         proto::JobEvents,
+        proto::ListProtectionResponse,
+        proto::Protection,
+        proto::Drill,
         billing::HeaderLanguage,
         error::Problem,
         error::FieldViolation
@@ -59,7 +64,8 @@ pub const PATH: &str = "/openapi.json";
     tags(
         (name = "Billing", description = "Usage and bills from the billing ledger"),
         (name = "ResourceRequests", description = "Quota requests, decided by the parent tenant's admins"),
-        (name = "Jobs", description = "Compute work placed by yiyun-scheduler")
+        (name = "Jobs", description = "Compute work placed by yiyun-scheduler"),
+        (name = "DisasterRecovery", description = "Reserved: answers 501 until disaster recovery is built")
     )
 )]
 pub struct Document;

@@ -21,9 +21,8 @@ use axum::{
 };
 use k8s_openapi::apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::Time};
 use kube::{
-    Api, Client, Resource, ResourceExt,
+    Api, Client, ResourceExt,
     api::{ListParams, Patch, PatchParams, PostParams},
-    runtime::events::{Event, EventType, Recorder, Reporter},
 };
 use serde_json::json;
 use tonic::{Request, Response as GrpcResponse, Status};
@@ -42,7 +41,7 @@ use crate::{
         ListResourceRequestsRequest, ListResourceRequestsResponse, Quota, ResourceRequest,
     },
     shared::{
-        Page, body, idempotent_name, kube_error, namespace_violation, page_query, page_size,
+        Events, Page, body, idempotent_name, kube_error, namespace_violation, page_query, page_size,
         page_size_violation, tenant_of,
     },
 };
@@ -51,7 +50,7 @@ use crate::{
 pub struct ResourceRequestService {
     gate: Arc<Gate>,
     client: Client,
-    recorder: Recorder,
+    events: Events,
 }
 
 /// The amounts of a request, in the Tenant's form; every malformed one named.
@@ -197,9 +196,8 @@ fn message(stored: &Stored) -> ResourceRequest {
 
 impl ResourceRequestService {
     pub fn new(gate: Arc<Gate>, client: Client) -> Arc<ResourceRequestService> {
-        let recorder =
-            Recorder::new(client.clone(), Reporter { controller: "yiyun-api".into(), instance: None });
-        Arc::new(ResourceRequestService { gate, client, recorder })
+        let events = Events::new(&client);
+        Arc::new(ResourceRequestService { gate, client, events })
     }
 
     async fn allow(
@@ -230,16 +228,7 @@ impl ResourceRequestService {
     async fn tell(&self, stored: &Stored, warning: bool, reason: &str, note: String) {
         // Filing is the department's action; everything after it is a decision.
         let action = if reason == "Filed" { "File" } else { "Decide" };
-        let event = Event {
-            type_: if warning { EventType::Warning } else { EventType::Normal },
-            reason: reason.into(),
-            note: Some(note),
-            action: action.into(),
-            secondary: None,
-        };
-        if let Err(error) = self.recorder.publish(&event, &stored.object_ref(&())).await {
-            tracing::warn!(request = %stored.name_any(), %error, "cannot publish the request's event");
-        }
+        self.events.tell(stored, warning, reason, action, note).await;
     }
 
     fn requests(&self, namespace: &str) -> Api<Stored> {

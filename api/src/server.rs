@@ -24,7 +24,7 @@ use crate::{
     Error,
     billing::{self, BillingService},
     caller::Gate,
-    disaster_recovery::DisasterRecoveryService,
+    disaster_recovery::{self, DisasterRecoveryService},
     jobs::{self, JobService},
     proto::{
         self, billing_server::BillingServer, disaster_recovery_server::DisasterRecoveryServer,
@@ -71,6 +71,7 @@ pub async fn routes(services: Services, max_request_bytes: usize) -> Result<axum
     let Services { gate, client, ledger, caches, scheduler } = services;
     let billing = BillingService::new(gate.clone(), client.clone(), ledger);
     let jobs = JobService::new(gate.clone(), client.clone(), caches, scheduler);
+    let disaster_recovery = DisasterRecoveryService::new(gate.clone());
     let requests = ResourceRequestService::new(gate, client);
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<BillingServer<Arc<BillingService>>>().await;
@@ -88,7 +89,7 @@ pub async fn routes(services: Services, max_request_bytes: usize) -> Result<axum
         BillingServer::new(billing.clone()).max_decoding_message_size(max_request_bytes),
     )
     .add_service(
-        DisasterRecoveryServer::new(DisasterRecoveryService).max_decoding_message_size(max_request_bytes),
+        DisasterRecoveryServer::new(disaster_recovery.clone()).max_decoding_message_size(max_request_bytes),
     )
     .add_service(ResourceRequestsServer::new(requests.clone()).max_decoding_message_size(max_request_bytes))
     .add_service(JobsServer::new(jobs.clone()).max_decoding_message_size(max_request_bytes))
@@ -100,6 +101,7 @@ pub async fn routes(services: Services, max_request_bytes: usize) -> Result<axum
         .merge(billing::routes(billing))
         .merge(resource_requests::routes(requests))
         .merge(jobs::routes(jobs))
+        .merge(disaster_recovery::routes(disaster_recovery))
         .merge(crate::openapi::routes())
         .layer(DefaultBodyLimit::max(max_request_bytes)))
 }

@@ -5,6 +5,10 @@ use axum::{
     Json,
     extract::{Query, rejection::JsonRejection, rejection::QueryRejection},
 };
+use kube::{
+    Resource, ResourceExt,
+    runtime::events::{Event, EventType, Recorder, Reporter},
+};
 
 use crate::error::{ApiError, FieldViolation, is_label};
 
@@ -71,6 +75,33 @@ where
     whole
         .and_then(|whole| T::try_from(whole).ok())
         .ok_or_else(|| D::Error::custom(format!("{number} is not a whole number in range")))
+}
+
+/// The Kubernetes Events the API leaves on the objects it changes (reported by `yiyun-api`),
+/// so `kubectl describe` tells who did what through it.
+pub struct Events(Recorder);
+
+impl Events {
+    pub fn new(client: &kube::Client) -> Events {
+        Events(Recorder::new(client.clone(), Reporter { controller: "yiyun-api".into(), instance: None }))
+    }
+
+    /// An Event on `object`; best effort, for the call has happened whether or not it is told.
+    pub async fn tell<K>(&self, object: &K, warning: bool, reason: &str, action: &str, note: String)
+    where
+        K: Resource<DynamicType = ()>,
+    {
+        let event = Event {
+            type_: if warning { EventType::Warning } else { EventType::Normal },
+            reason: reason.into(),
+            note: Some(note),
+            action: action.into(),
+            secondary: None,
+        };
+        if let Err(error) = self.0.publish(&event, &object.object_ref(&())).await {
+            tracing::warn!(object = %object.name_any(), %error, "cannot publish an event");
+        }
+    }
 }
 
 /// A REST body, or the field `body` named with what is wrong with it.

@@ -231,6 +231,9 @@ async fn bills_over_grpc_and_rest_answer_each_caller_as_their_roles_say() {
     let schemathesis = python.with_file_name("schemathesis");
     let fuzzed = Command::new(&schemathesis)
         .args(["run", &format!("https://{}/openapi.json", clients.addr), "--checks", "all"])
+        // The disaster-recovery slot answers 501 by design, which the fuzzer counts as a server
+        // error; it is checked on its own below.
+        .args(["--exclude-tag", "DisasterRecovery"])
         .args(["--max-examples", "40", "--seed", "42", "--workers", "1", "--report-dir"])
         .arg(dir.join("schemathesis"))
         .arg("--tls-verify")
@@ -279,6 +282,11 @@ async fn bills_over_grpc_and_rest_answer_each_caller_as_their_roles_say() {
     let (code, body) =
         clients.grpc(Some(&finance), &json!({"tenant": own}), "yiyun.api.v1.DisasterRecovery/RequestDrill");
     assert_eq!(code, "Unimplemented", "{body}");
+    let (status, body) = clients.rest(Some(&finance), &format!("/v1/tenants/{own}/protection"));
+    assert_eq!(status, 501, "{body}");
+    assert!(body.contains("not built yet"), "{body}");
+    let (status, body) = clients.rest(None, &format!("/v1/tenants/{own}/protection"));
+    assert_eq!(status, 401, "who calls is known before anything else: {body}");
 
     // Every call left an audit line: who, the operation, the result.
     drop(api);
@@ -311,7 +319,9 @@ async fn bills_over_grpc_and_rest_answer_each_caller_as_their_roles_say() {
 /// which the chart's role aggregates), the same idempotency key files it once, a stranger and
 /// the member cannot decide, the parent tenant's approver approves and the Tenant's quota
 /// changes; a request over the parent's max fails with the tenant tree's own message and
-/// changes nothing; a rejected request says who rejected it; lists come in pages.
+/// changes nothing; a rejected request says who rejected it; lists come in pages; and every
+/// operation answers each caller (the member, another department, the city admin, finance,
+/// anonymous, an unknown token) as its roles say.
 #[tokio::test]
 async fn quota_requests_are_filed_decided_and_applied_only_within_the_tree() {
     let client = client().await;
@@ -519,6 +529,55 @@ async fn quota_requests_are_filed_decided_and_applied_only_within_the_tree() {
         "{failed_story:?}"
     );
 
+    // The matrix: every operation, every caller; a refusal never tells whether a request exists.
+    let (ok, out) = kubectl_apply(&format!(
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: finance, namespace: {callers}}}\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {{name: {prefix}-finance}}\n\
+         roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: yiyun-billing-viewer}}\n\
+         subjects: [{{kind: ServiceAccount, name: finance, namespace: {callers}}}]\n"
+    ));
+    assert!(ok, "{out}");
+    let finance = token("finance");
+    let (denied, anonymous) = (Answer::PermissionDenied, Answer::Unauthenticated);
+    /// Who, their token, and what they get when they file, read, read a missing one, decide.
+    type Row<'a> = (&'a str, Option<&'a str>, Answer, Answer, Answer, Answer);
+    let matrix: [Row; 6] = [
+        ("the member", Some(&clerk), Answer::Ok, Answer::Ok, Answer::NotFound, denied),
+        ("another department", Some(&stranger), denied, denied, denied, denied),
+        ("the city admin", Some(&approver), denied, Answer::Ok, Answer::NotFound, Answer::Ok),
+        ("finance", Some(&finance), denied, denied, denied, denied),
+        ("anonymous", None, anonymous, anonymous, anonymous, anonymous),
+        ("an unknown token", Some("not-a-token"), anonymous, anonymous, anonymous, anonymous),
+    ];
+    let get = "yiyun.api.v1.ResourceRequests/GetResourceRequest";
+    let list = "yiyun.api.v1.ResourceRequests/ListResourceRequests";
+    for (who, token, file, read, read_missing, may_decide) in matrix {
+        let asked = ask(json!({"cpu": "1"}), json!({}), "");
+        let (code, body) = clients.grpc(token, &asked, create);
+        assert_eq!(code, file.grpc(), "file, {who}: {body}");
+        for (request, method, expected) in [
+            (json!({"namespace": dept_ns, "name": name}), get, read),
+            (json!({"namespace": dept_ns, "name": "rr-none"}), get, read_missing),
+            (json!({"namespace": dept_ns}), list, read),
+        ] {
+            let (code, body) = clients.grpc(token, &request, method);
+            assert_eq!(code, expected.grpc(), "{method} {request}, {who}: {body}");
+        }
+        for (path, expected) in [
+            (format!("/v1/namespaces/{dept_ns}/resourcerequests/{name}"), read),
+            (format!("/v1/namespaces/{dept_ns}/resourcerequests/rr-none"), read_missing),
+            (format!("/v1/namespaces/{dept_ns}/resourcerequests"), read),
+        ] {
+            let (status, body) = clients.rest(token, &path);
+            assert_eq!(status, expected.http(), "REST {path}, {who}: {body}");
+        }
+        // Deciding one decided already: who may decide hears that it is, the others only no.
+        let (code, body) =
+            clients.grpc(token, &json!({"namespace": dept_ns, "name": name, "approve": true}), decide);
+        let expected = if may_decide == Answer::Ok { "FailedPrecondition" } else { may_decide.grpc() };
+        assert_eq!(code, expected, "decide, {who}: {body}");
+    }
+
     // Rejected, with who and why.
     let (code, body) = clients.grpc(Some(&clerk), &ask(json!({"cpu": "12"}), json!({}), ""), create);
     assert_eq!(code, "OK", "{body}");
@@ -547,6 +606,7 @@ async fn quota_requests_are_filed_decided_and_applied_only_within_the_tree() {
     for ns in [&dept_ns, &other_ns, &callers] {
         let _ = kubectl(&["delete", "namespace", ns, "--wait=false"]);
     }
+    let _ = kubectl(&["delete", "clusterrolebinding", &format!("{prefix}-finance")]);
     for tenant in [&dept, &other, &city] {
         let _ = tenants_api.delete(tenant, &DeleteParams::default()).await;
     }

@@ -218,6 +218,13 @@ async fn departments_submit_follow_and_cancel_jobs_and_see_only_their_own() {
     let events: Value = serde_json::from_str(&body).expect("JSON");
     let items = events["items"].as_array().expect("items");
     assert!(items.iter().any(|e| e["object"] == "Job/huge" && e["reason"] == "SuccessfulCreate"), "{events}");
+    assert!(
+        items.iter().any(|e| e["object"] == "Job/huge"
+            && e["reason"] == "Submitted"
+            && e["source"] == "yiyun-api"
+            && e["message"].as_str().is_some_and(|m| m.contains(":member submitted it"))),
+        "the submission is told on the Job, naming who: {events}"
+    );
     let failed_scheduling = eventually(WAIT, "the scheduler's event on the waiting pod", || async {
         let (_, body) = clients.rest(Some(&member), &format!("/v1/namespaces/{dept_ns}/jobs/huge/events"));
         body.contains("FailedScheduling").then_some(body)
@@ -331,6 +338,19 @@ async fn departments_submit_follow_and_cancel_jobs_and_see_only_their_own() {
     let (code, body) =
         clients.grpc(Some(&member), &json!({"namespace": dept_ns, "name": "train"}), &method("GetJob"));
     assert_eq!(code, "NotFound", "{body}");
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &dept_ns);
+    eventually(WAIT, "the cancel told on the Job, naming who", || async {
+        let told = events.list(&Default::default()).await.ok()?;
+        told.items
+            .iter()
+            .any(|e| {
+                e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("train")
+                    && e.reason.as_deref() == Some("Cancelled")
+                    && e.note.as_deref().is_some_and(|n| n.contains(":member cancelled it"))
+            })
+            .then_some(())
+    })
+    .await;
 
     // Every call left an audit line.
     drop(api);

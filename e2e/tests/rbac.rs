@@ -557,8 +557,8 @@ const API: &[Use] = &[
         "events.k8s.io",
         &["events"],
         &["create", "patch"],
-        REQUESTS,
-        "self.recorder.publish(&event,&stored.object_ref(&()))",
+        "api/src/shared.rs",
+        "self.0.publish(&event,&object.object_ref(&()))",
     ),
 ];
 
