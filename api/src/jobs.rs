@@ -520,7 +520,7 @@ impl JobService {
         let created = match api.create(&PostParams::default(), &job).await {
             Ok(created) => {
                 let note = format!("{} submitted it through the self-service API", user.name);
-                self.events.tell(&created, false, "Submitted", "Submit", note).await;
+                self.events.tell(&created, false, "Submitted", "Submit", note);
                 created
             }
             Err(kube::Error::Api(status)) if status.code == 409 && !request.idempotency_key.is_empty() => {
@@ -654,7 +654,7 @@ impl JobService {
         let name = &request.name;
         let job = self.find(&request.namespace, name).await?;
         let mut shown = self.show(&job, None);
-        self.events.tell(&*job, false, "Cancelled", "Cancel", format!("{} cancelled it", user.name)).await;
+        self.events.tell(&*job, false, "Cancelled", "Cancel", format!("{} cancelled it", user.name));
         // Background: the Job goes now, its pods and PodGroup right after (their owner is gone).
         let delete = DeleteParams {
             propagation_policy: Some(PropagationPolicy::Background),

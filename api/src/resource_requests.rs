@@ -225,10 +225,10 @@ impl ResourceRequestService {
     }
 
     /// An Event on `stored`; best effort, for the call has happened whether or not it is told.
-    async fn tell(&self, stored: &Stored, warning: bool, reason: &str, note: String) {
+    fn tell(&self, stored: &Stored, warning: bool, reason: &str, note: String) {
         // Filing is the department's action; everything after it is a decision.
         let action = if reason == "Filed" { "File" } else { "Decide" };
-        self.events.tell(stored, warning, reason, action, note).await;
+        self.events.tell(stored, warning, reason, action, note);
     }
 
     fn requests(&self, namespace: &str) -> Api<Stored> {
@@ -262,8 +262,7 @@ impl ResourceRequestService {
         let api = self.requests(&namespace);
         match api.create(&PostParams::default(), &object).await {
             Ok(created) => {
-                self.tell(&created, false, "Filed", format!("{} asked: {}", user.name, created.spec.reason))
-                    .await;
+                self.tell(&created, false, "Filed", format!("{} asked: {}", user.name, created.spec.reason));
                 Ok(message(&created))
             }
             Err(kube::Error::Api(status)) if status.code == 409 => {
@@ -375,8 +374,7 @@ impl ResourceRequestService {
         };
         let stored = status(decided).await.map_err(|err| kube_error(err, &what))?;
         if !request.approve {
-            self.tell(&stored, false, "Rejected", format!("{} rejected it: {}", user.name, request.message))
-                .await;
+            self.tell(&stored, false, "Rejected", format!("{} rejected it: {}", user.name, request.message));
             return Ok(message(&stored));
         }
         let tenants_api: Api<Tenant> = Api::all(self.client.clone());
@@ -395,8 +393,7 @@ impl ResourceRequestService {
                 true,
                 "Failed",
                 format!("approved by {}, refused by the tenant tree: {refusal}", user.name),
-            )
-            .await;
+            );
             return Err(ApiError::FailedPrecondition(format!(
                 "the tenant tree does not allow {what}: {refusal}"
             )));
@@ -416,8 +413,7 @@ impl ResourceRequestService {
             false,
             "Applied",
             format!("{} approved it; tenant {tenant}'s quota changed", user.name),
-        )
-        .await;
+        );
         Ok(message(&stored))
     }
 }

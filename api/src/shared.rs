@@ -86,8 +86,9 @@ impl Events {
         Events(Recorder::new(client.clone(), Reporter { controller: "yiyun-api".into(), instance: None }))
     }
 
-    /// An Event on `object`; best effort, for the call has happened whether or not it is told.
-    pub async fn tell<K>(&self, object: &K, warning: bool, reason: &str, action: &str, note: String)
+    /// An Event on `object`, written in the background: best effort, for the call has happened
+    /// whether or not it is told, and the caller need not wait for it.
+    pub fn tell<K>(&self, object: &K, warning: bool, reason: &str, action: &str, note: String)
     where
         K: Resource<DynamicType = ()>,
     {
@@ -98,9 +99,12 @@ impl Events {
             action: action.into(),
             secondary: None,
         };
-        if let Err(error) = self.0.publish(&event, &object.object_ref(&())).await {
-            tracing::warn!(object = %object.name_any(), %error, "cannot publish an event");
-        }
+        let (recorder, reference, name) = (self.0.clone(), object.object_ref(&()), object.name_any());
+        tokio::spawn(async move {
+            if let Err(error) = recorder.publish(&event, &reference).await {
+                tracing::warn!(object = %name, %error, "cannot publish an event");
+            }
+        });
     }
 }
 

@@ -394,14 +394,14 @@ const REVIEWS: &[Use] = &[
         &["tokenreviews"],
         &["create"],
         ACCESS,
-        "Api::<TokenReview>::all(self.client.clone()).create(&PostParams::default(),&review)",
+        "Api::<TokenReview>::all(client).create(&PostParams::default(),&review)",
     ),
     uses(
         "authorization.k8s.io",
         &["subjectaccessreviews"],
         &["create"],
         ACCESS,
-        "Api::<SubjectAccessReview>::all(self.client.clone()).create(&PostParams::default(),&review)",
+        "Api::<SubjectAccessReview>::all(client).create(&PostParams::default(),&review)",
     ),
 ];
 
@@ -558,7 +558,7 @@ const API: &[Use] = &[
         &["events"],
         &["create", "patch"],
         "api/src/shared.rs",
-        "self.0.publish(&event,&object.object_ref(&()))",
+        "recorder.publish(&event,&reference)",
     ),
 ];
 

@@ -2,12 +2,13 @@
 //! (TokenReview: ServiceAccount tokens and whatever else the apiserver accepts) and each action
 //! is a SubjectAccessReview, so admins grant access with ordinary Roles and RoleBindings. Both
 //! answers are cached for a short time: a token revoked, or a binding removed, stops working
-//! within `ttl`.
+//! within `ttl`. An answer past half its time is still served while it is asked again in the
+//! background, so a steady caller never waits for the apiserver.
 
 use std::{
     collections::HashMap,
     hash::Hash,
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -50,11 +51,22 @@ pub enum Decision {
     Denied(String),
 }
 
+/// What a [`TtlCache`] holds for a key.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Lookup<V> {
+    Fresh(V),
+    /// Valid, but past half its time to live: use it and ask again (only this caller is told
+    /// to, until the new answer is put or the old one expires).
+    Refresh(V),
+    Missing,
+}
+
 /// Entries of a time-limited cache; what is older than the time to live is asked again.
 #[derive(Debug)]
 pub struct TtlCache<K, V> {
     ttl: Duration,
-    entries: Mutex<HashMap<K, (V, Instant)>>,
+    /// Each value, when it was put, and whether someone is asking for it again.
+    entries: Mutex<HashMap<K, (V, Instant, bool)>>,
     /// Entries beyond this are dropped (oldest first would cost a heap; dropping expired ones
     /// first and then clearing keeps memory bounded under a flood of distinct tokens).
     capacity: usize,
@@ -66,20 +78,30 @@ impl<K: Eq + Hash, V: Clone> TtlCache<K, V> {
     }
 
     /// The value of `key` if it was put less than the time to live before `now`.
-    pub fn get(&self, key: &K, now: Instant) -> Option<V> {
-        let entries = self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        entries.get(key).filter(|(_, at)| now.duration_since(*at) < self.ttl).map(|(value, _)| value.clone())
+    pub fn lookup(&self, key: &K, now: Instant) -> Lookup<V> {
+        let mut entries = self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match entries.get_mut(key) {
+            Some((value, at, refreshing)) if now.duration_since(*at) < self.ttl => {
+                if now.duration_since(*at) >= self.ttl / 2 && !*refreshing {
+                    *refreshing = true;
+                    Lookup::Refresh(value.clone())
+                } else {
+                    Lookup::Fresh(value.clone())
+                }
+            }
+            _ => Lookup::Missing,
+        }
     }
 
     pub fn put(&self, key: K, value: V, now: Instant) {
         let mut entries = self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if entries.len() >= self.capacity {
-            entries.retain(|_, (_, at)| now.duration_since(*at) < self.ttl);
+            entries.retain(|_, (_, at, _)| now.duration_since(*at) < self.ttl);
             if entries.len() >= self.capacity {
                 entries.clear();
             }
         }
-        entries.insert(key, (value, now));
+        entries.insert(key, (value, now, false));
     }
 }
 
@@ -87,8 +109,8 @@ impl<K: Eq + Hash, V: Clone> TtlCache<K, V> {
 pub struct Access {
     client: Client,
     /// Keyed by the token's SHA-256: no token is kept in memory longer than a request.
-    tokens: TtlCache<[u8; 32], Option<User>>,
-    decisions: TtlCache<(User, Action), Decision>,
+    tokens: Arc<TtlCache<[u8; 32], Option<User>>>,
+    decisions: Arc<TtlCache<(User, Action), Decision>>,
     lookups: CacheLookups,
 }
 
@@ -99,8 +121,8 @@ impl Access {
     pub fn new(client: Client, ttl: Duration) -> Access {
         Access {
             client,
-            tokens: TtlCache::new(ttl, CAPACITY),
-            decisions: TtlCache::new(ttl, CAPACITY),
+            tokens: Arc::new(TtlCache::new(ttl, CAPACITY)),
+            decisions: Arc::new(TtlCache::new(ttl, CAPACITY)),
             lookups: CacheLookups::default(),
         }
     }
@@ -110,71 +132,97 @@ impl Access {
         self.lookups.clone()
     }
 
-    fn counted<T>(&self, what: &'static str, cached: Option<T>) -> Option<T> {
-        let result = if cached.is_some() { "hit" } else { "miss" };
+    /// The cached answer, or `review`'s; an answer due for a refresh is served and asked again
+    /// in the background (a failed refresh leaves it to expire).
+    async fn cached<K, V, F>(
+        &self,
+        what: &'static str,
+        cache: &Arc<TtlCache<K, V>>,
+        key: K,
+        review: impl FnOnce() -> F,
+    ) -> Result<V, kube::Error>
+    where
+        K: Eq + Hash + Clone + Send + Sync + 'static,
+        V: Clone + Send + Sync + 'static,
+        F: Future<Output = Result<V, kube::Error>> + Send + 'static,
+    {
+        let lookup = cache.lookup(&key, Instant::now());
+        let result = if matches!(lookup, Lookup::Missing) { "miss" } else { "hit" };
         self.lookups.get_or_create(&vec![("kind", what), ("result", result)]).inc();
-        cached
+        match lookup {
+            Lookup::Fresh(value) => Ok(value),
+            Lookup::Refresh(value) => {
+                let (cache, review) = (cache.clone(), review());
+                tokio::spawn(async move {
+                    match review.await {
+                        Ok(fresh) => cache.put(key, fresh, Instant::now()),
+                        Err(err) => tracing::debug!(%err, "refreshing a cached review failed; it expires"),
+                    }
+                });
+                Ok(value)
+            }
+            Lookup::Missing => {
+                let value = review().await?;
+                cache.put(key, value.clone(), Instant::now());
+                Ok(value)
+            }
+        }
     }
 
     /// The user of `token`; `None` when the apiserver does not accept it.
     pub async fn authenticate(&self, token: &str) -> Result<Option<User>, kube::Error> {
         let mut key = [0u8; 32];
         key.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref());
-        if let Some(user) = self.counted("token", self.tokens.get(&key, Instant::now())) {
-            return Ok(user);
-        }
-        let review = TokenReview {
-            spec: TokenReviewSpec { token: token.to_string(), ..Default::default() },
-            ..Default::default()
-        };
-        let reviewed =
-            Api::<TokenReview>::all(self.client.clone()).create(&PostParams::default(), &review).await?;
-        let status = reviewed.status.unwrap_or_default();
-        let user = status.user.filter(|_| status.authenticated == Some(true)).and_then(|user| {
-            user.username.map(|name| User { name, groups: user.groups.unwrap_or_default(), uid: user.uid })
-        });
-        self.tokens.put(key, user.clone(), Instant::now());
-        Ok(user)
+        self.cached("token", &self.tokens, key, || review_token(self.client.clone(), token.to_string())).await
     }
 
     /// Whether `user` may do `action`.
     pub async fn authorize(&self, user: &User, action: &Action) -> Result<Decision, kube::Error> {
         let key = (user.clone(), action.clone());
-        if let Some(decision) = self.counted("access", self.decisions.get(&key, Instant::now())) {
-            return Ok(decision);
-        }
-        let review = SubjectAccessReview {
-            spec: SubjectAccessReviewSpec {
-                user: Some(user.name.clone()),
-                groups: Some(user.groups.clone()),
-                uid: user.uid.clone(),
-                resource_attributes: Some(ResourceAttributes {
-                    group: Some(action.group.clone()),
-                    resource: Some(action.resource.clone()),
-                    subresource: action.subresource.clone(),
-                    verb: Some(action.verb.clone()),
-                    namespace: action.namespace.clone(),
-                    name: action.name.clone(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        let reviewed = Api::<SubjectAccessReview>::all(self.client.clone())
-            .create(&PostParams::default(), &review)
-            .await?;
-        let status = reviewed.status.unwrap_or_default();
-        let decision = if status.allowed {
-            Decision::Allowed
-        } else {
-            Decision::Denied(
-                status.reason.filter(|r| !r.is_empty()).unwrap_or_else(|| "no role allows it".into()),
-            )
-        };
-        self.decisions.put(key, decision.clone(), Instant::now());
-        Ok(decision)
+        let review = || review_access(self.client.clone(), user.clone(), action.clone());
+        self.cached("access", &self.decisions, key, review).await
     }
+}
+
+/// The apiserver's TokenReview of `token`.
+async fn review_token(client: Client, token: String) -> Result<Option<User>, kube::Error> {
+    let review = TokenReview { spec: TokenReviewSpec { token, ..Default::default() }, ..Default::default() };
+    let reviewed = Api::<TokenReview>::all(client).create(&PostParams::default(), &review).await?;
+    let status = reviewed.status.unwrap_or_default();
+    Ok(status.user.filter(|_| status.authenticated == Some(true)).and_then(|user| {
+        user.username.map(|name| User { name, groups: user.groups.unwrap_or_default(), uid: user.uid })
+    }))
+}
+
+/// The apiserver's SubjectAccessReview of `user` doing `action`.
+async fn review_access(client: Client, user: User, action: Action) -> Result<Decision, kube::Error> {
+    let review = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some(user.name),
+            groups: Some(user.groups),
+            uid: user.uid,
+            resource_attributes: Some(ResourceAttributes {
+                group: Some(action.group),
+                resource: Some(action.resource),
+                subresource: action.subresource,
+                verb: Some(action.verb),
+                namespace: action.namespace,
+                name: action.name,
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let reviewed = Api::<SubjectAccessReview>::all(client).create(&PostParams::default(), &review).await?;
+    let status = reviewed.status.unwrap_or_default();
+    Ok(if status.allowed {
+        Decision::Allowed
+    } else {
+        Decision::Denied(
+            status.reason.filter(|r| !r.is_empty()).unwrap_or_else(|| "no role allows it".into()),
+        )
+    })
 }
 
 #[cfg(test)]
@@ -186,9 +234,24 @@ mod tests {
         let cache: TtlCache<&str, u32> = TtlCache::new(Duration::from_secs(10), 10);
         let start = Instant::now();
         cache.put("token", 1, start);
-        assert_eq!(cache.get(&"token", start + Duration::from_secs(9)), Some(1));
-        assert_eq!(cache.get(&"token", start + Duration::from_secs(10)), None, "asked again once stale");
-        assert_eq!(cache.get(&"other", start), None);
+        assert_eq!(cache.lookup(&"token", start + Duration::from_secs(4)), Lookup::Fresh(1));
+        assert_eq!(cache.lookup(&"token", start + Duration::from_secs(10)), Lookup::Missing, "stale");
+        assert_eq!(cache.lookup(&"other", start), Lookup::Missing);
+    }
+
+    #[test]
+    fn past_half_its_time_an_entry_is_served_and_one_caller_refreshes_it() {
+        let cache: TtlCache<&str, u32> = TtlCache::new(Duration::from_secs(10), 10);
+        let start = Instant::now();
+        cache.put("token", 1, start);
+        let later = start + Duration::from_secs(6);
+        assert_eq!(cache.lookup(&"token", later), Lookup::Refresh(1));
+        assert_eq!(cache.lookup(&"token", later), Lookup::Fresh(1), "one refresh at a time");
+        cache.put("token", 2, later);
+        assert_eq!(cache.lookup(&"token", later + Duration::from_secs(1)), Lookup::Fresh(2));
+        // A refresh that never answers leaves the old entry to expire: never served past its time.
+        assert_eq!(cache.lookup(&"token", later + Duration::from_secs(5)), Lookup::Refresh(2));
+        assert_eq!(cache.lookup(&"token", later + Duration::from_secs(10)), Lookup::Missing);
     }
 
     #[test]
@@ -201,12 +264,12 @@ mod tests {
         cache.put(4, 4, start + Duration::from_secs(11));
         let later = start + Duration::from_secs(11);
         assert_eq!(
-            (cache.get(&1, later), cache.get(&2, later), cache.get(&4, later)),
-            (None, Some(2), Some(4))
+            (cache.lookup(&1, later), cache.lookup(&2, later), cache.lookup(&4, later)),
+            (Lookup::Missing, Lookup::Refresh(2), Lookup::Fresh(4))
         );
         cache.put(5, 5, later);
         cache.put(6, 6, later);
         assert!(cache.entries.lock().unwrap().len() <= 3);
-        assert_eq!(cache.get(&6, later), Some(6));
+        assert_eq!(cache.lookup(&6, later), Lookup::Fresh(6));
     }
 }
