@@ -245,10 +245,13 @@ fn desired_job(request: &SubmitJobRequest, name: &str, tenant: &str, scheduler: 
         limits[labels::GPU_RESOURCE] = request.gpus.to_string().into();
     }
     let node_selector: BTreeMap<&String, &String> = request.node_selector.iter().collect();
+    // The restricted Pod Security Standard, which tenant namespaces of MLPS level 3 and above
+    // enforce: a job runs as a non-root user with no privileges to gain.
     let mut container = json!({
         "name": "main",
         "image": request.image,
         "resources": {"requests": requests, "limits": limits},
+        "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}},
     });
     if !request.command.is_empty() {
         container["command"] = json!(request.command);
@@ -264,6 +267,7 @@ fn desired_job(request: &SubmitJobRequest, name: &str, tenant: &str, scheduler: 
             "spec": {
                 "schedulerName": scheduler,
                 "restartPolicy": "Never",
+                "securityContext": {"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}},
                 "nodeSelector": node_selector,
                 "tolerations": [{"key": labels::DEDICATED, "operator": "Equal", "value": tenant, "effect": "NoSchedule"}],
                 "containers": [container],
@@ -999,6 +1003,11 @@ mod tests {
         let pod = template.spec.unwrap();
         assert_eq!(pod.scheduler_name.as_deref(), Some("yiyun-scheduler"));
         assert_eq!(pod.node_selector.unwrap()[labels::SITE], "qingyang");
+        let security = pod.security_context.clone().unwrap();
+        assert_eq!(security.run_as_non_root, Some(true), "the restricted Pod Security Standard");
+        let container = pod.containers[0].security_context.clone().unwrap();
+        assert_eq!(container.allow_privilege_escalation, Some(false));
+        assert_eq!(container.capabilities.unwrap().drop.unwrap(), ["ALL"]);
         let toleration = &pod.tolerations.unwrap()[0];
         assert_eq!(
             (toleration.key.as_deref(), toleration.value.as_deref()),
