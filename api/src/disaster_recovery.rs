@@ -21,6 +21,24 @@ use crate::{
     },
 };
 
+/// What a call of the slot can answer, for the OpenAPI document (only its shape is used).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum SlotAnswers {
+    /// No bearer token, or one the apiserver does not accept.
+    #[response(status = 401, content_type = "application/problem+json")]
+    Unauthenticated(Problem),
+    /// The caller's rate limit; `Retry-After` says when to try again.
+    #[response(status = 429, content_type = "application/problem+json")]
+    TooManyRequests(Problem),
+    /// Disaster recovery is not built yet.
+    #[response(status = 501, content_type = "application/problem+json")]
+    NotImplemented(Problem),
+    /// The apiserver cannot be reached; try again.
+    #[response(status = 503, content_type = "application/problem+json")]
+    Unavailable(Problem),
+}
+
 const NOT_YET: &str = "disaster recovery is not built yet: protection status and drills arrive with it";
 
 pub struct DisasterRecoveryService {
@@ -73,12 +91,7 @@ pub fn routes(service: Arc<DisasterRecoveryService>) -> Router {
     tag = "DisasterRecovery",
     operation_id = "ListProtection",
     params(("tenant" = String, Path, pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")),
-    responses(
-        (status = 401, description = "No bearer token, or one the apiserver does not accept", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The caller's rate limit", body = Problem, content_type = "application/problem+json"),
-        (status = 501, description = "Disaster recovery is not built yet", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The apiserver cannot be reached", body = Problem, content_type = "application/problem+json")
-    ),
+    responses(SlotAnswers),
     security(("bearer" = []))
 )]
 pub(crate) async fn rest_list_protection(
@@ -97,12 +110,7 @@ pub(crate) async fn rest_list_protection(
     tag = "DisasterRecovery",
     operation_id = "RequestDrill",
     params(("tenant" = String, Path, pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")),
-    responses(
-        (status = 401, description = "No bearer token, or one the apiserver does not accept", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The caller's rate limit", body = Problem, content_type = "application/problem+json"),
-        (status = 501, description = "Disaster recovery is not built yet", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The apiserver cannot be reached", body = Problem, content_type = "application/problem+json")
-    ),
+    responses(SlotAnswers),
     security(("bearer" = []))
 )]
 pub(crate) async fn rest_request_drill(

@@ -58,6 +58,13 @@ impl Drop for ApiProcess {
     }
 }
 
+/// A fresh token of ServiceAccount `account` in `namespace` (`kubectl create token`).
+pub fn service_account_token(namespace: &str, account: &str) -> String {
+    let out = crate::kubectl(&["create", "token", account, "-n", namespace]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// A CA and a serving certificate for 127.0.0.1 signed by it, in `dir`.
 pub fn local_ca(dir: &Path) {
     let run = |args: &[&str]| {

@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::{Api, api::DeleteParams};
 use serde_json::{Value, json};
 use yiyun_e2e::{
-    api::{Answer, ApiProcess, Clients, cached_binary, local_ca},
+    api::{Answer, ApiProcess, Clients, cached_binary, local_ca, service_account_token},
     apply_yiyun, client, eventually, free_port, install_crds, kubectl, kubectl_apply, unique, yiyun_bin,
 };
 
@@ -96,11 +96,7 @@ async fn bills_over_grpc_and_rest_answer_each_caller_as_their_roles_say() {
     );
     let (ok, out) = kubectl_apply(&rbac);
     assert!(ok, "{out}");
-    let token = |account: &str| {
-        let out = kubectl(&["create", "token", account, "-n", &ns]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
+    let token = |account: &str| service_account_token(&ns, account);
     let (finance, department, stranger, revoked, owner) =
         (token("finance"), token("department"), token("stranger"), token("revoked"), token("owner"));
     let month = yiyun_billing::calendar::Month::of(yiyun_billing::ledger::now()).to_string();
@@ -362,11 +358,7 @@ async fn quota_requests_are_filed_decided_and_applied_only_within_the_tree() {
     );
     let (ok, out) = kubectl_apply(&manifest);
     assert!(ok, "{out}");
-    let token = |account: &str| {
-        let out = kubectl(&["create", "token", account, "-n", &callers]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
+    let token = |account: &str| service_account_token(&callers, account);
     let (clerk, approver, stranger) = (token("clerk"), token("approver"), token("stranger"));
 
     let dir = std::env::temp_dir().join(unique("rr-tls"));

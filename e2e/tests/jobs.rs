@@ -16,7 +16,7 @@ use kube::{
 use serde_json::{Value, json};
 use yiyun_e2e::{
     SchedulerProcess,
-    api::{Answer, ApiProcess, Clients, cached_binary, local_ca},
+    api::{Answer, ApiProcess, Clients, cached_binary, local_ca, service_account_token},
     apply_yiyun, client, delete_nodes, eventually, install_crds, kubectl, kubectl_apply, unique, wait_ready,
 };
 
@@ -79,11 +79,7 @@ async fn departments_submit_follow_and_cancel_jobs_and_see_only_their_own() {
     .concat();
     let (ok, out) = kubectl_apply(&manifest);
     assert!(ok, "{out}");
-    let token = |account: &str| {
-        let out = kubectl(&["create", "token", account, "-n", &callers]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
+    let token = |account: &str| service_account_token(&callers, account);
     let (member, neighbour, city_admin, finance, revoked) =
         (token("member"), token("neighbour"), token("city-admin"), token("finance"), token("revoked"));
 
