@@ -365,7 +365,12 @@ fn job_phase(job: &Stored, pods: &[JobPod]) -> (&'static str, String) {
 }
 
 /// A job as the API shows it, with its pods.
-fn job_message(job: &Stored, pods: &[Arc<Pod>], node: &dyn Fn(&str) -> Option<Arc<Node>>) -> Job {
+fn job_message(
+    job: &Stored,
+    tenant: &str,
+    pods: &[Arc<Pod>],
+    node: &dyn Fn(&str) -> Option<Arc<Node>>,
+) -> Job {
     let mut pods: Vec<JobPod> = pods.iter().map(|pod| pod_message(pod, node)).collect();
     pods.sort_by(|a, b| a.name.cmp(&b.name));
     let (phase, message) = job_phase(job, &pods);
@@ -378,7 +383,7 @@ fn job_message(job: &Stored, pods: &[Arc<Pod>], node: &dyn Fn(&str) -> Option<Ar
     Job {
         name: job.name_any(),
         namespace: job.namespace().unwrap_or_default(),
-        tenant: String::new(),
+        tenant: tenant.into(),
         phase: phase.into(),
         image: template.containers.first().and_then(|c| c.image.clone()).unwrap_or_default(),
         replicas: spec.completions.unwrap_or(1),
@@ -473,8 +478,14 @@ impl JobService {
         Api::namespaced(self.client.clone(), namespace)
     }
 
-    /// `job` as the API shows it, its pods from the watch.
-    fn show(&self, job: &Stored, tenant: Option<&str>) -> Job {
+    /// The tenant whose namespace `namespace` is, from the watch (empty if it is not one).
+    fn tenant_in(&self, namespace: &str) -> String {
+        let ns = self.caches.namespaces.get(&ObjectRef::new(namespace));
+        ns.and_then(|ns| ns.labels().get(labels::TENANT).cloned()).unwrap_or_default()
+    }
+
+    /// `job` of `tenant` as the API shows it, its pods from the watch.
+    fn show(&self, job: &Stored, tenant: &str) -> Job {
         let namespace = job.namespace().unwrap_or_default();
         let name = job.name_any();
         let pods: Vec<Arc<Pod>> = self
@@ -487,7 +498,7 @@ impl JobService {
             })
             .collect();
         let node = |name: &str| self.caches.nodes.get(&ObjectRef::new(name));
-        Job { tenant: tenant.unwrap_or_default().to_string(), ..job_message(job, &pods, &node) }
+        job_message(job, tenant, &pods, &node)
     }
 
     pub async fn submit(&self, user: &User, request: &SubmitJobRequest) -> Result<Job, ApiError> {
@@ -544,10 +555,10 @@ impl JobService {
             Err(err) => return Err(kube_error(err, &format!("job {name}"))),
         };
         if !request.gang {
-            return Ok(self.show(&created, Some(&tenant)));
+            return Ok(self.show(&created, &tenant));
         }
         match self.release_gang(request, created).await {
-            Ok(released) => Ok(self.show(&released, Some(&tenant))),
+            Ok(released) => Ok(self.show(&released, &tenant)),
             Err(err) => {
                 // Nothing half-made is left behind: the Job goes, its PodGroup with it.
                 let delete = DeleteParams {
@@ -606,7 +617,7 @@ impl JobService {
         Self::checked_name(&request.namespace, &request.name)?;
         self.allow(user, "get", "batch", "jobs", &request.namespace, Some(&request.name)).await?;
         let job = self.find(&request.namespace, &request.name).await?;
-        Ok(self.show(&job, None))
+        Ok(self.show(&job, &self.tenant_in(&request.namespace)))
     }
 
     pub async fn list(&self, user: &User, request: &ListJobsRequest) -> Result<ListJobsResponse, ApiError> {
@@ -645,9 +656,10 @@ impl JobService {
             }
         }
         let node = |name: &str| self.caches.nodes.get(&ObjectRef::new(name));
+        let tenant = self.tenant_in(&request.namespace);
         let items = jobs
             .iter()
-            .map(|job| job_message(job, pods.get(&job.name_any()).map_or(&[], Vec::as_slice), &node))
+            .map(|job| job_message(job, &tenant, pods.get(&job.name_any()).map_or(&[], Vec::as_slice), &node))
             .collect();
         Ok(ListJobsResponse { items, next_page_token })
     }
@@ -657,7 +669,7 @@ impl JobService {
         self.allow(user, "delete", "batch", "jobs", &request.namespace, Some(&request.name)).await?;
         let name = &request.name;
         let job = self.find(&request.namespace, name).await?;
-        let mut shown = self.show(&job, None);
+        let mut shown = self.show(&job, &self.tenant_in(&request.namespace));
         self.events.tell(&*job, false, "Cancelled", "Cancel", format!("{} cancelled it", user.name));
         // Background: the Job goes now, its pods and PodGroup right after (their owner is gone).
         let delete = DeleteParams {
@@ -1056,8 +1068,8 @@ mod tests {
             ("qingyang", "rack-01", "gansu", "")
         );
         let job = desired_job(&request(), "train", "dept", "s");
-        let shown = job_message(&job, &[Arc::new(waiting), Arc::new(placed)], &lookup);
-        assert_eq!(shown.phase, "Running");
+        let shown = job_message(&job, "dept", &[Arc::new(waiting), Arc::new(placed)], &lookup);
+        assert_eq!((shown.phase.as_str(), shown.tenant.as_str()), ("Running", "dept"));
         assert_eq!(shown.pods.len(), 2);
     }
 }

@@ -197,6 +197,7 @@ async fn departments_submit_follow_and_cancel_jobs_and_see_only_their_own() {
     assert_eq!(status, 200, "{body}");
     let page: Value = serde_json::from_str(&body).expect("JSON");
     assert_eq!(page["items"][0]["name"], "huge", "{page}");
+    assert_eq!(page["items"][0]["tenant"], dept.as_str(), "{page}");
     let next = page["nextPageToken"].as_str().expect("a next page").to_string();
     let (code, body) = clients.grpc(
         Some(&member),
