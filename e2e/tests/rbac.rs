@@ -563,7 +563,7 @@ const API: &[Use] = &[
 ];
 
 const REQUESTS: &str = "api/src/resource_requests.rs";
-const JOBS: &str = "api/src/jobs.rs";
+const JOBS: &str = "api/src/jobs/mod.rs";
 
 #[test]
 fn the_api_role_grants_exactly_what_its_code_uses() {
