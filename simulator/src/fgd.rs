@@ -8,6 +8,7 @@ use yiyun_engine::Policy;
 use crate::{
     Error,
     experiment::{Curve, ExperimentConfig, run},
+    mix::Mix,
     read,
     trace::{TraceNode, TracePod, parse_nodes, parse_pods},
 };
@@ -33,6 +34,9 @@ pub struct FgdConfig {
     pub traces: String,
     /// Pod lists by suffix: `default` reads `openb_pod_list_default.csv`.
     pub lists: Vec<String>,
+    /// Mixes generated from the `base` list.
+    pub mixes: Vec<Mix>,
+    pub base: String,
     pub policies: Vec<Policy>,
     pub seeds: Vec<u64>,
     pub inflation: f64,
@@ -82,13 +86,25 @@ fn summarise(list: &str, policy: Policy, curves: &[Curve]) -> Summary {
 pub fn run_all(config: &FgdConfig) -> Result<Vec<Summary>, Error> {
     let node_file = Path::new(&config.traces).join("openb_node_list_gpu_node.csv");
     let nodes = parse_nodes(&read(&node_file)?, &node_file.display().to_string())?;
-    let mut summaries = Vec::new();
-    for list in &config.lists {
+    let list_pods = |list: &str| -> Result<Vec<TracePod>, Error> {
         let pod_file = Path::new(&config.traces).join(format!("openb_pod_list_{list}.csv"));
-        let pods = parse_pods(&read(&pod_file)?, &pod_file.display().to_string())?;
+        parse_pods(&read(&pod_file)?, &pod_file.display().to_string())
+    };
+    let mut workloads = Vec::new();
+    for list in &config.lists {
+        workloads.push((list.clone(), list_pods(list)?));
+    }
+    if !config.mixes.is_empty() {
+        let base = list_pods(&config.base)?;
+        for mix in &config.mixes {
+            workloads.push((mix.to_string(), mix.generate(&base, &nodes)?));
+        }
+    }
+    let mut summaries = Vec::new();
+    for (list, pods) in &workloads {
         for &policy in &config.policies {
             eprintln!("[simulate] {list}: {} over {} seeds", policy.name(), config.seeds.len());
-            let curves = run_seeds(&nodes, &pods, policy, config);
+            let curves = run_seeds(&nodes, pods, policy, config);
             summaries.push(summarise(list, policy, &curves));
         }
     }
@@ -149,6 +165,7 @@ pub fn table(summaries: &[Summary], seeds: &[u64]) -> String {
             summary.decisions_per_second
         );
     }
+    let _ = write!(out, "{}", against_fgd(summaries));
     let _ = writeln!(out, "\nWhole curves (allocation % at every 10% arrived):");
     let marks: Vec<usize> = (1..=13).map(|m| m * 10).collect();
     let header: Vec<String> = marks.iter().map(|m| format!("{m:>6}")).collect();
@@ -168,5 +185,71 @@ pub fn curves_csv(summaries: &[Summary]) -> String {
             let _ = writeln!(out, "{},{},{},{allocated:.4}", summary.list, summary.policy.name(), index + 1);
         }
     }
+    out
+}
+
+/// yiyun beside FGD and best-fit on every list and mix: GPUs left unallocated by yiyun as a
+/// ratio of FGD's (below 1: fewer stranded GPUs), and the mean ratio over all rows.
+fn against_fgd(summaries: &[Summary]) -> String {
+    let mut out = String::new();
+    let find = |list: &str, policy: Policy| {
+        summaries.iter().find(|summary| summary.list == list && summary.policy == policy)
+    };
+    let mut lists: Vec<&str> = Vec::new();
+    for summary in summaries {
+        if !lists.contains(&summary.list.as_str()) {
+            lists.push(&summary.list);
+        }
+    }
+    let rows: Vec<(&str, &Summary, &Summary, Option<&Summary>)> = lists
+        .into_iter()
+        .filter_map(|list| {
+            Some((list, find(list, Policy::Yiyun)?, find(list, Policy::Fgd)?, find(list, Policy::BestFit)))
+        })
+        .collect();
+    if rows.is_empty() {
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "\nyiyun against FGD: allocation % at 100% and 130% arrived; unallocated GPUs of yiyun as a ratio of FGD's"
+    );
+    let _ = writeln!(
+        out,
+        "{:<12} {:>15} {:>15} {:>15} {:>8} {:>8} {:>13}",
+        "pod list", "best-fit", "fgd", "yiyun", "@100%", "@130%", "yiyun dec/s"
+    );
+    let unallocated_ratio = |yiyun: &Summary, fgd: &Summary, percent: usize| {
+        (100.0 - yiyun.at(percent)) / (100.0 - fgd.at(percent))
+    };
+    let (mut sum100, mut sum130) = (0.0, 0.0);
+    for (list, yiyun, fgd, best_fit) in &rows {
+        let pair = |summary: &Summary| format!("{:.2} / {:.2}", summary.at(100), summary.at(130));
+        let (at100, at130) = (unallocated_ratio(yiyun, fgd, 100), unallocated_ratio(yiyun, fgd, 130));
+        sum100 += at100;
+        sum130 += at130;
+        let _ = writeln!(
+            out,
+            "{:<12} {:>15} {:>15} {:>15} {:>8.3} {:>8.3} {:>13.0}",
+            list,
+            best_fit.map_or("-".to_string(), &pair),
+            pair(fgd),
+            pair(yiyun),
+            at100,
+            at130,
+            yiyun.decisions_per_second
+        );
+    }
+    let count = rows.len() as f64;
+    let _ = writeln!(
+        out,
+        "{:<12} {:>15} {:>15} {:>15} {:>8.3} {:>8.3}",
+        format!("mean of {}", rows.len()),
+        "",
+        "",
+        "",
+        sum100 / count,
+        sum130 / count
+    );
     out
 }

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod experiment;
 pub mod fgd;
+pub mod mix;
 pub mod scenario;
 pub mod timeline;
 pub mod trace;
@@ -59,6 +60,20 @@ pub struct FgdArgs {
     /// Pod lists (suffixes of openb_pod_list_<list>.csv), comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "default,gpushare40,multigpu20")]
     pub lists: Vec<String>,
+    /// Generated mixes, comma-separated FAMILY-SHARE (gpuspec, gpushare, multigpu, cpuonly;
+    /// share in percent), derived from the `--base` list; `--mixes ''` for none.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "gpuspec-10,gpuspec-25,gpuspec-40,gpushare-20,gpushare-60,gpushare-90,multigpu-10,multigpu-30,multigpu-50,cpuonly-20,cpuonly-35,cpuonly-50"
+    )]
+    pub mixes: Vec<String>,
+    /// The shared list the mixes are derived from.
+    #[arg(long, default_value = "default")]
+    pub base: String,
+    /// Seed of the mixes' generation (the experiment's seeds are `--seed`).
+    #[arg(long, default_value_t = 1)]
+    pub mix_seed: u64,
     /// Policies, comma-separated: first-fit, best-fit, spread, fgd, yiyun.
     #[arg(long, value_delimiter = ',', default_value = "first-fit,best-fit,spread,fgd,yiyun")]
     pub policies: Vec<String>,
@@ -99,9 +114,17 @@ pub fn simulate(command: Command) -> Result<String, Error> {
                     args.inflation
                 )));
             }
+            let mixes = args
+                .mixes
+                .iter()
+                .filter(|mix| !mix.is_empty())
+                .map(|mix| mix::Mix::parse(mix, args.mix_seed))
+                .collect::<Result<Vec<_>, _>>()?;
             let config = fgd::FgdConfig {
                 traces: args.traces,
-                lists: args.lists,
+                lists: args.lists.into_iter().filter(|list| !list.is_empty()).collect(),
+                mixes,
+                base: args.base,
                 policies,
                 seeds: (args.seed..args.seed + args.seeds).collect(),
                 inflation: args.inflation,
