@@ -67,7 +67,8 @@ bench-api: cluster-binaries
 	cargo build --release -p yiyun --locked
 	e2e/with-cluster bench-$$$$ $(CARGO_TARGET_DIR)/release/yiyun bench api
 
-## simulate: the FGD paper's placement experiment on the Alibaba trace, every policy, 10 seeds (~15 s)
+## simulate: the FGD paper's placement experiment on the Alibaba trace and twelve generated mixes,
+## every policy, 10 seeds (~2 min)
 simulate:
 	cargo build --release -p yiyun --locked
 	$(CARGO_TARGET_DIR)/release/yiyun simulate fgd --traces ../shared/traces/openb

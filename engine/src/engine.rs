@@ -14,6 +14,7 @@ use crate::{
     fxhash::FxHashMap,
     gpu::{GpuFree, MAX_GPUS, Workload},
     model::{Attachment, GpuRequest, HostPort, Node, Pod, Resources},
+    observed::Observed,
     rng::Rng,
     tenants::{Tenant, Tenants, Usage},
     topology::{NodeFacts, NodeScore, PodFacts, PodIndex, Rules, normalised},
@@ -212,6 +213,8 @@ pub struct PlacedPod {
 pub struct Engine {
     policy: Policy,
     workload: Workload,
+    /// The workload measured from the pods asked about; None once the caller fixed one.
+    observed: Option<Observed>,
     costs: CostModel,
     pub(crate) tenants: Tenants,
     nodes: Vec<Option<NodeSlot>>,
@@ -220,8 +223,11 @@ pub struct Engine {
     class_ids: HashMap<NodeClass, u32>,
     groups: Vec<Group>,
     group_ids: FxHashMap<ShapeKey, u32>,
-    /// Non-empty groups, by what their GPUs can still take (see [`gpu_bucket`]).
+    /// Non-empty groups, by GPU model and what their GPUs can still take (see [`gpu_bucket`]):
+    /// `GPU_BUCKETS` buckets for each entry of `gpu_models`.
     buckets: Vec<Vec<u32>>,
+    /// GPU models of the nodes, in the order first seen (None: nodes without a model).
+    gpu_models: Vec<Option<String>>,
     spare_groups: Vec<u32>,
     pods: HashMap<String, Bound>,
     /// Replicas per spread key per node.
@@ -289,6 +295,7 @@ impl Engine {
         Engine {
             policy,
             workload: Workload::default(),
+            observed: Some(Observed::default()),
             costs: CostModel::default(),
             tenants: Tenants::default(),
             nodes: Vec::new(),
@@ -297,7 +304,8 @@ impl Engine {
             class_ids: HashMap::new(),
             groups: Vec::new(),
             group_ids: FxHashMap::default(),
-            buckets: vec![Vec::new(); GPU_BUCKETS],
+            buckets: Vec::new(),
+            gpu_models: Vec::new(),
             spare_groups: Vec::new(),
             pods: HashMap::new(),
             spread: HashMap::new(),
@@ -327,10 +335,27 @@ impl Engine {
         self.policy
     }
 
-    /// The workload fragmentation is measured against.
+    /// Fixes the workload fragmentation is measured against (the FGD paper's policy is given
+    /// the pod list's typical pods in advance). Without it, the engine measures the pods it is
+    /// asked to place.
     pub fn set_workload(&mut self, workload: Workload) {
+        self.observed = None;
         self.workload = workload;
         self.frag_memo.clear();
+    }
+
+    pub fn workload(&self) -> &Workload {
+        &self.workload
+    }
+
+    /// Counts `pod` into the measured workload.
+    pub(crate) fn observe(&mut self, pod: &Pod) {
+        if let Some(measured) =
+            self.observed.as_mut().and_then(|observed| observed.record(pod, &self.workload))
+        {
+            self.workload = measured;
+            self.frag_memo.clear();
+        }
     }
 
     /// Sets the clock (seconds): pods placed from now on are expected to end at now plus their
@@ -561,7 +586,8 @@ impl Engine {
         let group = match self.group_ids.get(&key) {
             Some(&group) => group,
             None => {
-                let bucket = gpu_bucket(&key.gpus);
+                let model = self.classes[key.class as usize].gpu_model.clone();
+                let bucket = self.model_slot(model) * GPU_BUCKETS + gpu_bucket(&key.gpus);
                 let group = Group {
                     bucket,
                     position: self.buckets[bucket].len(),
@@ -585,6 +611,30 @@ impl Engine {
         };
         self.groups[group as usize].members.insert((slot.rank, id));
         group
+    }
+
+    /// Where the buckets of nodes with GPU `model` start, in units of `GPU_BUCKETS`.
+    fn model_slot(&mut self, model: Option<String>) -> usize {
+        if let Some(slot) = self.gpu_models.iter().position(|known| *known == model) {
+            return slot;
+        }
+        self.gpu_models.push(model);
+        self.buckets.resize(self.gpu_models.len() * GPU_BUCKETS, Vec::new());
+        self.gpu_models.len() - 1
+    }
+
+    /// Buckets whose groups may hold `pod`: of the GPU models it may use, with room for its GPUs.
+    fn eligible_buckets(&self, pod: &Pod) -> Vec<usize> {
+        let headroom = headroom_buckets(pod.gpu);
+        let pinned = pod.gpu.milli() > 0 && !pod.gpu_models.is_empty();
+        self.gpu_models
+            .iter()
+            .enumerate()
+            .filter(|(_, model)| {
+                !pinned || model.as_ref().is_some_and(|model| pod.gpu_models.contains(model))
+            })
+            .flat_map(|(slot, _)| headroom.iter().map(move |bucket| slot * GPU_BUCKETS + bucket))
+            .collect()
     }
 
     fn leave_group(&mut self, id: NodeId, rank: u64, group: u32) {
@@ -613,6 +663,7 @@ impl Engine {
 
     /// Decides where `pod` goes without placing it, or explains why it cannot go anywhere.
     pub fn decide(&mut self, pod: &Pod) -> Result<Placement, Explanation> {
+        self.observe(pod);
         if let Some(tenant) = &pod.tenant
             && let Some(limit) = self.tenants.limit_for(tenant, usage_of(pod))
         {
@@ -673,7 +724,7 @@ impl Engine {
                 best = Some((score, node, device));
             }
         };
-        let buckets = eligible_buckets(pod.gpu);
+        let buckets = self.eligible_buckets(pod);
         for &group_index in buckets.iter().flat_map(|&bucket| &self.buckets[bucket]) {
             let group = &self.groups[group_index as usize];
             let Verdict::Feasible { preference, cost } = verdicts[group.key.class as usize] else { continue };
@@ -939,8 +990,8 @@ fn gpu_bucket(gpus: &GpuFree) -> usize {
     idle * 10 + usize::from(partial / 100)
 }
 
-/// Buckets whose groups may fit `request`.
-fn eligible_buckets(request: GpuRequest) -> Vec<usize> {
+/// Buckets of one GPU model whose groups may fit `request`.
+fn headroom_buckets(request: GpuRequest) -> Vec<usize> {
     let (count, milli) = request.per_device();
     (0..GPU_BUCKETS)
         .filter(|&bucket| {

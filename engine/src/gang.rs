@@ -95,6 +95,9 @@ impl Engine {
 
     fn place_gang(&mut self, gang: &Gang, pods: &[Pod]) -> Result<Vec<Placement>, Explanation> {
         let members = &pods[..gang.min_member.min(pods.len())];
+        for member in members {
+            self.observe(member);
+        }
         let Some(first) = members.first() else { return Ok(Vec::new()) };
         if members.len() < gang.min_member {
             let explanation = Explanation::nodes(self.node_count(), BTreeMap::new());

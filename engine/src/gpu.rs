@@ -122,31 +122,83 @@ pub struct WorkloadShape {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Workload {
     shapes: Vec<WorkloadShape>,
+    /// The shapes as nodes of each GPU model see them: the models pinned shapes name, then one
+    /// view for every other model (and nodes without one).
+    views: Vec<ModelView>,
 }
 
-/// Identity of a pod shape for counting its popularity.
-type ShapeCount = ((u64, u64, GpuRequest, Vec<String>), f64);
+/// Which typical pods can use a node's GPUs, for nodes of one GPU model: measuring a node only
+/// visits those, so shapes pinned to other models cost nothing.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct ModelView {
+    /// None: any model no shape names.
+    model: Option<String>,
+    /// GPU shapes allowed on the model.
+    usable: Vec<usize>,
+    /// Shapes without GPUs: they use none of the GPUs, but take CPU and memory.
+    cpu_only: Vec<usize>,
+    /// Weight of the GPU shapes pinned to other models, which can never use these GPUs.
+    pinned_elsewhere: f64,
+}
 
 impl Workload {
-    /// The most popular shapes of `pods` (cpu milli, memory, GPU request, models) that together
-    /// make up `coverage` (0–1] of them, as the FGD paper takes its "typical pods"; weights are
+    fn new(shapes: Vec<WorkloadShape>) -> Workload {
+        let mut named: Vec<Option<String>> =
+            shapes.iter().flat_map(|shape| shape.gpu_models.iter().cloned().map(Some)).collect();
+        named.sort();
+        named.dedup();
+        named.push(None);
+        let views = named
+            .into_iter()
+            .map(|model| {
+                let mut view = ModelView { model: model.clone(), ..ModelView::default() };
+                for (index, shape) in shapes.iter().enumerate() {
+                    if shape.gpu.milli() == 0 {
+                        view.cpu_only.push(index);
+                    } else if shape.gpu_models.is_empty()
+                        || model.as_ref().is_some_and(|model| shape.gpu_models.contains(model))
+                    {
+                        view.usable.push(index);
+                    } else {
+                        view.pinned_elsewhere += shape.weight;
+                    }
+                }
+                view
+            })
+            .collect();
+        Workload { shapes, views }
+    }
+
+    fn view(&self, model: Option<&str>) -> Option<&ModelView> {
+        self.views
+            .iter()
+            .find(|view| view.model.as_deref() == model)
+            .or_else(|| self.views.iter().find(|view| view.model.is_none()))
+    }
+}
+
+/// What tells typical pods apart: CPU and GPU request and the GPU models allowed, as the FGD
+/// paper takes them (memory is not part of it).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Shape {
+    pub cpu_milli: u64,
+    pub gpu: GpuRequest,
+    pub gpu_models: Vec<String>,
+}
+
+impl Shape {
+    pub fn of(pod: &crate::model::Pod) -> Shape {
+        Shape { cpu_milli: pod.requests.cpu_milli, gpu: pod.gpu, gpu_models: pod.gpu_models.clone() }
+    }
+}
+
+impl Workload {
+    /// The most popular of `shapes` (with how many pods had each) that together make up
+    /// `coverage` (0–1] of the pods, as the FGD paper takes its "typical pods"; weights are
     /// renormalised to sum to 1.
-    pub fn from_pods<'a>(
-        pods: impl IntoIterator<Item = (u64, u64, GpuRequest, &'a [String])>,
-        coverage: f64,
-    ) -> Workload {
-        let mut counts: Vec<ShapeCount> = Vec::new();
-        let mut index = std::collections::HashMap::new();
-        let mut total = 0.0;
-        for (cpu, memory, gpu, models) in pods {
-            let key = (cpu, memory, gpu, models.to_vec());
-            let slot = *index.entry(key.clone()).or_insert_with(|| {
-                counts.push((key, 0.0));
-                counts.len() - 1
-            });
-            counts[slot].1 += 1.0;
-            total += 1.0;
-        }
+    pub fn from_counts(shapes: impl IntoIterator<Item = (Shape, f64)>, coverage: f64) -> Workload {
+        let mut counts: Vec<(Shape, f64)> = shapes.into_iter().filter(|(_, count)| *count > 0.0).collect();
+        let total: f64 = counts.iter().map(|(_, count)| count).sum();
         if total == 0.0 {
             return Workload::default();
         }
@@ -154,17 +206,45 @@ impl Workload {
         counts.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         let mut kept = Vec::new();
         let mut covered = 0.0;
-        for ((cpu_milli, memory_bytes, gpu, gpu_models), count) in counts {
+        for (shape, count) in counts {
             if covered >= coverage * total {
                 break;
             }
             covered += count;
-            kept.push(WorkloadShape { cpu_milli, memory_bytes, gpu, gpu_models, weight: count });
+            kept.push(WorkloadShape {
+                cpu_milli: shape.cpu_milli,
+                memory_bytes: 0,
+                gpu: shape.gpu,
+                gpu_models: shape.gpu_models,
+                weight: count,
+            });
         }
         for shape in &mut kept {
             shape.weight /= covered;
         }
-        Workload { shapes: kept }
+        Workload::new(kept)
+    }
+
+    /// The typical pods of a pod list: their CPU and GPU requests and GPU models.
+    pub fn from_pods<'a>(pods: impl IntoIterator<Item = &'a crate::model::Pod>, coverage: f64) -> Workload {
+        let mut counts: std::collections::HashMap<Shape, f64> = std::collections::HashMap::new();
+        for pod in pods {
+            *counts.entry(Shape::of(pod)).or_insert(0.0) += 1.0;
+        }
+        Workload::from_counts(counts, coverage)
+    }
+
+    /// Total variation distance between two workloads (0: the same, 1: nothing in common).
+    pub fn distance(&self, other: &Workload) -> f64 {
+        let key = |shape: &WorkloadShape| (shape.cpu_milli, shape.gpu, shape.gpu_models.clone());
+        let mut weights: std::collections::HashMap<_, (f64, f64)> = std::collections::HashMap::new();
+        for shape in &self.shapes {
+            weights.entry(key(shape)).or_default().0 += shape.weight;
+        }
+        for shape in &other.shapes {
+            weights.entry(key(shape)).or_default().1 += shape.weight;
+        }
+        weights.values().map(|(a, b)| (a - b).abs()).sum::<f64>() / 2.0
     }
 
     pub fn shapes(&self) -> &[WorkloadShape] {
@@ -180,15 +260,13 @@ impl Workload {
         if total == 0.0 {
             return 0.0;
         }
-        let mut fragmented = 0.0;
-        for shape in &self.shapes {
-            let (count, milli) = shape.gpu.per_device();
-            let usable = count > 0
-                && cpu_free >= shape.cpu_milli
-                && memory_free >= shape.memory_bytes
-                && (shape.gpu_models.is_empty()
-                    || model.is_some_and(|model| shape.gpu_models.iter().any(|m| m == model)))
-                && gpus.fits(shape.gpu);
+        let Some(view) = self.view(model) else { return 0.0 };
+        let cpu_only: f64 = view.cpu_only.iter().map(|&index| self.shapes[index].weight).sum();
+        let mut fragmented = (view.pinned_elsewhere + cpu_only) * total;
+        for shape in view.usable.iter().map(|&index| &self.shapes[index]) {
+            let (_, milli) = shape.gpu.per_device();
+            let usable =
+                cpu_free >= shape.cpu_milli && memory_free >= shape.memory_bytes && gpus.fits(shape.gpu);
             let lost = if usable {
                 gpus.devices().iter().filter(|&&free| free < milli).map(|&free| f64::from(free)).sum()
             } else {
@@ -215,30 +293,27 @@ impl Workload {
         if total == 0.0 {
             return 0.0;
         }
-        let mut expected = 0.0;
-        for shape in &self.shapes {
-            let fits = cpu_free >= shape.cpu_milli
-                && memory_free >= shape.memory_bytes
-                && (shape.gpu_models.is_empty()
-                    || model.is_some_and(|model| shape.gpu_models.iter().any(|m| m == model)))
-                && gpus.fits(shape.gpu);
-            let after = if !fits || shape.gpu.milli() == 0 {
-                if fits {
-                    self.fragmentation(
-                        cpu_free - shape.cpu_milli,
-                        memory_free - shape.memory_bytes,
-                        gpus,
-                        model,
-                    )
-                } else {
-                    total
-                }
+        let Some(view) = self.view(model) else { return 0.0 };
+        let mut expected = view.pinned_elsewhere * total;
+        for shape in view.cpu_only.iter().map(|&index| &self.shapes[index]) {
+            let after = if cpu_free >= shape.cpu_milli && memory_free >= shape.memory_bytes {
+                self.fragmentation(cpu_free - shape.cpu_milli, memory_free - shape.memory_bytes, gpus, model)
             } else {
+                total
+            };
+            expected += shape.weight * after;
+        }
+        for shape in view.usable.iter().map(|&index| &self.shapes[index]) {
+            let fits =
+                cpu_free >= shape.cpu_milli && memory_free >= shape.memory_bytes && gpus.fits(shape.gpu);
+            let after = if fits {
                 let mut next = *gpus;
                 if let Some(allocation) = next.tightest_allocation(shape.gpu) {
                     next.take(&allocation);
                 }
                 self.fragmentation(cpu_free - shape.cpu_milli, memory_free - shape.memory_bytes, &next, model)
+            } else {
+                total
             };
             expected += shape.weight * after;
         }
@@ -251,8 +326,8 @@ mod tests {
     use super::*;
 
     fn workload(shapes: &[(u64, GpuRequest, f64)]) -> Workload {
-        Workload {
-            shapes: shapes
+        Workload::new(
+            shapes
                 .iter()
                 .map(|&(cpu_milli, gpu, weight)| WorkloadShape {
                     cpu_milli,
@@ -262,7 +337,7 @@ mod tests {
                     weight,
                 })
                 .collect(),
-        }
+        )
     }
 
     fn free(devices: &[u16]) -> GpuFree {
@@ -284,6 +359,27 @@ mod tests {
     }
 
     #[test]
+    fn shapes_pinned_to_another_model_lose_every_free_gpu() {
+        let pinned = |model: &str| WorkloadShape {
+            cpu_milli: 1000,
+            memory_bytes: 0,
+            gpu: GpuRequest::Whole(1),
+            gpu_models: vec![model.to_string()],
+            weight: 0.25,
+        };
+        let any = WorkloadShape { gpu_models: Vec::new(), gpu: GpuRequest::Fraction(500), ..pinned("") };
+        let cpu = WorkloadShape { gpu: GpuRequest::None, gpu_models: Vec::new(), ..pinned("") };
+        let workload = Workload::new(vec![pinned("A100"), pinned("T4"), any, cpu]);
+        let gpus = free(&[1000, 300]);
+        // On an A100: the T4 shape and the CPU shape lose all 1300, the others the 300.
+        assert_eq!(workload.fragmentation(8000, 0, &gpus, Some("A100")), 0.25 * (1300.0 * 2.0 + 300.0 * 2.0));
+        // On a model nobody pins to (or none), both pinned shapes lose everything.
+        let elsewhere = 0.25 * (1300.0 * 3.0 + 300.0);
+        assert_eq!(workload.fragmentation(8000, 0, &gpus, Some("V100")), elsewhere);
+        assert_eq!(workload.fragmentation(8000, 0, &gpus, None), elsewhere);
+    }
+
+    #[test]
     fn a_node_out_of_cpu_loses_every_free_gpu() {
         let workload = workload(&[(4000, GpuRequest::Whole(1), 1.0)]);
         assert_eq!(workload.fragmentation(2000, 0, &free(&[1000, 1000]), None), 2000.0);
@@ -292,14 +388,22 @@ mod tests {
 
     #[test]
     fn typical_pods_cover_the_most_popular_shapes() {
-        let none: &[String] = &[];
-        let mut pods = vec![(1000, 0, GpuRequest::Whole(1), none); 6];
-        pods.extend(vec![(2000, 0, GpuRequest::Fraction(500), none); 3]);
-        pods.push((500, 0, GpuRequest::None, none));
-        let workload = Workload::from_pods(pods, 0.9);
+        let pod = |index: usize, cpu: u64, gpu: GpuRequest| {
+            let mut pod =
+                crate::model::Pod::new(format!("p{index}"), crate::model::Resources::new(cpu, 1 << 30));
+            pod.gpu = gpu;
+            pod
+        };
+        let mut pods: Vec<_> = (0..6).map(|index| pod(index, 1000, GpuRequest::Whole(1))).collect();
+        pods.extend((6..9).map(|index| pod(index, 2000, GpuRequest::Fraction(500))));
+        pods.push(pod(9, 500, GpuRequest::None));
+        let workload = Workload::from_pods(&pods, 0.9);
         assert_eq!(workload.shapes().len(), 2);
         assert!((workload.shapes()[0].weight - 6.0 / 9.0).abs() < 1e-9);
         assert!((workload.shapes()[1].weight - 3.0 / 9.0).abs() < 1e-9);
+        assert_eq!(workload.distance(&workload), 0.0);
+        let only_whole = Workload::from_pods(&pods[..6], 0.9);
+        assert!((workload.distance(&only_whole) - 1.0 / 3.0).abs() < 1e-9);
     }
 
     #[test]

@@ -13,6 +13,7 @@ mod fxhash;
 pub mod gang;
 pub mod gpu;
 pub mod model;
+pub mod observed;
 pub mod preempt;
 pub mod reserve;
 pub mod rng;

@@ -17,6 +17,7 @@ use yiyun_engine::{
 use crate::{
     Error,
     experiment::{self, ExperimentConfig},
+    mix::Mix,
     read,
     trace::{TraceNode, TracePod, parse_nodes, parse_pods},
 };
@@ -41,6 +42,17 @@ pub struct BenchArgs {
     pub gang: usize,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Mixes (as `yiyun simulate fgd --mixes`) whose decision rate is measured besides the
+    /// default list's; `--mixes ''` for none.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "gpuspec-10,gpuspec-25,gpuspec-40,gpushare-20,gpushare-60,gpushare-90,multigpu-10,multigpu-30,multigpu-50,cpuonly-20,cpuonly-35,cpuonly-50"
+    )]
+    pub mixes: Vec<String>,
+    /// Seed of the mixes' generation.
+    #[arg(long, default_value_t = 1)]
+    pub mix_seed: u64,
 }
 
 /// Nodes per rack when the bench assigns racks.
@@ -238,6 +250,49 @@ fn arrivals(pods: &[TracePod], capacity_milli: u64, seed: u64) -> Vec<TracePod> 
     experiment::arrivals(pods, capacity_milli, &ExperimentConfig { inflation: 1.0, seed })
 }
 
+/// Decisions per second of the engine and of a full scan on `nodes`, for pods of `list` arriving
+/// until their GPUs add up to the cluster's.
+fn decision_rate(name: &str, list: &[TracePod], nodes: &[Node], seed: u64) -> String {
+    let mut out = String::new();
+    let mut engine = Engine::new(Policy::Yiyun, seed);
+    for node in nodes {
+        engine.upsert_node(node.clone());
+    }
+    let list = arrivals(list, engine.gpu_milli().0, seed);
+    let pods: Vec<Pod> =
+        list.iter().enumerate().map(|(index, pod)| pod.to_pod(format!("p{index}"))).collect();
+    eprintln!("[bench] {name}: {} pods on {} nodes, yiyun engine then a full scan", pods.len(), nodes.len());
+    let started = Instant::now();
+    let placed = pods.iter().filter(|pod| engine.schedule(pod).is_ok()).count();
+    let engine_rate = pods.len() as f64 / started.elapsed().as_secs_f64();
+    let mut scan = Scan::new(nodes);
+    let started = Instant::now();
+    let scan_placed = pods.iter().filter(|pod| scan.schedule(pod)).count();
+    let scan_rate = pods.len() as f64 / started.elapsed().as_secs_f64();
+    let _ = writeln!(
+        out,
+        "{:<58} {:>14.0} {:>14.0}",
+        format!("decisions/s, {name}: {} pods on {} nodes", pods.len(), nodes.len()),
+        engine_rate,
+        scan_rate
+    );
+    let _ = writeln!(
+        out,
+        "{:<58} {:>14} {:>14}",
+        format!("  {:.1}x the scan; pods placed", engine_rate / scan_rate),
+        placed,
+        scan_placed
+    );
+    let _ = writeln!(
+        out,
+        "{:<58} {:>14} {:>14}",
+        "  distinct node states (groups scored) at the end",
+        engine.group_count(),
+        nodes.len()
+    );
+    out
+}
+
 /// Runs the benchmark and returns its table.
 pub fn run(args: &BenchArgs) -> Result<String, Error> {
     let node_file = Path::new(&args.traces).join("openb_node_list_gpu_node.csv");
@@ -248,41 +303,17 @@ pub fn run(args: &BenchArgs) -> Result<String, Error> {
     let mut out = String::new();
     let _ = writeln!(out, "{:<58} {:>14} {:>14}", "measure (one core)", "yiyun engine", "full scan");
 
-    // Decision rate: pods arriving until their GPUs add up to the cluster's.
+    // Decision rate: pods arriving until their GPUs add up to the cluster's, for the default
+    // list and every mix.
     let nodes = sample_nodes(&trace_nodes, args.nodes, &mut rng);
-    let mut engine = Engine::new(Policy::Yiyun, args.seed);
-    for node in &nodes {
-        engine.upsert_node(node.clone());
+    let mut lists = vec![("default".to_string(), trace_pods.clone())];
+    for mix in args.mixes.iter().filter(|mix| !mix.is_empty()) {
+        let mix = Mix::parse(mix, args.mix_seed)?;
+        lists.push((mix.to_string(), mix.generate(&trace_pods, &trace_nodes)?));
     }
-    let list = arrivals(&trace_pods, engine.gpu_milli().0, args.seed);
-    engine.set_workload(experiment::workload(&list));
-    let pods: Vec<Pod> =
-        list.iter().enumerate().map(|(index, pod)| pod.to_pod(format!("p{index}"))).collect();
-    eprintln!("[bench] {} pods on {} nodes: yiyun engine", pods.len(), nodes.len());
-    let started = Instant::now();
-    let placed = pods.iter().filter(|pod| engine.schedule(pod).is_ok()).count();
-    let engine_rate = pods.len() as f64 / started.elapsed().as_secs_f64();
-    let groups = engine.group_count();
-    eprintln!("[bench] the same pods: full scan");
-    let mut scan = Scan::new(&nodes);
-    let started = Instant::now();
-    let scan_placed = pods.iter().filter(|pod| scan.schedule(pod)).count();
-    let scan_rate = pods.len() as f64 / started.elapsed().as_secs_f64();
-    let _ = writeln!(
-        out,
-        "{:<58} {:>14.0} {:>14.0}",
-        format!("decisions/s, {} pods on {} nodes", pods.len(), nodes.len()),
-        engine_rate,
-        scan_rate
-    );
-    let _ = writeln!(out, "{:<58} {:>14} {:>14}", "pods placed", placed, scan_placed);
-    let _ = writeln!(
-        out,
-        "{:<58} {:>14} {:>14}",
-        "distinct node states (groups scored) at the end",
-        groups,
-        nodes.len()
-    );
+    for (name, list_pods) in &lists {
+        let _ = write!(out, "{}", decision_rate(name, list_pods, &nodes, args.seed));
+    }
 
     // A gang in one rack among many, half the cluster's GPUs busy.
     let large = sample_nodes(&trace_nodes, args.large_nodes, &mut rng);
@@ -295,7 +326,6 @@ pub fn run(args: &BenchArgs) -> Result<String, Error> {
         engine.gpu_milli().0,
         &ExperimentConfig { inflation: GANG_FILL, seed: args.seed },
     );
-    engine.set_workload(experiment::workload(&list));
     eprintln!("[bench] filling {} nodes to half their GPUs", large.len());
     for (index, pod) in list.iter().enumerate() {
         let _ = engine.schedule(&pod.to_pod(format!("fill{index}")));

@@ -5,13 +5,9 @@
 
 use std::time::Instant;
 
-use yiyun_engine::{Engine, Policy, gpu::Workload, rng::Rng};
+use yiyun_engine::{Engine, Policy, gpu::Workload, model::Pod, observed::TYPICAL_POD_COVERAGE, rng::Rng};
 
 use crate::trace::{TraceNode, TracePod};
-
-/// Share of the pods' most popular shapes that make up the workload fragmentation is measured
-/// against (the FGD paper's "typical pods").
-pub const TYPICAL_POD_COVERAGE: f64 = 0.95;
 
 #[derive(Clone, Debug)]
 pub struct ExperimentConfig {
@@ -59,14 +55,6 @@ pub fn arrivals(pods: &[TracePod], capacity_milli: u64, config: &ExperimentConfi
     list
 }
 
-/// The typical pods of a list, by cpu and GPU request as the paper takes them.
-pub fn workload(pods: &[TracePod]) -> Workload {
-    Workload::from_pods(
-        pods.iter().map(|pod| (pod.cpu_milli, 0, pod.gpu, pod.gpu_models.as_slice())),
-        TYPICAL_POD_COVERAGE,
-    )
-}
-
 /// Runs one policy on one seed.
 pub fn run(nodes: &[TraceNode], pods: &[TracePod], policy: Policy, config: &ExperimentConfig) -> Curve {
     let mut engine = Engine::new(policy, config.seed);
@@ -75,17 +63,20 @@ pub fn run(nodes: &[TraceNode], pods: &[TracePod], policy: Policy, config: &Expe
     }
     let (capacity, _) = engine.gpu_milli();
     let list = arrivals(pods, capacity, config);
-    engine.set_workload(workload(&list));
+    let pods: Vec<Pod> = list.iter().enumerate().map(|(index, pod)| pod.to_pod(format!("{index}"))).collect();
+    // FGD as published knows the list's typical pods in advance; yiyun measures what arrives.
+    if policy != Policy::Yiyun {
+        engine.set_workload(Workload::from_pods(&pods, TYPICAL_POD_COVERAGE));
+    }
     let marks = (config.inflation * 100.0).round() as usize;
     let mut allocated = Vec::with_capacity(marks);
     let (mut arrived, mut placed, mut failed) = (0u64, 0, 0);
     let started = Instant::now();
-    for (index, trace_pod) in list.iter().enumerate() {
+    for pod in &pods {
         if allocated.len() >= marks {
             break;
         }
-        let pod = trace_pod.to_pod(format!("{index}"));
-        match engine.schedule(&pod) {
+        match engine.schedule(pod) {
             Ok(_) => placed += 1,
             Err(_) => failed += 1,
         }

@@ -21,13 +21,15 @@ use std::{collections::BTreeMap, fmt::Write, path::Path, time::Instant};
 use yiyun_engine::{
     Engine, Policy,
     cost::{CostModel, Link, Site},
+    gpu::Workload,
     model::{DataLocality, LatencyClass, Node, Pod},
+    observed::TYPICAL_POD_COVERAGE,
     rng::Rng,
     tenants::{Tenant, Usage},
 };
 
 use crate::{
-    Error, experiment, read,
+    Error, read,
     trace::{Qos, TraceNode, TracePod, parse_nodes, parse_pods},
 };
 
@@ -193,7 +195,7 @@ fn replay(
     created: &[u64],
     variant: Variant,
     seed: u64,
-    workload: &yiyun_engine::gpu::Workload,
+    workload: &Workload,
 ) -> Outcome {
     let costs = cost_model();
     let policy = match variant {
@@ -210,7 +212,10 @@ fn replay(
     for tenant in tenants() {
         engine.upsert_tenant(tenant);
     }
-    engine.set_workload(workload.clone());
+    // FGD as published is given the trace's typical pods; yiyun measures what arrives.
+    if policy != Policy::Yiyun {
+        engine.set_workload(workload.clone());
+    }
     let pinned = |pod: &Pod| -> Pod {
         let mut pod = pod.clone();
         if variant == Variant::NearestEast
@@ -313,7 +318,7 @@ pub fn run(args: &TimelineArgs) -> Result<String, Error> {
         indexed.iter().enumerate().map(|(index, pod)| describe(pod, format!("p{index}"), &mut rng)).collect();
     let compress = args.compress.max(1);
     let created: Vec<u64> = indexed.iter().map(|pod| pod.created / compress).collect();
-    let workload = experiment::workload(&trace_pods);
+    let workload = Workload::from_pods(&pods, TYPICAL_POD_COVERAGE);
     let variants = [
         Variant::Plain(Policy::FirstFit),
         Variant::Plain(Policy::BestFit),
