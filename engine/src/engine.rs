@@ -344,10 +344,6 @@ impl Engine {
         self.frag_memo.clear();
     }
 
-    pub fn workload(&self) -> &Workload {
-        &self.workload
-    }
-
     /// Counts `pod` into the measured workload.
     pub(crate) fn observe(&mut self, pod: &Pod) {
         if let Some(measured) =
