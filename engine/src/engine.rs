@@ -12,9 +12,10 @@ use crate::{
     explain::Explanation,
     filter::{NodeClass, Reason, TenantScope},
     fxhash::FxHashMap,
-    gpu::{GpuFree, MAX_GPUS, Workload},
+    gpu::{GpuFree, MAX_GPUS, Shape, Workload},
     model::{Attachment, GpuRequest, HostPort, Node, Pod, Resources},
     observed::Observed,
+    ranking::{Entry, Rankings, Score, compare},
     rng::Rng,
     tenants::{Tenant, Tenants, Usage},
     topology::{NodeFacts, NodeScore, PodFacts, PodIndex, Rules, normalised},
@@ -233,6 +234,10 @@ pub struct Engine {
     /// Replicas per spread key per node.
     spread: HashMap<String, HashMap<NodeId, u32>>,
     frag_memo: FxHashMap<FragKey, f64>,
+    /// Groups in score order for the typical pod shapes.
+    rankings: Rankings,
+    /// Whether decisions read the rankings (off only to check them against scoring every group).
+    use_rankings: bool,
     rng: Rng,
     node_count: usize,
     /// Largest allocatable CPU and GPU milli of any node, to normalise best-fit scores.
@@ -279,16 +284,9 @@ enum Verdict<'a> {
     Feasible { preference: i64, cost: f64 },
 }
 
-/// A group's score: compared lexicographically, higher is better.
-type Score = [f64; 4];
-
 /// A node that passed, waiting for the topology scores of all the others: its score, (rank,
 /// id), the device a GPU fraction would take, and its raw topology scores.
 type Candidate = (Score, (u64, NodeId), Option<u16>, NodeScore);
-
-fn compare(a: &Score, b: &Score) -> Ordering {
-    a.iter().zip(b).map(|(a, b)| a.total_cmp(b)).find(|o| o.is_ne()).unwrap_or(Ordering::Equal)
-}
 
 impl Engine {
     pub fn new(policy: Policy, seed: u64) -> Self {
@@ -310,6 +308,8 @@ impl Engine {
             pods: HashMap::new(),
             spread: HashMap::new(),
             frag_memo: FxHashMap::default(),
+            rankings: Rankings::default(),
+            use_rankings: true,
             rng: Rng::new(seed),
             node_count: 0,
             largest_cpu: 1,
@@ -342,6 +342,20 @@ impl Engine {
         self.observed = None;
         self.workload = workload;
         self.frag_memo.clear();
+        self.rankings.reset(&self.workload);
+    }
+
+    /// Rankings kept now.
+    #[cfg(test)]
+    pub(crate) fn rankings_kept(&self) -> usize {
+        self.rankings.kept()
+    }
+
+    /// Scores every group for every pod instead of reading the rankings, to check them.
+    #[cfg(test)]
+    pub(crate) fn without_rankings(mut self) -> Self {
+        self.use_rankings = false;
+        self
     }
 
     /// Counts `pod` into the measured workload.
@@ -351,6 +365,7 @@ impl Engine {
         {
             self.workload = measured;
             self.frag_memo.clear();
+            self.rankings.reset(&self.workload);
         }
     }
 
@@ -548,8 +563,13 @@ impl Engine {
     }
 
     fn install(&mut self, id: NodeId, mut slot: NodeSlot) {
+        let largest = (self.largest_cpu, self.largest_gpu);
         self.largest_cpu = self.largest_cpu.max(slot.node.allocatable.cpu_milli);
         self.largest_gpu = self.largest_gpu.max(u64::from(slot.node.gpus) * 1000);
+        if largest != (self.largest_cpu, self.largest_gpu) {
+            // Best-fit terms are normalised by the largest node.
+            self.rankings.reset(&self.workload);
+        }
         self.gpu_capacity += slot.gpus.devices().len() as u64 * 1000;
         self.gpu_allocated += slot.gpus.devices().iter().map(|&f| 1000 - u64::from(f)).sum::<u64>();
         slot.group = self.join_group(id, &slot);
@@ -606,6 +626,7 @@ impl Engine {
             }
         };
         self.groups[group as usize].members.insert((slot.rank, id));
+        self.rankings.changed(group);
         group
     }
 
@@ -636,6 +657,7 @@ impl Engine {
     fn leave_group(&mut self, id: NodeId, rank: u64, group: u32) {
         let Some(entry) = self.groups.get_mut(group as usize) else { return };
         entry.members.remove(&(rank, id));
+        self.rankings.changed(group);
         if entry.members.is_empty() {
             self.group_ids.remove(&entry.key);
             let (bucket, position) = (entry.bucket, entry.position);
@@ -659,6 +681,20 @@ impl Engine {
 
     /// Decides where `pod` goes without placing it, or explains why it cannot go anywhere.
     pub fn decide(&mut self, pod: &Pod) -> Result<Placement, Explanation> {
+        self.decision(pod, true)
+    }
+
+    /// Places `pod` where [`decide`](Self::decide) would, without explaining a failure (which
+    /// counts every node's reason): for callers that only count failures, like the simulator.
+    pub fn try_schedule(&mut self, pod: &Pod) -> Option<Placement> {
+        let placement = self.decision(pod, false).ok()?;
+        self.assume(pod, &placement);
+        Some(placement)
+    }
+
+    /// [`decide`](Self::decide); a failure is explained only if `explain`, else the explanation
+    /// is empty.
+    pub(crate) fn decision(&mut self, pod: &Pod, explain: bool) -> Result<Placement, Explanation> {
         self.observe(pod);
         if let Some(tenant) = &pod.tenant
             && let Some(limit) = self.tenants.limit_for(tenant, usage_of(pod))
@@ -704,24 +740,64 @@ impl Engine {
         };
         let mut scored: Vec<Candidate> = Vec::new();
 
-        // The best score so far and the first node (by rank) reaching it, with the device (by
-        // its free milli) a GPU fraction should take there.
-        let mut best: Option<(Score, (u64, NodeId), Option<u16>)> = None;
-        let mut consider = |score: Score, node: (u64, NodeId), device: Option<u16>| {
-            let better = match &best {
-                None => true,
-                Some((top, first, _)) => match compare(&score, top) {
-                    Ordering::Greater => true,
-                    Ordering::Equal => node < *first,
-                    Ordering::Less => false,
-                },
-            };
-            if better {
-                best = Some((score, node, device));
-            }
-        };
+        let mut best: Best = None;
         let buckets = self.eligible_buckets(pod);
-        for &group_index in buckets.iter().flat_map(|&bucket| &self.buckets[bucket]) {
+        let shape = Shape::of(pod);
+        let ranked = self.use_rankings
+            && spread.is_none()
+            && rules.as_ref().is_none_or(|rules| !rules.scores())
+            && uniform(&verdicts)
+            && self.rankings.keeps(&shape);
+        if ranked {
+            let (groups, classes, workload, memo) =
+                (&self.groups, &self.classes, &self.workload, &mut self.frag_memo);
+            let (policy, largest_cpu, largest_gpu) = (self.policy, self.largest_cpu, self.largest_gpu);
+            // Spread scores memory, the others only need it to fit (checked below, per pod).
+            let memory = if policy == Policy::Spread { pod.requests.memory_bytes } else { 0 };
+            let pinned = pod.gpu.milli() > 0 && !pod.gpu_models.is_empty();
+            let score = |index: u32| {
+                let group = &groups[index as usize];
+                let &(rank, _) = group.members.first()?;
+                let model = classes[group.key.class as usize].gpu_model.as_ref();
+                let takes = (!pinned || model.is_some_and(|model| pod.gpu_models.contains(model)))
+                    && group.key.free.cpu_milli >= pod.requests.cpu_milli
+                    && group.key.free.memory_bytes >= memory
+                    && group.key.gpus.fits(pod.gpu);
+                if !takes {
+                    return None;
+                }
+                let (score, device) = score_group(
+                    policy,
+                    pod,
+                    group,
+                    0,
+                    0.0,
+                    workload,
+                    classes,
+                    memo,
+                    largest_cpu,
+                    largest_gpu,
+                );
+                Some(Entry { score, rank, group: index, device })
+            };
+            let all = buckets.iter().flat_map(|&bucket| &self.buckets[bucket]).copied();
+            for entry in self.rankings.ranked(&(shape, memory), all, score) {
+                if best.as_ref().is_some_and(|(top, ..)| compare(&entry.score, top).is_lt()) {
+                    break; // the rest score lower
+                }
+                let group = &groups[entry.group as usize];
+                if !matches!(verdicts[group.key.class as usize], Verdict::Feasible { .. })
+                    || group.key.free.first_shortage(&pod.requests).is_some()
+                {
+                    continue;
+                }
+                if let Some(&member) = group.members.iter().find(|member| admitted(member.1)) {
+                    consider(&mut best, entry.score, member, entry.device);
+                }
+            }
+        }
+        let scanned: &[usize] = if ranked { &[] } else { &buckets };
+        for &group_index in scanned.iter().flat_map(|&bucket| &self.buckets[bucket]) {
             let group = &self.groups[group_index as usize];
             let Verdict::Feasible { preference, cost } = verdicts[group.key.class as usize] else { continue };
             if group.key.free.first_shortage(&pod.requests).is_some() || !group.key.gpus.fits(pod.gpu) {
@@ -755,7 +831,7 @@ impl Engine {
                         let node_score = facts.map(|facts| rules.score(&facts)).unwrap_or_default();
                         scored.push((member_score, member, device, node_score));
                     }
-                    None => consider(member_score, member, device),
+                    None => consider(&mut best, member_score, member, device),
                 }
                 if !every_member {
                     break;
@@ -768,16 +844,20 @@ impl Engine {
         let preference_at = usize::from(spread.is_some());
         for ((mut score, member, device, _), topology) in scored.into_iter().zip(topology) {
             score[preference_at] += topology;
-            consider(score, member, device);
+            consider(&mut best, score, member, device);
         }
+        let unplaced = |engine: &Self| match explain {
+            true => engine.explain_nodes(pod, &verdicts, rules.as_ref()),
+            false => Explanation::nodes(engine.node_count, BTreeMap::new()),
+        };
         let Some((_, (_, node), device)) = best else {
-            return Err(self.explain_nodes(pod, &verdicts, rules.as_ref()));
+            return Err(unplaced(self));
         };
         let fraction_device =
             self.slot(node).and_then(|slot| device.and_then(|free| slot.gpus.device_with(free)));
         match self.slot(node).and_then(|slot| slot.gpus.allocation(pod.gpu, fraction_device)) {
             Some(gpus) => Ok(Placement { node, gpus }),
-            None => Err(self.explain_nodes(pod, &verdicts, rules.as_ref())),
+            None => Err(unplaced(self)),
         }
     }
 
@@ -840,11 +920,19 @@ impl Engine {
     /// Counts, over all nodes, the first reason each cannot take `pod`, in kube-scheduler's
     /// order: the node's class, its name and ports, its resources, then inter-pod rules.
     fn explain_nodes(&self, pod: &Pod, verdicts: &[Verdict], rules: Option<&Rules>) -> Explanation {
-        let mut reasons: BTreeMap<Reason, usize> = BTreeMap::new();
+        // Counted per class, and in a short list, before the sorted map: an unplaceable pod
+        // looks at every group, and few reasons ever come up.
+        let mut rejected = vec![0; verdicts.len()];
+        let mut counted: Vec<(Reason, usize)> = Vec::new();
+        let mut count =
+            |reason: Reason, nodes: usize| match counted.iter_mut().find(|(seen, _)| *seen == reason) {
+                Some((_, count)) => *count += nodes,
+                None => counted.push((reason, nodes)),
+            };
         for &group_index in self.buckets.iter().flatten() {
             let group = &self.groups[group_index as usize];
-            if let Verdict::Rejected(reason) = verdicts[group.key.class as usize] {
-                *reasons.entry(reason.clone()).or_insert(0) += group.members.len();
+            if let Verdict::Rejected(_) = verdicts[group.key.class as usize] {
+                rejected[group.key.class as usize] += group.members.len();
                 continue;
             }
             let shortage = match group.key.free.first_shortage(&pod.requests) {
@@ -854,7 +942,7 @@ impl Engine {
             };
             let Some(rules) = rules else {
                 // It fits: what kept it out is a reservation.
-                *reasons.entry(shortage.unwrap_or(Reason::Reserved)).or_insert(0) += group.members.len();
+                count(shortage.unwrap_or(Reason::Reserved), group.members.len());
                 continue;
             };
             for &(_, id) in &group.members {
@@ -864,8 +952,17 @@ impl Engine {
                     .or_else(|| shortage.clone())
                     .or_else(|| rules.reject_after_fit(&facts))
                     .unwrap_or(Reason::Reserved);
-                *reasons.entry(reason).or_insert(0) += 1;
+                count(reason, 1);
             }
+        }
+        for (verdict, &nodes) in verdicts.iter().zip(&rejected).filter(|(_, nodes)| **nodes > 0) {
+            if let Verdict::Rejected(reason) = verdict {
+                count((*reason).clone(), nodes);
+            }
+        }
+        let mut reasons: BTreeMap<Reason, usize> = BTreeMap::new();
+        for (reason, nodes) in counted {
+            *reasons.entry(reason).or_insert(0) += nodes;
         }
         Explanation::nodes(self.node_count, reasons)
     }
@@ -967,7 +1064,7 @@ impl Engine {
         for &group_index in self.buckets.iter().flatten() {
             let group = &self.groups[group_index as usize];
             let members = group.members.len() as f64;
-            let key = frag_key(false, &group.key, group.key.free.cpu_milli, group.key.gpus);
+            let key = frag_key(false, &self.workload, &group.key, group.key.free.cpu_milli, group.key.gpus);
             let model = self.classes[group.key.class as usize].gpu_model.as_deref();
             total += members * memo_fragmentation(&mut self.frag_memo, &self.workload, key, model);
         }
@@ -1011,8 +1108,9 @@ pub(crate) fn usage_of(pod: &Pod) -> Usage {
     }
 }
 
-fn frag_key(lookahead: bool, shape: &ShapeKey, cpu: u64, gpus: GpuFree) -> FragKey {
-    FragKey { lookahead, class: shape.class, cpu, memory: shape.free.memory_bytes, gpus }
+fn frag_key(lookahead: bool, workload: &Workload, shape: &ShapeKey, cpu: u64, gpus: GpuFree) -> FragKey {
+    let (cpu, memory) = workload.canonical(cpu, shape.free.memory_bytes);
+    FragKey { lookahead, class: shape.class, cpu, memory, gpus }
 }
 
 fn memo_fragmentation(
@@ -1103,15 +1201,18 @@ fn score_group(
             let before = memo_fragmentation(
                 memo,
                 workload,
-                frag_key(lookahead, shape, shape.free.cpu_milli, shape.gpus),
+                frag_key(lookahead, workload, shape, shape.free.cpu_milli, shape.gpus),
                 model,
             );
             let mut best: Option<(f64, Option<u16>)> = None;
             for device in choices {
                 let gpus = after(device);
-                let grown =
-                    memo_fragmentation(memo, workload, frag_key(lookahead, shape, cpu_after, gpus), model)
-                        - before;
+                let grown = memo_fragmentation(
+                    memo,
+                    workload,
+                    frag_key(lookahead, workload, shape, cpu_after, gpus),
+                    model,
+                ) - before;
                 let value = if policy == Policy::Fgd {
                     // As published: sigmoid of the drop in fragmentation (in GPUs), scaled to 0–100
                     // and truncated to an integer; the first device wins a tie.
@@ -1135,6 +1236,35 @@ fn score_group(
             ([preference as f64, -(cost * 100.0).round(), value, -left], device)
         }
     }
+}
+
+/// The best score so far and the first node (by rank) reaching it, with the device (by its free
+/// milli) a GPU fraction should take there.
+type Best = Option<(Score, (u64, NodeId), Option<u16>)>;
+
+fn consider(best: &mut Best, score: Score, node: (u64, NodeId), device: Option<u16>) {
+    let better = match best {
+        None => true,
+        Some((top, first, _)) => match compare(&score, top) {
+            Ordering::Greater => true,
+            Ordering::Equal => node < *first,
+            Ordering::Less => false,
+        },
+    };
+    if better {
+        *best = Some((score, node, device));
+    }
+}
+
+/// Whether every class that may take the pod prefers it and costs it alike, so groups compare by
+/// their own score alone.
+fn uniform(verdicts: &[Verdict]) -> bool {
+    let mut feasible = verdicts.iter().filter_map(|verdict| match verdict {
+        Verdict::Feasible { preference, cost } => Some((*preference, *cost)),
+        Verdict::Rejected(_) => None,
+    });
+    let first = feasible.next();
+    feasible.all(|terms| Some(terms) == first)
 }
 
 fn sigmoid(x: f64) -> f64 {

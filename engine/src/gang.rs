@@ -175,7 +175,7 @@ impl Engine {
         let mut cursor = 0;
         for pod in pods {
             let placement = match nodes {
-                None => self.decide(pod).ok(),
+                None => self.decision(pod, false).ok(),
                 Some(nodes) => {
                     self.prepare_rules(pod);
                     self.first_fitting(pod, nodes, &mut cursor)

@@ -125,6 +125,10 @@ pub struct Workload {
     /// The shapes as nodes of each GPU model see them: the models pinned shapes name, then one
     /// view for every other model (and nodes without one).
     views: Vec<ModelView>,
+    /// The CPU and memory amounts the measure compares a node's free CPU and memory with (what
+    /// one shape, or two one after the other, need), ascending from 0.
+    cpu_steps: Vec<u64>,
+    memory_steps: Vec<u64>,
 }
 
 /// Which typical pods can use a node's GPUs, for nodes of one GPU model: measuring a node only
@@ -166,7 +170,28 @@ impl Workload {
                 view
             })
             .collect();
-        Workload { shapes, views }
+        let steps = |need: fn(&WorkloadShape) -> u64| {
+            let mut steps = vec![0];
+            for a in &shapes {
+                steps.push(need(a));
+                steps.extend(shapes.iter().map(|b| need(a).saturating_add(need(b))));
+            }
+            steps.sort_unstable();
+            steps.dedup();
+            steps
+        };
+        let (cpu_steps, memory_steps) = (steps(|shape| shape.cpu_milli), steps(|shape| shape.memory_bytes));
+        Workload { shapes, views, cpu_steps, memory_steps }
+    }
+
+    /// The least free CPU and memory the measures answer alike for as for `cpu` and `memory`:
+    /// they only ask whether one or two typical pods fit, so nodes that differ below the next
+    /// step share memo entries.
+    pub fn canonical(&self, cpu: u64, memory: u64) -> (u64, u64) {
+        let step = |steps: &[u64], amount: u64| {
+            steps.partition_point(|&step| step <= amount).checked_sub(1).map_or(0, |index| steps[index])
+        };
+        (step(&self.cpu_steps, cpu), step(&self.memory_steps, memory))
     }
 
     fn view(&self, model: Option<&str>) -> Option<&ModelView> {
@@ -344,6 +369,31 @@ mod tests {
         let mut gpus = GpuFree::idle(devices.len() as u8);
         gpus.free[..devices.len()].copy_from_slice(devices);
         gpus
+    }
+
+    #[test]
+    fn the_measures_answer_for_the_canonical_cpu_as_for_the_exact_one() {
+        let workload = workload(&[
+            (4000, GpuRequest::Fraction(500), 0.4),
+            (7000, GpuRequest::Whole(1), 0.3),
+            (2500, GpuRequest::None, 0.3),
+        ]);
+        let gpus = free(&[500, 1000, 250]);
+        for cpu in (0..20_000).step_by(125) {
+            let (canonical, memory) = workload.canonical(cpu, 1 << 30);
+            assert!(canonical <= cpu && memory == 0);
+            assert_eq!(
+                workload.fragmentation(cpu, 1 << 30, &gpus, None),
+                workload.fragmentation(canonical, 0, &gpus, None)
+            );
+            assert_eq!(
+                workload.fragmentation_ahead(cpu, 1 << 30, &gpus, None),
+                workload.fragmentation_ahead(canonical, 0, &gpus, None),
+                "at {cpu} milli"
+            );
+        }
+        // 9,499 milli answer as 8,000 do: two half-GPU pods fit, a half and a whole GPU do not.
+        assert_eq!(workload.canonical(9_499, 0).0, 8_000);
     }
 
     #[test]

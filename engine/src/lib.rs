@@ -15,6 +15,7 @@ pub mod gpu;
 pub mod model;
 pub mod observed;
 pub mod preempt;
+mod ranking;
 pub mod reserve;
 pub mod rng;
 pub mod tenants;
@@ -23,6 +24,8 @@ mod topology;
 pub use engine::{DEFAULT_EVICTIONS_PER_MINUTE, Engine, NodeId, PlacedPod, Placement, Policy};
 pub use explain::Explanation;
 
+#[cfg(test)]
+mod ranking_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

@@ -147,7 +147,7 @@ fn inter_pod_rules(nodes: &[Node]) -> String {
             .collect();
         eprintln!("[bench] {} pods in Deployments of {REPLICAS}: {name}", pods.len());
         let started = Instant::now();
-        let placed = pods.iter().filter(|pod| engine.schedule(pod).is_ok()).count();
+        let placed = pods.iter().filter(|pod| engine.try_schedule(pod).is_some()).count();
         let rate = pods.len() as f64 / started.elapsed().as_secs_f64();
         if baseline == 0.0 {
             baseline = rate;
@@ -263,7 +263,7 @@ fn decision_rate(name: &str, list: &[TracePod], nodes: &[Node], seed: u64) -> St
         list.iter().enumerate().map(|(index, pod)| pod.to_pod(format!("p{index}"))).collect();
     eprintln!("[bench] {name}: {} pods on {} nodes, yiyun engine then a full scan", pods.len(), nodes.len());
     let started = Instant::now();
-    let placed = pods.iter().filter(|pod| engine.schedule(pod).is_ok()).count();
+    let placed = pods.iter().filter(|pod| engine.try_schedule(pod).is_some()).count();
     let engine_rate = pods.len() as f64 / started.elapsed().as_secs_f64();
     let mut scan = Scan::new(nodes);
     let started = Instant::now();
@@ -328,7 +328,7 @@ pub fn run(args: &BenchArgs) -> Result<String, Error> {
     );
     eprintln!("[bench] filling {} nodes to half their GPUs", large.len());
     for (index, pod) in list.iter().enumerate() {
-        let _ = engine.schedule(&pod.to_pod(format!("fill{index}")));
+        let _ = engine.try_schedule(&pod.to_pod(format!("fill{index}")));
     }
     let gang =
         Gang { name: "train".into(), min_member: args.gang, topology: Some((Level::Rack, Mode::Required)) };
@@ -374,7 +374,7 @@ pub fn run(args: &BenchArgs) -> Result<String, Error> {
     for index in 0..args.pods {
         let mut pod = Pod::new(format!("tenant-{}/pod-{index}", index % 100), Resources::new(100, 64 << 20));
         pod.spread_key = None;
-        if engine.schedule(&pod).is_ok() {
+        if engine.try_schedule(&pod).is_some() {
             held += 1;
         }
     }

@@ -76,9 +76,9 @@ pub fn run(nodes: &[TraceNode], pods: &[TracePod], policy: Policy, config: &Expe
         if allocated.len() >= marks {
             break;
         }
-        match engine.schedule(pod) {
-            Ok(_) => placed += 1,
-            Err(_) => failed += 1,
+        match engine.try_schedule(pod) {
+            Some(_) => placed += 1,
+            None => failed += 1,
         }
         arrived += pod.gpu.milli();
         while allocated.len() < marks && arrived * 100 >= capacity * (allocated.len() as u64 + 1) {

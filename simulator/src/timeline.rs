@@ -247,7 +247,7 @@ fn replay(
                  departures: &mut std::collections::BinaryHeap<std::cmp::Reverse<(u64, usize)>>|
      -> bool {
         let pod = pinned(&pods[index]);
-        let Ok(placement) = engine.schedule(&pod) else { return false };
+        let Some(placement) = engine.try_schedule(&pod) else { return false };
         let node = engine.node(placement.node).map(|node| node.topology.site.clone()).unwrap_or_default();
         let runtime = pod.expected_runtime_seconds.unwrap_or(3600);
         let gpu_hours = pod.gpu.milli() as f64 / 1000.0 * runtime as f64 / 3600.0;
