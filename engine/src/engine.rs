@@ -160,7 +160,8 @@ struct Bound {
 struct FragKey {
     /// yiyun's measure, which also looks one pod ahead.
     lookahead: bool,
-    class: u32,
+    /// The node's GPU model (its entry in `gpu_models`): nodes of other classes share entries.
+    model: u32,
     cpu: u64,
     memory: u64,
     gpus: GpuFree,
@@ -1064,7 +1065,7 @@ impl Engine {
         for &group_index in self.buckets.iter().flatten() {
             let group = &self.groups[group_index as usize];
             let members = group.members.len() as f64;
-            let key = frag_key(false, &self.workload, &group.key, group.key.free.cpu_milli, group.key.gpus);
+            let key = frag_key(false, &self.workload, group, group.key.free.cpu_milli, group.key.gpus);
             let model = self.classes[group.key.class as usize].gpu_model.as_deref();
             total += members * memo_fragmentation(&mut self.frag_memo, &self.workload, key, model);
         }
@@ -1108,9 +1109,9 @@ pub(crate) fn usage_of(pod: &Pod) -> Usage {
     }
 }
 
-fn frag_key(lookahead: bool, workload: &Workload, shape: &ShapeKey, cpu: u64, gpus: GpuFree) -> FragKey {
-    let (cpu, memory) = workload.canonical(cpu, shape.free.memory_bytes);
-    FragKey { lookahead, class: shape.class, cpu, memory, gpus }
+fn frag_key(lookahead: bool, workload: &Workload, group: &Group, cpu: u64, gpus: GpuFree) -> FragKey {
+    let (cpu, memory) = workload.canonical(cpu, group.key.free.memory_bytes);
+    FragKey { lookahead, model: (group.bucket / GPU_BUCKETS) as u32, cpu, memory, gpus }
 }
 
 fn memo_fragmentation(
@@ -1201,7 +1202,7 @@ fn score_group(
             let before = memo_fragmentation(
                 memo,
                 workload,
-                frag_key(lookahead, workload, shape, shape.free.cpu_milli, shape.gpus),
+                frag_key(lookahead, workload, group, shape.free.cpu_milli, shape.gpus),
                 model,
             );
             let mut best: Option<(f64, Option<u16>)> = None;
@@ -1210,7 +1211,7 @@ fn score_group(
                 let grown = memo_fragmentation(
                     memo,
                     workload,
-                    frag_key(lookahead, workload, shape, cpu_after, gpus),
+                    frag_key(lookahead, workload, group, cpu_after, gpus),
                     model,
                 ) - before;
                 let value = if policy == Policy::Fgd {

@@ -137,16 +137,48 @@ pub struct Workload {
 struct ModelView {
     /// None: any model no shape names.
     model: Option<String>,
-    /// GPU shapes allowed on the model.
-    usable: Vec<usize>,
+    /// GPU shapes allowed on the model, by the GPUs they ask for.
+    usable: Vec<RequestGroup>,
     /// Shapes without GPUs: they use none of the GPUs, but take CPU and memory.
     cpu_only: Vec<usize>,
+    cpu_only_weight: f64,
     /// Weight of the GPU shapes pinned to other models, which can never use these GPUs.
     pinned_elsewhere: f64,
 }
 
+/// The usable shapes that ask for one GPU request: which devices they cannot use is the same
+/// for all, and the ones a node's CPU holds are a prefix by CPU.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct RequestGroup {
+    gpu: GpuRequest,
+    /// Indices of the shapes, by CPU ascending.
+    shapes: Vec<usize>,
+    cpus: Vec<u64>,
+    /// Weight of the first `i + 1` shapes.
+    cumulative: Vec<f64>,
+    weight: f64,
+    /// Most memory any of them asks for: a node with that much free is answered by CPU alone.
+    memory: u64,
+}
+
+impl RequestGroup {
+    /// Weight of the shapes that `cpu_free` and `memory_free` hold.
+    fn fitting(&self, shapes: &[WorkloadShape], cpu_free: u64, memory_free: u64) -> f64 {
+        if memory_free >= self.memory {
+            let held = self.cpus.partition_point(|&cpu| cpu <= cpu_free);
+            return held.checked_sub(1).map_or(0.0, |last| self.cumulative[last]);
+        }
+        self.shapes
+            .iter()
+            .map(|&index| &shapes[index])
+            .filter(|shape| shape.cpu_milli <= cpu_free && shape.memory_bytes <= memory_free)
+            .map(|shape| shape.weight)
+            .sum()
+    }
+}
+
 impl Workload {
-    fn new(shapes: Vec<WorkloadShape>) -> Workload {
+    pub(crate) fn new(shapes: Vec<WorkloadShape>) -> Workload {
         let mut named: Vec<Option<String>> =
             shapes.iter().flat_map(|shape| shape.gpu_models.iter().cloned().map(Some)).collect();
         named.sort();
@@ -156,15 +188,31 @@ impl Workload {
             .into_iter()
             .map(|model| {
                 let mut view = ModelView { model: model.clone(), ..ModelView::default() };
+                let mut usable: Vec<usize> = Vec::new();
                 for (index, shape) in shapes.iter().enumerate() {
                     if shape.gpu.milli() == 0 {
                         view.cpu_only.push(index);
+                        view.cpu_only_weight += shape.weight;
                     } else if shape.gpu_models.is_empty()
                         || model.as_ref().is_some_and(|model| shape.gpu_models.contains(model))
                     {
-                        view.usable.push(index);
+                        usable.push(index);
                     } else {
                         view.pinned_elsewhere += shape.weight;
+                    }
+                }
+                usable.sort_by_key(|&index| (shapes[index].gpu, shapes[index].cpu_milli));
+                for index in usable {
+                    let shape = &shapes[index];
+                    if view.usable.last().is_none_or(|group| group.gpu != shape.gpu) {
+                        view.usable.push(RequestGroup { gpu: shape.gpu, ..RequestGroup::default() });
+                    }
+                    if let Some(group) = view.usable.last_mut() {
+                        group.shapes.push(index);
+                        group.cpus.push(shape.cpu_milli);
+                        group.weight += shape.weight;
+                        group.cumulative.push(group.weight);
+                        group.memory = group.memory.max(shape.memory_bytes);
                     }
                 }
                 view
@@ -222,10 +270,18 @@ impl Workload {
     /// `coverage` (0–1] of the pods, as the FGD paper takes its "typical pods"; weights are
     /// renormalised to sum to 1.
     pub fn from_counts(shapes: impl IntoIterator<Item = (Shape, f64)>, coverage: f64) -> Workload {
+        Workload::new(Workload::typical(shapes, coverage))
+    }
+
+    /// The shapes [`from_counts`](Self::from_counts) keeps, without what measuring needs built.
+    pub(crate) fn typical(
+        shapes: impl IntoIterator<Item = (Shape, f64)>,
+        coverage: f64,
+    ) -> Vec<WorkloadShape> {
         let mut counts: Vec<(Shape, f64)> = shapes.into_iter().filter(|(_, count)| *count > 0.0).collect();
         let total: f64 = counts.iter().map(|(_, count)| count).sum();
         if total == 0.0 {
-            return Workload::default();
+            return Vec::new();
         }
         // Most popular first; equal counts in a fixed order so runs repeat exactly.
         counts.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
@@ -247,7 +303,7 @@ impl Workload {
         for shape in &mut kept {
             shape.weight /= covered;
         }
-        Workload::new(kept)
+        kept
     }
 
     /// The typical pods of a pod list: their CPU and GPU requests and GPU models.
@@ -261,12 +317,17 @@ impl Workload {
 
     /// Total variation distance between two workloads (0: the same, 1: nothing in common).
     pub fn distance(&self, other: &Workload) -> f64 {
+        Workload::distance_of(&self.shapes, &other.shapes)
+    }
+
+    /// [`distance`](Self::distance) between two lists of typical shapes.
+    pub(crate) fn distance_of(shapes: &[WorkloadShape], others: &[WorkloadShape]) -> f64 {
         let key = |shape: &WorkloadShape| (shape.cpu_milli, shape.gpu, shape.gpu_models.clone());
         let mut weights: std::collections::HashMap<_, (f64, f64)> = std::collections::HashMap::new();
-        for shape in &self.shapes {
+        for shape in shapes {
             weights.entry(key(shape)).or_default().0 += shape.weight;
         }
-        for shape in &other.shapes {
+        for shape in others {
             weights.entry(key(shape)).or_default().1 += shape.weight;
         }
         weights.values().map(|(a, b)| (a - b).abs()).sum::<f64>() / 2.0
@@ -286,9 +347,39 @@ impl Workload {
             return 0.0;
         }
         let Some(view) = self.view(model) else { return 0.0 };
-        let cpu_only: f64 = view.cpu_only.iter().map(|&index| self.shapes[index].weight).sum();
-        let mut fragmented = (view.pinned_elsewhere + cpu_only) * total;
-        for shape in view.usable.iter().map(|&index| &self.shapes[index]) {
+        let mut fragmented = (view.pinned_elsewhere + view.cpu_only_weight) * total;
+        for group in &view.usable {
+            if !gpus.fits(group.gpu) {
+                fragmented += group.weight * total;
+                continue;
+            }
+            let (_, milli) = group.gpu.per_device();
+            let lost: f64 =
+                gpus.devices().iter().filter(|&&free| free < milli).map(|&free| f64::from(free)).sum();
+            let held = group.fitting(&self.shapes, cpu_free, memory_free);
+            fragmented += held * lost + (group.weight - held) * total;
+        }
+        fragmented
+    }
+}
+
+#[cfg(test)]
+impl Workload {
+    /// [`fragmentation`](Self::fragmentation) as the paper defines it, shape by shape.
+    fn fragmentation_by_shape(
+        &self,
+        cpu_free: u64,
+        memory_free: u64,
+        gpus: &GpuFree,
+        model: Option<&str>,
+    ) -> f64 {
+        let total = gpus.total() as f64;
+        if total == 0.0 {
+            return 0.0;
+        }
+        let Some(view) = self.view(model) else { return 0.0 };
+        let mut fragmented = (view.pinned_elsewhere + view.cpu_only_weight) * total;
+        for shape in view.usable.iter().flat_map(|group| &group.shapes).map(|&index| &self.shapes[index]) {
             let (_, milli) = shape.gpu.per_device();
             let usable =
                 cpu_free >= shape.cpu_milli && memory_free >= shape.memory_bytes && gpus.fits(shape.gpu);
@@ -328,19 +419,29 @@ impl Workload {
             };
             expected += shape.weight * after;
         }
-        for shape in view.usable.iter().map(|&index| &self.shapes[index]) {
-            let fits =
-                cpu_free >= shape.cpu_milli && memory_free >= shape.memory_bytes && gpus.fits(shape.gpu);
-            let after = if fits {
-                let mut next = *gpus;
-                if let Some(allocation) = next.tightest_allocation(shape.gpu) {
-                    next.take(&allocation);
-                }
-                self.fragmentation(cpu_free - shape.cpu_milli, memory_free - shape.memory_bytes, &next, model)
-            } else {
-                total
-            };
-            expected += shape.weight * after;
+        for group in &view.usable {
+            if !gpus.fits(group.gpu) {
+                expected += group.weight * total;
+                continue;
+            }
+            // Shapes of one request leave the same devices.
+            let mut next = *gpus;
+            if let Some(allocation) = next.tightest_allocation(group.gpu) {
+                next.take(&allocation);
+            }
+            for shape in group.shapes.iter().map(|&index| &self.shapes[index]) {
+                let after = if cpu_free >= shape.cpu_milli && memory_free >= shape.memory_bytes {
+                    self.fragmentation(
+                        cpu_free - shape.cpu_milli,
+                        memory_free - shape.memory_bytes,
+                        &next,
+                        model,
+                    )
+                } else {
+                    total
+                };
+                expected += shape.weight * after;
+            }
         }
         expected
     }
@@ -365,10 +466,51 @@ mod tests {
         )
     }
 
+    /// Shapes that each ask for `memory` as well.
+    fn workload_with_memory(shapes: &[(u64, GpuRequest, f64)], memory: u64) -> Workload {
+        let plain = workload(shapes);
+        Workload::new(
+            plain.shapes.into_iter().map(|shape| WorkloadShape { memory_bytes: memory, ..shape }).collect(),
+        )
+    }
+
     fn free(devices: &[u16]) -> GpuFree {
         let mut gpus = GpuFree::idle(devices.len() as u8);
         gpus.free[..devices.len()].copy_from_slice(devices);
         gpus
+    }
+
+    #[test]
+    fn fragmentation_by_request_is_fragmentation_by_shape() {
+        let mut shapes = vec![
+            (4000, GpuRequest::Fraction(500), 0.2),
+            (9000, GpuRequest::Fraction(500), 0.1),
+            (7000, GpuRequest::Whole(1), 0.2),
+            (1000, GpuRequest::Whole(1), 0.1),
+            (16000, GpuRequest::Whole(2), 0.1),
+            (2500, GpuRequest::None, 0.3),
+        ];
+        let mut workload = workload(&shapes);
+        for gpus in [free(&[500, 1000, 250]), free(&[1000, 1000]), free(&[100, 0, 600, 1000])] {
+            for cpu in (0..20_000).step_by(250) {
+                let (grouped, by_shape) = (
+                    workload.fragmentation(cpu, 0, &gpus, None),
+                    workload.fragmentation_by_shape(cpu, 0, &gpus, None),
+                );
+                assert!((grouped - by_shape).abs() < 1e-9, "{gpus:?} at {cpu}: {grouped} != {by_shape}");
+            }
+        }
+        // Shapes that ask for memory are held by memory as well.
+        shapes.truncate(3);
+        workload = workload_with_memory(&shapes, 8 << 30);
+        for memory in [0, 4 << 30, 8 << 30] {
+            let gpus = free(&[500, 1000]);
+            let (grouped, by_shape) = (
+                workload.fragmentation(12_000, memory, &gpus, None),
+                workload.fragmentation_by_shape(12_000, memory, &gpus, None),
+            );
+            assert!((grouped - by_shape).abs() < 1e-9, "memory {memory}: {grouped} != {by_shape}");
+        }
     }
 
     #[test]

@@ -68,11 +68,13 @@ impl Observed {
             return None;
         }
         self.since_check = 0;
-        let measured = Workload::from_counts(
+        let measured = Workload::typical(
             self.counts.iter().map(|(shape, &count)| (shape.clone(), f64::from(count))),
             TYPICAL_POD_COVERAGE,
         );
-        (measured.distance(current) > REBUILD_DISTANCE).then_some(measured)
+        // Only a workload that moved is built for measuring.
+        (Workload::distance_of(&measured, current.shapes()) > REBUILD_DISTANCE)
+            .then(|| Workload::new(measured))
     }
 }
 
