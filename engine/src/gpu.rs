@@ -347,19 +347,56 @@ impl Workload {
             return 0.0;
         }
         let Some(view) = self.view(model) else { return 0.0 };
+        self.fragmentation_of(view, &view.losses(gpus), total, cpu_free, memory_free)
+    }
+
+    /// [`fragmentation`](Self::fragmentation) of a node whose GPUs deny the view's request
+    /// groups `losses` out of `total` free: what does not depend on CPU is worked out once.
+    fn fragmentation_of(
+        &self,
+        view: &ModelView,
+        losses: &[Option<f64>],
+        total: f64,
+        cpu_free: u64,
+        memory_free: u64,
+    ) -> f64 {
+        if total == 0.0 {
+            return 0.0;
+        }
         let mut fragmented = (view.pinned_elsewhere + view.cpu_only_weight) * total;
-        for group in &view.usable {
-            if !gpus.fits(group.gpu) {
-                fragmented += group.weight * total;
-                continue;
-            }
-            let (_, milli) = group.gpu.per_device();
-            let lost: f64 =
-                gpus.devices().iter().filter(|&&free| free < milli).map(|&free| f64::from(free)).sum();
-            let held = group.fitting(&self.shapes, cpu_free, memory_free);
-            fragmented += held * lost + (group.weight - held) * total;
+        for (group, lost) in view.usable.iter().zip(losses) {
+            fragmented += match lost {
+                None => group.weight * total,
+                Some(lost) => {
+                    let held = group.fitting(&self.shapes, cpu_free, memory_free);
+                    held * lost + (group.weight - held) * total
+                }
+            };
         }
         fragmented
+    }
+}
+
+impl ModelView {
+    /// For each request group, the free milli of devices too small for it on `gpus`; None when
+    /// the request does not fit them at all.
+    fn losses(&self, gpus: &GpuFree) -> Vec<Option<f64>> {
+        self.usable
+            .iter()
+            .map(|group| {
+                let (count, milli) = group.gpu.per_device();
+                // One pass: devices with room count towards fitting, the others are lost.
+                let (mut roomy, mut lost) = (0, 0.0);
+                for &free in gpus.devices() {
+                    if free >= milli {
+                        roomy += 1;
+                    } else {
+                        lost += f64::from(free);
+                    }
+                }
+                (roomy >= count).then_some(lost)
+            })
+            .collect()
     }
 }
 
@@ -411,9 +448,16 @@ impl Workload {
         }
         let Some(view) = self.view(model) else { return 0.0 };
         let mut expected = view.pinned_elsewhere * total;
+        let losses = view.losses(gpus);
         for shape in view.cpu_only.iter().map(|&index| &self.shapes[index]) {
             let after = if cpu_free >= shape.cpu_milli && memory_free >= shape.memory_bytes {
-                self.fragmentation(cpu_free - shape.cpu_milli, memory_free - shape.memory_bytes, gpus, model)
+                self.fragmentation_of(
+                    view,
+                    &losses,
+                    total,
+                    cpu_free - shape.cpu_milli,
+                    memory_free - shape.memory_bytes,
+                )
             } else {
                 total
             };
@@ -429,13 +473,15 @@ impl Workload {
             if let Some(allocation) = next.tightest_allocation(group.gpu) {
                 next.take(&allocation);
             }
+            let (next_losses, next_total) = (view.losses(&next), next.total() as f64);
             for shape in group.shapes.iter().map(|&index| &self.shapes[index]) {
                 let after = if cpu_free >= shape.cpu_milli && memory_free >= shape.memory_bytes {
-                    self.fragmentation(
+                    self.fragmentation_of(
+                        view,
+                        &next_losses,
+                        next_total,
                         cpu_free - shape.cpu_milli,
                         memory_free - shape.memory_bytes,
-                        &next,
-                        model,
                     )
                 } else {
                     total
