@@ -2,8 +2,9 @@
 //! The simulator replays traces through it; the Kubernetes scheduler feeds it what it watches.
 //!
 //! A decision never scans node by node: nodes alike in labels, taints, site and GPU model form
-//! a class that is filtered once per pod, and nodes of a class with the same free resources
-//! form a group that is scored once per pod.
+//! a class that is filtered once per pod, nodes of a class with the same free resources form a
+//! group, and for each typical pod shape the groups are kept in score order, rescored only when
+//! they change (`ranking`).
 
 pub mod cost;
 mod engine;
