@@ -160,7 +160,7 @@ struct Bound {
 struct FragKey {
     /// yiyun's measure, which also looks one pod ahead.
     lookahead: bool,
-    /// The node's GPU model (its entry in `gpu_models`): nodes of other classes share entries.
+    /// The node's GPU model (its entry in `gpu_models`), all the measure reads of its class.
     model: u32,
     cpu: u64,
     memory: u64,
@@ -847,9 +847,12 @@ impl Engine {
             score[preference_at] += topology;
             consider(&mut best, score, member, device);
         }
-        let unplaced = |engine: &Self| match explain {
-            true => engine.explain_nodes(pod, &verdicts, rules.as_ref()),
-            false => Explanation::nodes(engine.node_count, BTreeMap::new()),
+        let unplaced = |engine: &Self| {
+            if explain {
+                engine.explain_nodes(pod, &verdicts, rules.as_ref())
+            } else {
+                Explanation::nodes(engine.node_count, BTreeMap::new())
+            }
         };
         let Some((_, (_, node), device)) = best else {
             return Err(unplaced(self));

@@ -448,21 +448,26 @@ impl Workload {
         }
         let Some(view) = self.view(model) else { return 0.0 };
         let mut expected = view.pinned_elsewhere * total;
-        let losses = view.losses(gpus);
-        for shape in view.cpu_only.iter().map(|&index| &self.shapes[index]) {
-            let after = if cpu_free >= shape.cpu_milli && memory_free >= shape.memory_bytes {
-                self.fragmentation_of(
-                    view,
-                    &losses,
-                    total,
-                    cpu_free - shape.cpu_milli,
-                    memory_free - shape.memory_bytes,
-                )
-            } else {
-                total
-            };
-            expected += shape.weight * after;
-        }
+        // Adds to `sum`, in order, each of `shapes` that fits the node's CPU and memory measured
+        // with `losses` out of `free` after it; one that does not strands every free GPU.
+        let add_after = |mut sum: f64, shapes: &[usize], losses: &[Option<f64>], free: f64| {
+            for shape in shapes.iter().map(|&index| &self.shapes[index]) {
+                let after = if cpu_free >= shape.cpu_milli && memory_free >= shape.memory_bytes {
+                    self.fragmentation_of(
+                        view,
+                        losses,
+                        free,
+                        cpu_free - shape.cpu_milli,
+                        memory_free - shape.memory_bytes,
+                    )
+                } else {
+                    total
+                };
+                sum += shape.weight * after;
+            }
+            sum
+        };
+        expected = add_after(expected, &view.cpu_only, &view.losses(gpus), total);
         for group in &view.usable {
             if !gpus.fits(group.gpu) {
                 expected += group.weight * total;
@@ -473,21 +478,7 @@ impl Workload {
             if let Some(allocation) = next.tightest_allocation(group.gpu) {
                 next.take(&allocation);
             }
-            let (next_losses, next_total) = (view.losses(&next), next.total() as f64);
-            for shape in group.shapes.iter().map(|&index| &self.shapes[index]) {
-                let after = if cpu_free >= shape.cpu_milli && memory_free >= shape.memory_bytes {
-                    self.fragmentation_of(
-                        view,
-                        &next_losses,
-                        next_total,
-                        cpu_free - shape.cpu_milli,
-                        memory_free - shape.memory_bytes,
-                    )
-                } else {
-                    total
-                };
-                expected += shape.weight * after;
-            }
+            expected = add_after(expected, &group.shapes, &view.losses(&next), next.total() as f64);
         }
         expected
     }
