@@ -118,6 +118,13 @@ pub struct WorkloadShape {
     pub weight: f64,
 }
 
+impl WorkloadShape {
+    /// What tells it apart from other typical pods.
+    pub fn shape(&self) -> Shape {
+        Shape { cpu_milli: self.cpu_milli, gpu: self.gpu, gpu_models: self.gpu_models.clone() }
+    }
+}
+
 /// The distribution of pods expected to arrive, against which fragmentation is measured.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Workload {
@@ -242,6 +249,15 @@ impl Workload {
         (step(&self.cpu_steps, cpu), step(&self.memory_steps, memory))
     }
 
+    /// The view of `model` and the node's free GPU milli, when it has some to measure.
+    fn measured(&self, gpus: &GpuFree, model: Option<&str>) -> Option<(&ModelView, f64)> {
+        let total = gpus.total() as f64;
+        if total == 0.0 {
+            return None;
+        }
+        Some((self.view(model)?, total))
+    }
+
     fn view(&self, model: Option<&str>) -> Option<&ModelView> {
         self.views
             .iter()
@@ -322,13 +338,12 @@ impl Workload {
 
     /// [`distance`](Self::distance) between two lists of typical shapes.
     pub(crate) fn distance_of(shapes: &[WorkloadShape], others: &[WorkloadShape]) -> f64 {
-        let key = |shape: &WorkloadShape| (shape.cpu_milli, shape.gpu, shape.gpu_models.clone());
-        let mut weights: std::collections::HashMap<_, (f64, f64)> = std::collections::HashMap::new();
+        let mut weights: std::collections::HashMap<Shape, (f64, f64)> = std::collections::HashMap::new();
         for shape in shapes {
-            weights.entry(key(shape)).or_default().0 += shape.weight;
+            weights.entry(shape.shape()).or_default().0 += shape.weight;
         }
         for shape in others {
-            weights.entry(key(shape)).or_default().1 += shape.weight;
+            weights.entry(shape.shape()).or_default().1 += shape.weight;
         }
         weights.values().map(|(a, b)| (a - b).abs()).sum::<f64>() / 2.0
     }
@@ -342,11 +357,7 @@ impl Workload {
     /// memory or GPU, a model it may not use, or no GPU asked for), else the devices with less
     /// free than the shape needs of one device; weighted by the shape's popularity.
     pub fn fragmentation(&self, cpu_free: u64, memory_free: u64, gpus: &GpuFree, model: Option<&str>) -> f64 {
-        let total = gpus.total() as f64;
-        if total == 0.0 {
-            return 0.0;
-        }
-        let Some(view) = self.view(model) else { return 0.0 };
+        let Some((view, total)) = self.measured(gpus, model) else { return 0.0 };
         self.fragmentation_of(view, &view.losses(gpus), total, cpu_free, memory_free)
     }
 
@@ -410,11 +421,7 @@ impl Workload {
         gpus: &GpuFree,
         model: Option<&str>,
     ) -> f64 {
-        let total = gpus.total() as f64;
-        if total == 0.0 {
-            return 0.0;
-        }
-        let Some(view) = self.view(model) else { return 0.0 };
+        let Some((view, total)) = self.measured(gpus, model) else { return 0.0 };
         let mut fragmented = (view.pinned_elsewhere + view.cpu_only_weight) * total;
         for shape in view.usable.iter().flat_map(|group| &group.shapes).map(|&index| &self.shapes[index]) {
             let (_, milli) = shape.gpu.per_device();
@@ -442,11 +449,7 @@ impl Workload {
         gpus: &GpuFree,
         model: Option<&str>,
     ) -> f64 {
-        let total = gpus.total() as f64;
-        if total == 0.0 {
-            return 0.0;
-        }
-        let Some(view) = self.view(model) else { return 0.0 };
+        let Some((view, total)) = self.measured(gpus, model) else { return 0.0 };
         let mut expected = view.pinned_elsewhere * total;
         // Adds to `sum`, in order, each of `shapes` that fits the node's CPU and memory measured
         // with `losses` out of `free` after it; one that does not strands every free GPU.

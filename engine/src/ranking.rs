@@ -7,7 +7,7 @@ use std::{cmp::Ordering, collections::BTreeSet};
 
 use crate::{
     fxhash::{FxHashMap, FxHashSet},
-    gpu::{Shape, Workload},
+    gpu::{Shape, Workload, WorkloadShape},
 };
 
 /// A group's score for one pod shape: compared lexicographically, higher is better.
@@ -69,6 +69,19 @@ struct Ranking {
     used: u64,
 }
 
+impl Ranking {
+    /// Puts `group` where `entry` ranks it, or out when it cannot take the shape.
+    fn put(&mut self, group: u32, entry: Option<Entry>) {
+        if let Some(old) = self.by_group.remove(&group) {
+            self.order.remove(&old);
+        }
+        if let Some(entry) = entry {
+            self.order.insert(entry);
+            self.by_group.insert(group, entry);
+        }
+    }
+}
+
 /// Rankings kept at most: a ranking holds an entry per group that can take its shape.
 const RANKINGS_KEPT: usize = 256;
 
@@ -95,15 +108,7 @@ impl Rankings {
     /// scores are normalised by).
     pub(crate) fn reset(&mut self, workload: &Workload) {
         self.rankings.clear();
-        self.typical = workload
-            .shapes()
-            .iter()
-            .map(|shape| Shape {
-                cpu_milli: shape.cpu_milli,
-                gpu: shape.gpu,
-                gpu_models: shape.gpu_models.clone(),
-            })
-            .collect();
+        self.typical = workload.shapes().iter().map(WorkloadShape::shape).collect();
     }
 
     /// Notes that `group` changed: it was made, emptied or its members changed.
@@ -159,10 +164,7 @@ impl Rankings {
             ranking.order.clear();
             ranking.by_group.clear();
             for group in all {
-                if let Some(entry) = score(group) {
-                    ranking.order.insert(entry);
-                    ranking.by_group.insert(group, entry);
-                }
+                ranking.put(group, score(group));
             }
         } else {
             for number in ranking.seen..end {
@@ -170,13 +172,7 @@ impl Rankings {
                 if self.latest[group as usize] != number {
                     continue; // changed again later: rescored then
                 }
-                if let Some(old) = ranking.by_group.remove(&group) {
-                    ranking.order.remove(&old);
-                }
-                if let Some(entry) = score(group) {
-                    ranking.order.insert(entry);
-                    ranking.by_group.insert(group, entry);
-                }
+                ranking.put(group, score(group));
             }
         }
         ranking.seen = end;
