@@ -6,6 +6,7 @@
 pub mod labels;
 mod podgroup;
 mod pricebook;
+mod replication;
 mod resourcerequest;
 mod site;
 mod tenant;
@@ -19,6 +20,11 @@ pub use podgroup::{
 pub use pricebook::{
     LevelDiscounts, PRICE_PATTERN, PriceBook, PriceBookSpec, PriceBookStatus, PriceScope, Prices,
     ReservedPrices,
+};
+pub use replication::{
+    ConflictResolution, DURATION_PATTERN, DrillReport, FailoverRecord, ObjectSelection, ReplicationMode,
+    ReplicationPolicy, ReplicationPolicySpec, ReplicationPolicyStatus, ReplicationRole, ReplicationSchedule,
+    ReplicationTarget, Retention, SecretKey,
 };
 pub use resourcerequest::{
     ResourceRequest, ResourceRequestPhase, ResourceRequestSpec, ResourceRequestStatus,
@@ -49,6 +55,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         PodGroup::crd(),
         PriceBook::crd(),
         ResourceRequest::crd(),
+        ReplicationPolicy::crd(),
     ]
 }
 

@@ -26,7 +26,16 @@ use kube::{
 /// service account.
 pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, kube::Error> {
     let Some(path) = kubeconfig else { return Client::try_default().await };
-    let kubeconfig = Kubeconfig::read_from(path).map_err(kube::Error::InferKubeconfig)?;
+    client_for(Kubeconfig::read_from(path).map_err(kube::Error::InferKubeconfig)?).await
+}
+
+/// A client for the current context of a kubeconfig given as text (as another cluster's
+/// kubeconfig is kept in a Secret).
+pub async fn client_from_yaml(kubeconfig: &str) -> Result<Client, kube::Error> {
+    client_for(Kubeconfig::from_yaml(kubeconfig).map_err(kube::Error::InferKubeconfig)?).await
+}
+
+async fn client_for(kubeconfig: Kubeconfig) -> Result<Client, kube::Error> {
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
         .map_err(kube::Error::InferKubeconfig)?;

@@ -26,6 +26,9 @@ enum Command {
     /// Metering and billing: the meter, month bills, month close, exports for finance.
     #[command(subcommand)]
     Billing(Billing),
+    /// Disaster recovery: replication to standby clusters, failover, failback, drills.
+    #[command(subcommand)]
+    Dr(Dr),
     /// Serve the departments' self-service API (gRPC and REST over TLS).
     Api(yiyun_api::Config),
     /// Replay cluster traces through the placement engine and compare policies.
@@ -48,6 +51,13 @@ enum Billing {
     Close(yiyun_billing::cli::MonthArgs),
     /// Export a month's bill lines (CSV with Chinese headers by default, or JSON).
     Export(yiyun_billing::cli::ExportArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum Dr {
+    /// Run the replication controller: every namespace a ReplicationPolicy protects is copied
+    /// to its standby cluster, and the achieved RPO measured.
+    Run(yiyun_dr::Config),
 }
 
 #[derive(Subcommand, Debug)]
@@ -119,6 +129,13 @@ fn main() -> anyhow::Result<()> {
                 yiyun_controller::run(config, shutdown)
                     .await
                     .map_err(|err| anyhow::anyhow!(err).context("controller failed"))
+            })
+        }
+        Command::Dr(Dr::Run(config)) => {
+            serve(&cli.telemetry, "yiyun-dr", Threads::One, |shutdown| async move {
+                yiyun_dr::run(config, shutdown)
+                    .await
+                    .map_err(|err| anyhow::anyhow!(err).context("disaster recovery failed"))
             })
         }
         Command::Api(config) => serve(&cli.telemetry, "yiyun-api", Threads::PerCore, |shutdown| async move {

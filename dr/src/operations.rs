@@ -1,0 +1,1 @@
+//! Failover, failback and drills (`yiyun dr failover|failback|drill`).
