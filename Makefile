@@ -15,11 +15,15 @@ lint:
 unit:
 	cargo test --workspace --exclude yiyun-e2e --locked
 
-## e2e: brings up a local cluster and a PostgreSQL server of its own (for the billing ledger),
-## runs the e2e tests, and always takes both down
+## e2e: brings up a local cluster, two more for disaster recovery (a primary, and a standby
+## with Secrets encrypted at rest; both with kube-scheduler) and a PostgreSQL server of its own
+## (for the billing ledger), runs the e2e tests, and always takes them all down
 e2e: cluster-binaries
 	cargo build -p yiyun --locked
-	e2e/with-postgres e2e-$$$$ e2e/with-cluster e2e-$$$$ cargo test -p yiyun-e2e --locked -- --test-threads 2
+	e2e/with-postgres e2e-$$$$ \
+	  e2e/with-named-cluster YIYUN_DR_PRIMARY e2e-drp-$$$$ --scheduler -- \
+	  e2e/with-named-cluster YIYUN_DR_STANDBY e2e-drs-$$$$ --scheduler --encrypt-secrets -- \
+	  e2e/with-cluster e2e-$$$$ cargo test -p yiyun-e2e --locked -- --test-threads 2
 
 cluster-binaries:
 	e2e/build-binaries.sh

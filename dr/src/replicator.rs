@@ -252,6 +252,20 @@ enum Outcome {
     Unreachable(String),
 }
 
+impl Outcome {
+    fn label(&self) -> &'static str {
+        match self {
+            Outcome::Applied { .. } => "applied",
+            Outcome::Deleted => "deleted",
+            Outcome::Retained => "retained",
+            Outcome::Skipped => "skipped",
+            Outcome::Conflict(_) => "conflict",
+            Outcome::Rejected(_) => "rejected",
+            Outcome::Unreachable(_) => "unreachable",
+        }
+    }
+}
+
 struct Worker {
     primary: Client,
     policy: Arc<ReplicationPolicy>,
@@ -263,6 +277,9 @@ struct Worker {
     standby: Option<Client>,
     /// Why the standby cannot be written, when it cannot.
     unreachable: Option<String>,
+    /// The standby missed writes: until a full comparison succeeds, the copy is only known to
+    /// be as current as it was before (changes seen meanwhile may not be all there were).
+    behind: bool,
     /// The standby namespace serves (a failover happened): nothing is copied.
     failed_over: bool,
     pending: BTreeMap<Key, Pending>,
@@ -307,6 +324,7 @@ impl Worker {
             timing,
             standby: None,
             unreachable: None,
+            behind: false,
             failed_over: false,
             pending: BTreeMap::new(),
             copies: HashMap::new(),
@@ -439,7 +457,13 @@ impl Worker {
                 }
             }
         };
-        self.failed_over = namespace.annotations().get(ROLE).is_some_and(|role| role == "active");
+        // Anything but standby (serving, or failing back) pauses replication; back to standby
+        // after a failback, the whole namespace is compared again.
+        let failed_over = namespace.annotations().get(ROLE).is_some_and(|role| role != "standby");
+        if self.failed_over && !failed_over {
+            self.next_full_sync = Instant::now();
+        }
+        self.failed_over = failed_over;
         Ok(())
     }
 
@@ -448,6 +472,11 @@ impl Worker {
         let Ok(valid) = &self.validity else { return };
         let keep_deleted = valid.targets.keep_deleted_seconds;
         let Some(standby) = self.standby().await else { return self.failed_to_reach() };
+        // Read just before writing: a failover may have begun since the last look.
+        if let Err(why) = self.standby_namespace(&standby).await {
+            self.unreachable = Some(why);
+            return self.failed_to_reach();
+        }
         if self.failed_over {
             self.pending.clear();
             return;
@@ -471,9 +500,11 @@ impl Worker {
             })
             .collect();
         let outcomes: Vec<Outcome> = futures::stream::iter(writes).buffered(WRITES_IN_FLIGHT).collect().await;
+        debug!(namespace = self.namespace, policy = self.name, changes = batch.len(), "changes written");
         let mut unreachable = None;
         for ((key, pending), outcome) in batch.into_iter().zip(outcomes) {
             let kind = KINDS[key.0].kind;
+            debug!(namespace = self.namespace, kind, name = key.1, outcome = outcome.label(), "written");
             let result = self.settle(key.clone(), &outcome);
             match outcome {
                 Outcome::Unreachable(why) => {
@@ -499,7 +530,9 @@ impl Worker {
             None => {
                 self.unreachable = None;
                 self.failures = 0;
-                if self.pending.is_empty() {
+                if self.behind {
+                    self.next_full_sync = Instant::now();
+                } else if self.pending.is_empty() {
                     self.consistent_at = Some(Instant::now());
                 }
             }
@@ -535,6 +568,7 @@ impl Worker {
 
     fn failed_to_reach(&mut self) {
         self.standby = None;
+        self.behind = true;
         self.failures += 1;
         self.next_flush = Instant::now() + progress::retry_delay(self.failures);
     }
@@ -634,6 +668,7 @@ impl Worker {
             Change::Delete(_) => true,
         });
         self.unreachable = None;
+        self.behind = false;
         self.synced = true;
         if self.policy.spec.mode == ReplicationMode::Scheduled || self.pending.is_empty() {
             self.consistent_at = Some(started);
@@ -704,8 +739,11 @@ impl Worker {
         {
             match self.standby_namespace(&standby).await {
                 Ok(()) => {
-                    if self.pending.is_empty() && self.synced && self.unreachable.is_some() {
-                        self.consistent_at = Some(Instant::now());
+                    // Back after an outage: catch up by a full comparison, not only by the
+                    // changes seen meanwhile.
+                    if self.behind {
+                        self.next_full_sync = self.next_full_sync.min(Instant::now());
+                        self.failures = 0;
                     }
                     self.unreachable = None;
                 }
@@ -768,6 +806,7 @@ impl Worker {
             achieved_rpo_seconds: rpo.unwrap_or(0.0),
             rpo_target_seconds: valid.targets.rpo_seconds,
             unreachable: self.unreachable.clone(),
+            catching_up: self.behind && self.synced,
             conflicts: self.conflicts.len(),
             failed_over: self.failed_over,
         };
@@ -828,7 +867,7 @@ impl Worker {
         if self.policy.spec.mode == ReplicationMode::Scheduled {
             return Some(since(consistent_at));
         }
-        if self.unreachable.is_some() {
+        if self.unreachable.is_some() || self.behind {
             return Some(since(consistent_at));
         }
         Some(self.pending.values().map(|p| since(p.first_seen)).fold(0.0, f64::max))

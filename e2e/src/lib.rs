@@ -3,6 +3,7 @@
 //! Each test gets its own namespace and names, so tests run in parallel against one cluster.
 
 pub mod api;
+pub mod dr;
 
 use std::{
     future::Future,
@@ -352,41 +353,50 @@ struct ControllerArgs {
     config: yiyun_controller::Config,
 }
 
-/// `yiyun scheduler` as a child process (so a test can SIGKILL it), logging to a file under the
-/// target directory; killed when dropped.
-pub struct SchedulerProcess {
+/// A `yiyun` component as a child process (so a test can SIGKILL it), logging to a file in the
+/// temporary directory; killed when dropped.
+pub struct YiyunProcess {
     child: std::process::Child,
     pub log: PathBuf,
 }
 
-impl SchedulerProcess {
+/// The scheduler as a child process.
+pub type SchedulerProcess = YiyunProcess;
+
+impl YiyunProcess {
     /// Starts a scheduler named `name` on a free admin port with `extra` arguments.
     pub fn start(name: &str, extra: &[&str]) -> Self {
-        Self::spawn(name, extra, None)
+        Self::scheduler(name, extra, None)
     }
 
     /// Like [`start`](Self::start), with the credentials of another kubeconfig.
     pub fn start_as(name: &str, extra: &[&str], kubeconfig: &std::path::Path) -> Self {
-        Self::spawn(name, extra, Some(kubeconfig))
+        Self::scheduler(name, extra, Some(kubeconfig))
     }
 
-    fn spawn(name: &str, extra: &[&str], kubeconfig: Option<&std::path::Path>) -> Self {
+    fn scheduler(name: &str, extra: &[&str], kubeconfig: Option<&std::path::Path>) -> Self {
+        let admin = format!("127.0.0.1:{}", free_port());
+        let args = ["scheduler", "--scheduler-name", name, "--admin-addr", &admin];
+        Self::spawn(name, &[&args, extra].concat(), kubeconfig, "info,yiyun_scheduler=debug")
+    }
+
+    /// Starts `yiyun ARGS...` against the cluster of `kubeconfig` (default `KUBECONFIG`),
+    /// logging at `log_filter`; `name` names its log file.
+    pub fn spawn(name: &str, args: &[&str], kubeconfig: Option<&std::path::Path>, log_filter: &str) -> Self {
         let log = std::env::temp_dir().join(format!("{}-{}.log", unique(name), std::process::id()));
         let file = std::fs::File::create(&log).expect("a log file");
-        let admin = format!("127.0.0.1:{}", free_port());
         let mut command = Command::new(yiyun_bin());
         if let Some(kubeconfig) = kubeconfig {
             command.env("KUBECONFIG", kubeconfig);
         }
         let child = command
-            .args(["scheduler", "--scheduler-name", name, "--admin-addr", &admin])
-            .args(extra)
-            .env("RUST_LOG", "info,yiyun_scheduler=debug")
+            .args(args)
+            .env("RUST_LOG", log_filter)
             .stdout(file.try_clone().expect("log handle"))
             .stderr(file)
             .spawn()
-            .expect("start yiyun scheduler");
-        SchedulerProcess { child, log }
+            .unwrap_or_else(|err| panic!("start yiyun {}: {err}", args.join(" ")));
+        YiyunProcess { child, log }
     }
 
     /// SIGKILL: no goodbye, as a crash.
@@ -415,7 +425,7 @@ impl SchedulerProcess {
     }
 }
 
-impl Drop for SchedulerProcess {
+impl Drop for YiyunProcess {
     fn drop(&mut self) {
         self.kill();
     }
@@ -431,10 +441,52 @@ pub struct LocalCluster {
 impl LocalCluster {
     /// The cluster of `KUBECONFIG` (`e2e/cluster` keeps the kubeconfig in its state directory).
     pub fn current() -> Self {
-        let kubeconfig = PathBuf::from(std::env::var("KUBECONFIG").expect("KUBECONFIG"));
-        let state = kubeconfig.parent().expect("a local cluster's kubeconfig").to_path_buf();
+        Self::of_kubeconfig_in("KUBECONFIG")
+    }
+
+    /// The cluster whose kubeconfig environment variable `var` names (as `e2e/with-named-cluster`
+    /// sets it).
+    pub fn of_kubeconfig_in(var: &str) -> Self {
+        let kubeconfig = std::env::var(var).unwrap_or_else(|_| {
+            panic!("{var} is not set: run the e2e tests with `make e2e`, which starts the clusters")
+        });
+        let state = PathBuf::from(kubeconfig).parent().expect("a local cluster's kubeconfig").to_path_buf();
         let name = state.file_name().expect("a named state directory").to_string_lossy().into_owned();
         LocalCluster { name, state }
+    }
+
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.state.join("kubeconfig")
+    }
+
+    /// A client of this cluster's admin.
+    pub async fn client(&self) -> Client {
+        let kubeconfig = kube::config::Kubeconfig::read_from(self.kubeconfig()).expect("the kubeconfig");
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .expect("a client configuration");
+        Client::try_from(config).expect("a client")
+    }
+
+    /// The value etcd holds under `key`, read from etcd itself (not through the apiserver).
+    pub fn etcd_value(&self, key: &str) -> Option<Vec<u8>> {
+        use base64::Engine;
+        let engine = base64::engine::general_purpose::STANDARD;
+        let body = format!(r#"{{"key": "{}"}}"#, engine.encode(key));
+        let read = self.etcd("/v3/kv/range", &body);
+        let value = read["kvs"][0]["value"].as_str()?;
+        Some(engine.decode(value).expect("etcd answers base64"))
+    }
+
+    fn etcd(&self, path: &str, body: &str) -> serde_json::Value {
+        let out = Command::new("curl")
+            .args(["-fsS", "--cacert", &self.pki("ca.crt"), "--cert", &self.pki("etcd-client.crt")])
+            .args(["--key", &self.pki("etcd-client.key"), "-X", "POST", "-d", body])
+            .arg(format!("https://127.0.0.1:{}{path}", self.port("ETCD_PORT")))
+            .output()
+            .expect("curl on PATH");
+        assert!(out.status.success(), "etcd {path}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("etcd answers JSON")
     }
 
     /// A port of `ports.env`, e.g. `API_PORT`.
@@ -508,20 +560,10 @@ impl LocalCluster {
     /// Compacts etcd's history up to now, so a watch resuming from an older resourceVersion
     /// is answered 410 Gone and must relist.
     pub fn compact_etcd(&self) {
-        let etcd = |path: &str, body: &str| -> serde_json::Value {
-            let out = Command::new("curl")
-                .args(["-fsS", "--cacert", &self.pki("ca.crt"), "--cert", &self.pki("etcd-client.crt")])
-                .args(["--key", &self.pki("etcd-client.key"), "-X", "POST", "-d", body])
-                .arg(format!("https://127.0.0.1:{}{path}", self.port("ETCD_PORT")))
-                .output()
-                .expect("curl on PATH");
-            assert!(out.status.success(), "etcd {path}: {}", String::from_utf8_lossy(&out.stderr));
-            serde_json::from_slice(&out.stdout).expect("etcd answers JSON")
-        };
         // Any read tells the current revision.
-        let read = etcd("/v3/kv/range", r#"{"key": "L3JlZ2lzdHJ5", "limit": 1}"#);
+        let read = self.etcd("/v3/kv/range", r#"{"key": "L3JlZ2lzdHJ5", "limit": 1}"#);
         let revision = read["header"]["revision"].as_str().expect("a revision").to_string();
-        etcd("/v3/kv/compaction", &format!(r#"{{"revision": "{revision}", "physical": true}}"#));
+        self.etcd("/v3/kv/compaction", &format!(r#"{{"revision": "{revision}", "physical": true}}"#));
     }
 }
 

@@ -19,7 +19,7 @@ struct Cli {
 enum Command {
     /// Print every yiyun CustomResourceDefinition as YAML (pipe to `kubectl apply -f -`).
     Crd,
-    /// Run the controllers (tenancy, sites, node pools, replication, metering).
+    /// Run the controllers (tenancy, sites, node pools).
     Controller(yiyun_controller::Config),
     /// Run the scheduler.
     Scheduler(yiyun_scheduler::Config),
@@ -58,6 +58,15 @@ enum Dr {
     /// Run the replication controller: every namespace a ReplicationPolicy protects is copied
     /// to its standby cluster, and the achieved RPO measured.
     Run(yiyun_dr::Config),
+    /// Promote the standby of a policy: its workloads wake to their recorded sizes, the primary
+    /// is fenced when it answers; prints the achieved RTO.
+    Failover(yiyun_dr::operations::Args),
+    /// Copy back what changed on the standby while it served, put it to sleep, wake the
+    /// primary and resume replication.
+    Failback(yiyun_dr::operations::Args),
+    /// Restore the newest copy into an isolated namespace on the standby, check it, report
+    /// RPO and RTO against the targets, clean up and record the drill.
+    Drill(yiyun_dr::operations::Args),
 }
 
 #[derive(Subcommand, Debug)]
@@ -138,6 +147,15 @@ fn main() -> anyhow::Result<()> {
                     .map_err(|err| anyhow::anyhow!(err).context("disaster recovery failed"))
             })
         }
+        Command::Dr(Dr::Failover(args)) => dr_operation(async move {
+            yiyun_dr::operations::failover(&args).await.map(|r| yiyun_dr::operations::describe_failover(&r))
+        }),
+        Command::Dr(Dr::Failback(args)) => dr_operation(async move {
+            yiyun_dr::operations::failback(&args).await.map(|r| yiyun_dr::operations::describe_failover(&r))
+        }),
+        Command::Dr(Dr::Drill(args)) => dr_operation(async move {
+            yiyun_dr::operations::drill(&args).await.map(|r| yiyun_dr::operations::describe_drill(&r))
+        }),
         Command::Api(config) => serve(&cli.telemetry, "yiyun-api", Threads::PerCore, |shutdown| async move {
             yiyun_api::run(config, shutdown).await.map_err(|err| anyhow::anyhow!(err).context("API failed"))
         }),
@@ -180,6 +198,26 @@ fn print_output(
     if let Some(bytes) = output {
         std::io::stdout().write_all(&bytes).context("cannot write to standard output")?;
     }
+    Ok(())
+}
+
+/// Runs a failover, failback or drill (with logs on standard error) and prints its report.
+fn dr_operation(operation: impl Future<Output = Result<String, yiyun_dr::Error>>) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let report = runtime.block_on(async {
+        let _ = tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            )
+            .try_init();
+        operation.await
+    });
+    print!("{}", report.map_err(anyhow::Error::new).context("disaster recovery")?);
     Ok(())
 }
 

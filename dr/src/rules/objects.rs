@@ -205,30 +205,40 @@ fn remove(value: &mut Value, path: &[&str], keys: &[&str]) {
 /// The copy of `object` the standby holds for policy `policy`: portable, labelled with the
 /// policy and the primary's resourceVersion, and dormant.
 pub fn standby_copy(kind: &Kind, object: &Value, policy: &str) -> Value {
-    let mut copy = portable(kind, object);
-    let version = object["metadata"]["resourceVersion"].clone();
+    let mut copy = dormant(kind, object);
     copy["metadata"]["labels"][POLICY_LABEL] = policy.into();
-    copy["metadata"]["annotations"][SOURCE_VERSION] = version;
-    put_to_sleep(kind, &mut copy);
+    copy["metadata"]["annotations"][SOURCE_VERSION] = object["metadata"]["resourceVersion"].clone();
     copy
 }
 
 /// Keeps a workload from running, recording its real size: replicas to zero, Jobs and
-/// CronJobs suspended.
-pub fn put_to_sleep(kind: &Kind, object: &mut Value) {
+/// CronJobs suspended. The size is `original`'s, or the one it records if it is asleep itself.
+fn put_to_sleep(kind: &Kind, copy: &mut Value, original: &Value) {
+    let recorded = &original["metadata"]["annotations"];
     match kind.dormancy {
         Dormancy::None => {}
         Dormancy::Replicas => {
-            let replicas = object["spec"]["replicas"].as_i64().unwrap_or(1);
-            object["metadata"]["annotations"][REPLICAS] = replicas.to_string().into();
-            object["spec"]["replicas"] = 0.into();
+            let replicas = original["spec"]["replicas"].as_i64().unwrap_or(1);
+            let recorded = recorded[REPLICAS].as_str().and_then(|r| r.parse().ok());
+            let replicas = if replicas == 0 { recorded.unwrap_or(0) } else { replicas };
+            copy["metadata"]["annotations"][REPLICAS] = replicas.to_string().into();
+            copy["spec"]["replicas"] = 0.into();
         }
         Dormancy::Suspend => {
-            let suspend = object["spec"]["suspend"].as_bool().unwrap_or(false);
-            object["metadata"]["annotations"][SUSPEND] = suspend.to_string().into();
-            object["spec"]["suspend"] = true.into();
+            let suspend = original["spec"]["suspend"].as_bool().unwrap_or(false);
+            let recorded = recorded[SUSPEND].as_str().and_then(|s| s.parse().ok());
+            let suspend = if suspend { recorded.unwrap_or(true) } else { suspend };
+            copy["metadata"]["annotations"][SUSPEND] = suspend.to_string().into();
+            copy["spec"]["suspend"] = true.into();
         }
     }
+}
+
+/// `original` as a dormant copy for another cluster: portable, asleep, its size recorded.
+pub fn dormant(kind: &Kind, original: &Value) -> Value {
+    let mut copy = portable(kind, original);
+    put_to_sleep(kind, &mut copy, original);
+    copy
 }
 
 /// The fields that wake a dormant workload to its recorded size (a merge patch), or `None`
@@ -371,6 +381,11 @@ mod tests {
         asleep["metadata"]["annotations"][REPLICAS] = "3".into();
         assert_eq!(sleep_patch(&kind, &asleep), None, "asleep already: the recorded size stays");
         assert_eq!(sleep_patch(&self::kind("ConfigMap").unwrap(), &running), None);
+        assert_eq!(
+            dormant(&kind, &asleep)["metadata"]["annotations"][REPLICAS],
+            json!("3"),
+            "copied asleep, it keeps its size"
+        );
     }
 
     #[test]

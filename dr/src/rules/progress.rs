@@ -51,6 +51,8 @@ pub struct Health {
     pub rpo_target_seconds: u64,
     /// Why the standby cannot be written, if it cannot.
     pub unreachable: Option<String>,
+    /// The standby answers again after missing writes; the namespace is being compared in full.
+    pub catching_up: bool,
     /// Copies edited by hand on the standby.
     pub conflicts: usize,
     /// The standby serves now (failed over): nothing is replicated until failback.
@@ -95,6 +97,15 @@ pub fn degraded(health: &Health) -> Verdict {
             message: format!(
                 "the standby cannot be written ({why}); changes are kept and copied once it answers"
             ),
+        };
+    }
+    if health.catching_up {
+        return Verdict {
+            holds: true,
+            reason: "CatchingUp",
+            message:
+                "the standby answers again after missing writes; the namespace is being compared in full"
+                    .into(),
         };
     }
     if health.achieved_rpo_seconds > health.rpo_target_seconds as f64 && !health.failed_over {
@@ -147,6 +158,7 @@ mod tests {
             achieved_rpo_seconds: 1.2,
             rpo_target_seconds: 30,
             unreachable: None,
+            catching_up: false,
             conflicts: 0,
             failed_over: false,
         }
@@ -167,6 +179,8 @@ mod tests {
         assert_eq!(degraded(&late).reason, "RPOBreached");
         let unreachable = Health { unreachable: Some("connection refused".into()), ..late.clone() };
         assert_eq!(degraded(&unreachable).reason, "TargetUnreachable");
+        let back = Health { catching_up: true, ..late.clone() };
+        assert_eq!(degraded(&back).reason, "CatchingUp", "back, it says so until the full comparison");
         let conflicts = Health { conflicts: 2, ..health() };
         assert_eq!(degraded(&conflicts).reason, "Conflicts");
         assert!(protected(&conflicts).holds);
