@@ -77,6 +77,22 @@ build_etcd() {
   log "etcd $v ready"
 }
 
+# etcdutl restores etcd snapshots offline (`yiyun dr restore-snapshot` runs it).
+build_etcdutl() {
+  local v=$ETCD_VERSION
+  if have "etcdutl-$v"; then return; fi
+  log "etcdutl $v (about 1-2 min cold)"
+  local dir=$cache/src/etcdutl-$v
+  rm -rf "$dir" && mkdir -p "$dir" && cd "$dir"
+  go mod init yiyun.local/etcdutl-build >/dev/null 2>&1
+  go get -tool "go.etcd.io/etcd/etcdutl/v3@$v" 2>&1 | tail -n 3 >&2
+  mkdir -p out
+  go build -v -ldflags "-s -w" -o out/ go.etcd.io/etcd/etcdutl/v3 2>&1 | progress "etcdutl $v"
+  [ -x out/etcdutl ] || { ls out >&2; log "etcdutl build failed"; exit 1; }
+  mv out/etcdutl "$bin/etcdutl-$v"
+  log "etcdutl $v ready"
+}
+
 build_kwok() {
   local v=$KWOK_VERSION
   if have "kwok-$v" && [ -f "$cache/kwok-config-$v.yaml" ]; then return; fi
@@ -131,7 +147,7 @@ build_grpcurl() {
 
 if [ "${1:-}" = "--check" ]; then
   # Exit 0 when every binary is cached already, 1 when a build is needed.
-  have "etcd-$ETCD_VERSION" "etcdctl-$ETCD_VERSION" "kwok-$KWOK_VERSION" "metrics-server-$METRICS_SERVER_VERSION" \
+  have "etcd-$ETCD_VERSION" "etcdctl-$ETCD_VERSION" "etcdutl-$ETCD_VERSION" "kwok-$KWOK_VERSION" "metrics-server-$METRICS_SERVER_VERSION" \
     "grpcurl-$GRPCURL_VERSION" \
     "kube-apiserver-$KUBERNETES_VERSION" "kube-controller-manager-$KUBERNETES_VERSION" \
     "kube-scheduler-$KUBERNETES_VERSION" "kubectl-$KUBERNETES_VERSION" &&
@@ -141,6 +157,7 @@ fi
 
 start=$(date +%s)
 build_etcd
+build_etcdutl
 build_kwok
 build_metrics_server
 build_grpcurl

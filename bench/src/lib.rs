@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod billing;
+pub mod dr;
 pub mod placement_check;
 pub mod pools;
 mod processes;

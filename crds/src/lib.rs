@@ -22,7 +22,8 @@ pub use pricebook::{
     ReservedPrices,
 };
 pub use replication::{
-    ConflictResolution, DURATION_PATTERN, DrillReport, FailoverRecord, ObjectSelection, ReplicationMode,
+    ConflictResolution, DURATION_PATTERN, DrillReport, Failover, FailoverAction, FailoverPhase,
+    FailoverRecord, FailoverSpec, FailoverStatus, ObjectSelection, PolicyReference, ReplicationMode,
     ReplicationPolicy, ReplicationPolicySpec, ReplicationPolicyStatus, ReplicationRole, ReplicationSchedule,
     ReplicationTarget, Retention, SecretKey,
 };
@@ -56,6 +57,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         PriceBook::crd(),
         ResourceRequest::crd(),
         ReplicationPolicy::crd(),
+        Failover::crd(),
     ]
 }
 

@@ -269,3 +269,87 @@ pub struct DrillReport {
     pub workloads: i64,
     pub message: String,
 }
+
+/// A disaster-recovery operation on one ReplicationPolicy, carried out by `yiyun dr run`: a
+/// failover (the standby serves), a failback (the primary serves again), or a drill. It runs
+/// once; for another, create a new one. With the primary down, its controller is down too: then
+/// `yiyun dr failover --standby-kubeconfig` is the way.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "yiyun.io",
+    version = "v1alpha1",
+    kind = "Failover",
+    doc = "A disaster-recovery operation on one ReplicationPolicy (failover, failback or drill), \
+           carried out once by yiyun dr run; its status holds the outcome and the measured RTO.",
+    status = "FailoverStatus",
+    shortname = "fo",
+    category = "yiyun",
+    derive = "PartialEq",
+    printcolumn(name = "Namespace", type_ = "string", json_path = ".spec.policy.namespace"),
+    printcolumn(name = "Policy", type_ = "string", json_path = ".spec.policy.name"),
+    printcolumn(name = "Action", type_ = "string", json_path = ".spec.action"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "RTO", type_ = "number", json_path = ".status.rtoSeconds"),
+    printcolumn(name = "Message", type_ = "string", json_path = ".status.message", priority = 1),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self == oldSelf").message("a Failover's spec cannot change once created; create a new one"))]
+pub struct FailoverSpec {
+    /// The ReplicationPolicy acted on.
+    pub policy: PolicyReference,
+    /// `failover`, `failback` or `drill`.
+    pub action: FailoverAction,
+}
+
+/// A ReplicationPolicy by namespace and name.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyReference {
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: String,
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// What a Failover does.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum FailoverAction {
+    /// Promote the standby and fence the primary.
+    Failover,
+    /// Copy back what changed on the standby, and let the primary serve again.
+    Failback,
+    /// Restore the newest copy into an isolated namespace on the standby, check it, clean up.
+    Drill,
+}
+
+/// Where a Failover stands.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum FailoverPhase {
+    #[default]
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FailoverStatus {
+    #[serde(default)]
+    pub phase: FailoverPhase,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed: Option<Time>,
+    /// From the start until every workload ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rto_seconds: Option<f64>,
+    /// What happened, or why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// A drill's report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drill: Option<DrillReport>,
+}

@@ -1,12 +1,14 @@
 //! yiyun's disaster recovery. `run` replicates every namespace a `ReplicationPolicy` protects
-//! to its standby cluster and measures the achieved RPO; [`operations`] fail over, fail back
-//! and drill. The rules (targets by level, what a copy holds, what the measurements say) are
+//! to its standby cluster and measures the achieved RPO, and carries out `Failover` objects;
+//! [`operations`] fail over, fail back and drill; [`snapshots`] keep etcd's. The rules (targets by level, what a copy holds, what the measurements say) are
 //! pure, in [`rules`].
 
+mod failovers;
 mod metrics;
 pub mod operations;
 mod replicator;
 pub mod rules;
+pub mod snapshots;
 mod standby;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
@@ -59,6 +61,8 @@ pub enum Error {
     PrimaryUnreachable(String),
     #[error("{0}")]
     Drill(String),
+    #[error("{0}")]
+    Snapshot(String),
 }
 
 impl Error {
@@ -73,6 +77,7 @@ impl Error {
             Error::Standby(_) => "standby",
             Error::PrimaryUnreachable(_) => "primary_unreachable",
             Error::Drill(_) => "drill",
+            Error::Snapshot(_) => "snapshot",
         }
     }
 }
@@ -101,7 +106,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
             return Ok(());
         }
         let work = shutdown.child_token();
-        let replication = replicator::run(client.clone(), metrics, readiness, &config, work.clone());
+        let replication = async {
+            tokio::try_join!(
+                replicator::run(client.clone(), metrics, readiness, &config, work.clone()),
+                failovers::run(client.clone(), config.kubeconfig.clone(), work.clone()),
+            )
+            .map(|_| ())
+        };
         let result = match &election {
             Some(election) => tokio::select! {
                 biased;

@@ -28,6 +28,8 @@ pub struct Metrics {
     pub lag: Histogram,
     pub achieved_rpo: Family<PolicyLabels, Gauge<f64, AtomicU64>>,
     pub pending: Family<PolicyLabels, Gauge>,
+    /// Whole namespaces compared with their copies (each a consistent copy once done).
+    pub full_comparisons: Counter,
 }
 
 impl Metrics {
@@ -37,6 +39,7 @@ impl Metrics {
             lag: Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 15.0, 60.0]),
             achieved_rpo: Family::default(),
             pending: Family::default(),
+            full_comparisons: Counter::default(),
         };
         registry.register(
             "replication_writes",
@@ -59,6 +62,11 @@ impl Metrics {
             "replication_pending_changes",
             "Changes seen on the primary and not yet on the standby, by policy",
             metrics.pending.clone(),
+        );
+        registry.register(
+            "full_comparisons",
+            "Namespaces compared in full with their copies on the standby",
+            metrics.full_comparisons.clone(),
         );
         metrics
     }

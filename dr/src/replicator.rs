@@ -673,6 +673,7 @@ impl Worker {
         if self.policy.spec.mode == ReplicationMode::Scheduled || self.pending.is_empty() {
             self.consistent_at = Some(started);
         }
+        self.metrics.full_comparisons.inc();
         debug!(
             namespace = self.namespace,
             policy = self.name,

@@ -39,6 +39,7 @@ async fn disaster_recovery() {
         an_unreachable_standby_degrades_then_catches_up(&clusters),
         scheduled_copies_are_consistent_and_aged(&clusters),
         a_drill_restores_checks_and_is_recorded(&clusters),
+        failover_objects_fail_over_and_back(&clusters),
     );
     drop(controller);
 }
@@ -411,4 +412,68 @@ async fn a_drill_restores_checks_and_is_recorded(clusters: &DrClusters) {
     );
     let copy = Api::<Deployment>::namespaced(s.clone(), &ns).get("portal").await.expect("the copy");
     assert_eq!(copy.spec.and_then(|s| s.replicas), Some(0), "the standby's copy stays dormant");
+}
+
+/// A Failover object, as a cloud admin applies it, carried out once by the controller.
+async fn carried_out(
+    clusters: &DrClusters,
+    namespace: &str,
+    policy: &str,
+    action: &str,
+) -> yiyun_crds::Failover {
+    let name = yiyun_e2e::unique(action);
+    let failover = json!({
+        "apiVersion": "yiyun.io/v1alpha1", "kind": "Failover", "metadata": {"name": name},
+        "spec": {"policy": {"namespace": namespace, "name": policy}, "action": action}
+    });
+    yiyun_e2e::apply_yiyun::<yiyun_crds::Failover>(&clusters.p, &name, failover).await;
+    let api: Api<yiyun_crds::Failover> = Api::all(clusters.p.clone());
+    eventually(Duration::from_secs(120), &format!("Failover {name} carried out"), || async {
+        let failover = api.get(&name).await.ok()?;
+        let phase = failover.status.as_ref()?.phase;
+        matches!(phase, yiyun_crds::FailoverPhase::Succeeded | yiyun_crds::FailoverPhase::Failed)
+            .then_some(failover)
+    })
+    .await
+}
+
+async fn failover_objects_fail_over_and_back(clusters: &DrClusters) {
+    let (p, s) = (&clusters.p, &clusters.s);
+    let ns = clusters.namespace("dr-object", None).await;
+    DrClusters::apply(p, &ns, deployment("intake", 1)).await;
+    clusters.protect(&ns, "protect", json!({"level": 4})).await;
+    clusters.condition(&ns, "protect", "Protected", "True", SETTLE).await;
+
+    let failover = carried_out(clusters, &ns, "protect", "failover").await;
+    let status = failover.status.unwrap_or_default();
+    assert_eq!(status.phase, yiyun_crds::FailoverPhase::Succeeded, "{status:?}");
+    assert!(
+        status.rto_seconds.is_some()
+            && status.message.as_deref().is_some_and(|m| m.contains("1 of 1 workloads run on the standby")),
+        "{status:?}"
+    );
+    let standby_web =
+        Api::<Deployment>::namespaced(s.clone(), &ns).get("intake").await.expect("the standby's copy");
+    assert_eq!(standby_web.spec.and_then(|s| s.replicas), Some(1), "woken on the standby");
+    let policy = clusters.condition(&ns, "protect", "Protected", "False", SETTLE).await;
+    assert!(message(&policy, "Protected").starts_with("FailedOver"), "{}", message(&policy, "Protected"));
+
+    let failback = carried_out(clusters, &ns, "protect", "failback").await;
+    let status = failback.status.unwrap_or_default();
+    assert_eq!(status.phase, yiyun_crds::FailoverPhase::Succeeded, "{status:?}");
+    let primary_web =
+        Api::<Deployment>::namespaced(p.clone(), &ns).get("intake").await.expect("the primary's web");
+    assert_eq!(primary_web.spec.and_then(|s| s.replicas), Some(1), "the primary serves again");
+    clusters.condition(&ns, "protect", "Protected", "True", SETTLE).await;
+
+    let drill = carried_out(clusters, &ns, "protect", "drill").await;
+    let status = drill.status.unwrap_or_default();
+    assert_eq!(status.phase, yiyun_crds::FailoverPhase::Succeeded, "{status:?}");
+    assert!(status.drill.is_some_and(|d| d.passed && d.workloads_running == 1));
+
+    // One for a policy that does not exist fails and says why.
+    let missing = carried_out(clusters, &ns, "absent", "failover").await;
+    let status = missing.status.unwrap_or_default();
+    assert_eq!(status.phase, yiyun_crds::FailoverPhase::Failed, "{status:?}");
+    assert!(status.message.as_deref().is_some_and(|m| m.contains("does not exist")), "{status:?}");
 }

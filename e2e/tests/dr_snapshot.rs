@@ -1,0 +1,215 @@
+//! Control-plane snapshots: `yiyun dr snapshot` takes etcd's snapshot of the DR primary through
+//! its maintenance API (encrypted, with retention); `yiyun dr restore-snapshot` checks one and
+//! restores it into a fresh etcd data directory; a fresh etcd and kube-apiserver started on it
+//! serve the tenants and workloads that were there. A damaged snapshot is refused.
+
+use std::{
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::{Api, Client};
+use serde_json::json;
+use yiyun_crds::Tenant;
+use yiyun_e2e::{
+    LocalCluster, apply_yiyun,
+    dr::{DrClusters, deployment},
+    eventually, free_port, repo_file, unique, yiyun_bin,
+};
+
+/// A child process killed when dropped.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn cached_binary(name: &str, version_key: &str) -> String {
+    let versions = repo_file("e2e/versions.env");
+    let version = versions
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{version_key}=")))
+        .expect("the version in e2e/versions.env");
+    let home = std::env::var("HOME").expect("HOME");
+    let cache = std::env::var("YIYUN_CACHE").unwrap_or(format!("{home}/.cache/yiyun"));
+    format!("{cache}/bin/{name}-{version}")
+}
+
+fn yiyun(args: &[&str]) -> (bool, String) {
+    let out = Command::new(yiyun_bin()).args(args).output().expect("run yiyun");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// etcd on `data_dir` (plain HTTP on loopback), then a kube-apiserver on it serving with the
+/// primary's certificates and admin token; a client of it.
+async fn serve_restored(
+    primary: &LocalCluster,
+    data_dir: &Path,
+    name: &str,
+    peer_port: u16,
+) -> (Process, Process, Client) {
+    let client_port = free_port();
+    let etcd = Command::new(cached_binary("etcd", "ETCD_VERSION"))
+        .args(["--name", name, "--data-dir"])
+        .arg(data_dir)
+        .args(["--listen-client-urls", &format!("http://127.0.0.1:{client_port}")])
+        .args(["--advertise-client-urls", &format!("http://127.0.0.1:{client_port}")])
+        .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer_port}")])
+        .args(["--listen-metrics-urls", "", "--log-level", "warn"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start etcd");
+    let etcd = Process(etcd);
+    let api_port = free_port();
+    let pki = |file: &str| primary.pki(file);
+    let apiserver = Command::new(cached_binary("kube-apiserver", "KUBERNETES_VERSION"))
+        .args(["--etcd-servers", &format!("http://127.0.0.1:{client_port}")])
+        .args(["--bind-address", "127.0.0.1", "--secure-port", &api_port.to_string()])
+        .args(["--tls-cert-file", &pki("apiserver.crt"), "--tls-private-key-file", &pki("apiserver.key")])
+        .args(["--client-ca-file", &pki("ca.crt"), "--token-auth-file", &pki("tokens.csv")])
+        .args(["--service-account-issuer", "https://kubernetes.default.svc"])
+        .args([
+            "--service-account-key-file",
+            &pki("sa.pub"),
+            "--service-account-signing-key-file",
+            &pki("sa.key"),
+        ])
+        .args([
+            "--authorization-mode",
+            "RBAC",
+            "--service-cluster-ip-range",
+            "10.0.0.0/24",
+            "--anonymous-auth=false",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start kube-apiserver");
+    let apiserver = Process(apiserver);
+    let token = std::fs::read_to_string(primary.state.join("pki/admin.token")).expect("the admin token");
+    let kubeconfig = format!(
+        "apiVersion: v1\nkind: Config\nclusters: [{{name: r, cluster: {{server: \"https://127.0.0.1:{api_port}\", certificate-authority: \"{}\"}}}}]\n\
+         users: [{{name: a, user: {{token: \"{}\"}}}}]\ncontexts: [{{name: r, context: {{cluster: r, user: a}}}}]\ncurrent-context: r\n",
+        pki("ca.crt"),
+        token.trim()
+    );
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::from_yaml(&kubeconfig).expect("a kubeconfig"),
+        &Default::default(),
+    )
+    .await
+    .expect("a client configuration");
+    let client = Client::try_from(config).expect("a client");
+    (etcd, apiserver, client)
+}
+
+#[tokio::test]
+async fn a_snapshot_restores_into_a_fresh_etcd_that_serves_what_was_there() {
+    let clusters = DrClusters::setup().await;
+    let primary = &clusters.primary;
+    let tenant = unique("dr-snap");
+    let object = json!({
+        "apiVersion": "yiyun.io/v1alpha1", "kind": "Tenant", "metadata": {"name": tenant},
+        "spec": {"displayName": "容灾演练部门", "level": "province", "quota": {"max": {"cpu": "8"}}}
+    });
+    apply_yiyun::<Tenant>(&clusters.p, &tenant, object).await;
+    let ns = clusters.namespace("dr-snap", None).await;
+    DrClusters::apply(&clusters.p, &ns, deployment("archive", 1)).await;
+
+    let store = std::env::temp_dir().join(unique("yiyun-snapshots"));
+    let key_file = std::env::temp_dir().join(unique("snapshot-key"));
+    std::fs::write(&key_file, "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff")
+        .expect("a key file");
+    let endpoint = format!("https://127.0.0.1:{}", primary.port("ETCD_PORT"));
+    let (ca, cert, key) =
+        (primary.pki("ca.crt"), primary.pki("etcd-client.crt"), primary.pki("etcd-client.key"));
+    let store_arg = store.to_str().expect("a path");
+    let key_arg = key_file.to_str().expect("a path");
+    let snapshot = [
+        "dr",
+        "snapshot",
+        "--etcd-endpoint",
+        &endpoint,
+        "--etcd-ca",
+        &ca,
+        "--etcd-cert",
+        &cert,
+        "--etcd-key",
+        &key,
+        "--store",
+        store_arg,
+        "--keep",
+        "2",
+        "--encryption-key-file",
+        key_arg,
+    ];
+    for _ in 0..3 {
+        let (ok, out) = yiyun(&snapshot);
+        assert!(ok, "{out}");
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    // Retention: the newest two, each with its manifest; encrypted, so no clear text.
+    let mut files: Vec<String> = std::fs::read_dir(&store)
+        .expect("the store")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 4, "two snapshots and their manifests: {files:?}");
+    let newest = store.join(files.iter().rfind(|f| f.ends_with(".db.enc")).expect("a snapshot"));
+    let sealed = std::fs::read(&newest).expect("the snapshot");
+    assert!(!sealed.windows(tenant.len()).any(|w| w == tenant.as_bytes()), "the snapshot is encrypted");
+
+    // A damaged copy is refused before anything is restored.
+    let damaged = store.join("damaged.db.enc");
+    let mut bytes = sealed.clone();
+    bytes[100] ^= 0xff;
+    std::fs::write(&damaged, bytes).expect("write");
+    std::fs::copy(format!("{}.json", newest.display()), format!("{}.json", damaged.display())).expect("copy");
+    let data_dir = std::env::temp_dir().join(unique("restored-etcd"));
+    let peer_port = free_port();
+    let peer_url = format!("http://127.0.0.1:{peer_port}");
+    let etcdutl = cached_binary("etcdutl", "ETCD_VERSION");
+    let restore = |file: &Path| {
+        yiyun(&[
+            "dr",
+            "restore-snapshot",
+            file.to_str().expect("a path"),
+            "--data-dir",
+            data_dir.to_str().expect("a path"),
+            "--name",
+            "restored",
+            "--peer-url",
+            &peer_url,
+            "--encryption-key-file",
+            key_arg,
+            "--etcdutl",
+            &etcdutl,
+        ])
+    };
+    let (ok, out) = restore(&damaged);
+    assert!(!ok && out.contains("does not decrypt"), "{out}");
+    assert!(!data_dir.exists());
+
+    let (ok, out) = restore(&newest);
+    assert!(ok, "{out}");
+    assert!(out.contains("revisions bumped by 1000000000"), "{out}");
+    let (_etcd, _apiserver, restored) = serve_restored(primary, &data_dir, "restored", peer_port).await;
+    let tenants: Api<Tenant> = Api::all(restored.clone());
+    let found = eventually(Duration::from_secs(90), "the restored apiserver serving the tenant", || async {
+        tenants.get_opt(&tenant).await.ok().flatten()
+    })
+    .await;
+    assert_eq!(found.spec.display_name, "容灾演练部门");
+    let deployments: Api<Deployment> = Api::namespaced(restored, &ns);
+    let archive = deployments.get("archive").await.expect("the workload was there");
+    assert_eq!(archive.spec.and_then(|s| s.replicas), Some(1));
+    let _ = std::fs::remove_dir_all(&store);
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
