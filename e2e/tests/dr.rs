@@ -40,6 +40,7 @@ async fn disaster_recovery() {
         scheduled_copies_are_consistent_and_aged(&clusters),
         a_drill_restores_checks_and_is_recorded(&clusters),
         failover_objects_fail_over_and_back(&clusters),
+        copies_of_deleted_objects_are_kept_for_the_retention(&clusters),
     );
     drop(controller);
 }
@@ -476,4 +477,29 @@ async fn failover_objects_fail_over_and_back(clusters: &DrClusters) {
     let status = missing.status.unwrap_or_default();
     assert_eq!(status.phase, yiyun_crds::FailoverPhase::Failed, "{status:?}");
     assert!(status.message.as_deref().is_some_and(|m| m.contains("does not exist")), "{status:?}");
+}
+
+async fn copies_of_deleted_objects_are_kept_for_the_retention(clusters: &DrClusters) {
+    let (p, s) = (&clusters.p, &clusters.s);
+    let ns = clusters.namespace("dr-keep", None).await;
+    DrClusters::apply(p, &ns, config_map("mistake", json!({"v": "1"}))).await;
+    clusters.protect(&ns, "protect", json!({"level": 4, "retention": {"deleted": "10s"}})).await;
+    clusters.condition(&ns, "protect", "Protected", "True", SETTLE).await;
+    Api::<ConfigMap>::namespaced(p.clone(), &ns)
+        .delete("mistake", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let copies: Api<ConfigMap> = Api::namespaced(s.clone(), &ns);
+    let marked = eventually(Duration::from_secs(30), "the copy marked as deleted on the primary", || async {
+        let copy = copies.get_opt("mistake").await.ok().flatten()?;
+        copy.metadata.annotations.as_ref()?.get("dr.yiyun.io/source-deleted-at")?;
+        Some(copy)
+    })
+    .await;
+    assert_eq!(marked.data.and_then(|d| d.get("v").cloned()).as_deref(), Some("1"), "kept whole meanwhile");
+    // The controller runs with a 20 s resync: the copy goes at the first comparison after 10 s.
+    eventually(Duration::from_secs(60), "the copy deleted after the retention", || async {
+        copies.get_opt("mistake").await.ok()?.is_none().then_some(())
+    })
+    .await;
 }
