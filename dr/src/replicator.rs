@@ -469,8 +469,9 @@ impl Worker {
 
     /// Writes every pending change to the standby.
     async fn flush(&mut self) {
-        let Ok(valid) = &self.validity else { return };
-        let keep_deleted = valid.targets.keep_deleted_seconds;
+        if self.validity.is_err() {
+            return;
+        }
         let Some(standby) = self.standby().await else { return self.failed_to_reach() };
         // Read just before writing: a failover may have begun since the last look.
         if let Err(why) = self.standby_namespace(&standby).await {
@@ -481,34 +482,12 @@ impl Worker {
             self.pending.clear();
             return;
         }
-        let force = self.policy.spec.conflicts == ConflictResolution::Overwrite;
         let batch: Vec<(Key, Pending)> = std::mem::take(&mut self.pending).into_iter().collect();
-        let writes: Vec<_> = batch
-            .iter()
-            .map(|((kind, name), pending)| {
-                let known = self.copies.get(&(*kind, name.clone())).copied();
-                write(
-                    &standby,
-                    &self.namespace,
-                    &self.name,
-                    &KINDS[*kind],
-                    &pending.change,
-                    known,
-                    keep_deleted,
-                    force,
-                )
-            })
-            .collect();
-        let outcomes: Vec<Outcome> = futures::stream::iter(writes).buffered(WRITES_IN_FLIGHT).collect().await;
-        debug!(namespace = self.namespace, policy = self.name, changes = batch.len(), "changes written");
-        let mut unreachable = None;
+        let changes = batch.iter().map(|(key, pending)| (key, &pending.change)).collect();
+        let (outcomes, unreachable) = self.write_all(&standby, changes).await;
         for ((key, pending), outcome) in batch.into_iter().zip(outcomes) {
-            let kind = KINDS[key.0].kind;
-            debug!(namespace = self.namespace, kind, name = key.1, outcome = outcome.label(), "written");
-            let result = self.settle(key.clone(), &outcome);
             match outcome {
-                Outcome::Unreachable(why) => {
-                    unreachable = Some(why);
+                Outcome::Unreachable(_) => {
                     self.pending.insert(key, pending);
                 }
                 Outcome::Applied { .. } | Outcome::Deleted | Outcome::Retained => {
@@ -517,9 +496,6 @@ impl Worker {
                     self.metrics.lag.observe(lag);
                 }
                 _ => {}
-            }
-            if let Some(result) = result {
-                self.metrics.writes.get_or_create(&WriteLabels { kind, result }).inc();
             }
         }
         match unreachable {
@@ -539,31 +515,67 @@ impl Worker {
         }
     }
 
-    /// Books what a write came to; the metric's result label, if it wrote or tried.
-    fn settle(&mut self, key: Key, outcome: &Outcome) -> Option<&'static str> {
+    /// Writes `changes` to the standby, a few at a time, and books each outcome. Returns the
+    /// outcomes in order, and why the standby could not be reached if a write found it so.
+    async fn write_all(
+        &mut self,
+        standby: &Client,
+        changes: Vec<(&Key, &Change)>,
+    ) -> (Vec<Outcome>, Option<String>) {
+        let keep_deleted = self.validity.as_ref().map_or(0, |valid| valid.targets.keep_deleted_seconds);
+        let force = self.policy.spec.conflicts == ConflictResolution::Overwrite;
+        let writes: Vec<_> = changes
+            .iter()
+            .map(|(key, change)| {
+                let known = self.copies.get(*key).copied();
+                write(standby, &self.namespace, &self.name, &KINDS[key.0], change, known, keep_deleted, force)
+            })
+            .collect();
+        let outcomes: Vec<Outcome> = futures::stream::iter(writes).buffered(WRITES_IN_FLIGHT).collect().await;
+        let mut unreachable = None;
+        for ((key, _), outcome) in changes.iter().zip(&outcomes) {
+            if let Outcome::Unreachable(why) = outcome {
+                unreachable = Some(why.clone());
+            }
+            self.settle((*key).clone(), outcome);
+        }
+        debug!(namespace = self.namespace, policy = self.name, changes = changes.len(), "changes written");
+        (outcomes, unreachable)
+    }
+
+    /// Books what a write came to, and counts it (a skipped one wrote nothing).
+    fn settle(&mut self, key: Key, outcome: &Outcome) {
+        let kind = KINDS[key.0].kind;
+        debug!(namespace = self.namespace, kind, name = key.1, outcome = outcome.label(), "written");
         match outcome {
             Outcome::Applied { version } => {
                 self.conflicts.remove(&key);
                 self.copies.insert(key, *version);
-                Some("applied")
             }
             Outcome::Deleted => {
                 self.conflicts.remove(&key);
                 self.copies.remove(&key);
-                Some("deleted")
             }
-            Outcome::Retained => Some("retained"),
-            Outcome::Skipped => None,
             Outcome::Conflict(message) => {
                 self.conflicts.insert(key, format!("edited on the standby: {message}"));
-                Some("conflict")
             }
             Outcome::Rejected(message) => {
                 self.conflicts.insert(key, format!("rejected by the standby: {message}"));
-                Some("rejected")
             }
-            Outcome::Unreachable(_) => Some("unreachable"),
+            Outcome::Retained | Outcome::Skipped | Outcome::Unreachable(_) => {}
         }
+        if !matches!(outcome, Outcome::Skipped) {
+            self.metrics.writes.get_or_create(&WriteLabels { kind, result: outcome.label() }).inc();
+        }
+    }
+
+    /// A full comparison stopped by an unreachable standby: tried again after the backoff.
+    fn full_sync_unreachable(&mut self, why: Option<String>) {
+        if let Some(why) = why {
+            self.unreachable = Some(why);
+        }
+        self.next_full_sync = Instant::now() + progress::retry_delay(self.failures.max(1));
+        self.failed_to_reach();
     }
 
     fn failed_to_reach(&mut self) {
@@ -585,15 +597,9 @@ impl Worker {
         self.next_full_sync = Instant::now() + interval;
         let Ok(valid) = &self.validity else { return };
         let kinds = valid.kinds.clone();
-        let keep_deleted = valid.targets.keep_deleted_seconds;
-        let Some(standby) = self.standby().await else {
-            self.next_full_sync = Instant::now() + progress::retry_delay(self.failures.max(1));
-            return self.failed_to_reach();
-        };
+        let Some(standby) = self.standby().await else { return self.full_sync_unreachable(None) };
         if let Err(why) = self.standby_namespace(&standby).await {
-            self.unreachable = Some(why);
-            self.next_full_sync = Instant::now() + progress::retry_delay(self.failures.max(1));
-            return self.failed_to_reach();
+            return self.full_sync_unreachable(Some(why));
         }
         if self.failed_over {
             return;
@@ -609,17 +615,12 @@ impl Worker {
         };
         let copies = match self.list_copies(&standby, &kinds).await {
             Ok(copies) => copies,
-            Err(err) => {
-                self.unreachable = Some(err.to_string());
-                self.next_full_sync = Instant::now() + progress::retry_delay(self.failures.max(1));
-                return self.failed_to_reach();
-            }
+            Err(err) => return self.full_sync_unreachable(Some(err.to_string())),
         };
         self.copies = copies
             .iter()
             .filter_map(|(key, copy)| Some((key.clone(), objects::source_version(copy)?)))
             .collect();
-        let force = self.policy.spec.conflicts == ConflictResolution::Overwrite;
         let mut changes: Vec<(Key, Change)> = Vec::new();
         for (key, object) in &primary {
             let copy = copies.get(key);
@@ -639,27 +640,10 @@ impl Worker {
                 changes.push((key.clone(), Change::Delete(copy.clone())));
             }
         }
-        let writes: Vec<_> = changes
-            .iter()
-            .map(|((kind, _), change)| {
-                write(&standby, &self.namespace, &self.name, &KINDS[*kind], change, None, keep_deleted, force)
-            })
-            .collect();
-        let outcomes: Vec<Outcome> = futures::stream::iter(writes).buffered(WRITES_IN_FLIGHT).collect().await;
-        let mut unreachable = None;
-        for ((key, _), outcome) in changes.into_iter().zip(outcomes) {
-            let kind = KINDS[key.0].kind;
-            if let Outcome::Unreachable(why) = &outcome {
-                unreachable = Some(why.clone());
-            }
-            if let Some(result) = self.settle(key, &outcome) {
-                self.metrics.writes.get_or_create(&WriteLabels { kind, result }).inc();
-            }
-        }
+        let (_, unreachable) =
+            self.write_all(&standby, changes.iter().map(|(key, change)| (key, change)).collect()).await;
         if let Some(why) = unreachable {
-            self.unreachable = Some(why);
-            self.next_full_sync = Instant::now() + progress::retry_delay(self.failures.max(1));
-            return self.failed_to_reach();
+            return self.full_sync_unreachable(Some(why));
         }
         // Copies the primary has that still exist: a pending change older than the list is
         // already on the standby.

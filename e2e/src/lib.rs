@@ -461,11 +461,7 @@ impl LocalCluster {
 
     /// A client of this cluster's admin.
     pub async fn client(&self) -> Client {
-        let kubeconfig = kube::config::Kubeconfig::read_from(self.kubeconfig()).expect("the kubeconfig");
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-            .await
-            .expect("a client configuration");
-        Client::try_from(config).expect("a client")
+        yiyun_kube::client(Some(&self.kubeconfig())).await.expect("a client for the cluster's kubeconfig")
     }
 
     /// The value etcd holds under `key`, read from etcd itself (not through the apiserver).
