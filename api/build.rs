@@ -25,6 +25,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".yiyun.api.v1.CreateResourceRequestRequest.idempotency_key",
             "#[schema(max_length = 128)]",
         )
+        // A drill's REST body: the tenant is the path's; the namespace is required.
+        .field_attribute(".yiyun.api.v1.RequestDrillRequest.tenant", "#[schema(ignore)]")
+        .field_attribute(
+            ".yiyun.api.v1.RequestDrillRequest.namespace",
+            "#[schema(required = true, pattern = r\"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$\")]",
+        )
+        .field_attribute(
+            ".yiyun.api.v1.RequestDrillRequest.policy",
+            "#[schema(max_length = 253, pattern = r\"^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*)?$\")]",
+        )
+        .field_attribute(".yiyun.api.v1.RequestDrillRequest.idempotency_key", "#[schema(max_length = 128)]")
         .field_attribute(
             ".yiyun.api.v1.DecideResourceRequestRequest.message",
             "#[schema(max_length = 1024)]",

@@ -110,8 +110,6 @@ pub enum ApiError {
     #[error("too many calls from {caller}: try again in {} ms", .retry_after.as_millis())]
     ResourceExhausted { caller: String, retry_after: std::time::Duration },
     #[error("{0}")]
-    Unimplemented(String),
-    #[error("{0}")]
     Internal(String),
 }
 
@@ -136,7 +134,6 @@ impl ApiError {
             ApiError::FailedPrecondition(_) => "failed_precondition",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::ResourceExhausted { .. } => "resource_exhausted",
-            ApiError::Unimplemented(_) => "unimplemented",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -151,7 +148,6 @@ impl ApiError {
             ApiError::FailedPrecondition(_) => (Code::FailedPrecondition, StatusCode::UNPROCESSABLE_ENTITY),
             ApiError::Unavailable(_) => (Code::Unavailable, StatusCode::SERVICE_UNAVAILABLE),
             ApiError::ResourceExhausted { .. } => (Code::ResourceExhausted, StatusCode::TOO_MANY_REQUESTS),
-            ApiError::Unimplemented(_) => (Code::Unimplemented, StatusCode::NOT_IMPLEMENTED),
             ApiError::Internal(_) => (Code::Internal, StatusCode::INTERNAL_SERVER_ERROR),
         }
     }

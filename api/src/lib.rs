@@ -4,7 +4,7 @@
 //! (TokenReview, then SubjectAccessReview on a yiyun resource), and leaves an audit line.
 //!
 //! Served: usage and bills ([`billing`]), quota requests ([`resource_requests`]), compute work
-//! ([`jobs`]); disaster recovery is a reserved slot that answers UNIMPLEMENTED ([`disaster_recovery`]).
+//! ([`jobs`]); protection and drills of disaster recovery ([`disaster_recovery`]).
 
 pub mod billing;
 mod caller;

@@ -34,7 +34,8 @@ pub const PATH: &str = "/openapi.json";
         jobs::rest_cancel,
         jobs::rest_events,
         disaster_recovery::rest_list_protection,
-        disaster_recovery::rest_request_drill
+        disaster_recovery::rest_request_drill,
+        disaster_recovery::rest_get_drill
     ),
     components(schemas(
         proto::Bill,
@@ -56,6 +57,8 @@ pub const PATH: &str = "/openapi.json";
         proto::ListProtectionResponse,
         proto::Protection,
         proto::Drill,
+        proto::DrillReport,
+        proto::RequestDrillRequest,
         billing::HeaderLanguage,
         error::Problem,
         error::FieldViolation
@@ -65,7 +68,7 @@ pub const PATH: &str = "/openapi.json";
         (name = "Billing", description = "Usage and bills from the billing ledger"),
         (name = "ResourceRequests", description = "Quota requests, decided by the parent tenant's admins"),
         (name = "Jobs", description = "Compute work placed by yiyun-scheduler"),
-        (name = "DisasterRecovery", description = "Reserved: answers 501 until disaster recovery is built")
+        (name = "DisasterRecovery", description = "Protection of a tenant's namespaces and drills, from yiyun dr run")
     )
 )]
 pub struct Document;

@@ -71,12 +71,13 @@ pub async fn routes(services: Services, max_request_bytes: usize) -> Result<axum
     let Services { gate, client, ledger, caches, scheduler } = services;
     let billing = BillingService::new(gate.clone(), client.clone(), ledger);
     let jobs = JobService::new(gate.clone(), client.clone(), caches, scheduler);
-    let disaster_recovery = DisasterRecoveryService::new(gate.clone());
+    let disaster_recovery = DisasterRecoveryService::new(gate.clone(), client.clone());
     let requests = ResourceRequestService::new(gate, client);
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<BillingServer<Arc<BillingService>>>().await;
     health.set_serving::<ResourceRequestsServer<Arc<ResourceRequestService>>>().await;
     health.set_serving::<JobsServer<Arc<JobService>>>().await;
+    health.set_serving::<DisasterRecoveryServer<Arc<DisasterRecoveryService>>>().await;
     // Both reflection versions (older grpcurl releases speak v1alpha), describing the
     // health service too.
     let reflection = || {

@@ -10,6 +10,7 @@ mod replicator;
 pub mod rules;
 pub mod snapshots;
 mod standby;
+pub mod store;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 

@@ -1,5 +1,6 @@
 //! Control-plane snapshots: etcd's own snapshot through its maintenance API, checksummed,
-//! optionally encrypted, kept with retention in a directory; and a restore that brings a fresh
+//! optionally encrypted, kept with retention in a store (a directory, or an S3-compatible
+//! object store: [`crate::store`]); and a restore that brings a fresh
 //! etcd data directory up from one (`etcdutl snapshot restore`, with the revision bump etcd's
 //! restore guide asks for so that the old cluster's watchers and caches see time move forward).
 
@@ -19,7 +20,11 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::{Error, rules::durations};
+use crate::{
+    Error,
+    rules::durations,
+    store::{S3Args, Store},
+};
 
 /// Where etcd is and how to reach it.
 #[derive(clap::Args, Clone, Debug)]
@@ -42,9 +47,12 @@ pub struct EtcdArgs {
 pub struct SnapshotArgs {
     #[command(flatten)]
     pub etcd: EtcdArgs,
-    /// The directory the snapshots are kept in.
+    /// Where the snapshots are kept: a directory, or `s3://BUCKET/PREFIX` in an S3-compatible
+    /// object store (see the `--s3-*` options).
     #[arg(long, env = "YIYUN_SNAPSHOT_STORE", default_value = "/var/lib/yiyun/etcd-snapshots")]
-    pub store: PathBuf,
+    pub store: String,
+    #[command(flatten)]
+    pub s3: S3Args,
     /// How many snapshots are kept; the oldest beyond that are deleted after each new one.
     #[arg(long, default_value_t = 24)]
     pub keep: usize,
@@ -60,8 +68,11 @@ pub struct SnapshotArgs {
 /// `yiyun dr restore-snapshot`.
 #[derive(clap::Args, Clone, Debug)]
 pub struct RestoreArgs {
-    /// The snapshot file (its manifest, `FILE.json`, beside it).
-    pub snapshot: PathBuf,
+    /// The snapshot: a file, or `s3://BUCKET/PREFIX/FILE` (its manifest, `FILE.json`, beside
+    /// it either way).
+    pub snapshot: String,
+    #[command(flatten)]
+    pub s3: S3Args,
     /// The new etcd data directory (must not exist yet).
     #[arg(long)]
     pub data_dir: PathBuf,
@@ -108,8 +119,9 @@ pub async fn snapshots(
 ) -> Result<(), Error> {
     let every = args.every.as_deref().map(durations::parse).transpose().map_err(Error::Snapshot)?;
     let key = args.encryption_key_file.as_deref().map(read_key).transpose()?;
+    let store = Store::at(&args.store, &args.s3)?;
     loop {
-        let manifest = take(args, key.as_ref()).await?;
+        let manifest = take(args, &store, key.as_ref()).await?;
         report(&manifest);
         let Some(every) = every else { return Ok(()) };
         tokio::select! {
@@ -131,7 +143,7 @@ async fn connect(etcd: &EtcdArgs) -> Result<Client, Error> {
     Client::connect([etcd.etcd_endpoint.as_str()], options).await.map_err(etcd_error)
 }
 
-async fn take(args: &SnapshotArgs, key: Option<&LessSafeKey>) -> Result<Manifest, Error> {
+async fn take(args: &SnapshotArgs, store: &Store, key: Option<&LessSafeKey>) -> Result<Manifest, Error> {
     let mut client = connect(&args.etcd).await?;
     let status = client.status().await.map_err(etcd_error)?;
     let revision = status.header().map_or(0, |h| h.revision());
@@ -159,51 +171,64 @@ async fn take(args: &SnapshotArgs, key: Option<&LessSafeKey>) -> Result<Manifest
         Some(key) => seal(key, snapshot)?,
         None => snapshot,
     };
-    std::fs::create_dir_all(&args.store).map_err(|err| io_error(&args.store, err))?;
-    write_atomically(&args.store.join(&file), &contents)?;
+    store.put(&file, contents).await?;
     let text = serde_json::to_vec_pretty(&manifest).map_err(|err| Error::Snapshot(err.to_string()))?;
-    write_atomically(&args.store.join(format!("{file}.json")), &text)?;
-    info!(file, revision, bytes = manifest.bytes, "etcd snapshot taken");
-    prune(&args.store, args.keep)?;
+    store.put(&format!("{file}.json"), text).await?;
+    info!(snapshot = store.describe(&file), revision, bytes = manifest.bytes, "etcd snapshot taken");
+    prune(store, args.keep).await?;
     Ok(manifest)
 }
 
 /// The snapshots of `store`, oldest first (those with a manifest).
-pub fn list(store: &Path) -> Result<Vec<Manifest>, Error> {
-    let entries = std::fs::read_dir(store).map_err(|err| io_error(store, err))?;
-    let mut manifests: Vec<Manifest> = entries
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|path| path.extension().is_some_and(|ext| ext == "json"))
-        .filter_map(|path| serde_json::from_slice(&std::fs::read(&path).ok()?).ok())
-        .collect();
+pub async fn list(store: &Store) -> Result<Vec<Manifest>, Error> {
+    let mut manifests = Vec::new();
+    for name in store.names().await?.iter().filter(|name| name.ends_with(".json")) {
+        match serde_json::from_slice::<Manifest>(&store.get(name).await?) {
+            Ok(manifest) => manifests.push(manifest),
+            Err(err) => warn!(manifest = store.describe(name), %err, "not a snapshot manifest: skipped"),
+        }
+    }
     manifests.sort_by(|a, b| (&a.created, a.revision).cmp(&(&b.created, b.revision)));
     Ok(manifests)
 }
 
 /// Deletes all but the newest `keep` snapshots (manifest first, so an interrupted prune
 /// leaves no manifest pointing at nothing).
-fn prune(store: &Path, keep: usize) -> Result<(), Error> {
-    let manifests = list(store)?;
+async fn prune(store: &Store, keep: usize) -> Result<(), Error> {
+    let manifests = list(store).await?;
     let excess = manifests.len().saturating_sub(keep.max(1));
     for old in &manifests[..excess] {
-        let manifest = store.join(format!("{}.json", old.file));
-        std::fs::remove_file(&manifest).map_err(|err| io_error(&manifest, err))?;
-        if let Err(err) = std::fs::remove_file(store.join(&old.file)) {
-            warn!(file = old.file, error = %err, "cannot delete an old snapshot");
+        store.delete(&format!("{}.json", old.file)).await?;
+        if let Err(err) = store.delete(&old.file).await {
+            warn!(snapshot = store.describe(&old.file), error = %err, "cannot delete an old snapshot");
         }
-        info!(file = old.file, "old snapshot deleted (retention)");
+        info!(snapshot = store.describe(&old.file), "old snapshot deleted (retention)");
     }
     Ok(())
+}
+
+/// The store a snapshot's location is in, and its name there.
+fn located(snapshot: &str, s3: &S3Args) -> Result<(Store, String), Error> {
+    let (within, name) = snapshot.rsplit_once('/').unwrap_or((".", snapshot));
+    // `s3://BUCKET` alone names a bucket, not a snapshot in it.
+    if name.is_empty() || within == "s3:/" {
+        return Err(Error::Snapshot(format!(
+            "{snapshot}: name the snapshot itself (a file, or s3://BUCKET/PREFIX/FILE)"
+        )));
+    }
+    let within = if within.is_empty() { "/" } else { within };
+    Ok((Store::at(within, s3)?, name.to_string()))
 }
 
 /// Checks a snapshot against its manifest, decrypts it if need be, and restores it into a new
 /// data directory with etcdutl. Returns what it did.
 pub async fn restore(args: &RestoreArgs) -> Result<String, Error> {
-    let manifest_path = PathBuf::from(format!("{}.json", args.snapshot.display()));
-    let manifest: Manifest = serde_json::from_slice(&read(&manifest_path)?).map_err(|err| {
-        Error::Snapshot(format!("{}: not a snapshot manifest: {err}", manifest_path.display()))
+    let (store, name) = located(&args.snapshot, &args.s3)?;
+    let manifest_name = format!("{name}.json");
+    let manifest: Manifest = serde_json::from_slice(&store.get(&manifest_name).await?).map_err(|err| {
+        Error::Snapshot(format!("{}: not a snapshot manifest: {err}", store.describe(&manifest_name)))
     })?;
-    let contents = read(&args.snapshot)?;
+    let contents = store.get(&name).await?;
     let snapshot = match (manifest.encrypted, &args.encryption_key_file) {
         (false, _) => contents,
         (true, Some(key)) => open(&read_key(key)?, contents)?,
@@ -215,8 +240,7 @@ pub async fn restore(args: &RestoreArgs) -> Result<String, Error> {
     if sha256 != manifest.sha256 {
         return Err(Error::Snapshot(format!(
             "{}: checksum mismatch (SHA-256 {sha256}, the manifest says {}): the snapshot is damaged",
-            args.snapshot.display(),
-            manifest.sha256
+            args.snapshot, manifest.sha256
         )));
     }
     if args.data_dir.exists() {
@@ -351,14 +375,31 @@ mod tests {
     }
 
     #[test]
+    fn a_snapshot_is_found_in_its_store_by_its_location() {
+        let s3 = S3Args {
+            s3_endpoint: Some("http://127.0.0.1:9000".into()),
+            s3_access_key: Some("key".into()),
+            s3_secret_key: Some("secret".into()),
+            ..S3Args::default()
+        };
+        let (store, name) = located("s3://dr/hefei/etcd-1.db", &s3).unwrap();
+        assert_eq!((store.describe(&name), name.as_str()), ("s3://dr/hefei/etcd-1.db".into(), "etcd-1.db"));
+        let (store, name) = located("snapshots/etcd-1.db", &s3).unwrap();
+        assert_eq!(store.describe(&name), "snapshots/etcd-1.db");
+        assert_eq!(located("etcd-1.db", &s3).unwrap().1, "etcd-1.db");
+        assert!(located("s3://dr", &s3).is_err(), "a bucket is not a snapshot");
+        assert!(located("snapshots/", &s3).is_err());
+    }
+
+    #[test]
     fn hex_round_trips_and_refuses_what_is_not() {
         assert_eq!(unhex(&hex(&[0, 15, 255])), Some(vec![0, 15, 255]));
         assert_eq!(unhex("abc"), None);
         assert_eq!(unhex("zz"), None);
     }
 
-    #[test]
-    fn retention_keeps_the_newest() {
+    #[tokio::test]
+    async fn retention_keeps_the_newest() {
         let store = std::env::temp_dir().join(format!("yiyun-snapshots-{}", std::process::id()));
         std::fs::create_dir_all(&store).unwrap();
         for second in 0..4 {
@@ -376,8 +417,9 @@ mod tests {
             std::fs::write(store.join(format!("{file}.json")), serde_json::to_vec(&manifest).unwrap())
                 .unwrap();
         }
-        prune(&store, 2).unwrap();
-        let kept: Vec<i64> = list(&store).unwrap().iter().map(|m| m.revision).collect();
+        let kept_in = Store::Directory(store.clone());
+        prune(&kept_in, 2).await.unwrap();
+        let kept: Vec<i64> = list(&kept_in).await.unwrap().iter().map(|m| m.revision).collect();
         assert_eq!(kept, [2, 3]);
         assert!(!store.join("etcd-20261130-r0.db").exists());
         std::fs::remove_dir_all(&store).unwrap();

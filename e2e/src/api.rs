@@ -203,10 +203,22 @@ impl Clients {
 
     /// The HTTP status of a REST GET and its body.
     pub fn rest(&self, token: Option<&str>, path: &str) -> (u16, String) {
+        self.curl(token, path, None)
+    }
+
+    /// The HTTP status of a REST POST of the JSON `body` and the answer's body.
+    pub fn rest_post(&self, token: Option<&str>, path: &str, body: &Value) -> (u16, String) {
+        self.curl(token, path, Some(body))
+    }
+
+    fn curl(&self, token: Option<&str>, path: &str, body: Option<&Value>) -> (u16, String) {
         let mut command = Command::new("curl");
         command.args(["-sS", "--cacert"]).arg(&self.ca).args(["-w", "\n%{http_code}"]);
         if let Some(token) = token {
             command.args(["-H", &format!("Authorization: Bearer {token}")]);
+        }
+        if let Some(body) = body {
+            command.args(["-H", "Content-Type: application/json", "-d", &body.to_string()]);
         }
         let out = command.arg(format!("https://{}{path}", self.addr)).output().expect("curl");
         let text = String::from_utf8_lossy(&out.stdout).into_owned();

@@ -28,16 +28,26 @@ pub struct DrClusters {
 impl DrClusters {
     /// Both clusters with yiyun's CRDs and a kwok node each.
     pub async fn setup() -> Self {
-        let primary = LocalCluster::of_kubeconfig_in("YIYUN_DR_PRIMARY");
+        let clusters = Self::beside(LocalCluster::of_kubeconfig_in("YIYUN_DR_PRIMARY")).await;
+        Self::node(&clusters.p).await;
+        clusters
+    }
+
+    /// `primary` (with yiyun's CRDs, its nodes left as they are: another test's cluster) and the
+    /// standby, with a kwok node for drills and failovers to run workloads on.
+    pub async fn beside(primary: LocalCluster) -> Self {
         let standby = LocalCluster::of_kubeconfig_in("YIYUN_DR_STANDBY");
         let (p, s) = (primary.client().await, standby.client().await);
-        for client in [&p, &s] {
-            install_crds(client).await;
-            let node = unique("dr-node");
-            create_kwok_node(client, &node, json!({})).await;
-            wait_ready(client, &[node]).await;
-        }
+        install_crds(&p).await;
+        install_crds(&s).await;
+        Self::node(&s).await;
         DrClusters { primary, standby, p, s }
+    }
+
+    async fn node(client: &Client) {
+        let node = unique("dr-node");
+        create_kwok_node(client, &node, json!({})).await;
+        wait_ready(client, &[node]).await;
     }
 
     /// `yiyun dr run` against the primary, reporting status every second.

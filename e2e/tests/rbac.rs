@@ -560,10 +560,22 @@ const API: &[Use] = &[
         "api/src/shared.rs",
         "recorder.publish(&event,&reference)",
     ),
+    // Disaster recovery: protection read from the policies; drills are Failovers.
+    uses(
+        "yiyun.io",
+        &["replicationpolicies"],
+        &["list"],
+        DR,
+        "self.policies(namespace).list(&ListParams::default())",
+    ),
+    uses("yiyun.io", &["failovers"], &["create"], DR, "failovers.create(&PostParams::default(),&object)"),
+    uses("yiyun.io", &["failovers"], &["get"], DR, "failovers.get_opt(name)"),
+    uses("yiyun.io", &["failovers"], &["list"], DR, "failovers.list(&ListParams::default())"),
 ];
 
 const REQUESTS: &str = "api/src/resource_requests.rs";
 const JOBS: &str = "api/src/jobs/mod.rs";
+const DR: &str = "api/src/disaster_recovery.rs";
 
 #[test]
 fn the_api_role_grants_exactly_what_its_code_uses() {

@@ -68,7 +68,8 @@ enum Dr {
     /// RPO and RTO against the targets, clean up and record the drill.
     Drill(yiyun_dr::operations::Args),
     /// Take an etcd snapshot through its maintenance API (checksummed, optionally encrypted,
-    /// kept with retention in a directory); with --every, one every so often until stopped.
+    /// kept with retention in a directory or an S3-compatible object store); with --every, one
+    /// every so often until stopped.
     Snapshot(yiyun_dr::snapshots::SnapshotArgs),
     /// Check a snapshot and restore it into a new etcd data directory (with etcdutl, revisions
     /// bumped as etcd's restore guide asks).
