@@ -3,7 +3,7 @@ SHELL := /bin/bash
 # One target directory shared by every work tree and CI run on this machine.
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/yiyun/target
 
-.PHONY: test lint unit e2e fuzz crds demo demo-down cluster-binaries bench-billing bench-api bench-dr bench-tenancy bench-pools bench-engine bench-scheduler bench-scheduler-perf simulate simulate-timeline simulate-scenario
+.PHONY: test lint unit e2e fuzz crds demo demo-down cluster-binaries release bench-billing bench-api bench-dr bench-tenancy bench-pools bench-engine bench-scheduler bench-scheduler-perf simulate simulate-timeline simulate-scenario
 
 ## test: format check, clippy (warnings denied), unit tests, then e2e tests on a fresh local cluster
 test: lint unit e2e
@@ -16,13 +16,15 @@ unit:
 	cargo test --workspace --exclude yiyun-e2e --locked
 
 ## e2e: brings up a local cluster, two more for disaster recovery (a primary, and a standby
-## with Secrets encrypted at rest; both with kube-scheduler) and a PostgreSQL server of its own
-## (for the billing ledger), runs the e2e tests, and always takes them all down
+## with Secrets encrypted at rest; both with kube-scheduler), one for the chart's install,
+## upgrade and uninstall (with kube-scheduler), and a PostgreSQL server of its own (for the
+## billing ledger), runs the e2e tests, and always takes them all down
 e2e: cluster-binaries
 	cargo build -p yiyun --locked
 	e2e/with-postgres e2e-$$$$ \
 	  e2e/with-named-cluster YIYUN_DR_PRIMARY e2e-drp-$$$$ --scheduler -- \
 	  e2e/with-named-cluster YIYUN_DR_STANDBY e2e-drs-$$$$ --scheduler --encrypt-secrets -- \
+	  e2e/with-named-cluster YIYUN_HELM_CLUSTER e2e-helm-$$$$ --scheduler -- \
 	  e2e/with-cluster e2e-$$$$ cargo test -p yiyun-e2e --locked -- --test-threads 2
 
 cluster-binaries:
@@ -35,6 +37,13 @@ fuzz:
 	PROPTEST_CASES=$(FUZZ_CASES) cargo test --release --locked -p yiyun-quota --test fuzz
 	PROPTEST_CASES=$(FUZZ_CASES) cargo test --release --locked -p yiyun-simulator --test fuzz
 	PROPTEST_CASES=$(FUZZ_CASES) cargo test --release --locked -p yiyun-scheduler fuzz
+
+## release: the static release binary the image carries (`Dockerfile` runs this): musl, so it
+## needs no libc at run time. Needs `rustup target add x86_64-unknown-linux-musl` and Debian's
+## musl-tools; about 10 minutes on 2 cores.
+release:
+	cargo build --release --locked -p yiyun --target x86_64-unknown-linux-musl
+	@echo "built $(CARGO_TARGET_DIR)/x86_64-unknown-linux-musl/release/yiyun"
 
 ## crds: regenerate the checked-in CRD YAML from the Rust types
 crds:

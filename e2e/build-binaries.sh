@@ -161,10 +161,22 @@ build_minio() {
   log "MinIO $v ready"
 }
 
+# helm: the chart is linted, rendered, installed, upgraded and uninstalled with it.
+build_helm() {
+  local v=$HELM_VERSION
+  if have "helm-$v"; then return; fi
+  log "helm $v (about 3-4 min cold)"
+  local dir=$cache/src/helm-$v
+  rm -rf "$dir" && mkdir -p "$dir"
+  GOBIN=$dir go install -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$v" "helm.sh/helm/v3/cmd/helm@$v"
+  mv "$dir/helm" "$bin/helm-$v"
+  log "helm $v ready"
+}
+
 if [ "${1:-}" = "--check" ]; then
   # Exit 0 when every binary is cached already, 1 when a build is needed.
   have "etcd-$ETCD_VERSION" "etcdctl-$ETCD_VERSION" "etcdutl-$ETCD_VERSION" "kwok-$KWOK_VERSION" "metrics-server-$METRICS_SERVER_VERSION" \
-    "grpcurl-$GRPCURL_VERSION" "minio-$MINIO_VERSION" \
+    "grpcurl-$GRPCURL_VERSION" "minio-$MINIO_VERSION" "helm-$HELM_VERSION" \
     "kube-apiserver-$KUBERNETES_VERSION" "kube-controller-manager-$KUBERNETES_VERSION" \
     "kube-scheduler-$KUBERNETES_VERSION" "kubectl-$KUBERNETES_VERSION" &&
     [ -f "$cache/kwok-config-$KWOK_VERSION.yaml" ]
@@ -178,5 +190,6 @@ build_kwok
 build_metrics_server
 build_grpcurl
 build_minio
+build_helm
 build_kubernetes
 log "all binaries cached in $bin ($(( $(date +%s) - start ))s)"

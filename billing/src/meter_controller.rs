@@ -307,16 +307,18 @@ impl Metering {
                 change = changes.next() => {
                     let Some(change) = change else { break };
                     self.handle(change).await?;
-                    // Ready once every watch has listed and the tenant tree and the PriceBooks
-                    // are in the ledger (written at once the first time, batched later).
-                    let listed = WATCHED.iter().all(|kind| self.live.contains(kind));
-                    if listed && !readiness.get() {
+                    // Written at once the first time, batched later.
+                    if self.listed() && !readiness.get() {
                         self.flush().await?;
                     }
-                    readiness.set(listed && !self.tenants_dirty && !self.price_books_dirty);
+                    readiness.set(self.ready());
                 }
                 _ = checkpoint.tick() => self.checkpoint().await?,
-                _ = flush.tick() => self.flush().await?,
+                // A quiet cluster sends no change after the last write: the flush says ready.
+                _ = flush.tick() => {
+                    self.flush().await?;
+                    readiness.set(self.ready());
+                }
                 _ = costs.tick(), if readiness.get() && !every.status.is_zero() => self.costs.write(&self.ledger, &self.tenants).await?,
                 _ = usage.tick(), if self.usage.is_some() && self.live.contains("pod") => self.read_usage().await?,
             }
@@ -324,6 +326,16 @@ impl Metering {
         self.flush().await?;
         info!("meter stopped");
         Ok(())
+    }
+
+    fn listed(&self) -> bool {
+        WATCHED.iter().all(|kind| self.live.contains(kind))
+    }
+
+    /// Ready once every watch has listed and the tenant tree and the PriceBooks are in the
+    /// ledger.
+    fn ready(&self) -> bool {
+        self.listed() && !self.tenants_dirty && !self.price_books_dirty
     }
 
     async fn handle(&mut self, change: Change) -> Result<(), Error> {

@@ -122,21 +122,6 @@ pub fn local_ca(dir: &Path) {
     ]);
 }
 
-/// A binary `e2e/build-binaries.sh` cached, at the version `e2e/versions.env` pins.
-pub fn cached_binary(name: &str, version_key: &str) -> PathBuf {
-    let versions = crate::repo_file("e2e/versions.env");
-    let version = versions
-        .lines()
-        .find_map(|line| line.strip_prefix(&format!("{version_key}=")))
-        .unwrap_or_else(|| panic!("{version_key} in e2e/versions.env"));
-    let cache = std::env::var("YIYUN_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/yiyun"));
-    let path = cache.join("bin").join(format!("{name}-{version}"));
-    assert!(path.exists(), "{} is missing: run e2e/build-binaries.sh", path.display());
-    path
-}
-
 /// Who calls: an answer of the API is the same over gRPC and REST.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Answer {
@@ -176,6 +161,15 @@ pub struct Clients {
 }
 
 impl Clients {
+    /// Clients of `api`, trusting the CA `local_ca(dir)` made.
+    pub fn of(api: &ApiProcess, dir: &Path) -> Clients {
+        Clients {
+            addr: api.addr.clone(),
+            ca: dir.join("ca.crt"),
+            grpcurl: crate::cached_binary("grpcurl", "GRPCURL_VERSION"),
+        }
+    }
+
     pub fn grpcurl(&self, token: Option<&str>, data: Option<&Value>, method: &str) -> Output {
         let mut command = Command::new(&self.grpcurl);
         command.args(["-cacert"]).arg(&self.ca);

@@ -50,12 +50,14 @@ impl DrClusters {
         wait_ready(client, &[node]).await;
     }
 
-    /// `yiyun dr run` against the primary, reporting status every second.
+    /// `yiyun dr run` against the primary with exactly its chart role, reporting status every
+    /// second.
     pub fn start_controller(&self) -> YiyunProcess {
         let admin = format!("127.0.0.1:{}", free_port());
         let args = ["dr", "run", "--leader-elect=false", "--status-seconds", "1", "--resync-seconds", "20"];
         let args: Vec<&str> = args.iter().copied().chain(["--admin-addr", &admin]).collect();
-        YiyunProcess::spawn("yiyun-dr", &args, Some(&self.primary.kubeconfig()), "info,yiyun_dr=debug")
+        let kubeconfig = self.primary.service_account_kubeconfig("dr-rbac.yaml", "yiyun-dr");
+        YiyunProcess::spawn("yiyun-dr", &args, Some(&kubeconfig), "info,yiyun_dr=debug")
     }
 
     /// A namespace on the primary, with a Secret `standby` holding `kubeconfig` (the standby's

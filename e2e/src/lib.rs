@@ -3,6 +3,7 @@
 //! Each test gets its own namespace and names, so tests run in parallel against one cluster.
 
 pub mod api;
+pub mod chart;
 pub mod dr;
 
 use std::{
@@ -23,6 +24,21 @@ use kube::{
     api::{DeleteParams, Patch, PatchParams, PostParams},
     runtime::wait::{await_condition, conditions},
 };
+
+/// A binary `e2e/build-binaries.sh` cached, at the version `e2e/versions.env` pins.
+pub fn cached_binary(name: &str, version_key: &str) -> PathBuf {
+    let versions = repo_file("e2e/versions.env");
+    let version = versions
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{version_key}=")))
+        .unwrap_or_else(|| panic!("{version_key} in e2e/versions.env"));
+    let cache = std::env::var("YIYUN_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/yiyun"));
+    let path = cache.join("bin").join(format!("{name}-{version}"));
+    assert!(path.exists(), "{} is missing: run e2e/build-binaries.sh", path.display());
+    path
+}
 
 /// Field manager of everything the tests apply.
 pub const FIELD_MANAGER: &str = "yiyun-e2e";
@@ -195,8 +211,17 @@ pub fn kubectl(args: &[&str]) -> Output {
 /// `kubectl apply -f -` of `manifest` (YAML or JSON); whether it succeeded, and what it printed
 /// on stdout and stderr.
 pub fn kubectl_apply(manifest: &str) -> (bool, String) {
+    kubectl_apply_in(None, manifest)
+}
+
+/// [`kubectl_apply`] on the cluster of `kubeconfig` (`KUBECONFIG`'s when `None`).
+pub fn kubectl_apply_in(kubeconfig: Option<&std::path::Path>, manifest: &str) -> (bool, String) {
     use std::io::Write;
-    let mut child = Command::new("kubectl")
+    let mut command = Command::new("kubectl");
+    if let Some(kubeconfig) = kubeconfig {
+        command.arg("--kubeconfig").arg(kubeconfig);
+    }
+    let mut child = command
         .args(["apply", "-f", "-"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -255,15 +280,18 @@ pub async fn controller_turn() -> tokio::sync::MutexGuard<'static, ()> {
     CONTROLLER_TURN.lock().await
 }
 
-/// Applies the chart's RBAC manifest `manifest` (under `charts/yiyun/templates/`) and writes a
-/// kubeconfig holding only a token of ServiceAccount `yiyun-system/<account>`: a component run
-/// with it has exactly the rights the chart gives it.
+/// [`LocalCluster::service_account_kubeconfig`] of the cluster `KUBECONFIG` names.
 pub fn service_account_kubeconfig(manifest: &str, account: &str) -> PathBuf {
-    let (ok, out) = kubectl_apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: yiyun-system}\n");
-    assert!(ok, "{out}");
-    let (ok, out) = kubectl_apply(&repo_file(&format!("charts/yiyun/templates/{manifest}")));
-    assert!(ok, "the chart's {manifest} applies: {out}");
-    let token = kubectl(&["create", "token", account, "-n", "yiyun-system", "--duration", "2h"]);
+    LocalCluster::current().service_account_kubeconfig(manifest, account)
+}
+
+/// A kubeconfig holding only a token of ServiceAccount `namespace/account` of the cluster
+/// `cluster` (a kubeconfig of its admin) names.
+pub fn token_kubeconfig(cluster: &std::path::Path, namespace: &str, account: &str) -> PathBuf {
+    let kubectl = |args: &[&str]| {
+        Command::new("kubectl").arg("--kubeconfig").arg(cluster).args(args).output().expect("kubectl on PATH")
+    };
+    let token = kubectl(&["create", "token", account, "-n", namespace, "--duration", "2h"]);
     assert!(token.status.success(), "{}", String::from_utf8_lossy(&token.stderr));
     let token = String::from_utf8_lossy(&token.stdout).trim().to_string();
     let view = |path: &str| {
@@ -457,6 +485,21 @@ impl LocalCluster {
 
     pub fn kubeconfig(&self) -> PathBuf {
         self.state.join("kubeconfig")
+    }
+
+    /// Applies the chart's RBAC manifest `manifest` (under `charts/yiyun/templates/`, rendered
+    /// by helm into `yiyun-system`) to this cluster and writes a kubeconfig holding only a token
+    /// of ServiceAccount `yiyun-system/<account>`: a component run with it has exactly the
+    /// rights the chart gives it.
+    pub fn service_account_kubeconfig(&self, manifest: &str, account: &str) -> PathBuf {
+        let kubeconfig = self.kubeconfig();
+        let namespace =
+            format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {}}}\n", chart::NAMESPACE);
+        let (ok, out) = kubectl_apply_in(Some(&kubeconfig), &namespace);
+        assert!(ok, "{out}");
+        let (ok, out) = kubectl_apply_in(Some(&kubeconfig), &chart::render(manifest));
+        assert!(ok, "the chart's {manifest} applies: {out}");
+        token_kubeconfig(&kubeconfig, chart::NAMESPACE, account)
     }
 
     /// A client of this cluster's admin.

@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::{Api, api::DeleteParams};
 use serde_json::{Value, json};
 use yiyun_e2e::{
-    api::{Answer, ApiProcess, Clients, cached_binary, local_ca, service_account_token},
+    api::{Answer, ApiProcess, Clients, local_ca, service_account_token},
     apply_yiyun, client, eventually, free_port, install_crds, kubectl, kubectl_apply, unique, yiyun_bin,
 };
 
@@ -53,11 +53,7 @@ async fn bills_over_grpc_and_rest_answer_each_caller_as_their_roles_say() {
 
     let api = ApiProcess::start(&dir, &url, "api", &[]).await;
     let log = api.log.clone();
-    let clients = Clients {
-        addr: api.addr.clone(),
-        ca: dir.join("ca.crt"),
-        grpcurl: cached_binary("grpcurl", "GRPCURL_VERSION"),
-    };
+    let clients = Clients::of(&api, &dir);
 
     // Reflection and health: grpcurl needs no .proto files.
     let listed = clients.grpcurl(None, None, "list");
@@ -249,8 +245,7 @@ async fn bills_over_grpc_and_rest_answer_each_caller_as_their_roles_say() {
         &["--rate-limit-per-second", "1", "--rate-limit-burst", "2"],
     )
     .await;
-    let limited_clients =
-        Clients { addr: limited.addr.clone(), ca: clients.ca.clone(), grpcurl: clients.grpcurl.clone() };
+    let limited_clients = Clients::of(&limited, &dir);
     for _ in 0..2 {
         let (code, body) = limited_clients.rest(Some(&finance), &rest_bill(&own));
         assert_eq!(code, 200, "{body}");
@@ -362,11 +357,7 @@ async fn quota_requests_are_filed_decided_and_applied_only_within_the_tree() {
     std::fs::create_dir_all(&dir).expect("a directory");
     local_ca(&dir);
     let api = ApiProcess::start(&dir, &format!("sqlite://{}/ledger.db", dir.display()), "api", &[]).await;
-    let clients = Clients {
-        addr: api.addr.clone(),
-        ca: dir.join("ca.crt"),
-        grpcurl: cached_binary("grpcurl", "GRPCURL_VERSION"),
-    };
+    let clients = Clients::of(&api, &dir);
     let create = "yiyun.api.v1.ResourceRequests/CreateResourceRequest";
     let decide = "yiyun.api.v1.ResourceRequests/DecideResourceRequest";
     let ask = |guaranteed: Value, max: Value, key: &str| json!({"namespace": dept_ns, "quota": {"guaranteed": guaranteed, "max": max}, "reason": "2027 年预算", "idempotencyKey": key});
@@ -649,11 +640,7 @@ async fn departments_follow_their_protection_and_ask_for_drills() {
     std::fs::create_dir_all(&dir).expect("a directory");
     local_ca(&dir);
     let api = ApiProcess::start(&dir, &format!("sqlite://{}/ledger.db", dir.display()), "api", &[]).await;
-    let clients = Clients {
-        addr: api.addr.clone(),
-        ca: dir.join("ca.crt"),
-        grpcurl: cached_binary("grpcurl", "GRPCURL_VERSION"),
-    };
+    let clients = Clients::of(&api, &dir);
     let token = |account: &str| service_account_token(&callers, account);
     let (owner, member, stranger) = (token("owner"), token("member"), token("stranger"));
     let method = |name: &str| format!("yiyun.api.v1.DisasterRecovery/{name}");

@@ -15,9 +15,9 @@ use kube::{Api, Client};
 use serde_json::json;
 use yiyun_crds::Tenant;
 use yiyun_e2e::{
-    LocalCluster, apply_yiyun,
+    LocalCluster, apply_yiyun, cached_binary,
     dr::{DrClusters, deployment},
-    eventually, free_port, repo_file, unique, yiyun_bin,
+    eventually, free_port, unique, yiyun_bin,
 };
 
 /// A child process killed when dropped.
@@ -30,15 +30,14 @@ impl Drop for Process {
     }
 }
 
-fn cached_binary(name: &str, version_key: &str) -> String {
-    let versions = repo_file("e2e/versions.env");
-    let version = versions
-        .lines()
-        .find_map(|line| line.strip_prefix(&format!("{version_key}=")))
-        .expect("the version in e2e/versions.env");
-    let home = std::env::var("HOME").expect("HOME");
-    let cache = std::env::var("YIYUN_CACHE").unwrap_or(format!("{home}/.cache/yiyun"));
-    format!("{cache}/bin/{name}-{version}")
+/// `yiyun dr snapshot` of `primary`'s etcd (its client certificate) into `store`, keeping two.
+fn snapshot_args(primary: &LocalCluster, store: &str) -> Vec<String> {
+    let endpoint = format!("https://127.0.0.1:{}", primary.port("ETCD_PORT"));
+    let (ca, cert, key) =
+        (primary.pki("ca.crt"), primary.pki("etcd-client.crt"), primary.pki("etcd-client.key"));
+    let args = ["dr", "snapshot", "--etcd-endpoint", &endpoint, "--etcd-ca", &ca, "--etcd-cert", &cert];
+    let args = args.into_iter().chain(["--etcd-key", &key, "--store", store, "--keep", "2"]);
+    args.map(String::from).collect()
 }
 
 fn yiyun(args: &[&str]) -> (bool, String) {
@@ -128,29 +127,10 @@ async fn a_snapshot_restores_into_a_fresh_etcd_that_serves_what_was_there() {
     let key_file = std::env::temp_dir().join(unique("snapshot-key"));
     std::fs::write(&key_file, "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff")
         .expect("a key file");
-    let endpoint = format!("https://127.0.0.1:{}", primary.port("ETCD_PORT"));
-    let (ca, cert, key) =
-        (primary.pki("ca.crt"), primary.pki("etcd-client.crt"), primary.pki("etcd-client.key"));
-    let store_arg = store.to_str().expect("a path");
     let key_arg = key_file.to_str().expect("a path");
-    let snapshot = [
-        "dr",
-        "snapshot",
-        "--etcd-endpoint",
-        &endpoint,
-        "--etcd-ca",
-        &ca,
-        "--etcd-cert",
-        &cert,
-        "--etcd-key",
-        &key,
-        "--store",
-        store_arg,
-        "--keep",
-        "2",
-        "--encryption-key-file",
-        key_arg,
-    ];
+    let mut snapshot = snapshot_args(primary, store.to_str().expect("a path"));
+    snapshot.extend(["--encryption-key-file".to_string(), key_arg.to_string()]);
+    let snapshot: Vec<&str> = snapshot.iter().map(String::as_str).collect();
     for _ in 0..3 {
         let (ok, out) = yiyun(&snapshot);
         assert!(ok, "{out}");
@@ -177,6 +157,7 @@ async fn a_snapshot_restores_into_a_fresh_etcd_that_serves_what_was_there() {
     let peer_port = free_port();
     let peer_url = format!("http://127.0.0.1:{peer_port}");
     let etcdutl = cached_binary("etcdutl", "ETCD_VERSION");
+    let etcdutl = etcdutl.to_str().expect("a path");
     let restore = |file: &Path| {
         yiyun(&[
             "dr",
@@ -191,7 +172,7 @@ async fn a_snapshot_restores_into_a_fresh_etcd_that_serves_what_was_there() {
             "--encryption-key-file",
             key_arg,
             "--etcdutl",
-            &etcdutl,
+            etcdutl,
         ])
     };
     let (ok, out) = restore(&damaged);
@@ -310,9 +291,6 @@ async fn snapshots_kept_in_an_object_store_restore_alike() {
     let minio = Minio::start().await;
     minio.create_bucket("etcd-snapshots");
 
-    let endpoint = format!("https://127.0.0.1:{}", primary.port("ETCD_PORT"));
-    let (ca, cert, key) =
-        (primary.pki("ca.crt"), primary.pki("etcd-client.crt"), primary.pki("etcd-client.key"));
     let yiyun_s3 = |args: &[&str], secret: &str| {
         let out = Command::new(yiyun_bin())
             .args(args)
@@ -325,22 +303,8 @@ async fn snapshots_kept_in_an_object_store_restore_alike() {
             format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         (out.status.success(), text)
     };
-    let snapshot = [
-        "dr",
-        "snapshot",
-        "--etcd-endpoint",
-        &endpoint,
-        "--etcd-ca",
-        &ca,
-        "--etcd-cert",
-        &cert,
-        "--etcd-key",
-        &key,
-        "--store",
-        "s3://etcd-snapshots/hefei/control-plane",
-        "--keep",
-        "2",
-    ];
+    let snapshot = snapshot_args(primary, "s3://etcd-snapshots/hefei/control-plane");
+    let snapshot: Vec<&str> = snapshot.iter().map(String::as_str).collect();
     // Wrong credentials: the store's own refusal, nothing kept.
     let (ok, out) = yiyun_s3(&snapshot, "not-the-secret");
     assert!(!ok && out.contains("the object store answered 403"), "{out}");
@@ -367,7 +331,7 @@ async fn snapshots_kept_in_an_object_store_restore_alike() {
             "--peer-url",
             &format!("http://127.0.0.1:{peer_port}"),
             "--etcdutl",
-            &cached_binary("etcdutl", "ETCD_VERSION"),
+            cached_binary("etcdutl", "ETCD_VERSION").to_str().expect("a path"),
         ],
         &minio.password,
     );

@@ -16,7 +16,7 @@ use kube::{
 use serde_json::{Value, json};
 use yiyun_e2e::{
     SchedulerProcess,
-    api::{Answer, ApiProcess, Clients, cached_binary, local_ca, service_account_token},
+    api::{Answer, ApiProcess, Clients, local_ca, service_account_token},
     apply_yiyun, client, delete_nodes, eventually, install_crds, kubectl, kubectl_apply, unique, wait_ready,
 };
 
@@ -109,11 +109,7 @@ async fn departments_submit_follow_and_cancel_jobs_and_see_only_their_own() {
     local_ca(&dir);
     let ledger = format!("sqlite://{}/ledger.db", dir.display());
     let api = ApiProcess::start(&dir, &ledger, "api", &["--scheduler-name", &scheduler]).await;
-    let clients = Clients {
-        addr: api.addr.clone(),
-        ca: dir.join("ca.crt"),
-        grpcurl: cached_binary("grpcurl", "GRPCURL_VERSION"),
-    };
+    let clients = Clients::of(&api, &dir);
     let method = |name: &str| format!("{JOBS}/{name}");
     let submission = |name: &str, cpu: &str, replicas: i32, gang: bool, key: &str| {
         json!({"namespace": dept_ns, "name": name, "idempotencyKey": key, "image": "registry.gov.local/ai/train:1.4",
