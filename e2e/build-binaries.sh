@@ -173,10 +173,29 @@ build_helm() {
   log "helm $v ready"
 }
 
+# Prometheus and promtool: a real Prometheus scrapes the components in the tests; promtool checks
+# their /metrics, the alerting rules and the rules' unit tests.
+build_prometheus() {
+  local v=$PROMETHEUS_VERSION
+  if have "prometheus-$v" "promtool-$v"; then return; fi
+  log "Prometheus $v and promtool (about 7-10 min cold)"
+  local dir=$cache/src/prometheus-$v
+  rm -rf "$dir" && mkdir -p "$dir" && cd "$dir"
+  go mod init yiyun.local/prometheus-build >/dev/null 2>&1
+  go get -tool "github.com/prometheus/prometheus/cmd/prometheus@$v" "github.com/prometheus/prometheus/cmd/promtool@$v" 2>&1 | tail -n 3 >&2
+  mkdir -p out
+  go build -v -ldflags "-s -w" -o out/ github.com/prometheus/prometheus/cmd/prometheus github.com/prometheus/prometheus/cmd/promtool 2>&1 | progress "prometheus $v"
+  [ -x out/prometheus ] && [ -x out/promtool ] || { ls out >&2; log "Prometheus build failed"; exit 1; }
+  mv out/prometheus "$bin/prometheus-$v"
+  mv out/promtool "$bin/promtool-$v"
+  log "Prometheus $v ready"
+}
+
 if [ "${1:-}" = "--check" ]; then
   # Exit 0 when every binary is cached already, 1 when a build is needed.
   have "etcd-$ETCD_VERSION" "etcdctl-$ETCD_VERSION" "etcdutl-$ETCD_VERSION" "kwok-$KWOK_VERSION" "metrics-server-$METRICS_SERVER_VERSION" \
     "grpcurl-$GRPCURL_VERSION" "minio-$MINIO_VERSION" "helm-$HELM_VERSION" \
+    "prometheus-$PROMETHEUS_VERSION" "promtool-$PROMETHEUS_VERSION" \
     "kube-apiserver-$KUBERNETES_VERSION" "kube-controller-manager-$KUBERNETES_VERSION" \
     "kube-scheduler-$KUBERNETES_VERSION" "kubectl-$KUBERNETES_VERSION" &&
     [ -f "$cache/kwok-config-$KWOK_VERSION.yaml" ]
@@ -191,5 +210,6 @@ build_metrics_server
 build_grpcurl
 build_minio
 build_helm
+build_prometheus
 build_kubernetes
 log "all binaries cached in $bin ($(( $(date +%s) - start ))s)"

@@ -12,7 +12,10 @@ use std::{
 };
 
 use axum::{Router, extract::State, http::StatusCode, http::header, response::IntoResponse, routing::get};
-use prometheus_client::{metrics::info::Info, registry::Registry};
+use prometheus_client::{
+    metrics::{family::Family, gauge::Gauge},
+    registry::Registry,
+};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -119,11 +122,12 @@ impl AdminServer {
 /// A metrics registry for `component`, prefixed `yiyun_<component>_`, holding its build info.
 pub fn registry(component: &str, version: &str) -> Registry {
     let mut registry = Registry::with_prefix(format!("yiyun_{component}"));
-    registry.register(
-        "build",
-        "Version of the running yiyun build",
-        Info::new(vec![("version", version.to_string())]),
-    );
+    // A gauge of 1 labelled with the version, as Prometheus's own `prometheus_build_info`: an
+    // OpenMetrics `info` type would be the same sample, but Prometheus's text format and
+    // promtool know no such type.
+    let build: Family<Vec<(&'static str, String)>, Gauge> = Family::default();
+    build.get_or_create(&vec![("version", version.to_string())]).set(1);
+    registry.register("build_info", "Version of the running yiyun build (always 1)", build);
     registry
 }
 
@@ -178,13 +182,24 @@ async fn readyz(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
     }
 }
 
-async fn metrics(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
+/// OpenMetrics for a scraper that asks for it (Prometheus does), else Prometheus's classic text
+/// format, which `curl` and `promtool check metrics` read.
+async fn metrics(State(state): State<Arc<AdminState>>, headers: axum::http::HeaderMap) -> impl IntoResponse {
+    let openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|accept| accept.to_str().ok())
+        .is_some_and(|accept| accept.contains("application/openmetrics-text"));
     let mut body = String::new();
     match prometheus_client::encoding::text::encode(&mut body, &state.registry) {
-        Ok(()) => (
+        Ok(()) if openmetrics => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
             body,
+        ),
+        Ok(()) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+            classic(&body),
         ),
         Err(err) => (
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -192,6 +207,29 @@ async fn metrics(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
             format!("cannot encode metrics: {err}"),
         ),
     }
+}
+
+/// OpenMetrics text as Prometheus's classic text format: a counter family is named with its
+/// `_total` (as its samples are), and the `# UNIT` and `# EOF` lines go.
+fn classic(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let described = ["# HELP ", "# TYPE "].into_iter().find_map(|prefix| {
+            let (name, rest) = line.strip_prefix(prefix)?.split_once(' ')?;
+            counters.contains(name).then(|| format!("{prefix}{name}_total {rest}"))
+        });
+        out.push_str(described.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
 }
 
 #[cfg(test)]
@@ -205,5 +243,17 @@ mod tests {
         assert!(!seen_by_server.get());
         readiness.set(true);
         assert!(seen_by_server.get());
+    }
+
+    #[test]
+    fn classic_text_names_counters_with_their_total_and_drops_what_it_has_no_word_for() {
+        let openmetrics = "# HELP yiyun_x_bound Pods bound.\n# TYPE yiyun_x_bound counter\nyiyun_x_bound_total 3\n\
+            # HELP yiyun_x_lag_seconds Lag.\n# TYPE yiyun_x_lag_seconds histogram\n# UNIT yiyun_x_lag_seconds seconds\n\
+            yiyun_x_lag_seconds_count 0\n# EOF\n";
+        assert_eq!(
+            classic(openmetrics),
+            "# HELP yiyun_x_bound_total Pods bound.\n# TYPE yiyun_x_bound_total counter\nyiyun_x_bound_total 3\n\
+             # HELP yiyun_x_lag_seconds Lag.\n# TYPE yiyun_x_lag_seconds histogram\nyiyun_x_lag_seconds_count 0\n"
+        );
     }
 }

@@ -5,7 +5,8 @@
 //! (`YIYUN_HELM_CLUSTER`, as `make e2e` starts it): the previous chart version installed, upgraded
 //! to this one with every component, the pods created under `restricted`, each component run as
 //! a process with its release ServiceAccount's token and working, nothing more granted, and an
-//! uninstall that leaves the tenants and their namespaces.
+//! uninstall that leaves the tenants and their namespaces. Each component's `/metrics` passes
+//! `promtool check metrics`.
 
 use std::{path::Path, process::Command, time::Duration};
 
@@ -184,20 +185,30 @@ fn run_as_release(
     if component != "api" {
         all.extend(["--lease-namespace", namespace]);
     }
-    let process = YiyunProcess::spawn(
-        &format!("yiyun-{component}"),
-        &all,
-        Some(&kubeconfig),
-        "info,yiyun_billing=debug,kube_runtime=debug",
-    );
+    let process = YiyunProcess::spawn(&format!("yiyun-{component}"), &all, Some(&kubeconfig), "info");
     (process, admin.parse().expect("an address"))
 }
 
+/// Waits until the component at `addr` is ready, then holds its `/metrics` (Prometheus's text
+/// format, as `curl` gets it) to `promtool check metrics`: naming, units, help on every family.
 async fn ready(addr: std::net::SocketAddr, what: &str, process: &YiyunProcess) {
     eventually(Duration::from_secs(60), &format!("{what} ready (log {})", process.log.display()), || async {
         http_get(addr, "/readyz").filter(|(code, _)| *code == 200).map(|_| ())
     })
     .await;
+    let (_, metrics) = http_get(addr, "/metrics").expect("/metrics answers");
+    let mut promtool = Command::new(yiyun_e2e::cached_binary("promtool", "PROMETHEUS_VERSION"))
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    std::io::Write::write_all(&mut promtool.stdin.take().expect("stdin"), metrics.as_bytes()).expect("write");
+    let checked = promtool.wait_with_output().expect("promtool");
+    let said =
+        format!("{}{}", String::from_utf8_lossy(&checked.stdout), String::from_utf8_lossy(&checked.stderr));
+    assert!(checked.status.success(), "promtool check metrics of {what}: {said}\n{metrics}");
 }
 
 fn can_i(cluster: &Path, namespace: &str, account: &str, verb: &str, resource: &str) -> bool {

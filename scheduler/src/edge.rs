@@ -206,6 +206,7 @@ impl Scheduler {
                 let (done, leadership, client) =
                     (self.done_tx.clone(), self.leadership.clone(), self.client.clone());
                 tokio::spawn(async move {
+                    let started = std::time::Instant::now();
                     let binding = async {
                         for write in volumes {
                             write_volume(&client, write).await?;
@@ -219,7 +220,8 @@ impl Scheduler {
                     let Some(result) = leadership.while_leading(binding).await else {
                         return;
                     };
-                    let _ = done.send(Done::Bound { key, result });
+                    let seconds = started.elapsed().as_secs_f64();
+                    let _ = done.send(Done::Bound { key, result, seconds });
                 });
             }
             Effect::Nominate { pod, node } => {

@@ -136,7 +136,7 @@ struct BoundPod {
 /// What a task reports back.
 pub enum Done {
     /// A binding of pod `key`.
-    Bound { key: String, result: Result<(), kube::Error> },
+    Bound { key: String, result: Result<(), kube::Error>, seconds: f64 },
     /// An eviction of `victim` to make room for `preemptor`.
     Evicted { victim: String, preemptor: String, result: Result<(), kube::Error> },
 }
@@ -806,7 +806,10 @@ impl State {
 
     pub fn done(&mut self, done: Done) {
         match done {
-            Done::Bound { key, result } => self.bound(key, result),
+            Done::Bound { key, result, seconds } => {
+                self.metrics.bind_seconds.observe(seconds);
+                self.bound(key, result)
+            }
             Done::Evicted { victim, preemptor, result } => self.evicted(victim, preemptor, result),
         }
     }
@@ -1362,7 +1365,11 @@ mod tests {
         // etcd down: the apiserver answers 409 although nothing was bound.
         let conflict =
             kube::core::Status::failure("rpc error: code = Unavailable", "Conflict").with_code(409);
-        state.done(Done::Bound { key: "ns/web".into(), result: Err(kube::Error::Api(Box::new(conflict))) });
+        state.done(Done::Bound {
+            key: "ns/web".into(),
+            result: Err(kube::Error::Api(Box::new(conflict))),
+            seconds: 0.01,
+        });
         assert!(state.pending.contains_key("ns/web"), "the pod is not dropped");
         assert!(state.retry_at.contains_key("ns/web"), "it is tried again after a backoff");
         assert!(state.engine.placement_of("ns/web").is_some(), "its room stays held meanwhile");
@@ -1380,7 +1387,7 @@ mod tests {
         state.apply(Update::Pod(watcher::Event::Apply(pending_pod("web"))));
         state.round();
         assert_eq!(state.take_effects().len(), 1);
-        state.done(Done::Bound { key: "ns/web".into(), result: Ok(()) });
+        state.done(Done::Bound { key: "ns/web".into(), result: Ok(()), seconds: 0.01 });
         // A status write of the reporter, older than the binding, arrives after it.
         let mut stale = pending_pod("web");
         stale.metadata.resource_version = Some("2".into());
