@@ -23,7 +23,7 @@ use tracing::{info, warn};
 use crate::{
     Error,
     rules::durations,
-    store::{S3Args, Store},
+    store::{S3Args, Store, io_error, write_atomically},
 };
 
 /// Where etcd is and how to reach it.
@@ -334,18 +334,6 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
 
 fn read(path: &Path) -> Result<Vec<u8>, Error> {
     std::fs::read(path).map_err(|err| io_error(path, err))
-}
-
-/// Writes to a temporary file beside `path`, then renames: a crash leaves the old file or the
-/// new one, never half of one.
-fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), Error> {
-    let temporary = PathBuf::from(format!("{}.partial", path.display()));
-    std::fs::write(&temporary, contents).map_err(|err| io_error(&temporary, err))?;
-    std::fs::rename(&temporary, path).map_err(|err| io_error(path, err))
-}
-
-fn io_error(path: &Path, err: std::io::Error) -> Error {
-    Error::Snapshot(format!("{}: {err}", path.display()))
 }
 
 fn etcd_error(err: etcd_client::Error) -> Error {

@@ -107,10 +107,7 @@ impl Store {
         match self {
             Store::Directory(dir) => {
                 std::fs::create_dir_all(dir).map_err(|err| io_error(dir, err))?;
-                let path = dir.join(name);
-                let temporary = dir.join(format!(".{name}.partial"));
-                std::fs::write(&temporary, contents).map_err(|err| io_error(&temporary, err))?;
-                std::fs::rename(&temporary, &path).map_err(|err| io_error(&path, err))
+                write_atomically(&dir.join(name), &contents)
             }
             Store::Objects(store) => {
                 let url = store
@@ -282,7 +279,16 @@ fn http_client(ca: Option<&Path>) -> Result<Client<HttpsConnector<HttpConnector>
     Ok(Client::builder(TokioExecutor::new()).build(https))
 }
 
-fn io_error(path: &Path, err: std::io::Error) -> Error {
+/// Writes to a hidden temporary file beside `path` (which [`Store::names`] skips), then renames:
+/// a crash leaves the old file or the new one, never half of one.
+pub(crate) fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), Error> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let temporary = path.with_file_name(format!(".{name}.partial"));
+    std::fs::write(&temporary, contents).map_err(|err| io_error(&temporary, err))?;
+    std::fs::rename(&temporary, path).map_err(|err| io_error(path, err))
+}
+
+pub(crate) fn io_error(path: &Path, err: std::io::Error) -> Error {
     Error::Snapshot(format!("{}: {err}", path.display()))
 }
 
