@@ -2,7 +2,7 @@
 //! condition with a Warning event at 80% and at 100% of `spec.budget.monthly`, and
 //! `Billed=False` for a tenant whose usage no PriceBook prices.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::atomic::AtomicU64};
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{
@@ -10,6 +10,7 @@ use kube::{
     api::{Patch, PatchParams},
     runtime::events::{Event, EventType, Recorder, Reporter},
 };
+use prometheus_client::metrics::{family::Family, gauge::Gauge};
 use rust_decimal::{Decimal, prelude::ToPrimitive};
 use tracing::warn;
 use yiyun_crds::{Tenant, TenantCost};
@@ -22,9 +23,13 @@ use crate::{
     statement::month_so_far,
 };
 
+/// The gauge of each tenant's subtree's month so far, in yuan.
+pub(crate) type TenantCosts = Family<Vec<(&'static str, String)>, Gauge<f64, AtomicU64>>;
+
 /// Writes the Tenants' costs, remembering the budget alert each was last given.
 pub(crate) struct CostWriter {
     client: Client,
+    gauge: TenantCosts,
     recorder: Recorder,
     /// The store may not show this writer's last write yet: what it last raised is kept here
     /// (and read from the status after a restart).
@@ -32,10 +37,10 @@ pub(crate) struct CostWriter {
 }
 
 impl CostWriter {
-    pub(crate) fn new(client: Client) -> CostWriter {
+    pub(crate) fn new(client: Client, gauge: TenantCosts) -> CostWriter {
         let recorder =
             Recorder::new(client.clone(), Reporter { controller: "yiyun-billing".into(), instance: None });
-        CostWriter { client, recorder, budget_alerts: HashMap::new() }
+        CostWriter { client, gauge, recorder, budget_alerts: HashMap::new() }
     }
 
     /// Writes each Tenant's month so far into `status.cost` and, for a tenant with a budget, its
@@ -54,6 +59,13 @@ impl CostWriter {
         }
         let rollup = statement.rollup();
         let api: Api<Tenant> = Api::all(self.client.clone());
+        // Replaced at once (no scrape sees some tenants missing), tenants gone dropped.
+        self.gauge.clear();
+        for (tenant, subtree) in tenants.keys().filter_map(|name| rollup.subtree.get(name).map(|s| (name, s)))
+        {
+            let yuan = subtree.yuan().to_f64().unwrap_or_default();
+            self.gauge.get_or_create(&vec![("tenant", tenant.clone())]).set(yuan);
+        }
         for tenant in tenants.values() {
             let name = tenant.name_any();
             let own = rollup.own.get(&name).copied().unwrap_or_default();

@@ -92,6 +92,9 @@ struct Metrics {
     open_intervals: Gauge,
     usage_reads: Family<Vec<(&'static str, &'static str)>, Counter>,
     over_request_intervals: Counter,
+    /// Until when (Unix seconds) the ledger holds everything the watches showed.
+    ledger_current: Gauge,
+    tenant_costs: crate::costs::TenantCosts,
 }
 
 impl Metrics {
@@ -113,6 +116,16 @@ impl Metrics {
             "Intervals of usage beyond the requests recorded under the usage basis",
             metrics.over_request_intervals.clone(),
         );
+        registry.register(
+            "ledger_current_timestamp_seconds",
+            "Until when the ledger holds everything the watches showed; time() minus this is the billing lag",
+            metrics.ledger_current.clone(),
+        );
+        registry.register(
+            "tenant_cost_month_yuan",
+            "Each tenant's subtree's cost this month so far, in yuan (as its status.cost says)",
+            metrics.tenant_costs.clone(),
+        );
         metrics
     }
 
@@ -130,6 +143,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     let client = yiyun_kube::client(config.kubeconfig.as_deref()).await?;
     let mut registry = yiyun_admin::registry("billing", env!("CARGO_PKG_VERSION"));
     let metrics = Metrics::register(&mut registry);
+    let leading = yiyun_kube::leader::leader_gauge(&mut registry);
     yiyun_admin::run_with_admin(config.admin_addr, registry, shutdown.clone(), |readiness| async move {
         let price_books: Api<PriceBook> = Api::all(client.clone());
         let one = ListParams::default().limit(1);
@@ -145,7 +159,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         let endpoint = config.http_addr.map(|addr| {
             tokio::spawn(crate::http::serve(addr, ledger.clone(), client.clone(), shutdown.clone()))
         });
-        let election = config.election.election(client.clone(), "yiyun-billing")?;
+        let election = config.election.election(client.clone(), "yiyun-billing", leading)?;
         let metered = if let Some(election) = &election
             && !election.acquire(&shutdown).await
         {
@@ -240,7 +254,7 @@ struct Every {
 impl Metering {
     fn new(client: Client, ledger: Ledger, metrics: Metrics, basis: Basis) -> Metering {
         Metering {
-            costs: CostWriter::new(client.clone()),
+            costs: CostWriter::new(client.clone(), metrics.tenant_costs.clone()),
             client,
             ledger,
             metrics,
@@ -318,6 +332,9 @@ impl Metering {
                 _ = flush.tick() => {
                     self.flush().await?;
                     readiness.set(self.ready());
+                    if self.ready() {
+                        self.metrics.ledger_current.set(now());
+                    }
                 }
                 _ = costs.tick(), if readiness.get() && !every.status.is_zero() => self.costs.write(&self.ledger, &self.tenants).await?,
                 _ = usage.tick(), if self.usage.is_some() && self.live.contains("pod") => self.read_usage().await?,

@@ -90,6 +90,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     let client = yiyun_kube::client(config.kubeconfig.as_deref()).await?;
     let mut registry = yiyun_admin::registry("controller", env!("CARGO_PKG_VERSION"));
     let metrics = metrics::Metrics::register(&mut registry);
+    let leading = yiyun_kube::leader::leader_gauge(&mut registry);
     yiyun_admin::run_with_admin(config.admin_addr, registry, shutdown.clone(), |readiness| async move {
         // The watches need the CRDs installed.
         let tenants: Api<Tenant> = Api::all(client.clone());
@@ -100,7 +101,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         {
             return Ok(());
         }
-        let election = config.election.election(client.clone(), "yiyun-controller")?;
+        let election = config.election.election(client.clone(), "yiyun-controller", leading)?;
         if let Some(election) = &election
             && !election.acquire(&shutdown).await
         {

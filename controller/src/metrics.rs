@@ -1,10 +1,13 @@
 //! Prometheus metrics of the controllers.
 
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeLabelValue},
-    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
+use yiyun_quota::{Plan, Resource};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReconcileLabels {
@@ -30,14 +33,39 @@ struct WriteLabels {
     kind: &'static str,
 }
 
-/// Counters every reconciler reports to.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ControllerLabel {
+    controller: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TenantLabels {
+    tenant: String,
+    resource: &'static str,
+}
+
+/// What every reconciler reports to, and the tenant tree's use of its quotas.
 #[derive(Clone)]
 pub struct Metrics {
     reconciles: Family<ReconcileLabels, Counter>,
     errors: Family<ErrorLabels, Counter>,
     writes: Family<WriteLabels, Counter>,
     duration: Histogram,
+    in_flight: Family<ControllerLabel, Gauge>,
+    retrying: Family<ControllerLabel, Gauge>,
     plans: Counter,
+    tenant_usage: Family<TenantLabels, Gauge<f64, AtomicU64>>,
+    tenant_quota: Family<TenantLabels, Gauge<f64, AtomicU64>>,
+}
+
+/// A reconcile running: counted in flight until dropped (finished, or cancelled with the
+/// controller).
+pub struct InFlight(Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl Metrics {
@@ -47,7 +75,11 @@ impl Metrics {
             errors: Family::default(),
             writes: Family::default(),
             duration: Histogram::new([0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
+            in_flight: Family::default(),
+            retrying: Family::default(),
             plans: Counter::default(),
+            tenant_usage: Family::default(),
+            tenant_quota: Family::default(),
         };
         registry.register(
             "reconciles",
@@ -69,8 +101,38 @@ impl Metrics {
             "Time spent in one reconcile",
             metrics.duration.clone(),
         );
+        registry.register(
+            "reconciles_in_flight",
+            "Reconciles running now, by controller",
+            metrics.in_flight.clone(),
+        );
+        registry.register(
+            "objects_retrying",
+            "Objects whose last reconcile failed, waiting for their retry, by controller",
+            metrics.retrying.clone(),
+        );
         registry.register("tenant_plans", "Times the tenant tree plan was recomputed", metrics.plans.clone());
+        registry.register(
+            "tenant_usage",
+            "What each tenant's subtree uses, by resource (cores, bytes, GPUs, pods)",
+            metrics.tenant_usage.clone(),
+        );
+        registry.register(
+            "tenant_quota",
+            "What each tenant's subtree may use now, by resource; absent where unlimited",
+            metrics.tenant_quota.clone(),
+        );
         metrics
+    }
+
+    pub fn started(&self, controller: &'static str) -> InFlight {
+        let gauge = self.in_flight.get_or_create(&ControllerLabel { controller }).clone();
+        gauge.inc();
+        InFlight(gauge)
+    }
+
+    pub fn retrying(&self, controller: &'static str, objects: usize) {
+        self.retrying.get_or_create(&ControllerLabel { controller }).set(objects as i64);
     }
 
     pub fn reconciled(&self, controller: &'static str, seconds: f64, error: Option<&'static str>) {
@@ -86,7 +148,20 @@ impl Metrics {
         self.writes.get_or_create(&WriteLabels { controller, kind }).inc();
     }
 
-    pub fn planned(&self) {
+    /// A new plan of the tenant tree: its usage and quotas replace the last plan's.
+    pub fn planned(&self, plan: &Plan) {
         self.plans.inc();
+        self.tenant_usage.clear();
+        self.tenant_quota.clear();
+        for (tenant, planned) in &plan.tenants {
+            for resource in Resource::ALL {
+                let labels = TenantLabels { tenant: tenant.clone(), resource: resource.tenant_key() };
+                let usage = planned.subtree_usage.amount(resource);
+                self.tenant_usage.get_or_create(&labels).set(usage.0 as f64 / 1000.0);
+                if let Some(quota) = planned.allocated.get(resource) {
+                    self.tenant_quota.get_or_create(&labels).set(quota.0 as f64 / 1000.0);
+                }
+            }
+        }
     }
 }

@@ -91,6 +91,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     let client = yiyun_kube::client(config.kubeconfig.as_deref()).await?;
     let mut registry = yiyun_admin::registry("dr", env!("CARGO_PKG_VERSION"));
     let metrics = metrics::Metrics::register(&mut registry);
+    let leading = yiyun_kube::leader::leader_gauge(&mut registry);
     yiyun_admin::run_with_admin(config.admin_addr, registry, shutdown.clone(), |readiness| async move {
         let policies: Api<ReplicationPolicy> = Api::all(client.clone());
         let one = ListParams::default().limit(1);
@@ -100,7 +101,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         {
             return Ok(());
         }
-        let election = config.election.election(client.clone(), "yiyun-dr")?;
+        let election = config.election.election(client.clone(), "yiyun-dr", leading)?;
         if let Some(election) = &election
             && !election.acquire(&shutdown).await
         {

@@ -1074,6 +1074,39 @@ impl Engine {
         }
         total
     }
+
+    /// GPU capacity, allocation and fragmentation (against the workload) of each site's nodes,
+    /// in GPU milli; sites without GPUs are left out.
+    pub fn gpus_by_site(&mut self) -> BTreeMap<String, SiteGpus> {
+        let mut sites: BTreeMap<String, SiteGpus> = BTreeMap::new();
+        for &group_index in self.buckets.iter().flatten() {
+            let group = &self.groups[group_index as usize];
+            let key = frag_key(false, &self.workload, group, group.key.free.cpu_milli, group.key.gpus);
+            let model = self.classes[group.key.class as usize].gpu_model.as_deref();
+            let fragmentation = memo_fragmentation(&mut self.frag_memo, &self.workload, key, model);
+            for &(_, id) in &group.members {
+                let Some(slot) = self.nodes.get(id as usize).and_then(Option::as_ref) else { continue };
+                let capacity = slot.gpus.devices().len() as u64 * 1000;
+                if capacity == 0 {
+                    continue;
+                }
+                let site = sites.entry(slot.node.topology.site.clone()).or_default();
+                site.capacity_milli += capacity;
+                site.allocated_milli += capacity.saturating_sub(slot.gpus.total());
+                site.fragmentation_milli += fragmentation;
+            }
+        }
+        sites
+    }
+}
+
+/// A site's GPUs, in GPU milli.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SiteGpus {
+    pub capacity_milli: u64,
+    pub allocated_milli: u64,
+    /// Free GPU milli that the typical pods of the workload cannot use (FGD's measure).
+    pub fragmentation_milli: f64,
 }
 
 /// Groups are listed by what their GPUs can still take: the number of idle devices (0–16) and

@@ -32,6 +32,15 @@ impl Explanation {
         self.detail = Some(detail);
         self
     }
+
+    /// What kept the pod out, as a metric label: the tenant's quota, else the reason most
+    /// nodes failed for, else `other` (a gang's or a preemption's detail alone).
+    pub fn label(&self) -> &'static str {
+        if self.tenant.is_some() {
+            return "tenant_quota";
+        }
+        self.reasons.first().map_or("other", |(reason, _)| reason.label())
+    }
 }
 
 impl fmt::Display for Explanation {

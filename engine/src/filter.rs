@@ -80,6 +80,37 @@ impl fmt::Display for Reason {
     }
 }
 
+impl Reason {
+    /// A short, stable name of the reason's kind (no tenant, taint or resource names), for
+    /// metric labels.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Reason::Cordoned => "cordoned",
+            Reason::UntoleratedTaint(_) => "taint",
+            Reason::NodeSelector => "node_selector",
+            Reason::NodeAffinity => "node_affinity",
+            Reason::GpuModel => "gpu_model",
+            Reason::DedicatedToOther(_) => "dedicated",
+            Reason::RegionNotAllowed(_) => "region",
+            Reason::LatencyLimit => "latency",
+            Reason::Deadline => "deadline",
+            Reason::Insufficient(Shortage::Pods) => "insufficient_pods",
+            Reason::Insufficient(Shortage::Cpu) => "insufficient_cpu",
+            Reason::Insufficient(Shortage::Memory) => "insufficient_memory",
+            Reason::Insufficient(Shortage::Extended(_)) => "insufficient_extended",
+            Reason::InsufficientGpu => "insufficient_gpu",
+            Reason::Reserved => "reserved",
+            Reason::NodeName => "node_name",
+            Reason::HostPort => "host_port",
+            Reason::PodAffinity => "pod_affinity",
+            Reason::PodAntiAffinity | Reason::ExistingAntiAffinity => "pod_anti_affinity",
+            Reason::TopologySpread | Reason::TopologySpreadLabel => "topology_spread",
+            Reason::Volume(_) | Reason::VolumeLimit => "volumes",
+            Reason::Devices => "devices",
+        }
+    }
+}
+
 /// What of a node never changes while pods come and go: nodes alike in all of it pass the
 /// same filters, so the engine filters classes of nodes rather than nodes. The label every node
 /// has its own value of (`kubernetes.io/hostname`) is left out, or each node would be a class;

@@ -22,7 +22,7 @@ pub mod rng;
 pub mod tenants;
 mod topology;
 
-pub use engine::{DEFAULT_EVICTIONS_PER_MINUTE, Engine, NodeId, PlacedPod, Placement, Policy};
+pub use engine::{DEFAULT_EVICTIONS_PER_MINUTE, Engine, NodeId, PlacedPod, Placement, Policy, SiteGpus};
 pub use explain::Explanation;
 
 #[cfg(test)]

@@ -65,6 +65,7 @@ fn absurd_requests_neither_wrap_nor_fit_and_are_explained() {
     let huge = Pod::new("huge", requests);
     let explanation = engine.schedule(&huge).expect_err("fits nowhere");
     assert_eq!(explanation.to_string(), "0/1 nodes: 1 insufficient cpu");
+    assert_eq!(explanation.label(), "insufficient_cpu", "the metric label names the kind, not the amount");
 }
 
 #[test]
@@ -121,6 +122,7 @@ fn a_tenant_at_its_max_waits_whatever_the_nodes() {
     third.tenant = Some("wuhu-dsj".into());
     let explanation = engine.decide(&third).expect_err("over max");
     assert_eq!(explanation.to_string(), "tenant wuhu-dsj at max cpu 64/64");
+    assert_eq!(explanation.label(), "tenant_quota");
     engine.forget("p2");
     assert!(engine.decide(&third).is_ok(), "room again once a pod finished");
 }
@@ -459,4 +461,34 @@ fn replicas_spread_over_racks_then_nodes() {
     );
     let distinct: std::collections::BTreeSet<_> = nodes.iter().collect();
     assert_eq!(distinct.len(), 3, "then one per node: {nodes:?}");
+}
+
+#[test]
+fn gpus_by_site_add_up_to_the_cluster_and_show_where_fragments_lie() {
+    use crate::gpu::{Shape, Workload};
+    let mut engine = Engine::new(Policy::Yiyun, 1);
+    let whole_gpu = Shape { cpu_milli: 1_000, gpu: GpuRequest::Whole(1), gpu_models: Vec::new() };
+    engine.set_workload(Workload::from_counts([(whole_gpu, 1.0)], 1.0));
+    for (name, site, gpus) in
+        [("a1", "qingyang", 8), ("a2", "qingyang", 8), ("b1", "guiyang", 4), ("c1", "hangzhou", 0)]
+    {
+        let mut node = node(name, 64_000, gpus);
+        node.topology.site = site.into();
+        engine.upsert_node(node);
+    }
+    let half = pod("half", 1_000, GpuRequest::Fraction(500));
+    let placement = engine.schedule(&half).expect("fits");
+    let site_of_half = engine.node(placement.node).map(|node| node.topology.site.clone()).expect("placed");
+
+    let sites = engine.gpus_by_site();
+    assert_eq!(sites.keys().collect::<Vec<_>>(), ["guiyang", "qingyang"], "a site without GPUs is left out");
+    assert_eq!(sites["qingyang"].capacity_milli, 16_000);
+    assert_eq!(sites["guiyang"].capacity_milli, 4_000);
+    let allocated: u64 = sites.values().map(|site| site.allocated_milli).sum();
+    assert_eq!(allocated, 500);
+    assert_eq!(sites[&site_of_half].allocated_milli, 500);
+    // The half GPU left on the shared device fits no whole-GPU pod: that site holds the fragment.
+    assert_eq!(sites[&site_of_half].fragmentation_milli, 500.0);
+    let total: f64 = sites.values().map(|site| site.fragmentation_milli).sum();
+    assert_eq!(total, engine.fragmentation());
 }

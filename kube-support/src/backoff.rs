@@ -101,6 +101,11 @@ impl<K: Hash + Eq> Retries<K> {
     pub fn succeeded(&self, key: &K) {
         self.failures.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(key);
     }
+
+    /// Keys whose last try failed: they wait for their retry.
+    pub fn failing(&self) -> usize {
+        self.failures.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).len()
+    }
 }
 
 #[cfg(test)]
@@ -141,7 +146,10 @@ mod tests {
             retries.failed("pod");
         }
         assert!(retries.failed("pod") >= Duration::from_secs(30));
+        retries.failed("node");
+        assert_eq!(retries.failing(), 2);
         retries.succeeded(&"pod");
+        assert_eq!(retries.failing(), 1, "a success is no longer waiting for a retry");
         assert!(retries.failed("pod") <= Duration::from_millis(500));
         assert!(first <= Duration::from_millis(500));
     }

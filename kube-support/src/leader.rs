@@ -24,6 +24,7 @@ use k8s_openapi::{
     jiff::Timestamp,
 };
 use kube::{Api, Client, api::PostParams};
+use prometheus_client::{metrics::gauge::Gauge, registry::Registry};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -54,10 +55,26 @@ pub struct Args {
     pub retry_period_seconds: u64,
 }
 
+/// Registers the gauge `leader`: 1 while this replica leads (holds the lease, or runs alone),
+/// 0 while it stands by. Every replica reports, so `sum(…_leader)` is 1 when all is well.
+pub fn leader_gauge(registry: &mut Registry) -> Gauge {
+    let leading = Gauge::default();
+    registry.register("leader", "1 while this replica leads, 0 while it stands by", leading.clone());
+    leading
+}
+
 impl Args {
-    /// The election these flags ask for, `None` with `--leader-elect=false`.
-    pub fn election(&self, client: Client, component: &str) -> Result<Option<Election>, Error> {
+    /// The election these flags ask for, `None` with `--leader-elect=false` (this replica then
+    /// leads alone: `leading` reads 1 at once). The election sets `leading` as it takes and
+    /// loses the lease.
+    pub fn election(
+        &self,
+        client: Client,
+        component: &str,
+        leading: Gauge,
+    ) -> Result<Option<Election>, Error> {
         if !self.leader_elect {
+            leading.set(1);
             return Ok(None);
         }
         let timing = Timing {
@@ -67,7 +84,8 @@ impl Args {
         }
         .validated()?;
         let name = self.lease_name.clone().unwrap_or_else(|| component.to_string());
-        Ok(Some(Election::new(client, &self.lease_namespace, &name, &self.identity(), timing)))
+        let election = Election::new(client, &self.lease_namespace, &name, &self.identity(), timing);
+        Ok(Some(election.reporting_to(leading)))
     }
 
     /// This replica's identity: `--identity`, or the host name and process id.
@@ -165,12 +183,14 @@ pub struct Leadership {
     /// The renew deadline: leading until this moment unless renewed; `None` for a process that
     /// leads alone.
     until: Option<Arc<Mutex<Instant>>>,
+    /// The metric that tells whether this replica leads.
+    leading: Gauge,
 }
 
 impl Leadership {
     /// For a single instance without election: always leading.
     pub fn alone() -> Self {
-        Leadership { lost: CancellationToken::new(), until: None }
+        Leadership { lost: CancellationToken::new(), until: None, leading: Gauge::default() }
     }
 
     /// Whether the lease is still held by this process's own reckoning.
@@ -193,6 +213,7 @@ impl Leadership {
 
     fn lose(&self) {
         self.lost.cancel();
+        self.leading.set(0);
     }
 }
 
@@ -235,9 +256,20 @@ impl Election {
             identity: identity.into(),
             timing,
             observed: Mutex::new(None),
-            leadership: Leadership { lost: CancellationToken::new(), until: Some(until.clone()) },
+            leadership: Leadership {
+                lost: CancellationToken::new(),
+                until: Some(until.clone()),
+                leading: Gauge::default(),
+            },
             until,
         }
+    }
+
+    /// Reports whether this replica leads to `leading` (0 until the lease is taken).
+    pub fn reporting_to(mut self, leading: Gauge) -> Self {
+        leading.set(0);
+        self.leadership.leading = leading;
+        self
     }
 
     /// The handle the component writes through; valid once [`acquire`](Self::acquire) returned
@@ -254,6 +286,7 @@ impl Election {
             match attempt {
                 Ok(Ok(Attempt::Held { sent_at })) => {
                     self.renewed(sent_at);
+                    self.leadership.leading.set(1);
                     info!(lease = %self.name, identity = %self.identity, "became the leader");
                     return true;
                 }
@@ -447,8 +480,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn leadership_refuses_writes_past_the_renew_deadline_and_drops_those_in_flight() {
         let until = Instant::now() + Duration::from_secs(10);
-        let leadership =
-            Leadership { lost: CancellationToken::new(), until: Some(Arc::new(Mutex::new(until))) };
+        let leadership = Leadership {
+            lost: CancellationToken::new(),
+            until: Some(Arc::new(Mutex::new(until))),
+            leading: Gauge::default(),
+        };
         assert_eq!(leadership.while_leading(async { 1 }).await, Some(1));
         // A write that would finish after the loss is dropped when the lease is lost.
         let slow = leadership.while_leading(tokio::time::sleep(Duration::from_secs(5)));

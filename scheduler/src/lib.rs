@@ -81,13 +81,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     let client = yiyun_kube::client(config.kubeconfig.as_deref()).await?;
     let mut registry = yiyun_admin::registry("scheduler", env!("CARGO_PKG_VERSION"));
     let metrics = metrics::Metrics::register(&mut registry);
+    let leading = yiyun_kube::leader::leader_gauge(&mut registry);
     yiyun_admin::run_with_admin(config.admin_addr, registry, shutdown.clone(), |readiness| async move {
         if !yiyun_admin::wait_for("the apiserver", PROBE_INTERVAL, &shutdown, || client.apiserver_version())
             .await
         {
             return Ok(());
         }
-        let election = config.election.election(client.clone(), "yiyun-scheduler")?;
+        let election = config.election.election(client.clone(), "yiyun-scheduler", leading)?;
         if let Some(election) = &election
             && !election.acquire(&shutdown).await
         {

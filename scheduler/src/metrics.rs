@@ -1,35 +1,58 @@
 //! The scheduler's Prometheus metrics.
 
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::{
     metrics::{
         counter::Counter,
+        family::Family,
         gauge::Gauge,
         histogram::{Histogram, exponential_buckets},
     },
-    registry::Registry,
+    registry::{Registry, Unit},
 };
+
+type Labels = Vec<(&'static str, String)>;
 
 #[derive(Clone)]
 pub struct Metrics {
+    /// Tries to place a pod, by result: `scheduled` (a binding sent), `unschedulable`,
+    /// `preempting` (victims being evicted).
+    pub attempts: Family<Vec<(&'static str, &'static str)>, Counter>,
     pub bound: Counter,
     pub bind_errors: Counter,
-    pub unschedulable: Counter,
     pub preemptions: Counter,
-    pub pending: Gauge,
+    /// Times a gang could not be placed as a whole and waits.
+    pub gang_waits: Counter,
+    /// Pods bound, by the site of their node and its region class (`east`, `west`).
+    pub placements: Family<Labels, Counter>,
+    /// Pods waiting for a node, by why (`queued` for those not tried yet or being bound).
+    pub pending: Family<Vec<(&'static str, &'static str)>, Gauge>,
+    /// PodGroups not yet placed as a whole.
+    pub gangs_waiting: Gauge,
     /// From sending a binding (with its volumes and device claims) to the apiserver's answer.
     pub bind_seconds: Histogram,
+    pub site_gpus: Family<Labels, Gauge<f64, AtomicU64>>,
+    pub site_gpus_allocated: Family<Labels, Gauge<f64, AtomicU64>>,
+    pub site_gpu_fragmentation: Family<Labels, Gauge<f64, AtomicU64>>,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         Metrics {
+            attempts: Family::default(),
             bound: Counter::default(),
             bind_errors: Counter::default(),
-            unschedulable: Counter::default(),
             preemptions: Counter::default(),
-            pending: Gauge::default(),
+            gang_waits: Counter::default(),
+            placements: Family::default(),
+            pending: Family::default(),
+            gangs_waiting: Gauge::default(),
             // 0.5 ms to about 8 s.
             bind_seconds: Histogram::new(exponential_buckets(0.000_5, 2.0, 15)),
+            site_gpus: Family::default(),
+            site_gpus_allocated: Family::default(),
+            site_gpu_fragmentation: Family::default(),
         }
     }
 }
@@ -40,22 +63,56 @@ impl Metrics {
         registry.register_with_unit(
             "bind_duration",
             "From sending a binding to the apiserver's answer",
-            prometheus_client::registry::Unit::Seconds,
+            Unit::Seconds,
             metrics.bind_seconds.clone(),
+        );
+        registry.register(
+            "scheduling_attempts",
+            "Tries to place a pod, by result (scheduled, unschedulable, preempting)",
+            metrics.attempts.clone(),
         );
         registry.register("bound", "Pods bound to nodes", metrics.bound.clone());
         registry.register("bind_errors", "Bindings the apiserver refused", metrics.bind_errors.clone());
-        registry.register(
-            "unschedulable",
-            "Scheduling attempts that found no node",
-            metrics.unschedulable.clone(),
-        );
         registry.register(
             "preemptions",
             "Pods that evicted others to make room",
             metrics.preemptions.clone(),
         );
-        registry.register("pending", "Pods waiting for a node", metrics.pending.clone());
+        registry.register(
+            "gang_waits",
+            "Times a PodGroup could not be placed as a whole and waited",
+            metrics.gang_waits.clone(),
+        );
+        registry.register(
+            "placements",
+            "Pods bound, by the site of their node and its region class (east, west)",
+            metrics.placements.clone(),
+        );
+        registry.register(
+            "pending_pods",
+            "Pods waiting for a node, by reason (queued, or why the last try failed)",
+            metrics.pending.clone(),
+        );
+        registry.register(
+            "gangs_waiting",
+            "PodGroups not yet placed as a whole",
+            metrics.gangs_waiting.clone(),
+        );
+        registry.register("site_gpus", "GPUs of each site's nodes", metrics.site_gpus.clone());
+        registry.register(
+            "site_gpus_allocated",
+            "GPUs pods hold on each site's nodes (fractions count as such)",
+            metrics.site_gpus_allocated.clone(),
+        );
+        registry.register(
+            "site_gpu_fragmentation",
+            "Free GPUs of each site that the typical pods cannot use (FGD's measure)",
+            metrics.site_gpu_fragmentation.clone(),
+        );
         metrics
+    }
+
+    pub fn attempted(&self, result: &'static str) {
+        self.attempts.get_or_create(&vec![("result", result)]).inc();
     }
 }

@@ -40,6 +40,8 @@ fn pod_name(key: &str) -> &str {
 
 /// Unschedulable pods are retried at least this often, whatever happens.
 const RETRY_UNSCHEDULABLE: Duration = Duration::from_secs(30);
+/// How often the sites' GPU gauges are measured.
+const GPU_GAUGES_EVERY: Duration = Duration::from_secs(15);
 /// Failed bindings are retried from half a second, doubling, to half a minute, with jitter.
 const BIND_RETRY: Backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
 
@@ -241,8 +243,9 @@ pub struct State {
     pending: BTreeMap<String, Pending>,
     /// Pending pods to try in the next round.
     active: BTreeSet<String>,
-    /// Pending pods that did not fit, with when they were last tried.
-    unschedulable: HashMap<String, Instant>,
+    /// Pending pods that did not fit, with when they were last tried and why not (a metric
+    /// label).
+    unschedulable: HashMap<String, (Instant, &'static str)>,
     /// Pods whose binding failed (an apiserver down, a timeout), with when to try again: a
     /// dead apiserver is not hammered with every pod at every round.
     retry_at: HashMap<String, Instant>,
@@ -284,6 +287,8 @@ pub struct State {
     metrics: Metrics,
     first_bind_logged: bool,
     started: Instant,
+    /// When the per-site GPU gauges were last brought up to date.
+    gauges_at: Option<Instant>,
     /// What the edge is to do next.
     effects: Vec<Effect>,
 }
@@ -328,6 +333,7 @@ impl State {
             metrics,
             first_bind_logged: false,
             started: Instant::now(),
+            gauges_at: None,
         }
     }
 
@@ -820,6 +826,7 @@ impl State {
         match result {
             Ok(()) => {
                 self.metrics.bound.inc();
+                self.count_placement(&key);
                 self.bind_retries.succeeded(&key);
                 // Volumes and devices stay held until the watch shows their claims bound.
                 self.volume_writes.remove(&key);
@@ -861,7 +868,7 @@ impl State {
         let due: Vec<String> = self
             .unschedulable
             .iter()
-            .filter(|(_, since)| now.duration_since(**since) >= RETRY_UNSCHEDULABLE)
+            .filter(|(_, (since, _))| now.duration_since(*since) >= RETRY_UNSCHEDULABLE)
             .map(|(key, _)| key.clone())
             .collect();
         for key in due {
@@ -878,8 +885,8 @@ impl State {
             }
         }
         self.expire_nominations(now);
-        self.metrics.pending.set(self.pending.len() as i64);
         self.group_statuses();
+        self.update_gauges(now);
         self.engine.set_now(k8s_openapi::jiff::Timestamp::now().as_second().max(0) as u64);
     }
 
@@ -950,6 +957,54 @@ impl State {
         }
     }
 
+    /// Counts a pod just bound under its node's site and region class.
+    fn count_placement(&self, key: &str) {
+        let Some(node) = self.engine.placement_of(key).and_then(|placement| self.engine.node(placement.node))
+        else {
+            return;
+        };
+        let topology = &node.topology;
+        let labels = vec![("site", topology.site.clone()), ("region_class", topology.region_class.clone())];
+        self.metrics.placements.get_or_create(&labels).inc();
+    }
+
+    /// Pending pods by reason each second; the sites' GPUs every [`GPU_GAUGES_EVERY`], as
+    /// measuring fragmentation visits every node.
+    fn update_gauges(&mut self, now: Instant) {
+        let mut by_reason: BTreeMap<&'static str, i64> = BTreeMap::new();
+        for key in self.pending.keys() {
+            let reason = self.unschedulable.get(key).map_or("queued", |(_, reason)| reason);
+            *by_reason.entry(reason).or_default() += 1;
+        }
+        // Reasons no pod has now read 0 rather than their last count.
+        self.metrics.pending.clear();
+        for (reason, count) in by_reason {
+            self.metrics.pending.get_or_create(&vec![("reason", reason)]).set(count);
+        }
+        let waiting = self.groups.values().filter(|group| {
+            group
+                .written
+                .is_some_and(|(phase, ..)| matches!(phase, PodGroupPhase::Pending | PodGroupPhase::Timeout))
+        });
+        self.metrics.gangs_waiting.set(waiting.count() as i64);
+        if self.gauges_at.is_some_and(|at| now.duration_since(at) < GPU_GAUGES_EVERY) {
+            return;
+        }
+        self.gauges_at = Some(now);
+        let sites = self.engine.gpus_by_site();
+        for family in
+            [&self.metrics.site_gpus, &self.metrics.site_gpus_allocated, &self.metrics.site_gpu_fragmentation]
+        {
+            family.clear();
+        }
+        for (site, gpus) in sites {
+            let labels = vec![("site", site)];
+            self.metrics.site_gpus.get_or_create(&labels).set(gpus.capacity_milli as f64 / 1000.0);
+            self.metrics.site_gpus_allocated.get_or_create(&labels).set(gpus.allocated_milli as f64 / 1000.0);
+            self.metrics.site_gpu_fragmentation.get_or_create(&labels).set(gpus.fragmentation_milli / 1000.0);
+        }
+    }
+
     /// One scheduling round over the active pods.
     pub fn round(&mut self) {
         let wake = std::mem::take(&mut self.wake);
@@ -967,16 +1022,20 @@ impl State {
         }
         let keys = std::mem::take(&mut self.active);
         let mut pods: Vec<Pod> = Vec::with_capacity(keys.len());
-        let mut waiting: Vec<(Pod, String)> = Vec::new();
+        let mut waiting: Vec<(Pod, &'static str, String)> = Vec::new();
         let keys: Vec<String> = keys
             .into_iter()
             .filter(|key| !self.binding.contains(key) && !self.nominated.contains_key(key))
             .collect();
         for key in &keys {
             let Some(pending) = self.pending.get(key).cloned() else { continue };
-            let prepared = self
-                .with_volumes(key, &pending)
-                .and_then(|(pod, unbound)| Ok((self.with_devices(pod, &pending)?, unbound)));
+            let prepared = self.with_volumes(key, &pending).map_err(|message| ("volumes", message)).and_then(
+                |(pod, unbound)| {
+                    let with_devices =
+                        self.with_devices(pod, &pending).map_err(|message| ("devices", message))?;
+                    Ok((with_devices, unbound))
+                },
+            );
             match prepared {
                 Ok(((pod, claims), unbound)) => {
                     if !unbound.is_empty() {
@@ -987,11 +1046,11 @@ impl State {
                     }
                     pods.push(pod);
                 }
-                Err(message) => waiting.push((pending.pod, message)),
+                Err((reason, message)) => waiting.push((pending.pod, reason, message)),
             }
         }
-        for (pod, message) in waiting {
-            self.unplaced(&pod, message);
+        for (pod, reason, message) in waiting {
+            self.unplaced(&pod, reason, message);
         }
         self.engine.queue_order(&mut pods);
         let mut gangs: BTreeMap<String, Vec<Pod>> = BTreeMap::new();
@@ -1009,8 +1068,12 @@ impl State {
                 Ok(placement) => self.bind(&pod, placement),
                 Err(explanation) => match self.preempt(&pod) {
                     Preempted::Started => {}
-                    Preempted::NotPossible => self.unplaced(&pod, explanation.to_string()),
-                    Preempted::BudgetRefuses(why) => self.unplaced(&pod, format!("{explanation}; {why}")),
+                    Preempted::NotPossible => {
+                        self.unplaced(&pod, explanation.label(), explanation.to_string())
+                    }
+                    Preempted::BudgetRefuses(why) => {
+                        self.unplaced(&pod, "disruption_budget", format!("{explanation}; {why}"))
+                    }
                 },
             }
         }
@@ -1059,13 +1122,13 @@ impl State {
         }
         let Some(group) = self.groups.get(key) else {
             for pod in &members {
-                self.unplaced(pod, format!("PodGroup {key} does not exist"));
+                self.unplaced(pod, "gang", format!("PodGroup {key} does not exist"));
             }
             return;
         };
         if group.timed_out {
             for pod in &members {
-                self.unplaced(pod, format!("PodGroup {key} timed out"));
+                self.unplaced(pod, "gang", format!("PodGroup {key} timed out"));
             }
             return;
         }
@@ -1087,7 +1150,7 @@ impl State {
             let message =
                 format!("gang {key} has {} of its {} pods", members.len() + bound, group.gang.min_member);
             for pod in &members {
-                self.unplaced(pod, message.clone());
+                self.unplaced(pod, "gang", message.clone());
             }
             return;
         }
@@ -1103,12 +1166,13 @@ impl State {
                 }
             }
             Err(explanation) => {
+                self.metrics.gang_waits.inc();
                 let message = explanation.to_string();
                 if let Some(group) = self.groups.get_mut(key) {
                     group.waiting_for = Some(message.clone());
                 }
                 for pod in &members {
-                    self.unplaced(pod, message.clone());
+                    self.unplaced(pod, "gang", message.clone());
                 }
             }
         }
@@ -1145,6 +1209,7 @@ impl State {
         };
         info!(pod = %pod.key, %node, victims = ?preemption.victims, "preempting");
         self.metrics.preemptions.inc();
+        self.metrics.attempted("preempting");
         let nomination = Nomination {
             victims: preemption.victims.iter().cloned().collect(),
             node: node.clone(),
@@ -1201,7 +1266,8 @@ impl State {
         if self.nominated.remove(&preemptor).is_some() {
             self.engine.forget(&preemptor);
             if let Some(pod) = self.pending.get(&preemptor).map(|p| p.pod.clone()) {
-                self.unplaced(&pod, format!("preemption refused: {victim} may not be evicted now ({err})"));
+                let message = format!("preemption refused: {victim} may not be evicted now ({err})");
+                self.unplaced(&pod, "preemption_refused", message);
             }
         }
     }
@@ -1224,15 +1290,17 @@ impl State {
     fn place_alone(&mut self, pod: &Pod) {
         match self.engine.schedule(pod) {
             Ok(placement) => self.bind(pod, placement),
-            Err(explanation) => self.unplaced(pod, explanation.to_string()),
+            Err(explanation) => self.unplaced(pod, explanation.label(), explanation.to_string()),
         }
     }
 
-    fn unplaced(&mut self, pod: &Pod, message: String) {
+    /// Records that `pod` waits, `reason` saying why in a word (a metric label) and `message`
+    /// in full (the pod's condition and events).
+    fn unplaced(&mut self, pod: &Pod, reason: &'static str, message: String) {
         self.unbound.remove(&pod.key);
         self.device_claims.remove(&pod.key);
-        self.metrics.unschedulable.inc();
-        self.unschedulable.insert(pod.key.clone(), Instant::now());
+        self.metrics.attempted("unschedulable");
+        self.unschedulable.insert(pod.key.clone(), (Instant::now(), reason));
         if let Some(pending) = self.pending.get(&pod.key) {
             let (key, uid) = (pod.key.clone(), pending.uid.clone());
             self.effects.push(Effect::Unschedulable { key, uid, message });
@@ -1259,11 +1327,13 @@ impl State {
             self.engine.forget(&pod.key);
             self.unplaced(
                 pod,
+                "claims_taken",
                 "the volume or devices chosen for it were taken by another; trying again".into(),
             );
             self.wake.all = true;
             return;
         };
+        self.metrics.attempted("scheduled");
         self.binds_in_flight += 1;
         self.binding.insert(pod.key.clone());
         self.unschedulable.remove(&pod.key);
@@ -1353,6 +1423,38 @@ mod tests {
             r#"{{"metadata": {{"name": "{name}", "namespace": "ns", "uid": "u-{name}"}},
                 "spec": {{"schedulerName": "yiyun-scheduler", "containers": [{{"name": "c", "resources": {{"requests": {{"cpu": "2"}}}}}}]}}}}"#
         ))
+    }
+
+    #[test]
+    fn pending_pods_are_counted_by_why_they_wait_and_attempts_by_result() {
+        let mut state = synced_state();
+        let with_cpu = |name: &str, cpu: &str| {
+            let mut pod = pending_pod(name);
+            let spec = pod.spec.as_mut().expect("spec");
+            spec.containers[0].resources = Some(json(&format!(r#"{{"requests": {{"cpu": "{cpu}"}}}}"#)));
+            pod
+        };
+        state.apply(Update::Pod(watcher::Event::Apply(with_cpu("web", "2"))));
+        state.apply(Update::Pod(watcher::Event::Apply(with_cpu("huge", "16"))));
+        state.round();
+        state.housekeeping();
+        let metrics = &state.metrics;
+        let pending = |reason: &'static str| metrics.pending.get_or_create(&vec![("reason", reason)]).get();
+        assert_eq!(pending("queued"), 1, "web is being bound");
+        assert_eq!(pending("insufficient_cpu"), 1, "huge fits on no node");
+        let attempts = |result: &'static str| metrics.attempts.get_or_create(&vec![("result", result)]).get();
+        assert_eq!((attempts("scheduled"), attempts("unschedulable")), (1, 1));
+
+        state.done(Done::Bound { key: "ns/web".into(), result: Ok(()), seconds: 0.01 });
+        state.housekeeping();
+        let metrics = &state.metrics;
+        assert_eq!(metrics.pending.get_or_create(&vec![("reason", "queued")]).get(), 0, "bound, not pending");
+        let placed = vec![("site", String::new()), ("region_class", String::new())];
+        assert_eq!(
+            metrics.placements.get_or_create(&placed).get(),
+            1,
+            "a node without a site counts under none"
+        );
     }
 
     #[test]

@@ -138,12 +138,14 @@ pub async fn run(client: Client, metrics: Metrics, shutdown: CancellationToken) 
 
 /// Labels and taints one node for the pool that selects it, or releases it from all.
 async fn reconcile_node(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _in_flight = ctx.metrics.started(CONTROLLER);
     let started = Instant::now();
     let result = keep_node(&node, &ctx).await;
     let error = result.as_ref().err().map(Error::label);
     ctx.metrics.reconciled(CONTROLLER, started.elapsed().as_secs_f64(), error);
     if result.is_ok() {
         ctx.retries.succeeded(&node.name_any());
+        ctx.metrics.retrying(CONTROLLER, ctx.retries.failing());
     }
     result
 }
@@ -186,6 +188,7 @@ async fn keep_node(node: &Node, ctx: &Context) -> Result<Action, Error> {
 fn error_policy(node: Arc<Node>, error: &Error, ctx: Arc<Context>) -> Action {
     // A conflict only means the node changed meanwhile; the retry computes from the new one.
     let delay = ctx.retries.failed(node.name_any());
+    ctx.metrics.retrying(CONTROLLER, ctx.retries.failing());
     warn!(node = %node.name_any(), error = %error, retry_in = ?delay, "node-pool reconcile failed; retrying");
     Action::requeue(delay)
 }

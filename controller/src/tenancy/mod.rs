@@ -388,7 +388,7 @@ async fn plan_tree(
         };
         observer = returned;
         let plan = Arc::new(plan);
-        ctx.metrics.planned();
+        ctx.metrics.planned(&plan);
         let generations =
             tenants.iter().map(|t| (t.name_any(), t.metadata.generation.unwrap_or_default())).collect();
         ctx.plans.latest.send_replace(Some(Arc::new(Planned { plan: plan.clone(), generations })));

@@ -37,6 +37,7 @@ use crate::Error;
 const RESYNC: Duration = Duration::from_secs(30 * 60);
 
 pub async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _in_flight = ctx.metrics.started(CONTROLLER);
     let started = Instant::now();
     let name = tenant.name_any();
     let api: Api<Tenant> = Api::all(ctx.client.clone());
@@ -52,6 +53,7 @@ pub async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action,
     ctx.metrics.reconciled(CONTROLLER, started.elapsed().as_secs_f64(), error);
     if result.is_ok() {
         ctx.retries.succeeded(&name);
+        ctx.metrics.retrying(CONTROLLER, ctx.retries.failing());
     }
     result
 }
@@ -62,6 +64,7 @@ pub fn error_policy(tenant: Arc<Tenant>, error: &Error, ctx: Arc<Context>) -> Ac
         return Action::requeue(Duration::from_secs(15));
     }
     let delay = ctx.retries.failed(tenant.name_any());
+    ctx.metrics.retrying(CONTROLLER, ctx.retries.failing());
     warn!(tenant = %tenant.name_any(), error = %error, retry_in = ?delay, "tenancy reconcile failed; retrying");
     Action::requeue(delay)
 }
