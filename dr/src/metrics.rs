@@ -27,6 +27,8 @@ pub struct Metrics {
     /// From a change seen on the primary to its copy on the standby.
     pub lag: Histogram,
     pub achieved_rpo: Family<PolicyLabels, Gauge<f64, AtomicU64>>,
+    /// The RPO each valid policy asks for.
+    pub rpo_target: Family<PolicyLabels, Gauge<f64, AtomicU64>>,
     pub pending: Family<PolicyLabels, Gauge>,
     /// Whole namespaces compared with their copies (each a consistent copy once done).
     pub full_comparisons: Counter,
@@ -38,6 +40,7 @@ impl Metrics {
             writes: Family::default(),
             lag: Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 15.0, 60.0]),
             achieved_rpo: Family::default(),
+            rpo_target: Family::default(),
             pending: Family::default(),
             full_comparisons: Counter::default(),
         };
@@ -57,6 +60,12 @@ impl Metrics {
             "What each policy would lose if its primary failed now",
             prometheus_client::registry::Unit::Seconds,
             metrics.achieved_rpo.clone(),
+        );
+        registry.register_with_unit(
+            "rpo_target",
+            "The RPO each policy asks for (spec.rpo)",
+            prometheus_client::registry::Unit::Seconds,
+            metrics.rpo_target.clone(),
         );
         registry.register(
             "replication_pending_changes",

@@ -744,8 +744,11 @@ impl Worker {
         let status = self.status();
         let labels = PolicyLabels { namespace: self.namespace.clone(), policy: self.name.clone() };
         self.metrics.pending.get_or_create(&labels).set(self.pending.len() as i64);
-        if let Some(rpo) = status.achieved_rpo_seconds {
+        if let Some(rpo) = status.achieved_rpo_seconds.or_else(|| self.unprotected_for()) {
             self.metrics.achieved_rpo.get_or_create(&labels).set(rpo);
+        }
+        if let Ok(valid) = &self.validity {
+            self.metrics.rpo_target.get_or_create(&labels).set(valid.targets.rpo_seconds as f64);
         }
         let mut previous = self.policy.status.clone().unwrap_or_default();
         previous.failover = None;
@@ -842,6 +845,22 @@ impl Worker {
             failover: None,
             drills: Vec::new(),
         }
+    }
+
+    /// Before this worker's first consistent copy, what a failover now would lose at least: all
+    /// since the last copy the status records, or since the policy was made. The metric reads
+    /// it, so a standby never reached breaches the RPO alert rather than going unseen.
+    fn unprotected_for(&self) -> Option<f64> {
+        if self.failed_over {
+            return None;
+        }
+        let status = self.policy.status.as_ref();
+        let since = status.and_then(|s| s.last_consistent_copy_time.as_ref()).or(self
+            .policy
+            .metadata
+            .creation_timestamp
+            .as_ref())?;
+        Some(Timestamp::now().duration_since(since.0).as_secs_f64().max(0.0))
     }
 
     /// What would be lost if the primary failed now, in seconds; `None` before the first copy.

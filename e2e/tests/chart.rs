@@ -19,7 +19,7 @@ use yiyun_e2e::{
     api::local_ca,
     apply_yiyun,
     chart::{EVERY_COMPONENT, chart_dir, helm_run},
-    create_kwok_node, eventually, free_port, http_get, kubectl_apply_in, token_kubeconfig, unique,
+    create_kwok_node_with, eventually, free_port, http_get, kubectl_apply_in, token_kubeconfig, unique,
     wait_ready,
 };
 
@@ -129,6 +129,33 @@ async fn the_chart_lints_refuses_wrong_values_and_the_apiserver_accepts_it() {
         }
     }
 
+    // The alerting rules and the dashboard, as the operator and Grafana's sidecar get them: the
+    // very files Prometheus without the operator loads.
+    let (ok, rendered) = helm(&with_every_component(vec![
+        "template".into(),
+        "yiyun".into(),
+        chart(),
+        "--show-only".into(),
+        "templates/monitoring.yaml".into(),
+        "--set".into(),
+        "prometheusRule.enabled=true".into(),
+        "--set".into(),
+        "grafanaDashboard.enabled=true".into(),
+    ]));
+    assert!(ok, "{rendered}");
+    let monitoring = documents(&rendered);
+    let rule = monitoring.iter().find(|o| o["kind"] == "PrometheusRule").expect("a PrometheusRule");
+    let alerts: Value = serde_saphyr::from_str(&yiyun_e2e::repo_file("charts/yiyun/files/alerts.yaml"))
+        .expect("the rules parse");
+    assert_eq!(rule["spec"], alerts, "the PrometheusRule holds the rule file as it is");
+    let dashboard = monitoring.iter().find(|o| o["kind"] == "ConfigMap").expect("the dashboard's ConfigMap");
+    assert_eq!(dashboard["metadata"]["labels"]["grafana_dashboard"], "1", "the sidecar's label");
+    let held: Value =
+        serde_json::from_str(dashboard["data"]["yiyun.json"].as_str().expect("the dashboard")).expect("JSON");
+    let file: Value = serde_json::from_str(&yiyun_e2e::repo_file("charts/yiyun/files/dashboards/yiyun.json"))
+        .expect("JSON");
+    assert_eq!(held, file);
+
     // The apiserver accepts everything, and Pod Security `restricted` has nothing to say.
     let cluster = LocalCluster::current();
     let namespace = unique("chart-dry-run");
@@ -211,6 +238,25 @@ async fn ready(addr: std::net::SocketAddr, what: &str, process: &YiyunProcess) {
     assert!(checked.status.success(), "promtool check metrics of {what}: {said}\n{metrics}");
 }
 
+/// The README documents every family the components expose, and the alerting rules and the
+/// dashboard read only metrics that exist.
+fn every_metric_is_documented_and_every_reference_exists(pages: &[String]) {
+    use yiyun_e2e::chart::{exposed_names, families, unknown_metrics};
+    let exposed: std::collections::BTreeSet<String> =
+        pages.iter().flat_map(|page| exposed_names(page)).collect();
+    let readme = yiyun_e2e::repo_file("README.md");
+    let undocumented: Vec<String> = pages
+        .iter()
+        .flat_map(|page| families(page))
+        .filter(|family| !readme.contains(&format!("`{family}`")))
+        .collect();
+    assert!(undocumented.is_empty(), "families the README does not document: {undocumented:?}");
+    for file in ["charts/yiyun/files/alerts.yaml", "charts/yiyun/files/dashboards/yiyun.json"] {
+        let unknown = unknown_metrics(&yiyun_e2e::repo_file(file), &exposed);
+        assert!(unknown.is_empty(), "{file} reads metrics no component exposes: {unknown:?}");
+    }
+}
+
 fn can_i(cluster: &Path, namespace: &str, account: &str, verb: &str, resource: &str) -> bool {
     let out = Command::new("kubectl")
         .arg("--kubeconfig")
@@ -228,8 +274,11 @@ async fn helm_installs_upgrades_and_uninstalls_on_a_real_apiserver() {
     let kubeconfig = cluster.kubeconfig();
     let kube = kubeconfig.to_str().expect("a path").to_string();
     let client = cluster.client().await;
+    // A GPU node of a western site, so the scheduler's per-site figures have a site to show.
     let node = unique("chart-node");
-    create_kwok_node(&client, &node, json!({})).await;
+    let site = json!({"yiyun.io/site": "qingyang", "yiyun.io/region-class": "west"});
+    let capacity = json!({"cpu": "32", "memory": "256Gi", "pods": "110", "nvidia.com/gpu": "8"});
+    create_kwok_node_with(&client, &node, site, capacity).await;
     wait_ready(&client, &[node]).await;
     let namespace = "yiyun-system".to_string();
 
@@ -267,7 +316,8 @@ async fn helm_installs_upgrades_and_uninstalls_on_a_real_apiserver() {
     // A tenant, made while the previous version ran.
     let tenant = unique("chart-tenant");
     let object = json!({"apiVersion": "yiyun.io/v1alpha1", "kind": "Tenant", "metadata": {"name": tenant},
-        "spec": {"displayName": "升级前的部门", "level": "province", "namespaces": [{"name": format!("{tenant}-apps")}]}});
+        "spec": {"displayName": "升级前的部门", "level": "province", "quota": {"max": {"cpu": "16"}},
+            "namespaces": [{"name": format!("{tenant}-apps")}]}});
     apply_yiyun::<Tenant>(&client, &tenant, object).await;
 
     // The upgrade, into a namespace that enforces Pod Security `restricted`.
@@ -319,8 +369,10 @@ async fn helm_installs_upgrades_and_uninstalls_on_a_real_apiserver() {
     assert_eq!(scheduler.spec.and_then(|s| s.replicas), Some(2));
 
     // Each component, run with its release ServiceAccount's token, does its work.
+    let mut admins = Vec::new();
     let (controller, addr) = run_as_release(&kubeconfig, &namespace, "controller", &["controller"]);
     ready(addr, "the controller", &controller).await;
+    admins.push(addr);
     eventually(Duration::from_secs(60), "the tenant reconciled by the release's controller", || async {
         let found = tenants.get(&tenant).await.ok()?;
         found.status?.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True").then_some(())
@@ -328,6 +380,7 @@ async fn helm_installs_upgrades_and_uninstalls_on_a_real_apiserver() {
     .await;
     let (scheduler, addr) = run_as_release(&kubeconfig, &namespace, "scheduler", &["scheduler"]);
     ready(addr, "the scheduler", &scheduler).await;
+    admins.push(addr);
     let apps = format!("{tenant}-apps");
     let pod: Pod = serde_json::from_value(json!({
         "metadata": {"name": "placed"},
@@ -345,9 +398,14 @@ async fn helm_installs_upgrades_and_uninstalls_on_a_real_apiserver() {
     let dir = std::env::temp_dir().join(unique("chart-components"));
     std::fs::create_dir_all(&dir).expect("a directory");
     let ledger = format!("sqlite://{}/ledger.db", dir.display());
-    let (meter, addr) =
-        run_as_release(&kubeconfig, &namespace, "billing", &["billing", "run", "--database", &ledger]);
+    let (meter, addr) = run_as_release(
+        &kubeconfig,
+        &namespace,
+        "billing",
+        &["billing", "run", "--database", &ledger, "--basis", "max-request-usage", "--usage-seconds", "1"],
+    );
     ready(addr, "the meter", &meter).await;
+    admins.push(addr);
     local_ca(&dir);
     let (cert, key) = (dir.join("api.crt"), dir.join("api.key"));
     let api_addr = format!("127.0.0.1:{}", free_port());
@@ -364,8 +422,43 @@ async fn helm_installs_upgrades_and_uninstalls_on_a_real_apiserver() {
     ];
     let (api, addr) = run_as_release(&kubeconfig, &namespace, "api", &api_args);
     ready(addr, "the API", &api).await;
+    admins.push(addr);
+    // One call without credentials: refused, and counted.
+    let refused = Command::new("curl")
+        .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("https://{api_addr}/v1/bills/2026-11"))
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&refused.stdout), "401", "a call without a token is refused");
     let (dr, addr) = run_as_release(&kubeconfig, &namespace, "dr", &["dr", "run"]);
     ready(addr, "the DR controller", &dr).await;
+    // A policy whose standby cannot be reached yet: the DR controller says what it promises and
+    // what a failover now would lose, which the RPO alert compares.
+    let unreachable = "{apiVersion: v1, kind: Config, current-context: c, \
+        clusters: [{name: s, cluster: {server: 'https://127.0.0.1:1', insecure-skip-tls-verify: true}}], \
+        users: [{name: u, user: {token: t}}], contexts: [{name: c, context: {cluster: s, user: u}}]}";
+    let secret = json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "standby", "namespace": apps}, "stringData": {"kubeconfig": unreachable}});
+    let (applied, said) = yiyun_e2e::kubectl_apply_in(Some(&kubeconfig), &secret.to_string());
+    assert!(applied, "the standby's Secret applies: {said}");
+    let policy = json!({
+        "apiVersion": "yiyun.io/v1alpha1", "kind": "ReplicationPolicy",
+        "metadata": {"name": "records", "namespace": apps},
+        "spec": {"level": 4, "rpo": "5m",
+            "target": {"kubeconfigSecret": {"name": "standby"}, "site": "west-standby"}}
+    });
+    let (applied, said) = yiyun_e2e::kubectl_apply_in(Some(&kubeconfig), &policy.to_string());
+    assert!(applied, "the ReplicationPolicy applies: {said}");
+    eventually(Duration::from_secs(60), "the policy's RPO in the DR controller's metrics", || async {
+        let (_, page) = http_get(addr, "/metrics")?;
+        (page.contains("yiyun_dr_rpo_target_seconds{") && page.contains("yiyun_dr_achieved_rpo_seconds{"))
+            .then_some(())
+    })
+    .await;
+    admins.push(addr);
+    // What each has counted by now, having done its work.
+    let pages: Vec<String> =
+        admins.iter().map(|admin| http_get(*admin, "/metrics").expect("/metrics answers").1).collect();
 
     // Nothing more than their roles: no component may write pods or read every Secret but DR's
     // (which reads its standbys' kubeconfigs and replicates Secrets).
@@ -387,6 +480,7 @@ async fn helm_installs_upgrades_and_uninstalls_on_a_real_apiserver() {
         "the check itself can say yes"
     );
     drop((controller, scheduler, meter, api, dr));
+    every_metric_is_documented_and_every_reference_exists(&pages);
 
     // Uninstalled: the components and their roles go; the CRDs, the tenants and their namespaces
     // stay (helm keeps what crds/ installed; a tenant's namespaces follow its deletionPolicy

@@ -1,7 +1,8 @@
 //! A real Prometheus (built from the Go module proxy, pinned in `e2e/versions.env`) scrapes
 //! yiyun-scheduler and the controller, each run with exactly its chart role, while the scheduler
 //! binds pods; PromQL over what it scraped answers what an operator asks: are they up, how many
-//! pods were bound, and the bind latency p99 over the run.
+//! pods were bound, and the bind latency p99 over the run. It evaluates yiyun's alerting rules
+//! on what it scraped, and promtool checks and unit-tests those rules.
 
 use std::{process::Command, time::Duration};
 
@@ -12,6 +13,33 @@ use yiyun_e2e::{
     TestNamespace, YiyunProcess, cached_binary, client, create_kwok_node, eventually, free_port,
     install_crds, service_account_kubeconfig, unique, wait_ready,
 };
+
+const ALERTS: &str = "charts/yiyun/files/alerts.yaml";
+
+fn promtool(args: &[&str]) -> (bool, String) {
+    let out = Command::new(cached_binary("promtool", "PROMETHEUS_VERSION"))
+        .args(args)
+        .current_dir(yiyun_e2e::repo_path("."))
+        .output()
+        .expect("run promtool");
+    (
+        out.status.success(),
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+    )
+}
+
+#[test]
+fn the_alerting_rules_pass_promtool_and_their_unit_tests() {
+    let (ok, said) = promtool(&["check", "rules", ALERTS]);
+    assert!(ok, "promtool check rules: {said}");
+    let (ok, said) = promtool(&["test", "rules", "e2e/alerts/alerts_test.yaml"]);
+    assert!(ok, "promtool test rules: {said}");
+    // Every alert has a test of its own.
+    let tests = yiyun_e2e::repo_file("e2e/alerts/alerts_test.yaml");
+    for alert in yiyun_e2e::repo_file(ALERTS).lines().filter_map(|l| l.trim().strip_prefix("- alert: ")) {
+        assert!(tests.contains(&format!("alertname: {alert}\n")), "{alert} has no unit test");
+    }
+}
 
 /// `prometheus` on a free port, killed when dropped.
 struct Prometheus {
@@ -27,7 +55,8 @@ impl Drop for Prometheus {
 }
 
 impl Prometheus {
-    /// Scraping every `targets` (job name, admin address) every second.
+    /// Scraping every `targets` (job name, admin address) and evaluating yiyun's alerting rules
+    /// every second.
     fn start(targets: &[(&str, &str)]) -> Prometheus {
         let dir = std::env::temp_dir().join(unique("prometheus"));
         std::fs::create_dir_all(&dir).expect("a directory");
@@ -38,8 +67,13 @@ impl Prometheus {
             })
             .collect();
         let config = dir.join("prometheus.yml");
-        std::fs::write(&config, format!("global: {{scrape_interval: 1s}}\nscrape_configs:\n{jobs}"))
-            .expect("write the configuration");
+        let rules = yiyun_e2e::repo_path(ALERTS);
+        let global = "global: {scrape_interval: 1s, evaluation_interval: 1s}";
+        std::fs::write(
+            &config,
+            format!("{global}\nrule_files: ['{}']\nscrape_configs:\n{jobs}", rules.display()),
+        )
+        .expect("write the configuration");
         let addr = format!("127.0.0.1:{}", free_port());
         let child = Command::new(cached_binary("prometheus", "PROMETHEUS_VERSION"))
             .arg(format!("--config.file={}", config.display()))
@@ -126,5 +160,30 @@ async fn prometheus_scrapes_the_scheduler_and_the_controller_and_answers_promql(
     assert!(p99 > 0.0 && p99.is_finite(), "a real latency: {p99}");
     let build = prometheus.query("sum(yiyun_controller_build_info)").expect("the controller's build");
     assert_eq!(build, 1.0, "the controller's metrics scraped");
+
+    // A pod no node can hold: counted pending by its reason, and the alert about pods waiting
+    // too long starts counting down (pending, before its 10 minutes make it fire).
+    let huge: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "huge"},
+        "spec": {"schedulerName": scheduler_name,
+            "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}],
+            "containers": [{"name": "c", "image": "registry.gov.local/web:1",
+                "resources": {"requests": {"cpu": "5000", "memory": "64Mi"}}}]}
+    }))
+    .expect("a pod");
+    pods.create(&PostParams::default(), &huge).await.expect("create the pod");
+    eventually(Duration::from_secs(60), "the huge pod pending for insufficient cpu", || async {
+        let waiting = prometheus.query(r#"sum(yiyun_scheduler_pending_pods{reason="insufficient_cpu"})"#)?;
+        (waiting == 1.0).then_some(())
+    })
+    .await;
+    eventually(Duration::from_secs(60), "YiyunPodsPendingLong pending for insufficient_cpu", || async {
+        let alert =
+            r#"ALERTS{alertname="YiyunPodsPendingLong", alertstate="pending", reason="insufficient_cpu"}"#;
+        (prometheus.query(alert)? == 1.0).then_some(())
+    })
+    .await;
+    let firing = prometheus.query(r#"count(ALERTS{alertstate="firing"})"#);
+    assert_eq!(firing, None, "nothing fires on a healthy run: both lead, nothing fails");
     namespace.delete().await;
 }

@@ -60,6 +60,12 @@ impl Default for Metrics {
 impl Metrics {
     pub fn register(registry: &mut Registry) -> Self {
         let metrics = Metrics::default();
+        // Known label values read 0 from the start, so rates and alerts see them before the
+        // first event.
+        for result in ["scheduled", "unschedulable", "preempting"] {
+            let _ = metrics.attempts.get_or_create(&vec![("result", result)]);
+        }
+        let _ = metrics.pending.get_or_create(&vec![("reason", "queued")]);
         registry.register_with_unit(
             "bind_duration",
             "From sending a binding to the apiserver's answer",

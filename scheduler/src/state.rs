@@ -976,8 +976,10 @@ impl State {
             let reason = self.unschedulable.get(key).map_or("queued", |(_, reason)| reason);
             *by_reason.entry(reason).or_default() += 1;
         }
-        // Reasons no pod has now read 0 rather than their last count.
+        // Reasons no pod has now are dropped rather than left at their last count; `queued`
+        // stays, at 0 when nothing waits.
         self.metrics.pending.clear();
+        by_reason.entry("queued").or_default();
         for (reason, count) in by_reason {
             self.metrics.pending.get_or_create(&vec![("reason", reason)]).set(count);
         }
@@ -987,7 +989,8 @@ impl State {
                 .is_some_and(|(phase, ..)| matches!(phase, PodGroupPhase::Pending | PodGroupPhase::Timeout))
         });
         self.metrics.gangs_waiting.set(waiting.count() as i64);
-        if self.gauges_at.is_some_and(|at| now.duration_since(at) < GPU_GAUGES_EVERY) {
+        // Measured once the watches have listed, then every so often.
+        if !self.synced() || self.gauges_at.is_some_and(|at| now.duration_since(at) < GPU_GAUGES_EVERY) {
             return;
         }
         self.gauges_at = Some(now);
