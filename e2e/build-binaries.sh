@@ -191,11 +191,28 @@ build_prometheus() {
   log "Prometheus $v ready"
 }
 
+# Jaeger all-in-one: the components' traces go to it over OTLP in the tests, which find their
+# spans through its query API.
+build_jaeger() {
+  local v=$JAEGER_VERSION
+  if have "jaeger-$v"; then return; fi
+  log "Jaeger $v all-in-one (about 4-6 min cold)"
+  local dir=$cache/src/jaeger-$v
+  rm -rf "$dir" && mkdir -p "$dir" && cd "$dir"
+  go mod init yiyun.local/jaeger-build >/dev/null 2>&1
+  go get -tool "github.com/jaegertracing/jaeger/cmd/all-in-one@$v" 2>&1 | tail -n 3 >&2
+  mkdir -p out
+  go build -v -ldflags "-s -w" -o out/ github.com/jaegertracing/jaeger/cmd/all-in-one 2>&1 | progress "jaeger $v"
+  [ -x out/all-in-one ] || { ls out >&2; log "Jaeger build failed"; exit 1; }
+  mv out/all-in-one "$bin/jaeger-$v"
+  log "Jaeger $v ready"
+}
+
 if [ "${1:-}" = "--check" ]; then
   # Exit 0 when every binary is cached already, 1 when a build is needed.
   have "etcd-$ETCD_VERSION" "etcdctl-$ETCD_VERSION" "etcdutl-$ETCD_VERSION" "kwok-$KWOK_VERSION" "metrics-server-$METRICS_SERVER_VERSION" \
     "grpcurl-$GRPCURL_VERSION" "minio-$MINIO_VERSION" "helm-$HELM_VERSION" \
-    "prometheus-$PROMETHEUS_VERSION" "promtool-$PROMETHEUS_VERSION" \
+    "prometheus-$PROMETHEUS_VERSION" "promtool-$PROMETHEUS_VERSION" "jaeger-$JAEGER_VERSION" \
     "kube-apiserver-$KUBERNETES_VERSION" "kube-controller-manager-$KUBERNETES_VERSION" \
     "kube-scheduler-$KUBERNETES_VERSION" "kubectl-$KUBERNETES_VERSION" &&
     [ -f "$cache/kwok-config-$KWOK_VERSION.yaml" ]
@@ -211,5 +228,6 @@ build_grpcurl
 build_minio
 build_helm
 build_prometheus
+build_jaeger
 build_kubernetes
 log "all binaries cached in $bin ($(( $(date +%s) - start ))s)"

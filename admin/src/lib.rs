@@ -1,6 +1,8 @@
 //! The admin server of a yiyun component: `/healthz` (the process is alive), `/readyz` (it can do
 //! its job: the component decides when) and `/metrics` (Prometheus text format).
 
+pub mod trace;
+
 use std::{
     future::Future,
     net::SocketAddr,

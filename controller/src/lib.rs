@@ -84,6 +84,24 @@ impl Error {
     }
 }
 
+/// The span of one reconcile of the object `name` (of `tenant`, when it belongs to one): the
+/// object, tenant and outcome are its attributes in traces and on each log line inside it.
+fn reconcile_span(controller: &'static str, name: &str, tenant: Option<&str>) -> tracing::Span {
+    yiyun_admin::trace::with_trace_id(tracing::info_span!(
+        "reconcile",
+        controller,
+        object = name,
+        tenant,
+        outcome = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    ))
+}
+
+/// Records a reconcile's outcome (`ok`, or the error's label) in the current span.
+fn record_outcome(error: Option<&'static str>) {
+    tracing::Span::current().record("outcome", error.unwrap_or("ok"));
+}
+
 /// Runs the controllers until `shutdown` is cancelled; with leader election, only while this
 /// replica holds the lease (it stops with [`Error::LostLease`] when it loses it).
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {

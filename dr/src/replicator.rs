@@ -35,7 +35,7 @@ use kube::{
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 use yiyun_admin::Readiness;
 use yiyun_crds::{
     ConflictResolution, ReplicationMode, ReplicationPolicy, ReplicationPolicyStatus, ReplicationRole,
@@ -162,7 +162,10 @@ impl Workers {
                 let stop = self.shutdown.child_token();
                 let worker = Worker::new(self.client.clone(), current, self.metrics.clone(), self.timing);
                 info!(namespace, policy = %key.name, "protecting the namespace");
-                tokio::spawn(worker.run(receiver, stop.clone()));
+                // Every line the worker logs names its policy (a span this long lived is for the
+                // logs, not a trace).
+                let span = tracing::info_span!("replication", namespace, object = %key.name);
+                tokio::spawn(worker.run(receiver, stop.clone()).instrument(span));
                 let mut routes = routes.write().unwrap_or_else(|poisoned| poisoned.into_inner());
                 let workers = routes.entry(namespace).or_default();
                 workers.retain(|(name, _)| name != &key.name);

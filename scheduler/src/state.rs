@@ -33,6 +33,23 @@ use crate::{
     volumes::{Unbound, VolumeWrite, Volumes, claims_of},
 };
 
+/// The span of one try to place a pod or a gang (`kind`) named `key` (`namespace/name`): the
+/// object, tenant and outcome are its attributes in traces and on each log line inside it.
+fn scheduling_cycle(kind: &'static str, key: &str, tenant: Option<&str>) -> tracing::Span {
+    let (namespace, name) = key.split_once('/').unwrap_or(("", key));
+    yiyun_admin::trace::with_trace_id(tracing::info_span!(
+        "scheduling_cycle",
+        kind,
+        namespace,
+        object = name,
+        tenant,
+        outcome = tracing::field::Empty,
+        node = tracing::field::Empty,
+        reason = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    ))
+}
+
 /// The name part of a `namespace/name` key.
 fn pod_name(key: &str) -> &str {
     key.split_once('/').map_or(key, |(_, name)| name)
@@ -814,6 +831,18 @@ impl State {
         match done {
             Done::Bound { key, result, seconds } => {
                 self.metrics.bind_seconds.observe(seconds);
+                let (namespace, name) = key.split_once('/').unwrap_or(("", &key));
+                let tenant = self.tenant_of.get(namespace).map(String::as_str);
+                let outcome = if result.is_ok() { "bound" } else { "failed" };
+                let span = tracing::info_span!(
+                    "binding",
+                    namespace,
+                    object = name,
+                    tenant,
+                    outcome,
+                    trace_id = tracing::field::Empty
+                );
+                let _binding = yiyun_admin::trace::with_trace_id(span).entered();
                 self.bound(key, result)
             }
             Done::Evicted { victim, preemptor, result } => self.evicted(victim, preemptor, result),
@@ -1053,6 +1082,7 @@ impl State {
             }
         }
         for (pod, reason, message) in waiting {
+            let _cycle = scheduling_cycle("pod", &pod.key, pod.tenant.as_deref()).entered();
             self.unplaced(&pod, reason, message);
         }
         self.engine.queue_order(&mut pods);
@@ -1067,6 +1097,7 @@ impl State {
                 self.active.insert(pod.key.clone());
                 continue;
             }
+            let _cycle = scheduling_cycle("pod", &pod.key, pod.tenant.as_deref()).entered();
             match self.engine.schedule(&pod) {
                 Ok(placement) => self.bind(&pod, placement),
                 Err(explanation) => match self.preempt(&pod) {
@@ -1118,6 +1149,8 @@ impl State {
     }
 
     fn schedule_gang(&mut self, key: &str, members: Vec<Pod>) {
+        let tenant = members.first().and_then(|pod| pod.tenant.clone());
+        let _cycle = scheduling_cycle("gang", key, tenant.as_deref()).entered();
         // A gang is placed when all its members can be bound at once.
         if self.bind_permits() < members.len() {
             self.active.extend(members.into_iter().map(|pod| pod.key));
@@ -1213,6 +1246,7 @@ impl State {
         info!(pod = %pod.key, %node, victims = ?preemption.victims, "preempting");
         self.metrics.preemptions.inc();
         self.metrics.attempted("preempting");
+        tracing::Span::current().record("outcome", "preempting").record("node", node.as_str());
         let nomination = Nomination {
             victims: preemption.victims.iter().cloned().collect(),
             node: node.clone(),
@@ -1303,6 +1337,7 @@ impl State {
         self.unbound.remove(&pod.key);
         self.device_claims.remove(&pod.key);
         self.metrics.attempted("unschedulable");
+        tracing::Span::current().record("outcome", "unschedulable").record("reason", reason);
         self.unschedulable.insert(pod.key.clone(), (Instant::now(), reason));
         if let Some(pending) = self.pending.get(&pod.key) {
             let (key, uid) = (pod.key.clone(), pending.uid.clone());
@@ -1337,6 +1372,7 @@ impl State {
             return;
         };
         self.metrics.attempted("scheduled");
+        tracing::Span::current().record("outcome", "scheduled").record("node", node.name.as_str());
         self.binds_in_flight += 1;
         self.binding.insert(pod.key.clone());
         self.unschedulable.remove(&pod.key);

@@ -29,7 +29,7 @@ use kube::{
 };
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{Instrument, info, warn};
 use yiyun_crds::{ComputeSite, ComputeSiteStatus, MaintenanceStatus, NodePool, NodePoolStatus};
 
 use yiyun_kube::{apply::FIELD_MANAGER, backoff::Retries, watches};
@@ -140,8 +140,14 @@ pub async fn run(client: Client, metrics: Metrics, shutdown: CancellationToken) 
 async fn reconcile_node(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _in_flight = ctx.metrics.started(CONTROLLER);
     let started = Instant::now();
-    let result = keep_node(&node, &ctx).await;
+    let span = crate::reconcile_span(
+        CONTROLLER,
+        &node.name_any(),
+        node.labels().get(yiyun_crds::labels::DEDICATED).map(String::as_str),
+    );
+    let result = keep_node(&node, &ctx).instrument(span.clone()).await;
     let error = result.as_ref().err().map(Error::label);
+    span.in_scope(|| crate::record_outcome(error));
     ctx.metrics.reconciled(CONTROLLER, started.elapsed().as_secs_f64(), error);
     if result.is_ok() {
         ctx.retries.succeeded(&node.name_any());

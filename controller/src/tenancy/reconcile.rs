@@ -18,7 +18,7 @@ use kube::{
     },
 };
 use serde::{Serialize, de::DeserializeOwned};
-use tracing::{info, warn};
+use tracing::{Instrument, info, warn};
 use yiyun_crds::{DeletionPolicy, TENANT_FINALIZER, Tenant, TenantStatus, TenantUsage, labels::TENANT};
 use yiyun_quota::TenantPlan;
 
@@ -37,6 +37,12 @@ use crate::Error;
 const RESYNC: Duration = Duration::from_secs(30 * 60);
 
 pub async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let name = tenant.name_any();
+    let span = crate::reconcile_span(CONTROLLER, &name, Some(&name));
+    reconcile_in_span(tenant, ctx).instrument(span).await
+}
+
+async fn reconcile_in_span(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _in_flight = ctx.metrics.started(CONTROLLER);
     let started = Instant::now();
     let name = tenant.name_any();
@@ -50,6 +56,7 @@ pub async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action,
     .await
     .map_err(|err| Error::Finalizer(Box::new(err)));
     let error = result.as_ref().err().map(Error::label);
+    crate::record_outcome(error);
     ctx.metrics.reconciled(CONTROLLER, started.elapsed().as_secs_f64(), error);
     if result.is_ok() {
         ctx.retries.succeeded(&name);
@@ -206,6 +213,7 @@ where
 fn write(ctx: &Context, kind: &'static str, wrote: bool) {
     if wrote {
         ctx.metrics.wrote(CONTROLLER, kind);
+        tracing::debug!(kind, "written");
     }
 }
 
