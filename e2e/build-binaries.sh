@@ -22,6 +22,19 @@ progress() {
 
 have() { for c in "$@"; do [ -x "$bin/$c" ] || return 1; done; }
 
+# Builds commands of one module version into $cache/src/NAME-VERSION/out, in a wrapper module of
+# their own so that their dependency versions mix with no other build's:
+#   build_in_wrapper NAME VERSION PACKAGE...
+build_in_wrapper() {
+  local name=$1 v=$2; shift 2
+  local dir=$cache/src/$name-$v
+  rm -rf "$dir" && mkdir -p "$dir" && cd "$dir"
+  go mod init "yiyun.local/$name-build" >/dev/null 2>&1
+  go get -tool "${@/%/@$v}" 2>&1 | tail -n 3 >&2
+  mkdir -p out
+  go build -v -ldflags "-s -w" -o out/ "$@" 2>&1 | progress "$name $v"
+}
+
 build_kubernetes() {
   local v=$KUBERNETES_VERSION
   local staging_version=v0.${v#v1.}
@@ -64,13 +77,7 @@ build_etcd() {
   local v=$ETCD_VERSION
   if have "etcd-$v" "etcdctl-$v"; then return; fi
   log "etcd $v (about 3-5 min cold)"
-  local dir=$cache/src/etcd-$v
-  rm -rf "$dir" && mkdir -p "$dir" && cd "$dir"
-  # A wrapper module of its own, apart from Kubernetes, so their dependency versions don't mix.
-  go mod init yiyun.local/etcd-build >/dev/null 2>&1
-  go get -tool "go.etcd.io/etcd/server/v3@$v" "go.etcd.io/etcd/etcdctl/v3@$v" 2>&1 | tail -n 3 >&2
-  mkdir -p out
-  go build -v -ldflags "-s -w" -o out/ go.etcd.io/etcd/server/v3 go.etcd.io/etcd/etcdctl/v3 2>&1 | progress "etcd $v"
+  build_in_wrapper etcd "$v" go.etcd.io/etcd/server/v3 go.etcd.io/etcd/etcdctl/v3
   mv out/v3 "$bin/etcd-$v" 2>/dev/null || mv out/server "$bin/etcd-$v"
   mv out/etcdctl "$bin/etcdctl-$v" 2>/dev/null || true
   [ -x "$bin/etcdctl-$v" ] || { ls out >&2; log "etcdctl build failed"; exit 1; }
@@ -82,12 +89,7 @@ build_etcdutl() {
   local v=$ETCD_VERSION
   if have "etcdutl-$v"; then return; fi
   log "etcdutl $v (about 1-2 min cold)"
-  local dir=$cache/src/etcdutl-$v
-  rm -rf "$dir" && mkdir -p "$dir" && cd "$dir"
-  go mod init yiyun.local/etcdutl-build >/dev/null 2>&1
-  go get -tool "go.etcd.io/etcd/etcdutl/v3@$v" 2>&1 | tail -n 3 >&2
-  mkdir -p out
-  go build -v -ldflags "-s -w" -o out/ go.etcd.io/etcd/etcdutl/v3 2>&1 | progress "etcdutl $v"
+  build_in_wrapper etcdutl "$v" go.etcd.io/etcd/etcdutl/v3
   [ -x out/etcdutl ] || { ls out >&2; log "etcdutl build failed"; exit 1; }
   mv out/etcdutl "$bin/etcdutl-$v"
   log "etcdutl $v ready"
@@ -179,12 +181,7 @@ build_prometheus() {
   local v=$PROMETHEUS_VERSION
   if have "prometheus-$v" "promtool-$v"; then return; fi
   log "Prometheus $v and promtool (about 7-10 min cold)"
-  local dir=$cache/src/prometheus-$v
-  rm -rf "$dir" && mkdir -p "$dir" && cd "$dir"
-  go mod init yiyun.local/prometheus-build >/dev/null 2>&1
-  go get -tool "github.com/prometheus/prometheus/cmd/prometheus@$v" "github.com/prometheus/prometheus/cmd/promtool@$v" 2>&1 | tail -n 3 >&2
-  mkdir -p out
-  go build -v -ldflags "-s -w" -o out/ github.com/prometheus/prometheus/cmd/prometheus github.com/prometheus/prometheus/cmd/promtool 2>&1 | progress "prometheus $v"
+  build_in_wrapper prometheus "$v" github.com/prometheus/prometheus/cmd/prometheus github.com/prometheus/prometheus/cmd/promtool
   [ -x out/prometheus ] && [ -x out/promtool ] || { ls out >&2; log "Prometheus build failed"; exit 1; }
   mv out/prometheus "$bin/prometheus-$v"
   mv out/promtool "$bin/promtool-$v"
@@ -197,15 +194,28 @@ build_jaeger() {
   local v=$JAEGER_VERSION
   if have "jaeger-$v"; then return; fi
   log "Jaeger $v all-in-one (about 4-6 min cold)"
-  local dir=$cache/src/jaeger-$v
-  rm -rf "$dir" && mkdir -p "$dir" && cd "$dir"
-  go mod init yiyun.local/jaeger-build >/dev/null 2>&1
-  go get -tool "github.com/jaegertracing/jaeger/cmd/all-in-one@$v" 2>&1 | tail -n 3 >&2
-  mkdir -p out
-  go build -v -ldflags "-s -w" -o out/ github.com/jaegertracing/jaeger/cmd/all-in-one 2>&1 | progress "jaeger $v"
+  build_in_wrapper jaeger "$v" github.com/jaegertracing/jaeger/cmd/all-in-one
   [ -x out/all-in-one ] || { ls out >&2; log "Jaeger build failed"; exit 1; }
   mv out/all-in-one "$bin/jaeger-$v"
   log "Jaeger $v ready"
+}
+
+# The Prometheus Operator's CRDs for ServiceMonitor and PrometheusRule, from its module's source:
+# the chart test installs them so that the chart's monitoring objects are created for real.
+fetch_prometheus_operator_crds() {
+  local v=$PROMETHEUS_OPERATOR_VERSION
+  local dest=$cache/prometheus-operator-crds-$v
+  if [ -f "$dest/servicemonitors.yaml" ] && [ -f "$dest/prometheusrules.yaml" ]; then return; fi
+  log "Prometheus Operator $v CRDs"
+  local source
+  source=$(cd "$cache/src" && go mod download -json "github.com/prometheus-operator/prometheus-operator@$v" |
+    sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+  [ -d "$source/example/prometheus-operator-crd" ] || { log "no CRDs in the module at $source"; exit 1; }
+  mkdir -p "$dest"
+  for kind in servicemonitors prometheusrules; do
+    cp "$source/example/prometheus-operator-crd/monitoring.coreos.com_$kind.yaml" "$dest/$kind.yaml"
+  done
+  log "Prometheus Operator $v CRDs ready"
 }
 
 if [ "${1:-}" = "--check" ]; then
@@ -215,7 +225,8 @@ if [ "${1:-}" = "--check" ]; then
     "prometheus-$PROMETHEUS_VERSION" "promtool-$PROMETHEUS_VERSION" "jaeger-$JAEGER_VERSION" \
     "kube-apiserver-$KUBERNETES_VERSION" "kube-controller-manager-$KUBERNETES_VERSION" \
     "kube-scheduler-$KUBERNETES_VERSION" "kubectl-$KUBERNETES_VERSION" &&
-    [ -f "$cache/kwok-config-$KWOK_VERSION.yaml" ]
+    [ -f "$cache/kwok-config-$KWOK_VERSION.yaml" ] &&
+    [ -f "$cache/prometheus-operator-crds-$PROMETHEUS_OPERATOR_VERSION/prometheusrules.yaml" ]
   exit
 fi
 
@@ -229,5 +240,6 @@ build_minio
 build_helm
 build_prometheus
 build_jaeger
+fetch_prometheus_operator_crds
 build_kubernetes
 log "all binaries cached in $bin ($(( $(date +%s) - start ))s)"

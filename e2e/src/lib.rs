@@ -27,6 +27,11 @@ use kube::{
 
 /// A binary `e2e/build-binaries.sh` cached, at the version `e2e/versions.env` pins.
 pub fn cached_binary(name: &str, version_key: &str) -> PathBuf {
+    cached(&format!("bin/{name}"), version_key)
+}
+
+/// What `e2e/build-binaries.sh` cached as `<path>-<version>` (the version `version_key` pins).
+pub fn cached(path: &str, version_key: &str) -> PathBuf {
     let versions = repo_file("e2e/versions.env");
     let version = versions
         .lines()
@@ -35,7 +40,7 @@ pub fn cached_binary(name: &str, version_key: &str) -> PathBuf {
     let cache = std::env::var("YIYUN_CACHE")
         .map(PathBuf::from)
         .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/yiyun"));
-    let path = cache.join("bin").join(format!("{name}-{version}"));
+    let path = cache.join(format!("{path}-{version}"));
     assert!(path.exists(), "{} is missing: run e2e/build-binaries.sh", path.display());
     path
 }

@@ -326,6 +326,32 @@ async fn helm_installs_upgrades_and_uninstalls_on_a_real_apiserver() {
     );
     let (ok, out) = kubectl_apply_in(Some(&kubeconfig), &restricted);
     assert!(ok, "{out}");
+    // The Prometheus Operator's CRDs, as a cluster watched by the operator has them: the
+    // release's ServiceMonitors and PrometheusRule are created for real, checked by their schema.
+    let operator_crds = yiyun_e2e::cached("prometheus-operator-crds", "PROMETHEUS_OPERATOR_VERSION");
+    for kind in ["servicemonitors", "prometheusrules"] {
+        let crd = operator_crds.join(format!("{kind}.yaml"));
+        let out = Command::new("kubectl")
+            .args(["--kubeconfig", &kube, "apply", "--server-side", "-f"])
+            .arg(&crd)
+            .output()
+            .expect("kubectl");
+        assert!(out.status.success(), "{kind}: {}", String::from_utf8_lossy(&out.stderr));
+        let established = format!("crd/{kind}.monitoring.coreos.com");
+        let out = Command::new("kubectl")
+            .args([
+                "--kubeconfig",
+                &kube,
+                "wait",
+                "--for",
+                "condition=established",
+                "--timeout=60s",
+                &established,
+            ])
+            .output()
+            .expect("kubectl");
+        assert!(out.status.success(), "{kind}: {}", String::from_utf8_lossy(&out.stderr));
+    }
     // kwok's nodes are tainted: the release's pods tolerate it, as a cloud admin's values would
     // for the nodes set aside for the control plane.
     let tolerations = format!("tolerations=[{}]", kwok_toleration());
@@ -340,11 +366,23 @@ async fn helm_installs_upgrades_and_uninstalls_on_a_real_apiserver() {
             &kube,
             "--set-json",
             &tolerations,
+            "--set",
+            "serviceMonitor.enabled=true,prometheusRule.enabled=true,grafanaDashboard.enabled=true",
         ]
         .map(String::from)
         .to_vec(),
     ));
     assert!(ok, "the upgrade: {out}");
+    let monitoring = |what: &str| {
+        let out = Command::new("kubectl")
+            .args(["--kubeconfig", &kube, "--namespace", &namespace, "get", what, "-o", "name"])
+            .output()
+            .expect("kubectl");
+        String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect::<Vec<_>>()
+    };
+    assert_eq!(monitoring("servicemonitors").len(), COMPONENTS.len(), "a ServiceMonitor per component");
+    assert_eq!(monitoring("prometheusrules"), ["prometheusrule.monitoring.coreos.com/yiyun"]);
+    assert_eq!(monitoring("configmap/yiyun-dashboard"), ["configmap/yiyun-dashboard"]);
     let tenants: Api<Tenant> = Api::all(client.clone());
     assert!(
         tenants.get_opt(&tenant).await.expect("the apiserver").is_some(),
@@ -492,6 +530,7 @@ async fn helm_installs_upgrades_and_uninstalls_on_a_real_apiserver() {
         deployments.list(&ListParams::default()).await.ok()?.items.is_empty().then_some(())
     })
     .await;
+    assert!(monitoring("servicemonitors").is_empty(), "the ServiceMonitors go with the release");
     let roles: Api<k8s_openapi::api::rbac::v1::ClusterRole> = Api::all(client.clone());
     assert!(
         roles.get_opt("yiyun-scheduler").await.expect("the apiserver").is_none(),
