@@ -26,7 +26,8 @@ pub struct Metrics {
     pub gang_waits: Counter,
     /// Pods bound, by the site of their node and its region class (`east`, `west`).
     pub placements: Family<Labels, Counter>,
-    /// Pods waiting for a node, by why (`queued` for those not tried yet or being bound).
+    /// Pods waiting for a node, by why: `queued` (not tried yet, or being bound), `preempting`,
+    /// `bind_retry`, or why the last try found no node.
     pub pending: Family<Vec<(&'static str, &'static str)>, Gauge>,
     /// PodGroups not yet placed as a whole.
     pub gangs_waiting: Gauge,

@@ -1002,7 +1002,12 @@ impl State {
     fn update_gauges(&mut self, now: Instant) {
         let mut by_reason: BTreeMap<&'static str, i64> = BTreeMap::new();
         for key in self.pending.keys() {
-            let reason = self.unschedulable.get(key).map_or("queued", |(_, reason)| reason);
+            let reason = match self.unschedulable.get(key) {
+                Some((_, reason)) => reason,
+                None if self.nominated.contains_key(key) => "preempting",
+                None if self.retry_at.contains_key(key) => "bind_retry",
+                None => "queued",
+            };
             *by_reason.entry(reason).or_default() += 1;
         }
         // Reasons no pod has now are dropped rather than left at their last count; `queued`

@@ -370,11 +370,13 @@ async fn plan_tree(
         // Planning is the controller's one stretch of CPU; off the runtime's thread, the
         // reconciles' I/O goes on meanwhile.
         let planning = tokio::task::spawn_blocking({
-            let tenants = tenants.clone();
+            let (tenants, metrics, previous) = (tenants.clone(), ctx.metrics.clone(), last.clone());
             move || {
                 let world = observer.world(&tenants, &namespaces, &quotas);
                 let observed = started.elapsed();
-                (yiyun_quota::plan(&world), observed, observer)
+                let plan = yiyun_quota::plan(&world);
+                metrics.planned(&plan, &previous);
+                (plan, observed, observer)
             }
         });
         let (plan, observed, returned) = match planning.await {
@@ -388,7 +390,6 @@ async fn plan_tree(
         };
         observer = returned;
         let plan = Arc::new(plan);
-        ctx.metrics.planned(&plan);
         let generations =
             tenants.iter().map(|t| (t.name_any(), t.metadata.generation.unwrap_or_default())).collect();
         ctx.plans.latest.send_replace(Some(Arc::new(Planned { plan: plan.clone(), generations })));
