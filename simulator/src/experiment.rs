@@ -7,7 +7,10 @@ use std::time::Instant;
 
 use yiyun_engine::{Engine, Policy, gpu::Workload, model::Pod, observed::TYPICAL_POD_COVERAGE, rng::Rng};
 
-use crate::trace::{TraceNode, TracePod};
+use crate::{
+    losses::{Losses, SmallestGpuPod},
+    trace::{TraceNode, TracePod},
+};
 
 #[derive(Clone, Debug)]
 pub struct ExperimentConfig {
@@ -29,6 +32,9 @@ pub struct Curve {
     pub fragmented_milli: f64,
     pub capacity_milli: u64,
     pub decisions_per_second: f64,
+    /// Where the unallocated GPUs were, and the pods turned away until then, when 100% of
+    /// capacity had arrived (None for runs stopping earlier).
+    pub losses_at_full: Option<Losses>,
 }
 
 impl Curve {
@@ -68,6 +74,12 @@ pub fn run(nodes: &[TraceNode], pods: &[TracePod], policy: Policy, config: &Expe
     if policy != Policy::Yiyun {
         engine.set_workload(Workload::from_pods(&pods, TYPICAL_POD_COVERAGE));
     }
+    let smallest = SmallestGpuPod::of(
+        pods.iter().map(|pod| (pod.requests.cpu_milli, pod.requests.memory_bytes, pod.gpu)),
+    )
+    .unwrap_or_default();
+    let mut losses = Losses::default();
+    let mut losses_at_full = None;
     let marks = (config.inflation * 100.0).round() as usize;
     let mut allocated = Vec::with_capacity(marks);
     let (mut arrived, mut placed, mut failed) = (0u64, 0, 0);
@@ -78,12 +90,20 @@ pub fn run(nodes: &[TraceNode], pods: &[TracePod], policy: Policy, config: &Expe
         }
         match engine.try_schedule(pod) {
             Some(_) => placed += 1,
-            None => failed += 1,
+            None => {
+                failed += 1;
+                if losses_at_full.is_none() {
+                    losses.add_failed(pod.gpu);
+                }
+            }
         }
         arrived += pod.gpu.milli();
         while allocated.len() < marks && arrived * 100 >= capacity * (allocated.len() as u64 + 1) {
             let (_, used) = engine.gpu_milli();
             allocated.push(used as f64 / capacity as f64);
+            if allocated.len() == FULL {
+                losses_at_full = Some(where_unallocated(&engine, losses, smallest));
+            }
         }
     }
     let seconds = started.elapsed().as_secs_f64();
@@ -96,5 +116,19 @@ pub fn run(nodes: &[TraceNode], pods: &[TracePod], policy: Policy, config: &Expe
         fragmented_milli: engine.fragmentation(),
         capacity_milli: capacity,
         decisions_per_second: (placed + failed) as f64 / seconds.max(1e-9),
+        losses_at_full,
     }
+}
+
+/// The mark (percent of capacity arrived) at which losses are broken down.
+const FULL: usize = 100;
+
+/// `failed` with the engine's free GPUs added, node by node.
+fn where_unallocated(engine: &Engine, mut losses: Losses, smallest: SmallestGpuPod) -> Losses {
+    for id in engine.node_ids() {
+        if let Some((free, gpus)) = engine.free(id) {
+            losses.add_node(free.cpu_milli, free.memory_bytes, gpus, smallest);
+        }
+    }
+    losses
 }

@@ -8,6 +8,7 @@ use yiyun_engine::Policy;
 use crate::{
     Error,
     experiment::{Curve, ExperimentConfig, run},
+    losses::Losses,
     mix::Mix,
     read,
     trace::{TraceNode, TracePod, parse_nodes, parse_pods},
@@ -56,6 +57,8 @@ pub struct Summary {
     /// GPUs (not milli) no typical pod could use at the end, by FGD's measure.
     pub fragmented_gpus: f64,
     pub decisions_per_second: f64,
+    /// Mean GPUs at 100% arrived, as [`Losses::mean_gpus`] orders them.
+    pub losses_at_full: Option<[f64; 6]>,
 }
 
 impl Summary {
@@ -79,6 +82,12 @@ fn summarise(list: &str, policy: Policy, curves: &[Curve]) -> Summary {
         failed: mean(&|c| c.failed as f64),
         fragmented_gpus: mean(&|c| c.fragmented_milli / 1000.0),
         decisions_per_second: mean(&|c| c.decisions_per_second),
+        losses_at_full: curves
+            .iter()
+            .map(|curve| curve.losses_at_full)
+            .collect::<Option<Vec<Losses>>>()
+            .filter(|runs| !runs.is_empty())
+            .map(|runs| Losses::mean_gpus(&runs)),
     }
 }
 
@@ -166,6 +175,7 @@ pub fn table(summaries: &[Summary], seeds: &[u64]) -> String {
         );
     }
     let _ = write!(out, "{}", against_fgd(summaries));
+    let _ = write!(out, "{}", losses_table(summaries));
     let _ = writeln!(out, "\nWhole curves (allocation % at every 10% arrived):");
     let marks: Vec<usize> = (1..=13).map(|m| m * 10).collect();
     let header: Vec<String> = marks.iter().map(|m| format!("{m:>6}")).collect();
@@ -174,6 +184,53 @@ pub fn table(summaries: &[Summary], seeds: &[u64]) -> String {
         let points: Vec<String> = marks.iter().map(|&m| format!("{:>6.1}", summary.at(m))).collect();
         let _ = writeln!(out, "{:<11} {:<10} {}", summary.list, summary.policy.name(), points.join(""));
     }
+    out
+}
+
+/// Where each policy's unallocated GPUs were at 100% arrived, and what it turned away.
+fn losses_table(summaries: &[Summary]) -> String {
+    let mut out = String::new();
+    let rows: Vec<(&Summary, [f64; 6])> =
+        summaries.iter().filter_map(|summary| Some((summary, summary.losses_at_full?))).collect();
+    if rows.is_empty() {
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "\nGPUs unallocated at 100% arrived, by where they are, and GPUs of the pods turned away until then"
+    );
+    let _ = writeln!(
+        out,
+        "{:<12} {:<10} {:>11} {:>13} {:>14} {:>11} {:>10} {:>8} {:>8}",
+        "pod list",
+        "policy",
+        "unallocated",
+        "partial GPUs",
+        "idle, no CPU*",
+        "idle, else",
+        "away frac",
+        "away 1",
+        "away 2+"
+    );
+    for (summary, [partial, starved, idle, fractions, one, several]) in rows {
+        let _ = writeln!(
+            out,
+            "{:<12} {:<10} {:>11.1} {:>13.1} {:>14.1} {:>11.1} {:>10.1} {:>8.1} {:>8.1}",
+            summary.list,
+            summary.policy.name(),
+            partial + starved + idle,
+            partial,
+            starved,
+            idle,
+            fractions,
+            one,
+            several
+        );
+    }
+    let _ = writeln!(
+        out,
+        "* idle GPUs on nodes whose free CPU or memory is below the least any GPU pod of the list asks"
+    );
     out
 }
 
