@@ -15,6 +15,7 @@ use crate::{
     gpu::{GpuFree, MAX_GPUS, Shape, Workload},
     model::{Attachment, GpuRequest, HostPort, Node, Pod, Resources},
     observed::Observed,
+    pressure::{self, stranded},
     ranking::{Entry, Rankings, Score, compare},
     rng::Rng,
     tenants::{Tenant, Tenants, Usage},
@@ -36,9 +37,10 @@ pub enum Policy {
     /// The FGD paper's policy as published: least growth of fragmentation, scored 0–100
     /// through a sigmoid, random ties.
     Fgd,
-    /// yiyun's default: preferred affinity, then the cheapest site, then the least growth of
-    /// fragmentation (FGD's measure plus half of it one typical pod later, in steps of 60
-    /// milli-GPU), then the tightest fit; ties to the node added first.
+    /// yiyun's default: preferred affinity, then the cheapest site, then the least expected
+    /// loss of GPU (FGD's fragmentation, plus half of it one typical pod later for GPU pods,
+    /// plus GPUs left without the CPU GPU pods bring, plus GPUs of a model pinned pods will
+    /// ask for; in steps of 60 milli-GPU), then the tightest fit; ties to the node added first.
     Yiyun,
 }
 
@@ -182,6 +184,10 @@ const LOOKAHEAD_WEIGHT: f64 = 0.5;
 /// exact differences allocate 1.4 points less).
 const FRAGMENTATION_STEP_MILLI: f64 = 60.0;
 
+/// Decisions between two measures of the GPU models' pressure (as often as the workload is
+/// looked at).
+const PRESSURE_EVERY: usize = 64;
+
 /// Pods preemption may evict per minute unless configured otherwise.
 pub const DEFAULT_EVICTIONS_PER_MINUTE: usize = 60;
 
@@ -235,6 +241,11 @@ pub struct Engine {
     /// Replicas per spread key per node.
     spread: HashMap<String, HashMap<NodeId, u32>>,
     frag_memo: FxHashMap<FragKey, f64>,
+    /// By GPU model (as `gpu_models`): how much of its free GPUs pinned pods will ask for
+    /// (see [`pressure::model_pressure`]); yiyun only.
+    model_pressure: Vec<f64>,
+    /// Decisions since the model pressure was last measured.
+    since_pressure: usize,
     /// Groups in score order for the typical pod shapes.
     rankings: Rankings,
     /// Whether decisions read the rankings (off only to check them against scoring every group).
@@ -309,6 +320,8 @@ impl Engine {
             pods: HashMap::new(),
             spread: HashMap::new(),
             frag_memo: FxHashMap::default(),
+            model_pressure: Vec::new(),
+            since_pressure: 0,
             rankings: Rankings::default(),
             use_rankings: true,
             rng: Rng::new(seed),
@@ -366,6 +379,33 @@ impl Engine {
         {
             self.workload = measured;
             self.frag_memo.clear();
+            self.rankings.reset(&self.workload);
+            self.since_pressure = PRESSURE_EVERY;
+        }
+    }
+
+    /// Measures again, every [`PRESSURE_EVERY`] decisions, how much of each GPU model's free
+    /// GPUs pinned pods will ask for; groups are re-sorted when that moved.
+    fn measure_pressure(&mut self) {
+        if self.policy != Policy::Yiyun {
+            return;
+        }
+        self.since_pressure += 1;
+        if self.since_pressure < PRESSURE_EVERY && self.model_pressure.len() == self.gpu_models.len() {
+            return;
+        }
+        self.since_pressure = 0;
+        let mut free = vec![0u64; self.gpu_models.len()];
+        for group in &self.groups {
+            if let Some(slot) = free.get_mut(group.bucket / GPU_BUCKETS) {
+                *slot += group.members.len() as u64 * group.key.gpus.total();
+            }
+        }
+        let models: Vec<(Option<&str>, u64)> =
+            self.gpu_models.iter().map(Option::as_deref).zip(free).collect();
+        let pressure = pressure::model_pressure(&self.workload, &models);
+        if pressure != self.model_pressure {
+            self.model_pressure = pressure;
             self.rankings.reset(&self.workload);
         }
     }
@@ -697,6 +737,7 @@ impl Engine {
     /// is empty.
     pub(crate) fn decision(&mut self, pod: &Pod, explain: bool) -> Result<Placement, Explanation> {
         self.observe(pod);
+        self.measure_pressure();
         if let Some(tenant) = &pod.tenant
             && let Some(limit) = self.tenants.limit_for(tenant, usage_of(pod))
         {
@@ -750,8 +791,8 @@ impl Engine {
             && uniform(&verdicts)
             && self.rankings.keeps(&shape);
         if ranked {
-            let (groups, classes, workload, memo) =
-                (&self.groups, &self.classes, &self.workload, &mut self.frag_memo);
+            let (groups, classes, workload, model_pressure, memo) =
+                (&self.groups, &self.classes, &self.workload, &self.model_pressure, &mut self.frag_memo);
             let (policy, largest_cpu, largest_gpu) = (self.policy, self.largest_cpu, self.largest_gpu);
             // Spread scores memory, the others only need it to fit (checked below, per pod).
             let memory = if policy == Policy::Spread { pod.requests.memory_bytes } else { 0 };
@@ -773,7 +814,7 @@ impl Engine {
                     group,
                     0,
                     0.0,
-                    workload,
+                    Measures { workload, model_pressure },
                     classes,
                     memo,
                     largest_cpu,
@@ -810,7 +851,7 @@ impl Engine {
                 group,
                 preference,
                 cost,
-                &self.workload,
+                Measures { workload: &self.workload, model_pressure: &self.model_pressure },
                 &self.classes,
                 &mut self.frag_memo,
                 self.largest_cpu,
@@ -1170,6 +1211,14 @@ fn memo_fragmentation(
     value
 }
 
+/// What FGD and yiyun measure a placement against.
+#[derive(Clone, Copy)]
+struct Measures<'a> {
+    workload: &'a Workload,
+    /// By GPU model slot, see [`Engine::measure_pressure`].
+    model_pressure: &'a [f64],
+}
+
 /// Scores one group of alike nodes for `pod`; for a GPU fraction also which device (by its
 /// free milli) the pod should take.
 #[allow(clippy::too_many_arguments)]
@@ -1179,7 +1228,7 @@ fn score_group(
     group: &Group,
     preference: i64,
     cost: f64,
-    workload: &Workload,
+    Measures { workload, model_pressure }: Measures,
     classes: &[NodeClass],
     memo: &mut FxHashMap<FragKey, f64>,
     largest_cpu: u64,
@@ -1234,7 +1283,23 @@ fn score_group(
         }
         Policy::Fgd | Policy::Yiyun => {
             let model = classes[shape.class as usize].gpu_model.as_deref();
-            let lookahead = policy == Policy::Yiyun;
+            let yiyun = policy == Policy::Yiyun;
+            // A CPU-only pod's next typical pod is as likely to need the CPU as not: looking
+            // ahead for it strands more GPUs beside exhausted CPU (measured on the CPU-heavy mixes).
+            let lookahead = yiyun && pod.gpu.milli() > 0;
+            // GPUs a pod of two or more leaves without CPU are left to the fragmentation measure:
+            // counting them too turned more such pods away (measured on the multi-GPU mixes).
+            let strands = yiyun && !matches!(pod.gpu, GpuRequest::Whole(count) if count > 1);
+            let cpu_per_gpu = workload.cpu_per_gpu().filter(|_| strands);
+            let stranded_before =
+                cpu_per_gpu.map_or(0.0, |ratio| stranded(ratio, shape.free.cpu_milli, gpu_free));
+            // GPUs of a model that pinned pods will ask for, taken by a pod that could go anywhere.
+            let displaced = if yiyun && pod.gpu_models.is_empty() {
+                let slot = group.bucket / GPU_BUCKETS;
+                pod.gpu.milli() as f64 * model_pressure.get(slot).copied().unwrap_or(0.0)
+            } else {
+                0.0
+            };
             let before = memo_fragmentation(
                 memo,
                 workload,
@@ -1244,12 +1309,16 @@ fn score_group(
             let mut best: Option<(f64, Option<u16>)> = None;
             for device in choices {
                 let gpus = after(device);
-                let grown = memo_fragmentation(
+                let mut grown = memo_fragmentation(
                     memo,
                     workload,
                     frag_key(lookahead, workload, group, cpu_after, gpus),
                     model,
                 ) - before;
+                if let Some(ratio) = cpu_per_gpu {
+                    grown += stranded(ratio, cpu_after, gpus.total()) - stranded_before;
+                }
+                grown += displaced;
                 let value = if policy == Policy::Fgd {
                     // As published: sigmoid of the drop in fragmentation (in GPUs), scaled to 0–100
                     // and truncated to an integer; the first device wins a tie.

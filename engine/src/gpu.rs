@@ -136,6 +136,8 @@ pub struct Workload {
     /// one shape, or two one after the other, need), ascending from 0.
     cpu_steps: Vec<u64>,
     memory_steps: Vec<u64>,
+    /// CPU milli the GPU shapes ask for per GPU milli, weighted by popularity.
+    cpu_per_gpu: Option<f64>,
 }
 
 /// Which typical pods can use a node's GPUs, for nodes of one GPU model: measuring a node only
@@ -236,7 +238,18 @@ impl Workload {
             steps
         };
         let (cpu_steps, memory_steps) = (steps(|shape| shape.cpu_milli), steps(|shape| shape.memory_bytes));
-        Workload { shapes, views, cpu_steps, memory_steps }
+        let gpu_shapes = shapes.iter().filter(|shape| shape.gpu.milli() > 0);
+        let (cpu, gpu) = gpu_shapes.fold((0.0, 0.0), |(cpu, gpu), shape| {
+            (cpu + shape.weight * shape.cpu_milli as f64, gpu + shape.weight * shape.gpu.milli() as f64)
+        });
+        let cpu_per_gpu = (cpu > 0.0 && gpu > 0.0).then_some(cpu / gpu);
+        Workload { shapes, views, cpu_steps, memory_steps, cpu_per_gpu }
+    }
+
+    /// CPU milli the typical GPU pods bring per GPU milli (None without GPU pods that ask for
+    /// CPU): a node's GPUs beyond what its free CPU serves at that ratio are likely stranded.
+    pub fn cpu_per_gpu(&self) -> Option<f64> {
+        self.cpu_per_gpu
     }
 
     /// The least free CPU and memory the measures answer alike for as for `cpu` and `memory`:
@@ -512,6 +525,17 @@ mod tests {
         Workload::new(
             plain.shapes.into_iter().map(|shape| WorkloadShape { memory_bytes: memory, ..shape }).collect(),
         )
+    }
+
+    #[test]
+    fn cpu_per_gpu_weighs_the_gpu_shapes_by_popularity_and_leaves_cpu_only_pods_out() {
+        let mixed = workload(&[
+            (4_000, GpuRequest::Whole(1), 0.5),
+            (8_000, GpuRequest::Whole(2), 0.25),
+            (2_000, GpuRequest::None, 0.25),
+        ]);
+        assert_eq!(mixed.cpu_per_gpu(), Some(4.0));
+        assert_eq!(workload(&[(2_000, GpuRequest::None, 1.0)]).cpu_per_gpu(), None);
     }
 
     fn free(devices: &[u16]) -> GpuFree {

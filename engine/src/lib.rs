@@ -16,6 +16,7 @@ pub mod gpu;
 pub mod model;
 pub mod observed;
 pub mod preempt;
+mod pressure;
 mod ranking;
 pub mod reserve;
 pub mod rng;

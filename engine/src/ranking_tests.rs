@@ -11,7 +11,8 @@ const GIB: u64 = 1 << 30;
 
 #[derive(Clone, Debug)]
 enum Op {
-    /// One of a few shapes (so they become typical and get rankings), pinned to a model or not.
+    /// One of a few shapes (so they become typical and get rankings), pinned to a model or not
+    /// (one in four: enough for the model's pressure to move rather than saturate).
     Place {
         shape: usize,
         memory_gib: u64,
@@ -51,8 +52,8 @@ fn node(index: usize, size: usize) -> Node {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        8 => (0..SHAPES.len(), 1u64..=96, any::<bool>())
-            .prop_map(|(shape, memory_gib, pinned)| Op::Place { shape, memory_gib, pinned }),
+        8 => (0..SHAPES.len(), 1u64..=96, 0..4u8)
+            .prop_map(|(shape, memory_gib, pin)| Op::Place { shape, memory_gib, pinned: pin == 0 }),
         3 => any::<usize>().prop_map(|pick| Op::Forget { pick }),
         1 => (0usize..4).prop_map(|size| Op::AddNode { size }),
         1 => any::<usize>().prop_map(|pick| Op::RemoveNode { pick }),
@@ -64,10 +65,10 @@ proptest! {
     #[test]
     fn rankings_decide_as_scoring_every_group(
         sizes in proptest::collection::vec(0usize..4, 1..24),
-        ops in proptest::collection::vec(op(), 1..300),
-        policy in 0..Policy::ALL.len(),
+        ops in proptest::collection::vec(op(), 1..600),
+        // yiyun most often: its measures move with the cluster (the models' pressure).
+        policy in prop_oneof![3 => Just(Policy::Yiyun), 2 => proptest::sample::select(Policy::ALL.to_vec())],
     ) {
-        let policy = Policy::ALL[policy];
         let mut ranked = Engine::new(policy, 3);
         let mut scanned = Engine::new(policy, 3).without_rankings();
         let mut nodes: Vec<String> = Vec::new();

@@ -492,3 +492,57 @@ fn gpus_by_site_add_up_to_the_cluster_and_show_where_fragments_lie() {
     let total: f64 = sites.values().map(|site| site.fragmentation_milli).sum();
     assert_eq!(total, engine.fragmentation());
 }
+
+/// A workload of `(cpu, gpu, models, weight)` shapes, fixed in advance.
+fn workload(shapes: &[(u64, GpuRequest, &[&str], f64)]) -> crate::gpu::Workload {
+    crate::gpu::Workload::from_counts(
+        shapes.iter().map(|&(cpu_milli, gpu, models, weight)| {
+            let gpu_models = models.iter().map(|model| model.to_string()).collect();
+            (crate::gpu::Shape { cpu_milli, gpu, gpu_models }, weight)
+        }),
+        1.0,
+    )
+}
+
+/// Where FGD and yiyun each put `pod` on fresh `nodes` measured against `shapes`.
+fn fgd_and_yiyun(nodes: &[Node], shapes: &[(u64, GpuRequest, &[&str], f64)], pod: &Pod) -> [String; 2] {
+    [Policy::Fgd, Policy::Yiyun].map(|policy| {
+        let mut engine = Engine::new(policy, 1);
+        for node in nodes {
+            engine.upsert_node(node.clone());
+        }
+        engine.set_workload(workload(shapes));
+        let placement = engine.schedule(pod).expect("fits");
+        engine.node(placement.node).map(|node| node.name.clone()).unwrap_or_default()
+    })
+}
+
+#[test]
+fn yiyun_leaves_a_model_pinned_pods_will_ask_for_to_them() {
+    let mut a = node("a", 16_000, 1);
+    a.gpu_model = Some("A".into());
+    let mut b = node("b", 16_000, 2);
+    b.gpu_model = Some("B".into());
+    // Pods pinned to A bring 2/7 of the GPU demand; A has a third of the free GPUs.
+    let shapes: &[(u64, GpuRequest, &[&str], f64)] = &[
+        (1_000, GpuRequest::Whole(1), &["A"], 0.4),
+        (1_000, GpuRequest::Whole(1), &[], 0.2),
+        (1_000, GpuRequest::Whole(2), &[], 0.4),
+    ];
+    let unpinned = pod("free-to-go", 1_000, GpuRequest::Whole(1));
+    // FGD keeps b's two GPUs together for a two-GPU pod and takes A's last GPU.
+    assert_eq!(fgd_and_yiyun(&[a, b], shapes, &unpinned), ["a", "b"]);
+}
+
+#[test]
+fn yiyun_puts_a_cpu_heavy_pod_where_it_leaves_no_gpu_without_cpu() {
+    // GPU pods bring 4 CPUs a GPU: the 8-GPU node's 64 CPUs serve all its GPUs, until a pod
+    // takes 48 of them and leaves 16 CPUs beside 7 GPUs, enough for 4 of them.
+    let shapes: &[(u64, GpuRequest, &[&str], f64)] =
+        &[(4_000, GpuRequest::Whole(1), &[], 0.5), (8_000, GpuRequest::Whole(2), &[], 0.5)];
+    let nodes = [node("dense", 64_000, 8), node("roomy", 104_000, 2)];
+    let heavy = pod("heavy", 48_000, GpuRequest::Whole(1));
+    // FGD only asks whether a typical pod still fits (on the dense node it does, twice over),
+    // and keeps the roomy node's two GPUs together for a two-GPU pod.
+    assert_eq!(fgd_and_yiyun(&nodes, shapes, &heavy), ["dense", "roomy"]);
+}

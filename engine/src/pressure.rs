@@ -1,0 +1,99 @@
+//! What yiyun weighs besides FGD's fragmentation, from the measured workload and the cluster's
+//! free resources: GPUs a placement leaves without the CPU that GPU pods bring with them, and
+//! GPUs of a model that pods pinned to it will ask for.
+
+use crate::gpu::Workload;
+
+/// Steps a model's pressure is rounded to: it moves with every placement, and each change
+/// re-sorts the groups of every typical shape.
+const PRESSURE_LEVELS: f64 = 16.0;
+
+/// GPU milli (of `free_gpu_milli`) that the workload's GPU pods could not use for want of CPU,
+/// if they arrived in the measured mix: each brings `cpu_per_gpu` CPU milli per GPU milli.
+pub(crate) fn stranded(cpu_per_gpu: f64, free_cpu_milli: u64, free_gpu_milli: u64) -> f64 {
+    (free_gpu_milli as f64 - free_cpu_milli as f64 / cpu_per_gpu).max(0.0)
+}
+
+/// For each GPU model (`models`, with the GPU milli each has free), the share of its free GPUs
+/// that pods pinned to it are expected to ask for: the share of the workload's GPU demand pinned
+/// to the model (split evenly among a pod's models) over the model's share of all free GPUs,
+/// at most 1, rounded to sixteenths. An unpinned pod taking one milli of the model takes that
+/// much from the pinned pods to come.
+pub(crate) fn model_pressure(workload: &Workload, models: &[(Option<&str>, u64)]) -> Vec<f64> {
+    let demand: f64 = workload.shapes().iter().map(|shape| shape.weight * shape.gpu.milli() as f64).sum();
+    let free: u64 = models.iter().map(|(_, free)| free).sum();
+    models
+        .iter()
+        .map(|&(model, model_free)| {
+            let Some(model) = model else { return 0.0 };
+            let pinned: f64 = workload
+                .shapes()
+                .iter()
+                .filter(|shape| shape.gpu_models.iter().any(|name| name == model))
+                .map(|shape| shape.weight * shape.gpu.milli() as f64 / shape.gpu_models.len() as f64)
+                .sum();
+            if pinned <= 0.0 || demand <= 0.0 {
+                return 0.0;
+            }
+            if model_free == 0 {
+                return 1.0;
+            }
+            let supply = model_free as f64 / free as f64;
+            ((pinned / demand / supply).min(1.0) * PRESSURE_LEVELS).round() / PRESSURE_LEVELS
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        gpu::{Shape, Workload},
+        model::GpuRequest,
+    };
+
+    fn workload(shapes: &[(GpuRequest, &[&str], f64)]) -> Workload {
+        Workload::from_counts(
+            shapes.iter().map(|&(gpu, models, count)| {
+                (
+                    Shape {
+                        cpu_milli: 4000,
+                        gpu,
+                        gpu_models: models.iter().map(|m| m.to_string()).collect(),
+                    },
+                    count,
+                )
+            }),
+            1.0,
+        )
+    }
+
+    #[test]
+    fn gpus_beyond_what_the_free_cpu_can_serve_are_stranded() {
+        // GPU pods bring 10 CPUs per GPU: 40 CPUs serve 4 of 8 free GPUs.
+        assert_eq!(stranded(10.0, 40_000, 8_000), 4_000.0);
+        assert_eq!(stranded(10.0, 96_000, 8_000), 0.0);
+        assert_eq!(stranded(10.0, 0, 0), 0.0);
+    }
+
+    #[test]
+    fn a_model_pinned_pods_ask_for_beyond_its_share_of_free_gpus_is_under_pressure() {
+        // Half the GPU demand is pinned to A, which has a quarter of the free GPUs: every A GPU
+        // an unpinned pod takes, a pinned pod will miss.
+        let pinned_half = workload(&[(GpuRequest::Whole(1), &["A"], 1.0), (GpuRequest::Whole(1), &[], 1.0)]);
+        let models = [(Some("A"), 1_000), (Some("B"), 3_000), (None, 0)];
+        assert_eq!(model_pressure(&pinned_half, &models), vec![1.0, 0.0, 0.0]);
+        // A tenth pinned to A, with half the free GPUs: a fifth of A's GPUs are spoken for.
+        let pinned_tenth = workload(&[(GpuRequest::Whole(1), &["A"], 1.0), (GpuRequest::Whole(1), &[], 9.0)]);
+        let models = [(Some("A"), 2_000), (Some("B"), 2_000)];
+        assert_eq!(model_pressure(&pinned_tenth, &models), vec![0.1875, 0.0]);
+    }
+
+    #[test]
+    fn a_pod_pinned_to_two_models_presses_on_each_by_half_and_a_full_model_is_spoken_for() {
+        let both = workload(&[(GpuRequest::Whole(2), &["A", "B"], 1.0), (GpuRequest::Whole(2), &[], 3.0)]);
+        let models = [(Some("A"), 2_000), (Some("B"), 0), (Some("C"), 2_000)];
+        assert_eq!(model_pressure(&both, &models), vec![0.25, 1.0, 0.0]);
+        assert_eq!(model_pressure(&Workload::default(), &models), vec![0.0, 0.0, 0.0]);
+    }
+}
