@@ -385,7 +385,8 @@ impl Engine {
     }
 
     /// Measures again, every [`PRESSURE_EVERY`] decisions, how much of each GPU model's free
-    /// GPUs pinned pods will ask for; groups are re-sorted when that moved.
+    /// GPUs pinned pods will ask for. Rankings leave it out (it moves with every placement);
+    /// decisions take it off the scores they read, see [`displaced_steps`].
     fn measure_pressure(&mut self) {
         if self.policy != Policy::Yiyun {
             return;
@@ -403,11 +404,7 @@ impl Engine {
         }
         let models: Vec<(Option<&str>, u64)> =
             self.gpu_models.iter().map(Option::as_deref).zip(free).collect();
-        let pressure = pressure::model_pressure(&self.workload, &models);
-        if pressure != self.model_pressure {
-            self.model_pressure = pressure;
-            self.rankings.reset(&self.workload);
-        }
+        self.model_pressure = pressure::model_pressure(&self.workload, &models);
     }
 
     /// Sets the clock (seconds): pods placed from now on are expected to end at now plus their
@@ -814,7 +811,7 @@ impl Engine {
                     group,
                     0,
                     0.0,
-                    Measures { workload, model_pressure },
+                    workload,
                     classes,
                     memo,
                     largest_cpu,
@@ -824,17 +821,21 @@ impl Engine {
             };
             let all = buckets.iter().flat_map(|&bucket| &self.buckets[bucket]).copied();
             for entry in self.rankings.ranked(&(shape, memory), all, score) {
+                // Displaced GPUs only lower a score: below the best, the rest score lower.
                 if best.as_ref().is_some_and(|(top, ..)| compare(&entry.score, top).is_lt()) {
-                    break; // the rest score lower
+                    break;
                 }
                 let group = &groups[entry.group as usize];
-                if !matches!(verdicts[group.key.class as usize], Verdict::Feasible { .. })
+                let mut score = entry.score;
+                score[2] -= displaced_steps(policy, pod, group, model_pressure);
+                if best.as_ref().is_some_and(|(top, ..)| compare(&score, top).is_lt())
+                    || !matches!(verdicts[group.key.class as usize], Verdict::Feasible { .. })
                     || group.key.free.first_shortage(&pod.requests).is_some()
                 {
                     continue;
                 }
                 if let Some(&member) = group.members.iter().find(|member| admitted(member.1)) {
-                    consider(&mut best, entry.score, member, entry.device);
+                    consider(&mut best, score, member, entry.device);
                 }
             }
         }
@@ -845,18 +846,19 @@ impl Engine {
             if group.key.free.first_shortage(&pod.requests).is_some() || !group.key.gpus.fits(pod.gpu) {
                 continue;
             }
-            let (score, device) = score_group(
+            let (mut score, device) = score_group(
                 self.policy,
                 pod,
                 group,
                 preference,
                 cost,
-                Measures { workload: &self.workload, model_pressure: &self.model_pressure },
+                &self.workload,
                 &self.classes,
                 &mut self.frag_memo,
                 self.largest_cpu,
                 self.largest_gpu,
             );
+            score[2] -= displaced_steps(self.policy, pod, group, &self.model_pressure);
             // Nodes of one group differ only where spreading or the topology rules look.
             let every_member = spread.is_some() || rules.as_ref().is_some_and(Rules::scores);
             for &member in group.members.iter().filter(|member| admitted(member.1)) {
@@ -1211,12 +1213,14 @@ fn memo_fragmentation(
     value
 }
 
-/// What FGD and yiyun measure a placement against.
-#[derive(Clone, Copy)]
-struct Measures<'a> {
-    workload: &'a Workload,
-    /// By GPU model slot, see [`Engine::measure_pressure`].
-    model_pressure: &'a [f64],
+/// For yiyun, the GPUs (in steps of the fragmentation score) of a model pinned pods will ask
+/// for that `pod` would take on `group` though it could go anywhere.
+fn displaced_steps(policy: Policy, pod: &Pod, group: &Group, model_pressure: &[f64]) -> f64 {
+    if policy != Policy::Yiyun || !pod.gpu_models.is_empty() {
+        return 0.0;
+    }
+    let pressure = model_pressure.get(group.bucket / GPU_BUCKETS).copied().unwrap_or(0.0);
+    (pod.gpu.milli() as f64 * pressure / FRAGMENTATION_STEP_MILLI).round()
 }
 
 /// Scores one group of alike nodes for `pod`; for a GPU fraction also which device (by its
@@ -1228,7 +1232,7 @@ fn score_group(
     group: &Group,
     preference: i64,
     cost: f64,
-    Measures { workload, model_pressure }: Measures,
+    workload: &Workload,
     classes: &[NodeClass],
     memo: &mut FxHashMap<FragKey, f64>,
     largest_cpu: u64,
@@ -1293,13 +1297,6 @@ fn score_group(
             let cpu_per_gpu = workload.cpu_per_gpu().filter(|_| strands);
             let stranded_before =
                 cpu_per_gpu.map_or(0.0, |ratio| stranded(ratio, shape.free.cpu_milli, gpu_free));
-            // GPUs of a model that pinned pods will ask for, taken by a pod that could go anywhere.
-            let displaced = if yiyun && pod.gpu_models.is_empty() {
-                let slot = group.bucket / GPU_BUCKETS;
-                pod.gpu.milli() as f64 * model_pressure.get(slot).copied().unwrap_or(0.0)
-            } else {
-                0.0
-            };
             let before = memo_fragmentation(
                 memo,
                 workload,
@@ -1318,7 +1315,6 @@ fn score_group(
                 if let Some(ratio) = cpu_per_gpu {
                     grown += stranded(ratio, cpu_after, gpus.total()) - stranded_before;
                 }
-                grown += displaced;
                 let value = if policy == Policy::Fgd {
                     // As published: sigmoid of the drop in fragmentation (in GPUs), scaled to 0–100
                     // and truncated to an integer; the first device wins a tie.

@@ -4,10 +4,6 @@
 
 use crate::gpu::Workload;
 
-/// Steps a model's pressure is rounded to: it moves with every placement, and each change
-/// re-sorts the groups of every typical shape.
-const PRESSURE_LEVELS: f64 = 16.0;
-
 /// GPU milli (of `free_gpu_milli`) that the workload's GPU pods could not use for want of CPU,
 /// if they arrived in the measured mix: each brings `cpu_per_gpu` CPU milli per GPU milli.
 pub(crate) fn stranded(cpu_per_gpu: f64, free_cpu_milli: u64, free_gpu_milli: u64) -> f64 {
@@ -17,7 +13,7 @@ pub(crate) fn stranded(cpu_per_gpu: f64, free_cpu_milli: u64, free_gpu_milli: u6
 /// For each GPU model (`models`, with the GPU milli each has free), the share of its free GPUs
 /// that pods pinned to it are expected to ask for: the share of the workload's GPU demand pinned
 /// to the model (split evenly among a pod's models) over the model's share of all free GPUs,
-/// at most 1, rounded to sixteenths. An unpinned pod taking one milli of the model takes that
+/// at most 1. An unpinned pod taking one milli of the model takes that
 /// much from the pinned pods to come.
 pub(crate) fn model_pressure(workload: &Workload, models: &[(Option<&str>, u64)]) -> Vec<f64> {
     let demand: f64 = workload.shapes().iter().map(|shape| shape.weight * shape.gpu.milli() as f64).sum();
@@ -39,7 +35,7 @@ pub(crate) fn model_pressure(workload: &Workload, models: &[(Option<&str>, u64)]
                 return 1.0;
             }
             let supply = model_free as f64 / free as f64;
-            ((pinned / demand / supply).min(1.0) * PRESSURE_LEVELS).round() / PRESSURE_LEVELS
+            (pinned / demand / supply).min(1.0)
         })
         .collect()
 }
@@ -68,6 +64,13 @@ mod tests {
         )
     }
 
+    fn assert_close(actual: &[f64], expected: &[f64]) {
+        assert_eq!(actual.len(), expected.len(), "{actual:?}");
+        for (a, e) in actual.iter().zip(expected) {
+            assert!((a - e).abs() < 1e-9, "{actual:?} against {expected:?}");
+        }
+    }
+
     #[test]
     fn gpus_beyond_what_the_free_cpu_can_serve_are_stranded() {
         // GPU pods bring 10 CPUs per GPU: 40 CPUs serve 4 of 8 free GPUs.
@@ -86,14 +89,14 @@ mod tests {
         // A tenth pinned to A, with half the free GPUs: a fifth of A's GPUs are spoken for.
         let pinned_tenth = workload(&[(GpuRequest::Whole(1), &["A"], 1.0), (GpuRequest::Whole(1), &[], 9.0)]);
         let models = [(Some("A"), 2_000), (Some("B"), 2_000)];
-        assert_eq!(model_pressure(&pinned_tenth, &models), vec![0.1875, 0.0]);
+        assert_close(&model_pressure(&pinned_tenth, &models), &[0.2, 0.0]);
     }
 
     #[test]
     fn a_pod_pinned_to_two_models_presses_on_each_by_half_and_a_full_model_is_spoken_for() {
         let both = workload(&[(GpuRequest::Whole(2), &["A", "B"], 1.0), (GpuRequest::Whole(2), &[], 3.0)]);
         let models = [(Some("A"), 2_000), (Some("B"), 0), (Some("C"), 2_000)];
-        assert_eq!(model_pressure(&both, &models), vec![0.25, 1.0, 0.0]);
+        assert_close(&model_pressure(&both, &models), &[0.25, 1.0, 0.0]);
         assert_eq!(model_pressure(&Workload::default(), &models), vec![0.0, 0.0, 0.0]);
     }
 }
