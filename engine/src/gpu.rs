@@ -453,8 +453,10 @@ impl Workload {
 
 impl Workload {
     /// Fragmentation one typical pod later: the expected [`fragmentation`](Self::fragmentation)
-    /// after the next pod drawn from the workload lands on the node (tightest device for a
-    /// fraction), or all free GPU when it cannot.
+    /// after the next GPU pod drawn from the workload lands on the node (tightest device for a
+    /// fraction), or all free GPU when it cannot. A CPU-only pod drawn leaves it as it is: it
+    /// need not land beside free GPUs, and the GPUs it would strand there yiyun counts apart
+    /// (by the measured CPU-to-GPU ratio).
     pub fn fragmentation_ahead(
         &self,
         cpu_free: u64,
@@ -483,7 +485,8 @@ impl Workload {
             }
             sum
         };
-        expected = add_after(expected, &view.cpu_only, &view.losses(gpus), total);
+        expected += view.cpu_only_weight
+            * self.fragmentation_of(view, &view.losses(gpus), total, cpu_free, memory_free);
         for group in &view.usable {
             if !gpus.fits(group.gpu) {
                 expected += group.weight * total;
@@ -575,6 +578,18 @@ mod tests {
             );
             assert!((grouped - by_shape).abs() < 1e-9, "memory {memory}: {grouped} != {by_shape}");
         }
+    }
+
+    #[test]
+    fn looking_ahead_a_cpu_only_pod_to_come_leaves_the_node_as_it_is() {
+        let workload = workload(&[(4_000, GpuRequest::Whole(1), 0.5), (4_000, GpuRequest::None, 0.5)]);
+        let gpus = free(&[1000, 1000]);
+        // Now: the CPU-only half strands both GPUs (1,000), the GPU half fits (0).
+        assert_eq!(workload.fragmentation(4_000, 1 << 30, &gpus, None), 1_000.0);
+        // A GPU pod lands and takes the CPU: both halves strand the GPU left (1,000), weighed
+        // 0.5; a CPU-only pod counts as now (1,000), weighed 0.5. Had it landed, it would
+        // have taken the CPU and stranded both GPUs for everyone (2,000).
+        assert_eq!(workload.fragmentation_ahead(4_000, 1 << 30, &gpus, None), 1_000.0);
     }
 
     #[test]
