@@ -1288,8 +1288,8 @@ fn score_group(
         Policy::Fgd | Policy::Yiyun => {
             let model = classes[shape.class as usize].gpu_model.as_deref();
             let yiyun = policy == Policy::Yiyun;
-            // A CPU-only pod's next typical pod is as likely to need the CPU as not: looking
-            // ahead for it strands more GPUs beside exhausted CPU (measured on the CPU-heavy mixes).
+            // Looking ahead for CPU-only pods left more GPUs beside exhausted CPU (measured on
+            // the CPU-heavy mixes); the CPU-to-GPU term below speaks for the GPUs they strand.
             let lookahead = yiyun && pod.gpu.milli() > 0;
             // GPUs a pod of two or more leaves without CPU are left to the fragmentation measure:
             // counting them too turned more such pods away (measured on the multi-GPU mixes).

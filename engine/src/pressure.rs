@@ -13,8 +13,8 @@ pub(crate) fn stranded(cpu_per_gpu: f64, free_cpu_milli: u64, free_gpu_milli: u6
 /// For each GPU model (`models`, with the GPU milli each has free), the share of its free GPUs
 /// that pods pinned to it are expected to ask for: the share of the workload's GPU demand pinned
 /// to the model (split evenly among a pod's models) over the model's share of all free GPUs,
-/// at most 1. An unpinned pod taking one milli of the model takes that
-/// much from the pinned pods to come.
+/// at most 1. An unpinned pod taking one milli of the model takes that much from the pinned
+/// pods to come.
 pub(crate) fn model_pressure(workload: &Workload, models: &[(Option<&str>, u64)]) -> Vec<f64> {
     let demand: f64 = workload.shapes().iter().map(|shape| shape.weight * shape.gpu.milli() as f64).sum();
     let free: u64 = models.iter().map(|(_, free)| free).sum();
