@@ -132,3 +132,49 @@ fn where_unallocated(engine: &Engine, mut losses: Losses, smallest: SmallestGpuP
     }
     losses
 }
+
+#[cfg(test)]
+mod tests {
+    use yiyun_engine::model::GpuRequest;
+
+    use super::*;
+    use crate::trace::Qos;
+
+    #[test]
+    fn losses_at_full_account_for_every_unallocated_gpu_and_the_demand_turned_away() {
+        let nodes: Vec<TraceNode> = (0..3)
+            .map(|index| TraceNode {
+                name: format!("n{index}"),
+                cpu_milli: 16_000,
+                memory_mib: 64 << 10,
+                gpus: 2,
+                model: Some("T4".into()),
+            })
+            .collect();
+        let pods: Vec<TracePod> = [GpuRequest::Fraction(600), GpuRequest::Whole(1), GpuRequest::Whole(2)]
+            .into_iter()
+            .enumerate()
+            .map(|(index, gpu)| TracePod {
+                name: format!("p{index}"),
+                cpu_milli: 2_000,
+                memory_mib: 1024,
+                gpu,
+                gpu_models: Vec::new(),
+                qos: Qos::LatencySensitive,
+                created: 0,
+                deleted: None,
+            })
+            .collect();
+        for seed in 1..6 {
+            let curve = run(&nodes, &pods, Policy::Yiyun, &ExperimentConfig { inflation: 1.3, seed });
+            let losses = curve.losses_at_full.expect("100% arrived");
+            let used = curve.at(100).expect("a 100% mark") * curve.capacity_milli as f64;
+            let unallocated = curve.capacity_milli as f64 - used;
+            assert!((losses.unallocated_milli() as f64 - unallocated).abs() < 0.5, "seed {seed}: {losses:?}");
+            // What had arrived by then was at least the capacity: what was turned away is at
+            // least what is unallocated.
+            let away = losses.failed_fraction_milli + losses.failed_one_milli + losses.failed_several_milli;
+            assert!(away as f64 >= unallocated, "seed {seed}: {losses:?}");
+        }
+    }
+}

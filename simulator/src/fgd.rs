@@ -57,8 +57,8 @@ pub struct Summary {
     /// GPUs (not milli) no typical pod could use at the end, by FGD's measure.
     pub fragmented_gpus: f64,
     pub decisions_per_second: f64,
-    /// Mean GPUs at 100% arrived, as [`Losses::mean_gpus`] orders them.
-    pub losses_at_full: Option<[f64; 6]>,
+    /// Mean of the runs' [`Curve::losses_at_full`].
+    pub losses_at_full: Option<Losses>,
 }
 
 impl Summary {
@@ -87,7 +87,7 @@ fn summarise(list: &str, policy: Policy, curves: &[Curve]) -> Summary {
             .map(|curve| curve.losses_at_full)
             .collect::<Option<Vec<Losses>>>()
             .filter(|runs| !runs.is_empty())
-            .map(|runs| Losses::mean_gpus(&runs)),
+            .map(|runs| Losses::mean(&runs)),
     }
 }
 
@@ -190,7 +190,7 @@ pub fn table(summaries: &[Summary], seeds: &[u64]) -> String {
 /// Where each policy's unallocated GPUs were at 100% arrived, and what it turned away.
 fn losses_table(summaries: &[Summary]) -> String {
     let mut out = String::new();
-    let rows: Vec<(&Summary, [f64; 6])> =
+    let rows: Vec<(&Summary, Losses)> =
         summaries.iter().filter_map(|summary| Some((summary, summary.losses_at_full?))).collect();
     if rows.is_empty() {
         return out;
@@ -212,19 +212,20 @@ fn losses_table(summaries: &[Summary]) -> String {
         "away 1",
         "away 2+"
     );
-    for (summary, [partial, starved, idle, fractions, one, several]) in rows {
+    let gpus = |milli: u64| milli as f64 / 1000.0;
+    for (summary, losses) in rows {
         let _ = writeln!(
             out,
             "{:<12} {:<10} {:>11.1} {:>13.1} {:>14.1} {:>11.1} {:>10.1} {:>8.1} {:>8.1}",
             summary.list,
             summary.policy.name(),
-            partial + starved + idle,
-            partial,
-            starved,
-            idle,
-            fractions,
-            one,
-            several
+            gpus(losses.unallocated_milli()),
+            gpus(losses.partial_milli),
+            gpus(losses.idle_starved_milli),
+            gpus(losses.idle_milli),
+            gpus(losses.failed_fraction_milli),
+            gpus(losses.failed_one_milli),
+            gpus(losses.failed_several_milli)
         );
     }
     let _ = writeln!(

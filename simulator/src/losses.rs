@@ -75,24 +75,18 @@ impl Losses {
         self.partial_milli + self.idle_starved_milli + self.idle_milli
     }
 
-    /// The mean of several runs' losses, in GPUs, in the order of the fields.
-    pub fn mean_gpus(runs: &[Losses]) -> [f64; 6] {
-        let count = runs.len().max(1) as f64;
-        let mut sums = [0.0; 6];
-        for run in runs {
-            let fields = [
-                run.partial_milli,
-                run.idle_starved_milli,
-                run.idle_milli,
-                run.failed_fraction_milli,
-                run.failed_one_milli,
-                run.failed_several_milli,
-            ];
-            for (sum, field) in sums.iter_mut().zip(fields) {
-                *sum += field as f64 / 1000.0 / count;
-            }
+    /// The mean of several runs' losses (to the milli below).
+    pub fn mean(runs: &[Losses]) -> Losses {
+        let count = runs.len().max(1) as u64;
+        let mean = |field: fn(&Losses) -> u64| runs.iter().map(field).sum::<u64>() / count;
+        Losses {
+            partial_milli: mean(|run| run.partial_milli),
+            idle_starved_milli: mean(|run| run.idle_starved_milli),
+            idle_milli: mean(|run| run.idle_milli),
+            failed_fraction_milli: mean(|run| run.failed_fraction_milli),
+            failed_one_milli: mean(|run| run.failed_one_milli),
+            failed_several_milli: mean(|run| run.failed_several_milli),
         }
-        sums
     }
 }
 
@@ -132,7 +126,7 @@ mod tests {
             (losses.failed_fraction_milli, losses.failed_one_milli, losses.failed_several_milli),
             (810, 1000, 8000)
         );
-        assert_eq!(Losses::mean_gpus(&[losses, Losses::default()])[5], 4.0);
+        assert_eq!(Losses::mean(&[losses, Losses::default()]).failed_several_milli, 4000);
     }
 
     #[test]
