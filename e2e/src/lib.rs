@@ -220,7 +220,23 @@ pub fn kubectl_apply(manifest: &str) -> (bool, String) {
 }
 
 /// [`kubectl_apply`] on the cluster of `kubeconfig` (`KUBECONFIG`'s when `None`).
+///
+/// Client-side apply reads, then creates: tests running in parallel that apply the same shared
+/// object (the chart's namespace and RBAC) can both find it missing and one then fails with
+/// AlreadyExists. Applying again then finds it and patches it, so that case is retried.
 pub fn kubectl_apply_in(kubeconfig: Option<&std::path::Path>, manifest: &str) -> (bool, String) {
+    const ATTEMPTS: usize = 3;
+    let mut attempt = 1;
+    loop {
+        let (ok, out) = kubectl_apply_once(kubeconfig, manifest);
+        if ok || attempt == ATTEMPTS || !out.contains("(AlreadyExists)") {
+            return (ok, out);
+        }
+        attempt += 1;
+    }
+}
+
+fn kubectl_apply_once(kubeconfig: Option<&std::path::Path>, manifest: &str) -> (bool, String) {
     use std::io::Write;
     let mut command = Command::new("kubectl");
     if let Some(kubeconfig) = kubeconfig {
