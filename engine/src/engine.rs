@@ -678,20 +678,6 @@ impl Engine {
         self.gpu_models.len() - 1
     }
 
-    /// Buckets whose groups may hold `pod`: of the GPU models it may use, with room for its GPUs.
-    fn eligible_buckets(&self, pod: &Pod) -> Vec<usize> {
-        let headroom = headroom_buckets(pod.gpu);
-        let pinned = pod.gpu.milli() > 0 && !pod.gpu_models.is_empty();
-        self.gpu_models
-            .iter()
-            .enumerate()
-            .filter(|(_, model)| {
-                !pinned || model.as_ref().is_some_and(|model| pod.gpu_models.contains(model))
-            })
-            .flat_map(|(slot, _)| headroom.iter().map(move |bucket| slot * GPU_BUCKETS + bucket))
-            .collect()
-    }
-
     fn leave_group(&mut self, id: NodeId, rank: u64, group: u32) {
         let Some(entry) = self.groups.get_mut(group as usize) else { return };
         entry.members.remove(&(rank, id));
@@ -780,8 +766,8 @@ impl Engine {
         let mut scored: Vec<Candidate> = Vec::new();
 
         let mut best: Best = None;
-        let buckets = self.eligible_buckets(pod);
         let shape = Shape::of(pod);
+        let allowed = models_allowed(&self.gpu_models, pod);
         let ranked = self.use_rankings
             && spread.is_none()
             && rules.as_ref().is_none_or(|rules| !rules.scores())
@@ -793,12 +779,10 @@ impl Engine {
             let (policy, largest_cpu, largest_gpu) = (self.policy, self.largest_cpu, self.largest_gpu);
             // Spread scores memory, the others only need it to fit (checked below, per pod).
             let memory = if policy == Policy::Spread { pod.requests.memory_bytes } else { 0 };
-            let pinned = pod.gpu.milli() > 0 && !pod.gpu_models.is_empty();
             let score = |index: u32| {
                 let group = &groups[index as usize];
                 let &(rank, _) = group.members.first()?;
-                let model = classes[group.key.class as usize].gpu_model.as_ref();
-                let takes = (!pinned || model.is_some_and(|model| pod.gpu_models.contains(model)))
+                let takes = allowed[group.bucket / GPU_BUCKETS]
                     && group.key.free.cpu_milli >= pod.requests.cpu_milli
                     && group.key.free.memory_bytes >= memory
                     && group.key.gpus.fits(pod.gpu);
@@ -819,7 +803,7 @@ impl Engine {
                 );
                 Some(Entry { score, rank, group: index, device })
             };
-            let all = buckets.iter().flat_map(|&bucket| &self.buckets[bucket]).copied();
+            let all = eligible_buckets(&allowed, pod.gpu).flat_map(|bucket| &self.buckets[bucket]).copied();
             for entry in self.rankings.ranked(&(shape, memory), all, score) {
                 // Displaced GPUs only lower a score: below the best, the rest score lower.
                 if best.as_ref().is_some_and(|(top, ..)| compare(&entry.score, top).is_lt()) {
@@ -839,8 +823,8 @@ impl Engine {
                 }
             }
         }
-        let scanned: &[usize] = if ranked { &[] } else { &buckets };
-        for &group_index in scanned.iter().flat_map(|&bucket| &self.buckets[bucket]) {
+        let scanned = eligible_buckets(&allowed, pod.gpu).filter(|_| !ranked);
+        for &group_index in scanned.flat_map(|bucket| &self.buckets[bucket]) {
             let group = &self.groups[group_index as usize];
             let Verdict::Feasible { preference, cost } = verdicts[group.key.class as usize] else { continue };
             if group.key.free.first_shortage(&pod.requests).is_some() || !group.key.gpus.fits(pod.gpu) {
@@ -1163,20 +1147,37 @@ fn gpu_bucket(gpus: &GpuFree) -> usize {
     idle * 10 + usize::from(partial / 100)
 }
 
-/// Buckets of one GPU model whose groups may fit `request`.
-fn headroom_buckets(request: GpuRequest) -> Vec<usize> {
-    let (count, milli) = request.per_device();
-    (0..GPU_BUCKETS)
-        .filter(|&bucket| {
-            let (idle, partial_tenths) = (bucket / 10, (bucket % 10) as u16);
-            match request {
-                GpuRequest::None => true,
-                GpuRequest::Whole(_) => idle >= usize::from(count),
-                // The bucket's largest partial device has less than (tenths + 1) × 100 free.
-                GpuRequest::Fraction(_) => idle >= 1 || (partial_tenths + 1) * 100 > milli,
-            }
-        })
+/// For each GPU model slot, whether `pod` may use the model: a pod asking for no GPU, or not
+/// pinned to models, may use any.
+fn models_allowed(gpu_models: &[Option<String>], pod: &Pod) -> Vec<bool> {
+    let pinned = pod.gpu.milli() > 0 && !pod.gpu_models.is_empty();
+    gpu_models
+        .iter()
+        .map(|model| !pinned || model.as_ref().is_some_and(|model| pod.gpu_models.contains(model)))
         .collect()
+}
+
+/// Buckets whose groups may hold a pod asking for `request`: of the GPU models it may use
+/// (`allowed`, by slot), with room for its GPUs.
+fn eligible_buckets(allowed: &[bool], request: GpuRequest) -> impl Iterator<Item = usize> + '_ {
+    let first = first_fitting_bucket(request);
+    allowed
+        .iter()
+        .enumerate()
+        .filter(|(_, allowed)| **allowed)
+        .flat_map(move |(slot, _)| slot * GPU_BUCKETS + first..(slot + 1) * GPU_BUCKETS)
+}
+
+/// The first of a GPU model's buckets whose groups may fit `request`. Buckets go by idle
+/// devices, then by the largest free amount on a device in use, so every later one fits too:
+/// for a fraction, a bucket with an idle device or whose partial device has (tenths + 1) × 100
+/// free above it.
+fn first_fitting_bucket(request: GpuRequest) -> usize {
+    match request {
+        GpuRequest::None => 0,
+        GpuRequest::Whole(count) => usize::from(count) * 10,
+        GpuRequest::Fraction(milli) => usize::from(milli / 100),
+    }
 }
 
 /// What a pod counts against its tenant.
@@ -1242,14 +1243,21 @@ fn score_group(
     let cpu_after = shape.free.cpu_milli - pod.requests.cpu_milli;
     let gpu_free = shape.gpus.total();
     let gpu_after = gpu_free - pod.gpu.milli();
-    // For a fraction, each distinct free amount that fits is a choice of device.
-    let choices: Vec<Option<u16>> = match pod.gpu {
+    // For a fraction, each distinct free amount that fits is a choice of device (devices come
+    // sorted, so equal amounts are neighbours).
+    let mut distinct = [None; MAX_GPUS];
+    let choices: &[Option<u16>] = match pod.gpu {
         GpuRequest::Fraction(milli) => {
-            let mut values: Vec<u16> = shape.gpus.devices().iter().copied().filter(|&f| f >= milli).collect();
-            values.dedup();
-            values.into_iter().map(Some).collect()
+            let mut count = 0;
+            for &free in shape.gpus.devices().iter().filter(|&&free| free >= milli) {
+                if count == 0 || distinct[count - 1] != Some(free) {
+                    distinct[count] = Some(free);
+                    count += 1;
+                }
+            }
+            &distinct[..count]
         }
-        _ => vec![None],
+        _ => &[None],
     };
     let after = |device: Option<u16>| -> GpuFree {
         let mut gpus = shape.gpus;
@@ -1304,7 +1312,7 @@ fn score_group(
                 model,
             );
             let mut best: Option<(f64, Option<u16>)> = None;
-            for device in choices {
+            for &device in choices {
                 let gpus = after(device);
                 let mut grown = memo_fragmentation(
                     memo,
@@ -1371,4 +1379,36 @@ fn uniform(verdicts: &[Verdict]) -> bool {
 
 fn sigmoid(x: f64) -> f64 {
     1.0 / (1.0 + (-x).exp())
+}
+
+#[cfg(test)]
+mod bucket_tests {
+    use super::*;
+
+    /// A pod visits only the buckets from `first_fitting_bucket` on: every node its GPUs fit
+    /// must be in one of them.
+    #[test]
+    fn no_node_a_request_fits_is_in_a_bucket_it_skips() {
+        let amounts: Vec<u16> = (0..=10).map(|tenths| tenths * 100).collect();
+        let mut requests = vec![GpuRequest::None];
+        requests.extend((1..=4).map(GpuRequest::Whole));
+        requests.extend((1..20).map(|twentieths| GpuRequest::Fraction(twentieths * 50)));
+        for a in &amounts {
+            for b in &amounts {
+                for c in &amounts {
+                    let mut gpus = GpuFree::idle(3);
+                    gpus.take(&[(0, 1000 - a), (1, 1000 - b), (2, 1000 - c)]);
+                    for &request in &requests {
+                        if gpus.fits(request) {
+                            assert!(
+                                gpu_bucket(&gpus) >= first_fitting_bucket(request),
+                                "{request:?} fits {:?} but its bucket is skipped",
+                                gpus.devices()
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

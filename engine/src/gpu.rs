@@ -405,22 +405,27 @@ impl ModelView {
     /// For each request group, the free milli of devices too small for it on `gpus`; None when
     /// the request does not fit them at all.
     fn losses(&self, gpus: &GpuFree) -> Vec<Option<f64>> {
-        self.usable
-            .iter()
-            .map(|group| {
-                let (count, milli) = group.gpu.per_device();
-                // One pass: devices with room count towards fitting, the others are lost.
-                let (mut roomy, mut lost) = (0, 0.0);
-                for &free in gpus.devices() {
-                    if free >= milli {
-                        roomy += 1;
-                    } else {
-                        lost += f64::from(free);
-                    }
+        let mut losses = Vec::with_capacity(self.usable.len());
+        self.losses_into(gpus, &mut losses);
+        losses
+    }
+
+    /// [`losses`](Self::losses) into `losses`, so measuring many nodes reuses one buffer.
+    fn losses_into(&self, gpus: &GpuFree, losses: &mut Vec<Option<f64>>) {
+        losses.clear();
+        losses.extend(self.usable.iter().map(|group| {
+            let (count, milli) = group.gpu.per_device();
+            // One pass: devices with room count towards fitting, the others are lost.
+            let (mut roomy, mut lost) = (0, 0.0);
+            for &free in gpus.devices() {
+                if free >= milli {
+                    roomy += 1;
+                } else {
+                    lost += f64::from(free);
                 }
-                (roomy >= count).then_some(lost)
-            })
-            .collect()
+            }
+            (roomy >= count).then_some(lost)
+        }));
     }
 }
 
@@ -485,8 +490,8 @@ impl Workload {
             }
             sum
         };
-        expected += view.cpu_only_weight
-            * self.fragmentation_of(view, &view.losses(gpus), total, cpu_free, memory_free);
+        let mut losses = view.losses(gpus);
+        expected += view.cpu_only_weight * self.fragmentation_of(view, &losses, total, cpu_free, memory_free);
         for group in &view.usable {
             if !gpus.fits(group.gpu) {
                 expected += group.weight * total;
@@ -497,7 +502,8 @@ impl Workload {
             if let Some(allocation) = next.tightest_allocation(group.gpu) {
                 next.take(&allocation);
             }
-            expected = add_after(expected, &group.shapes, &view.losses(&next), next.total() as f64);
+            view.losses_into(&next, &mut losses);
+            expected = add_after(expected, &group.shapes, &losses, next.total() as f64);
         }
         expected
     }
