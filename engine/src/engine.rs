@@ -782,8 +782,7 @@ impl Engine {
             let score = |index: u32| {
                 let group = &groups[index as usize];
                 let &(rank, _) = group.members.first()?;
-                let takes = allowed[group.bucket / GPU_BUCKETS]
-                    && group.key.free.cpu_milli >= pod.requests.cpu_milli
+                let takes = group.key.free.cpu_milli >= pod.requests.cpu_milli
                     && group.key.free.memory_bytes >= memory
                     && group.key.gpus.fits(pod.gpu);
                 if !takes {
@@ -801,25 +800,48 @@ impl Engine {
                     largest_cpu,
                     largest_gpu,
                 );
-                Some(Entry { score, rank, group: index, device })
+                Some(Entry { score, model: group.bucket / GPU_BUCKETS, rank, group: index, device })
             };
-            let all = eligible_buckets(&allowed, pod.gpu).flat_map(|bucket| &self.buckets[bucket]).copied();
-            for entry in self.rankings.ranked(&(shape, memory), all, score) {
-                // Displaced GPUs only lower a score: below the best, the rest score lower.
-                if best.as_ref().is_some_and(|(top, ..)| compare(&entry.score, top).is_lt()) {
-                    break;
-                }
-                let group = &groups[entry.group as usize];
-                let mut score = entry.score;
-                score[2] -= displaced_steps(policy, pod, group, model_pressure);
-                if best.as_ref().is_some_and(|(top, ..)| compare(&score, top).is_lt())
-                    || !matches!(verdicts[group.key.class as usize], Verdict::Feasible { .. })
-                    || group.key.free.first_shortage(&pod.requests).is_some()
-                {
-                    continue;
-                }
-                if let Some(&member) = group.members.iter().find(|member| admitted(member.1)) {
-                    consider(&mut best, score, member, entry.device);
+            let first = first_fitting_bucket(pod.gpu);
+            let buckets = &self.buckets;
+            let groups_of = |model: usize| {
+                let end = (model + 1) * GPU_BUCKETS;
+                buckets[(model * GPU_BUCKETS + first).min(end)..end].iter().flatten().copied()
+            };
+            let model_of = |group: u32| groups[group as usize].bucket / GPU_BUCKETS;
+            let ask = (pod.requests.cpu_milli, pod.gpu, memory);
+            let by_model = self.rankings.ranked(&ask, &allowed, groups_of, model_of, score);
+            // A model's groups are all lowered by the same displaced GPUs, so each model's order
+            // holds; reading the models by their best lowered score first, each stops below the
+            // best so far.
+            let mut models: Vec<(Score, usize, f64)> = by_model
+                .iter()
+                .enumerate()
+                .filter(|(model, _)| allowed.get(*model).copied().unwrap_or(false))
+                .filter_map(|(model, entries)| {
+                    let displaced = displaced_steps(policy, pod, model, model_pressure);
+                    let mut score = entries.first()?.score;
+                    score[2] -= displaced;
+                    Some((score, model, displaced))
+                })
+                .collect();
+            models.sort_by(|a, b| compare(&b.0, &a.0));
+            for (_, model, displaced) in models {
+                for entry in &by_model[model] {
+                    let mut score = entry.score;
+                    score[2] -= displaced;
+                    if best.as_ref().is_some_and(|(top, ..)| compare(&score, top).is_lt()) {
+                        break;
+                    }
+                    let group = &groups[entry.group as usize];
+                    if !matches!(verdicts[group.key.class as usize], Verdict::Feasible { .. })
+                        || group.key.free.first_shortage(&pod.requests).is_some()
+                    {
+                        continue;
+                    }
+                    if let Some(&member) = group.members.iter().find(|member| admitted(member.1)) {
+                        consider(&mut best, score, member, entry.device);
+                    }
                 }
             }
         }
@@ -842,7 +864,7 @@ impl Engine {
                 self.largest_cpu,
                 self.largest_gpu,
             );
-            score[2] -= displaced_steps(self.policy, pod, group, &self.model_pressure);
+            score[2] -= displaced_steps(self.policy, pod, group.bucket / GPU_BUCKETS, &self.model_pressure);
             // Nodes of one group differ only where spreading or the topology rules look.
             let every_member = spread.is_some() || rules.as_ref().is_some_and(Rules::scores);
             for &member in group.members.iter().filter(|member| admitted(member.1)) {
@@ -1214,13 +1236,13 @@ fn memo_fragmentation(
     value
 }
 
-/// For yiyun, the GPUs (in steps of the fragmentation score) of a model pinned pods will ask
-/// for that `pod` would take on `group` though it could go anywhere.
-fn displaced_steps(policy: Policy, pod: &Pod, group: &Group, model_pressure: &[f64]) -> f64 {
+/// For yiyun, the GPUs (in steps of the fragmentation score) of the GPU model in slot `model`
+/// that pinned pods will ask for and `pod` would take though it could go anywhere.
+fn displaced_steps(policy: Policy, pod: &Pod, model: usize, model_pressure: &[f64]) -> f64 {
     if policy != Policy::Yiyun || !pod.gpu_models.is_empty() {
         return 0.0;
     }
-    let pressure = model_pressure.get(group.bucket / GPU_BUCKETS).copied().unwrap_or(0.0);
+    let pressure = model_pressure.get(model).copied().unwrap_or(0.0);
     (pod.gpu.milli() as f64 * pressure / FRAGMENTATION_STEP_MILLI).round()
 }
 
@@ -1328,7 +1350,9 @@ fn score_group(
                     // and truncated to an integer; the first device wins a tie.
                     (sigmoid(-grown / 1000.0) * 100.0).trunc()
                 } else {
-                    -(grown / FRAGMENTATION_STEP_MILLI).round()
+                    // Whole steps, zero without a sign: a decision lowers scores by whole steps
+                    // per model (`displaced_steps`), which must keep each model's order.
+                    0.0 - (grown / FRAGMENTATION_STEP_MILLI).round()
                 };
                 // Choices come largest free first: FGD keeps the first of equals, yiyun the
                 // tightest device.
@@ -1382,7 +1406,7 @@ fn sigmoid(x: f64) -> f64 {
 }
 
 #[cfg(test)]
-mod bucket_tests {
+mod read_order_tests {
     use super::*;
 
     /// A pod visits only the buckets from `first_fitting_bucket` on: every node its GPUs fit
@@ -1410,5 +1434,61 @@ mod bucket_tests {
                 }
             }
         }
+    }
+
+    /// A decision lowers yiyun's scores by whole steps per GPU model and reads each model's
+    /// ranking in order until below the best, which holds only if no score is a negative zero:
+    /// ordered below zero, it is the same number once lowered.
+    #[test]
+    fn yiyun_scores_carry_no_negative_zero() {
+        let mut engine = Engine::new(Policy::Yiyun, 7);
+        for index in 0..12 {
+            let cpu = [32_000, 64_000, 96_000][index % 3];
+            let mut node = Node::new(
+                format!("n{index}"),
+                Resources { cpu_milli: cpu, memory_bytes: 256 << 30, pods: 110, ..Default::default() },
+            );
+            node.gpus = [2, 4, 8][index % 3];
+            node.gpu_model = Some(["A10", "V100"][index % 2].to_string());
+            engine.upsert_node(node);
+        }
+        let requests = [
+            GpuRequest::Fraction(250),
+            GpuRequest::Fraction(500),
+            GpuRequest::Whole(1),
+            GpuRequest::Whole(2),
+        ];
+        let mut memo = FxHashMap::default();
+        let mut zeros = 0;
+        for index in 0..80u64 {
+            let mut pod = Pod::new(format!("p{index}"), Resources::new(2_000 + 1_000 * (index % 5), 4 << 30));
+            pod.gpu = requests[index as usize % requests.len()];
+            for group in engine.groups.iter().filter(|group| {
+                !group.members.is_empty()
+                    && group.key.free.first_shortage(&pod.requests).is_none()
+                    && group.key.gpus.fits(pod.gpu)
+            }) {
+                let (score, _) = score_group(
+                    Policy::Yiyun,
+                    &pod,
+                    group,
+                    0,
+                    0.0,
+                    &engine.workload,
+                    &engine.classes,
+                    &mut memo,
+                    engine.largest_cpu,
+                    engine.largest_gpu,
+                );
+                assert!(
+                    !(score[2] == 0.0 && score[2].is_sign_negative()),
+                    "{pod:?} on {:?}: {score:?}",
+                    group.key
+                );
+                zeros += usize::from(score[2] == 0.0);
+            }
+            engine.try_schedule(&pod);
+        }
+        assert!(zeros > 0, "no placement left fragmentation as it was: the check above saw no zero");
     }
 }

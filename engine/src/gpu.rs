@@ -173,14 +173,14 @@ struct RequestGroup {
 impl RequestGroup {
     /// Weight of the shapes that `cpu_free` and `memory_free` hold.
     fn fitting(&self, shapes: &[WorkloadShape], cpu_free: u64, memory_free: u64) -> f64 {
+        let held = self.cpus.partition_point(|&cpu| cpu <= cpu_free);
         if memory_free >= self.memory {
-            let held = self.cpus.partition_point(|&cpu| cpu <= cpu_free);
             return held.checked_sub(1).map_or(0.0, |last| self.cumulative[last]);
         }
-        self.shapes
+        self.shapes[..held]
             .iter()
             .map(|&index| &shapes[index])
-            .filter(|shape| shape.cpu_milli <= cpu_free && shape.memory_bytes <= memory_free)
+            .filter(|shape| shape.memory_bytes <= memory_free)
             .map(|shape| shape.weight)
             .sum()
     }

@@ -2,12 +2,18 @@
 //! group instead of scoring every one. A placement changes one or two groups; each ranking
 //! catches up with the changes when its shape is next asked about, rescoring only the groups
 //! that changed since (each once, however often it changed).
+//!
+//! A group's score does not depend on the GPU models a pod is pinned to, only on whether the
+//! pod may use the group's model: pods of one CPU and GPU request share a ranking, kept apart by
+//! GPU model. A pinned pod reads only its models' orders, and a ranking scores a model's groups
+//! only once a pod that may use the model asks.
 
 use std::{cmp::Ordering, collections::BTreeSet};
 
 use crate::{
     fxhash::{FxHashMap, FxHashSet},
     gpu::{Shape, Workload, WorkloadShape},
+    model::GpuRequest,
 };
 
 /// A group's score for one pod shape: compared lexicographically, higher is better.
@@ -17,14 +23,16 @@ pub(crate) fn compare(a: &Score, b: &Score) -> Ordering {
     a.iter().zip(b).map(|(a, b)| a.total_cmp(b)).find(|o| o.is_ne()).unwrap_or(Ordering::Equal)
 }
 
-/// What a group's score depends on besides the group: the pod's shape, and its memory under a
-/// policy that scores memory.
-pub(crate) type Ask = (Shape, u64);
+/// What a group's score depends on besides the group: the pod's CPU and GPU request, and its
+/// memory under a policy that scores memory.
+pub(crate) type Ask = (u64, GpuRequest, u64);
 
 /// One group in a ranking.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Entry {
     pub score: Score,
+    /// The group's GPU model (its slot).
+    pub model: usize,
     /// Rank of the group's first member, which ties go to.
     pub rank: u64,
     pub group: u32,
@@ -61,8 +69,11 @@ impl Ord for Entry {
 
 #[derive(Debug, Default)]
 struct Ranking {
-    order: BTreeSet<Entry>,
+    /// Entries by GPU model slot, best first.
+    by_model: Vec<BTreeSet<Entry>>,
     by_group: FxHashMap<u32, Entry>,
+    /// Model slots whose groups are scored (the others are until a pod that may use them asks).
+    covered: Vec<bool>,
     /// Position in the change log this ranking has caught up to.
     seen: u64,
     /// When it was last asked about (decisions), to drop the least used.
@@ -73,12 +84,25 @@ impl Ranking {
     /// Puts `group` where `entry` ranks it, or out when it cannot take the shape.
     fn put(&mut self, group: u32, entry: Option<Entry>) {
         if let Some(old) = self.by_group.remove(&group) {
-            self.order.remove(&old);
+            self.by_model[old.model].remove(&old);
         }
         if let Some(entry) = entry {
-            self.order.insert(entry);
+            if self.by_model.len() <= entry.model {
+                self.by_model.resize_with(entry.model + 1, BTreeSet::new);
+            }
+            self.by_model[entry.model].insert(entry);
             self.by_group.insert(group, entry);
         }
+    }
+
+    fn covers(&self, model: usize) -> bool {
+        self.covered.get(model).copied().unwrap_or(false)
+    }
+
+    fn clear(&mut self) {
+        self.by_model.clear();
+        self.by_group.clear();
+        self.covered.clear();
     }
 }
 
@@ -140,43 +164,56 @@ impl Rankings {
         self.typical.contains(shape)
     }
 
-    /// The groups that can take `ask`, best first, brought up to date: `score` gives a group's
-    /// entry, or None when it cannot take the shape (or is empty); `all` lists every group.
-    pub(crate) fn ranked(
+    /// The groups that can take `ask` by GPU model slot, each best first, brought up to date
+    /// for the models `allowed` (by slot): `score` gives a group's entry, or None when it cannot
+    /// take the shape (or is empty), `model_of` a group's model slot, `groups_of` every group of
+    /// a model slot that may take the shape.
+    pub(crate) fn ranked<G: IntoIterator<Item = u32>>(
         &mut self,
         ask: &Ask,
-        all: impl Iterator<Item = u32>,
+        allowed: &[bool],
+        groups_of: impl Fn(usize) -> G,
+        model_of: impl Fn(u32) -> usize,
         mut score: impl FnMut(u32) -> Option<Entry>,
-    ) -> impl Iterator<Item = &Entry> {
+    ) -> &[BTreeSet<Entry>] {
         self.asked += 1;
         let end = self.base + self.log.len() as u64;
         if !self.rankings.contains_key(ask) && self.rankings.len() >= RANKINGS_KEPT {
             let least_used =
-                self.rankings.iter().min_by_key(|(_, ranking)| ranking.used).map(|(ask, _)| ask.clone());
+                self.rankings.iter().min_by_key(|(_, ranking)| ranking.used).map(|(ask, _)| *ask);
             if let Some(least_used) = least_used {
                 self.rankings.remove(&least_used);
             }
         }
-        let ranking = self.rankings.entry(ask.clone()).or_default();
+        let ranking = self.rankings.entry(*ask).or_default();
         let behind = (end - ranking.seen) as usize;
         if ranking.used == 0 || behind > ranking.by_group.len().max(64) {
             // New, or so far behind that scoring everything is cheaper than catching up.
-            ranking.order.clear();
-            ranking.by_group.clear();
-            for group in all {
-                ranking.put(group, score(group));
-            }
+            ranking.clear();
         } else {
             for number in ranking.seen..end {
                 let group = self.log[(number - self.base) as usize];
                 if self.latest[group as usize] != number {
                     continue; // changed again later: rescored then
                 }
+                let entry = if ranking.covers(model_of(group)) { score(group) } else { None };
+                ranking.put(group, entry);
+            }
+        }
+        for (model, _) in allowed.iter().enumerate().filter(|(_, allowed)| **allowed) {
+            if ranking.covers(model) {
+                continue;
+            }
+            for group in groups_of(model) {
                 ranking.put(group, score(group));
             }
+            if ranking.covered.len() <= model {
+                ranking.covered.resize(model + 1, false);
+            }
+            ranking.covered[model] = true;
         }
         ranking.seen = end;
         ranking.used = self.asked;
-        ranking.order.iter()
+        &ranking.by_model
     }
 }

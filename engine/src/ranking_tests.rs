@@ -11,12 +11,13 @@ const GIB: u64 = 1 << 30;
 
 #[derive(Clone, Debug)]
 enum Op {
-    /// One of a few shapes (so they become typical and get rankings), pinned to a model or not
-    /// (one in four: enough for the model's pressure to move rather than saturate).
+    /// One of a few shapes (so they become typical and get rankings), pinned to one of two
+    /// models or not (one in four: enough for each model's pressure to move rather than
+    /// saturate, and to differ between models).
     Place {
         shape: usize,
         memory_gib: u64,
-        pinned: bool,
+        pinned: Option<&'static str>,
     },
     Forget {
         pick: usize,
@@ -52,8 +53,11 @@ fn node(index: usize, size: usize) -> Node {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        8 => (0..SHAPES.len(), 1u64..=96, 0..4u8)
-            .prop_map(|(shape, memory_gib, pin)| Op::Place { shape, memory_gib, pinned: pin == 0 }),
+        8 => (0..SHAPES.len(), 1u64..=96, 0..8u8).prop_map(|(shape, memory_gib, pin)| Op::Place {
+            shape,
+            memory_gib,
+            pinned: [Some("A10"), Some("V100")].get(usize::from(pin)).copied().flatten(),
+        }),
         3 => any::<usize>().prop_map(|pick| Op::Forget { pick }),
         1 => (0usize..4).prop_map(|size| Op::AddNode { size }),
         1 => any::<usize>().prop_map(|pick| Op::RemoveNode { pick }),
@@ -85,8 +89,8 @@ proptest! {
                     let (cpu, gpu) = SHAPES[shape];
                     let mut pod = Pod::new(format!("p{step}"), Resources::new(cpu, memory_gib * GIB));
                     pod.gpu = gpu;
-                    if pinned && gpu.milli() > 0 {
-                        pod.gpu_models = vec!["A10".to_string()];
+                    if let Some(model) = pinned.filter(|_| gpu.milli() > 0) {
+                        pod.gpu_models = vec![model.to_string()];
                     }
                     asked += 1;
                     let (a, b) = (ranked.schedule(&pod), scanned.schedule(&pod));
