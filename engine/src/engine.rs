@@ -244,6 +244,9 @@ pub struct Engine {
     /// By GPU model (as `gpu_models`): how much of its free GPUs pinned pods will ask for
     /// (see [`pressure::model_pressure`]); yiyun only.
     model_pressure: Vec<f64>,
+    /// Whether CPU runs out before GPUs for the measured workload (see
+    /// [`pressure::cpu_binds`]); yiyun only, measured with the model pressure.
+    cpu_binds: bool,
     /// Decisions since the model pressure was last measured.
     since_pressure: usize,
     /// Groups in score order for the typical pod shapes.
@@ -321,6 +324,7 @@ impl Engine {
             spread: HashMap::new(),
             frag_memo: FxHashMap::default(),
             model_pressure: Vec::new(),
+            cpu_binds: false,
             since_pressure: 0,
             rankings: Rankings::default(),
             use_rankings: true,
@@ -385,8 +389,9 @@ impl Engine {
     }
 
     /// Measures again, every [`PRESSURE_EVERY`] decisions, how much of each GPU model's free
-    /// GPUs pinned pods will ask for. Rankings leave it out (it moves with every placement);
-    /// decisions take it off the scores they read, see [`displaced_steps`].
+    /// GPUs pinned pods will ask for, and whether CPU runs out first. Rankings leave the
+    /// pressure out (it moves with every placement); decisions take it off the scores they
+    /// read, see [`displaced_steps`].
     fn measure_pressure(&mut self) {
         if self.policy != Policy::Yiyun {
             return;
@@ -405,6 +410,14 @@ impl Engine {
         let models: Vec<(Option<&str>, u64)> =
             self.gpu_models.iter().map(Option::as_deref).zip(free).collect();
         self.model_pressure = pressure::model_pressure(&self.workload, &models);
+        let cpu_capacity =
+            self.groups.iter().map(|group| group.members.len() as u64 * group.key.allocatable_cpu).sum();
+        let cpu_binds = pressure::cpu_binds(&self.workload, cpu_capacity, self.gpu_capacity);
+        if cpu_binds != self.cpu_binds {
+            // Scores of pods without GPUs depend on it.
+            self.cpu_binds = cpu_binds;
+            self.rankings.reset(&self.workload);
+        }
     }
 
     /// Sets the clock (seconds): pods placed from now on are expected to end at now plus their
@@ -776,7 +789,8 @@ impl Engine {
         if ranked {
             let (groups, classes, workload, model_pressure, memo) =
                 (&self.groups, &self.classes, &self.workload, &self.model_pressure, &mut self.frag_memo);
-            let (policy, largest_cpu, largest_gpu) = (self.policy, self.largest_cpu, self.largest_gpu);
+            let (policy, largest_cpu, largest_gpu, cpu_binds) =
+                (self.policy, self.largest_cpu, self.largest_gpu, self.cpu_binds);
             // Spread scores memory, the others only need it to fit (checked below, per pod).
             let memory = if policy == Policy::Spread { pod.requests.memory_bytes } else { 0 };
             let score = |index: u32| {
@@ -799,6 +813,7 @@ impl Engine {
                     memo,
                     largest_cpu,
                     largest_gpu,
+                    cpu_binds,
                 );
                 Some(Entry { score, model: group.bucket / GPU_BUCKETS, rank, group: index, device })
             };
@@ -863,6 +878,7 @@ impl Engine {
                 &mut self.frag_memo,
                 self.largest_cpu,
                 self.largest_gpu,
+                self.cpu_binds,
             );
             score[2] -= displaced_steps(self.policy, pod, group.bucket / GPU_BUCKETS, &self.model_pressure);
             // Nodes of one group differ only where spreading or the topology rules look.
@@ -1260,6 +1276,7 @@ fn score_group(
     memo: &mut FxHashMap<FragKey, f64>,
     largest_cpu: u64,
     largest_gpu: u64,
+    cpu_binds: bool,
 ) -> (Score, Option<u16>) {
     let shape = &group.key;
     let cpu_after = shape.free.cpu_milli - pod.requests.cpu_milli;
@@ -1323,7 +1340,12 @@ fn score_group(
             let lookahead = yiyun && pod.gpu.milli() > 0;
             // GPUs a pod of two or more leaves without CPU are left to the fragmentation measure:
             // counting them too turned more such pods away (measured on the multi-GPU mixes).
-            let strands = yiyun && !matches!(pod.gpu, GpuRequest::Whole(count) if count > 1);
+            // Nor are a pod without GPUs when CPU runs out first: GPUs are left beside it anyway,
+            // and steering it off them broke up CPU that GPU pods needed (measured on the
+            // CPU-heavy mixes).
+            let strands = yiyun
+                && !matches!(pod.gpu, GpuRequest::Whole(count) if count > 1)
+                && !(cpu_binds && pod.gpu == GpuRequest::None);
             let cpu_per_gpu = workload.cpu_per_gpu().filter(|_| strands);
             let stranded_before =
                 cpu_per_gpu.map_or(0.0, |ratio| stranded(ratio, shape.free.cpu_milli, gpu_free));
@@ -1479,6 +1501,7 @@ mod read_order_tests {
                     &mut memo,
                     engine.largest_cpu,
                     engine.largest_gpu,
+                    engine.cpu_binds,
                 );
                 assert!(
                     !(score[2] == 0.0 && score[2].is_sign_negative()),

@@ -1,6 +1,6 @@
 //! What yiyun weighs besides FGD's fragmentation, from the measured workload and the cluster's
-//! free resources: GPUs a placement leaves without the CPU that GPU pods bring with them, and
-//! GPUs of a model that pods pinned to it will ask for.
+//! free resources: GPUs a placement leaves without the CPU that GPU pods bring with them, whether
+//! CPU runs out before GPUs at all, and GPUs of a model that pods pinned to it will ask for.
 
 use crate::gpu::Workload;
 
@@ -8,6 +8,17 @@ use crate::gpu::Workload;
 /// if they arrived in the measured mix: each brings `cpu_per_gpu` CPU milli per GPU milli.
 pub(crate) fn stranded(cpu_per_gpu: f64, free_cpu_milli: u64, free_gpu_milli: u64) -> f64 {
     (free_gpu_milli as f64 - free_cpu_milli as f64 / cpu_per_gpu).max(0.0)
+}
+
+/// Whether the workload's pods, in the measured mix, ask for more CPU per GPU than the cluster
+/// has (`cpu_milli` and `gpu_milli` allocatable): then CPU runs out first and GPUs are left beside
+/// it wherever pods without GPUs go, so steering them away from free GPUs only breaks up CPU that
+/// GPU pods would need.
+pub(crate) fn cpu_binds(workload: &Workload, cpu_milli: u64, gpu_milli: u64) -> bool {
+    let (cpu, gpu) = workload.shapes().iter().fold((0.0, 0.0), |(cpu, gpu), shape| {
+        (cpu + shape.weight * shape.cpu_milli as f64, gpu + shape.weight * shape.gpu.milli() as f64)
+    });
+    gpu > 0.0 && gpu_milli > 0 && cpu / gpu > cpu_milli as f64 / gpu_milli as f64
 }
 
 /// For each GPU model (`models`, with the GPU milli each has free), the share of its free GPUs
@@ -77,6 +88,17 @@ mod tests {
         assert_eq!(stranded(10.0, 40_000, 8_000), 4_000.0);
         assert_eq!(stranded(10.0, 96_000, 8_000), 0.0);
         assert_eq!(stranded(10.0, 0, 0), 0.0);
+    }
+
+    #[test]
+    fn cpu_binds_when_the_pods_ask_for_more_cpu_per_gpu_than_the_cluster_has() {
+        // Every shape asks for 4 CPUs; half of them for a GPU: 8 CPUs per GPU asked.
+        let half_gpu = workload(&[(GpuRequest::Whole(1), &[], 1.0), (GpuRequest::None, &[], 1.0)]);
+        assert!(cpu_binds(&half_gpu, 64_000, 10_000));
+        assert!(!cpu_binds(&half_gpu, 96_000, 10_000));
+        // Without GPUs asked for or to give, GPUs are never left for want of CPU.
+        assert!(!cpu_binds(&workload(&[(GpuRequest::None, &[], 1.0)]), 64_000, 10_000));
+        assert!(!cpu_binds(&half_gpu, 64_000, 0));
     }
 
     #[test]

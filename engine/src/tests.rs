@@ -546,3 +546,28 @@ fn yiyun_puts_a_cpu_heavy_pod_where_it_leaves_no_gpu_without_cpu() {
     // and keeps the roomy node's two GPUs together for a two-GPU pod.
     assert_eq!(fgd_and_yiyun(&nodes, shapes, &heavy), ["dense", "roomy"]);
 }
+
+#[test]
+fn yiyun_keeps_a_pod_without_gpus_off_free_gpus_only_while_gpus_run_out_first() {
+    // 80 CPUs beside 8 GPUs: 10 CPUs per GPU. GPU pods bring 4 CPUs a GPU, so the tight node's
+    // 16 CPUs serve its 4 GPUs until a pod without GPUs takes some of them.
+    let nodes = [node("tight", 16_000, 4), node("roomy", 64_000, 4)];
+    let place = |shapes: &[(u64, GpuRequest, &[&str], f64)]| {
+        let mut engine = Engine::new(Policy::Yiyun, 1);
+        for node in &nodes {
+            engine.upsert_node(node.clone());
+        }
+        engine.set_workload(workload(shapes));
+        let placement = engine.schedule(&pod("batch", 4_000, GpuRequest::None)).expect("fits");
+        engine.node(placement.node).map(|node| node.name.clone()).unwrap_or_default()
+    };
+    // Mostly GPU pods (5 CPUs asked per GPU): GPUs run out first, and a GPU the tight node
+    // could no longer serve would be lost.
+    let gpus_run_out = [(4_000, GpuRequest::Whole(1), &[][..], 0.8), (4_000, GpuRequest::None, &[][..], 0.2)];
+    assert_eq!(place(&gpus_run_out), "roomy");
+    // Mostly large pods without GPUs (68 CPUs asked per GPU): CPU runs out first and GPUs are
+    // left somewhere whatever happens; the tightest fit keeps the roomy node's CPU whole.
+    let cpu_runs_out =
+        [(4_000, GpuRequest::Whole(1), &[][..], 0.2), (16_000, GpuRequest::None, &[][..], 0.8)];
+    assert_eq!(place(&cpu_runs_out), "tight");
+}
