@@ -3,6 +3,7 @@
 //! is placed where.
 
 use std::{
+    cell::Cell,
     cmp::Ordering,
     collections::{BTreeMap, BTreeSet, HashMap},
 };
@@ -96,6 +97,10 @@ struct Group {
     key: ShapeKey,
     /// Member nodes by (rank, id): the first is the one ties go to.
     members: BTreeSet<(u64, NodeId)>,
+    /// The group's own fragmentation, without and with the lookahead, and the workload
+    /// generation it was measured under: every score of the group starts from it, and reading
+    /// it here spares a lookup in the large memo.
+    fragmentation: Cell<[(u64, f64); 2]>,
 }
 
 #[derive(Debug)]
@@ -241,6 +246,8 @@ pub struct Engine {
     /// Replicas per spread key per node.
     spread: HashMap<String, HashMap<NodeId, u32>>,
     frag_memo: FxHashMap<FragKey, f64>,
+    /// Counts the workloads measured against, so a group knows its cached fragmentation stale.
+    workload_generation: u64,
     /// By GPU model (as `gpu_models`): how much of its free GPUs pinned pods will ask for
     /// (see [`pressure::model_pressure`]); yiyun only.
     model_pressure: Vec<f64>,
@@ -323,6 +330,7 @@ impl Engine {
             pods: HashMap::new(),
             spread: HashMap::new(),
             frag_memo: FxHashMap::default(),
+            workload_generation: 0,
             model_pressure: Vec::new(),
             cpu_binds: false,
             since_pressure: 0,
@@ -359,6 +367,7 @@ impl Engine {
     pub fn set_workload(&mut self, workload: Workload) {
         self.observed = None;
         self.workload = workload;
+        self.workload_generation += 1;
         self.frag_memo.clear();
         self.rankings.reset(&self.workload);
     }
@@ -382,6 +391,7 @@ impl Engine {
             self.observed.as_mut().and_then(|observed| observed.record(pod, &self.workload))
         {
             self.workload = measured;
+            self.workload_generation += 1;
             self.frag_memo.clear();
             self.rankings.reset(&self.workload);
             self.since_pressure = PRESSURE_EVERY;
@@ -660,6 +670,7 @@ impl Engine {
                     position: self.buckets[bucket].len(),
                     key: key.clone(),
                     members: BTreeSet::new(),
+                    fragmentation: Cell::new([(NOT_MEASURED, 0.0); 2]),
                 };
                 let index = match self.spare_groups.pop() {
                     Some(index) => {
@@ -786,11 +797,18 @@ impl Engine {
             && rules.as_ref().is_none_or(|rules| !rules.scores())
             && uniform(&verdicts)
             && self.rankings.keeps(&shape);
+        let scoring = Scoring {
+            policy: self.policy,
+            workload: &self.workload,
+            workload_generation: self.workload_generation,
+            classes: &self.classes,
+            largest_cpu: self.largest_cpu,
+            largest_gpu: self.largest_gpu,
+            cpu_binds: self.cpu_binds,
+        };
         if ranked {
-            let (groups, classes, workload, model_pressure, memo) =
-                (&self.groups, &self.classes, &self.workload, &self.model_pressure, &mut self.frag_memo);
-            let (policy, largest_cpu, largest_gpu, cpu_binds) =
-                (self.policy, self.largest_cpu, self.largest_gpu, self.cpu_binds);
+            let (groups, model_pressure, memo) = (&self.groups, &self.model_pressure, &mut self.frag_memo);
+            let policy = self.policy;
             // Spread scores memory, the others only need it to fit (checked below, per pod).
             let memory = if policy == Policy::Spread { pod.requests.memory_bytes } else { 0 };
             let score = |index: u32| {
@@ -802,19 +820,7 @@ impl Engine {
                 if !takes {
                     return None;
                 }
-                let (score, device) = score_group(
-                    policy,
-                    pod,
-                    group,
-                    0,
-                    0.0,
-                    workload,
-                    classes,
-                    memo,
-                    largest_cpu,
-                    largest_gpu,
-                    cpu_binds,
-                );
+                let (score, device) = score_group(&scoring, pod, group, 0, 0.0, memo);
                 Some(Entry { score, model: group.bucket / GPU_BUCKETS, rank, group: index, device })
             };
             let first = first_fitting_bucket(pod.gpu);
@@ -867,19 +873,8 @@ impl Engine {
             if group.key.free.first_shortage(&pod.requests).is_some() || !group.key.gpus.fits(pod.gpu) {
                 continue;
             }
-            let (mut score, device) = score_group(
-                self.policy,
-                pod,
-                group,
-                preference,
-                cost,
-                &self.workload,
-                &self.classes,
-                &mut self.frag_memo,
-                self.largest_cpu,
-                self.largest_gpu,
-                self.cpu_binds,
-            );
+            let (mut score, device) =
+                score_group(&scoring, pod, group, preference, cost, &mut self.frag_memo);
             score[2] -= displaced_steps(self.policy, pod, group.bucket / GPU_BUCKETS, &self.model_pressure);
             // Nodes of one group differ only where spreading or the topology rules look.
             let every_member = spread.is_some() || rules.as_ref().is_some_and(Rules::scores);
@@ -1262,22 +1257,33 @@ fn displaced_steps(policy: Policy, pod: &Pod, model: usize, model_pressure: &[f6
     (pod.gpu.milli() as f64 * pressure / FRAGMENTATION_STEP_MILLI).round()
 }
 
+/// A group's fragmentation not measured yet (no workload generation reaches it).
+const NOT_MEASURED: u64 = u64::MAX;
+
+/// What scoring a group reads besides the group and the pod.
+struct Scoring<'a> {
+    policy: Policy,
+    workload: &'a Workload,
+    workload_generation: u64,
+    classes: &'a [NodeClass],
+    /// The largest node's CPU and GPU milli, which best-fit terms are normalised by.
+    largest_cpu: u64,
+    largest_gpu: u64,
+    cpu_binds: bool,
+}
+
 /// Scores one group of alike nodes for `pod`; for a GPU fraction also which device (by its
 /// free milli) the pod should take.
-#[allow(clippy::too_many_arguments)]
 fn score_group(
-    policy: Policy,
+    scoring: &Scoring,
     pod: &Pod,
     group: &Group,
     preference: i64,
     cost: f64,
-    workload: &Workload,
-    classes: &[NodeClass],
     memo: &mut FxHashMap<FragKey, f64>,
-    largest_cpu: u64,
-    largest_gpu: u64,
-    cpu_binds: bool,
 ) -> (Score, Option<u16>) {
+    let Scoring { policy, workload, workload_generation, classes, largest_cpu, largest_gpu, cpu_binds } =
+        *scoring;
     let shape = &group.key;
     let cpu_after = shape.free.cpu_milli - pod.requests.cpu_milli;
     let gpu_free = shape.gpus.total();
@@ -1349,12 +1355,17 @@ fn score_group(
             let cpu_per_gpu = workload.cpu_per_gpu().filter(|_| strands);
             let stranded_before =
                 cpu_per_gpu.map_or(0.0, |ratio| stranded(ratio, shape.free.cpu_milli, gpu_free));
-            let before = memo_fragmentation(
-                memo,
-                workload,
-                frag_key(lookahead, workload, group, shape.free.cpu_milli, shape.gpus),
-                model,
-            );
+            let mut measured = group.fragmentation.get();
+            let before = match measured[usize::from(lookahead)] {
+                (generation, value) if generation == workload_generation => value,
+                _ => {
+                    let key = frag_key(lookahead, workload, group, shape.free.cpu_milli, shape.gpus);
+                    let value = memo_fragmentation(memo, workload, key, model);
+                    measured[usize::from(lookahead)] = (workload_generation, value);
+                    group.fragmentation.set(measured);
+                    value
+                }
+            };
             let mut best: Option<(f64, Option<u16>)> = None;
             for &device in choices {
                 let gpus = after(device);
@@ -1428,7 +1439,7 @@ fn sigmoid(x: f64) -> f64 {
 }
 
 #[cfg(test)]
-mod read_order_tests {
+mod scoring_tests {
     use super::*;
 
     /// A pod visits only the buckets from `first_fitting_bucket` on: every node its GPUs fit
@@ -1490,19 +1501,16 @@ mod read_order_tests {
                     && group.key.free.first_shortage(&pod.requests).is_none()
                     && group.key.gpus.fits(pod.gpu)
             }) {
-                let (score, _) = score_group(
-                    Policy::Yiyun,
-                    &pod,
-                    group,
-                    0,
-                    0.0,
-                    &engine.workload,
-                    &engine.classes,
-                    &mut memo,
-                    engine.largest_cpu,
-                    engine.largest_gpu,
-                    engine.cpu_binds,
-                );
+                let scoring = Scoring {
+                    policy: Policy::Yiyun,
+                    workload: &engine.workload,
+                    workload_generation: engine.workload_generation,
+                    classes: &engine.classes,
+                    largest_cpu: engine.largest_cpu,
+                    largest_gpu: engine.largest_gpu,
+                    cpu_binds: engine.cpu_binds,
+                };
+                let (score, _) = score_group(&scoring, &pod, group, 0, 0.0, &mut memo);
                 assert!(
                     !(score[2] == 0.0 && score[2].is_sign_negative()),
                     "{pod:?} on {:?}: {score:?}",
@@ -1513,5 +1521,54 @@ mod read_order_tests {
             engine.try_schedule(&pod);
         }
         assert!(zeros > 0, "no placement left fragmentation as it was: the check above saw no zero");
+    }
+
+    /// Each group keeps the fragmentation it was measured at; a new workload measures it again.
+    #[test]
+    fn a_group_measures_its_fragmentation_again_under_a_new_workload() {
+        let mut engine = Engine::new(Policy::Yiyun, 7);
+        let mut node = Node::new(
+            "n",
+            Resources { cpu_milli: 32_000, memory_bytes: 64 << 30, pods: 110, ..Default::default() },
+        );
+        node.gpus = 3;
+        engine.upsert_node(node);
+        let mut pod = Pod::new("p", Resources::new(4_000, 1 << 30));
+        pod.gpu = GpuRequest::Whole(1);
+        let shape = |cpu_milli, gpu| (Shape { cpu_milli, gpu, gpu_models: Vec::new() }, 1.0);
+        // Under one-GPU pods alone the three GPUs are all usable; beside four-GPU pods they are
+        // half lost already, and less so once the pod takes one.
+        let ones = Workload::from_counts([shape(4_000, GpuRequest::Whole(1))], 1.0);
+        let fours = Workload::from_counts(
+            [shape(4_000, GpuRequest::Fraction(500)), shape(16_000, GpuRequest::Whole(4))],
+            1.0,
+        );
+        let mut memo = FxHashMap::default();
+        let mut scores = Vec::new();
+        for workload in [ones, fours] {
+            engine.set_workload(workload);
+            let scoring = Scoring {
+                policy: Policy::Yiyun,
+                workload: &engine.workload,
+                workload_generation: engine.workload_generation,
+                classes: &engine.classes,
+                largest_cpu: engine.largest_cpu,
+                largest_gpu: engine.largest_gpu,
+                cpu_binds: engine.cpu_binds,
+            };
+            let group =
+                engine.groups.iter().find(|group| !group.members.is_empty()).expect("the node's group");
+            let cached = score_group(&scoring, &pod, group, 0, 0.0, &mut memo).0;
+            let unmeasured = Group {
+                bucket: group.bucket,
+                position: group.position,
+                key: group.key.clone(),
+                members: group.members.clone(),
+                fragmentation: Cell::new([(NOT_MEASURED, 0.0); 2]),
+            };
+            assert_eq!(cached, score_group(&scoring, &pod, &unmeasured, 0, 0.0, &mut FxHashMap::default()).0);
+            scores.push(cached);
+        }
+        assert_ne!(scores[0], scores[1], "the two workloads score the node alike: the test shows nothing");
     }
 }
