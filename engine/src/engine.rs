@@ -1201,10 +1201,9 @@ fn eligible_buckets(allowed: &[bool], request: GpuRequest) -> impl Iterator<Item
         .flat_map(move |(slot, _)| slot * GPU_BUCKETS + first..(slot + 1) * GPU_BUCKETS)
 }
 
-/// The first of a GPU model's buckets whose groups may fit `request`. Buckets go by idle
-/// devices, then by the largest free amount on a device in use, so every later one fits too:
-/// for a fraction, a bucket with an idle device or whose partial device has (tenths + 1) × 100
-/// free above it.
+/// The first of a GPU model's buckets whose groups may fit `request`: buckets go by idle
+/// devices, then by the largest free amount on a device in use (in tenths), so no group in an
+/// earlier bucket can.
 fn first_fitting_bucket(request: GpuRequest) -> usize {
     match request {
         GpuRequest::None => 0,

@@ -72,7 +72,7 @@ struct Ranking {
     /// Entries by GPU model slot, best first.
     by_model: Vec<BTreeSet<Entry>>,
     by_group: FxHashMap<u32, Entry>,
-    /// Model slots whose groups are scored (the others are until a pod that may use them asks).
+    /// Model slots whose groups are scored; the others are once a pod that may use them asks.
     covered: Vec<bool>,
     /// Position in the change log this ranking has caught up to.
     seen: u64,
