@@ -8,6 +8,9 @@ use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
 };
 
+use self::scoring::{
+    FragKey, NOT_MEASURED, Scoring, displaced_steps, frag_key, memo_fragmentation, score_group,
+};
 use crate::{
     cost::CostModel,
     explain::Explanation,
@@ -40,8 +43,9 @@ pub enum Policy {
     Fgd,
     /// yiyun's default: preferred affinity, then the cheapest site, then the least expected
     /// loss of GPU (FGD's fragmentation, plus half of it one typical pod later for GPU pods,
-    /// plus GPUs left without the CPU GPU pods bring, plus GPUs of a model pinned pods will
-    /// ask for; in steps of 60 milli-GPU), then the tightest fit; ties to the node added first.
+    /// plus GPUs left without the CPU GPU pods bring unless CPU runs out first, plus GPUs of a
+    /// model pinned pods will ask for; in steps of 60 milli-GPU), then the tightest fit; ties
+    /// to the node added first.
     Yiyun,
 }
 
@@ -162,33 +166,6 @@ struct Bound {
     facts: PodFacts,
 }
 
-/// Key of the fragmentation memo: what the measure depends on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct FragKey {
-    /// yiyun's measure, which also looks one pod ahead.
-    lookahead: bool,
-    /// The node's GPU model (its entry in `gpu_models`), all the measure reads of its class.
-    model: u32,
-    cpu: u64,
-    memory: u64,
-    gpus: GpuFree,
-}
-
-/// Entries of the fragmentation memo before it is cleared, to bound memory.
-const FRAG_MEMO_LIMIT: usize = 1 << 20;
-
-/// Weight of the fragmentation one typical pod later in yiyun's measure. FGD's measure only
-/// asks whether the next pod could use what is free; adding half of what would be stranded after
-/// that pod steers away from nodes about to run out of CPU beside free GPUs, the largest loss on
-/// the Alibaba trace.
-const LOOKAHEAD_WEIGHT: f64 = 0.5;
-
-/// Growth of fragmentation (GPU milli) that yiyun treats as equal: among nodes that close, the
-/// tightest fit, then the node added first, wins. Chasing smaller differences spreads pods over
-/// many nodes and leaves none empty for the large pods that come later (measured on the trace:
-/// exact differences allocate 1.4 points less).
-const FRAGMENTATION_STEP_MILLI: f64 = 60.0;
-
 /// Decisions between two measures of the GPU models' pressure (as often as the workload is
 /// looked at).
 const PRESSURE_EVERY: usize = 64;
@@ -265,6 +242,8 @@ pub struct Engine {
     /// Largest allocatable CPU and GPU milli of any node, to normalise best-fit scores.
     largest_cpu: u64,
     largest_gpu: u64,
+    /// Allocatable CPU milli and GPU milli of all nodes.
+    cpu_capacity: u64,
     gpu_capacity: u64,
     gpu_allocated: u64,
     /// Pods placed so far, for their sequence numbers.
@@ -340,6 +319,7 @@ impl Engine {
             node_count: 0,
             largest_cpu: 1,
             largest_gpu: 1,
+            cpu_capacity: 0,
             gpu_capacity: 0,
             gpu_allocated: 0,
             placements: 0,
@@ -420,9 +400,7 @@ impl Engine {
         let models: Vec<(Option<&str>, u64)> =
             self.gpu_models.iter().map(Option::as_deref).zip(free).collect();
         self.model_pressure = pressure::model_pressure(&self.workload, &models);
-        let cpu_capacity =
-            self.groups.iter().map(|group| group.members.len() as u64 * group.key.allocatable_cpu).sum();
-        let cpu_binds = pressure::cpu_binds(&self.workload, cpu_capacity, self.gpu_capacity);
+        let cpu_binds = pressure::cpu_binds(&self.workload, self.cpu_capacity, self.gpu_capacity);
         if cpu_binds != self.cpu_binds {
             // Scores of pods without GPUs depend on it.
             self.cpu_binds = cpu_binds;
@@ -557,6 +535,7 @@ impl Engine {
                     self.index.count_pod(&bound.facts, &node, class, 1);
                 }
             }
+            self.cpu_capacity = self.cpu_capacity.saturating_sub(slot.node.allocatable.cpu_milli);
             self.gpu_capacity = self.gpu_capacity.saturating_sub(slot.gpus.devices().len() as u64 * 1000);
             self.gpu_allocated = self
                 .gpu_allocated
@@ -612,6 +591,7 @@ impl Engine {
         self.node_count -= 1;
         self.index.count_node(&slot.node, slot.class, -1);
         // What its pods hold is given back as each is forgotten below.
+        self.cpu_capacity = self.cpu_capacity.saturating_sub(slot.node.allocatable.cpu_milli);
         self.gpu_capacity = self.gpu_capacity.saturating_sub(slot.gpus.devices().len() as u64 * 1000);
         let displaced: Vec<String> = slot.pods.into_iter().collect();
         for key in &displaced {
@@ -631,6 +611,7 @@ impl Engine {
             // Best-fit terms are normalised by the largest node.
             self.rankings.reset(&self.workload);
         }
+        self.cpu_capacity += slot.node.allocatable.cpu_milli;
         self.gpu_capacity += slot.gpus.devices().len() as u64 * 1000;
         self.gpu_allocated += slot.gpus.devices().iter().map(|&f| 1000 - u64::from(f)).sum::<u64>();
         slot.group = self.join_group(id, &slot);
@@ -823,12 +804,8 @@ impl Engine {
                 let (score, device) = score_group(&scoring, pod, group, 0, 0.0, memo);
                 Some(Entry { score, model: group.bucket / GPU_BUCKETS, rank, group: index, device })
             };
-            let first = first_fitting_bucket(pod.gpu);
             let buckets = &self.buckets;
-            let groups_of = |model: usize| {
-                let end = (model + 1) * GPU_BUCKETS;
-                buckets[(model * GPU_BUCKETS + first).min(end)..end].iter().flatten().copied()
-            };
+            let groups_of = |model: usize| buckets[model_buckets(model, pod.gpu)].iter().flatten().copied();
             let model_of = |group: u32| groups[group as usize].bucket / GPU_BUCKETS;
             let ask = (pod.requests.cpu_milli, pod.gpu, memory);
             let by_model = self.rankings.ranked(&ask, &allowed, groups_of, model_of, score);
@@ -1193,12 +1170,17 @@ fn models_allowed(gpu_models: &[Option<String>], pod: &Pod) -> Vec<bool> {
 /// Buckets whose groups may hold a pod asking for `request`: of the GPU models it may use
 /// (`allowed`, by slot), with room for its GPUs.
 fn eligible_buckets(allowed: &[bool], request: GpuRequest) -> impl Iterator<Item = usize> + '_ {
-    let first = first_fitting_bucket(request);
     allowed
         .iter()
         .enumerate()
         .filter(|(_, allowed)| **allowed)
-        .flat_map(move |(slot, _)| slot * GPU_BUCKETS + first..(slot + 1) * GPU_BUCKETS)
+        .flat_map(move |(model, _)| model_buckets(model, request))
+}
+
+/// The buckets of the GPU model in slot `model` whose groups may fit `request`.
+fn model_buckets(model: usize, request: GpuRequest) -> std::ops::Range<usize> {
+    let end = (model + 1) * GPU_BUCKETS;
+    (model * GPU_BUCKETS + first_fitting_bucket(request)).min(end)..end
 }
 
 /// The first of a GPU model's buckets whose groups may fit `request`: buckets go by idle
@@ -1218,189 +1200,6 @@ pub(crate) fn usage_of(pod: &Pod) -> Usage {
         cpu_milli: pod.requests.cpu_milli,
         memory_bytes: pod.requests.memory_bytes,
         gpu_milli: pod.gpu.milli(),
-    }
-}
-
-fn frag_key(lookahead: bool, workload: &Workload, group: &Group, cpu: u64, gpus: GpuFree) -> FragKey {
-    let (cpu, memory) = workload.canonical(cpu, group.key.free.memory_bytes);
-    FragKey { lookahead, model: (group.bucket / GPU_BUCKETS) as u32, cpu, memory, gpus }
-}
-
-fn memo_fragmentation(
-    memo: &mut FxHashMap<FragKey, f64>,
-    workload: &Workload,
-    key: FragKey,
-    model: Option<&str>,
-) -> f64 {
-    if let Some(&value) = memo.get(&key) {
-        return value;
-    }
-    if memo.len() >= FRAG_MEMO_LIMIT {
-        memo.clear();
-    }
-    let mut value = workload.fragmentation(key.cpu, key.memory, &key.gpus, model);
-    if key.lookahead {
-        value += LOOKAHEAD_WEIGHT * workload.fragmentation_ahead(key.cpu, key.memory, &key.gpus, model);
-    }
-    memo.insert(key, value);
-    value
-}
-
-/// For yiyun, the GPUs (in steps of the fragmentation score) of the GPU model in slot `model`
-/// that pinned pods will ask for and `pod` would take though it could go anywhere.
-fn displaced_steps(policy: Policy, pod: &Pod, model: usize, model_pressure: &[f64]) -> f64 {
-    if policy != Policy::Yiyun || !pod.gpu_models.is_empty() {
-        return 0.0;
-    }
-    let pressure = model_pressure.get(model).copied().unwrap_or(0.0);
-    (pod.gpu.milli() as f64 * pressure / FRAGMENTATION_STEP_MILLI).round()
-}
-
-/// A group's fragmentation not measured yet (no workload generation reaches it).
-const NOT_MEASURED: u64 = u64::MAX;
-
-/// What scoring a group reads besides the group and the pod.
-struct Scoring<'a> {
-    policy: Policy,
-    workload: &'a Workload,
-    workload_generation: u64,
-    classes: &'a [NodeClass],
-    /// The largest node's CPU and GPU milli, which best-fit terms are normalised by.
-    largest_cpu: u64,
-    largest_gpu: u64,
-    cpu_binds: bool,
-}
-
-/// Scores one group of alike nodes for `pod`; for a GPU fraction also which device (by its
-/// free milli) the pod should take.
-fn score_group(
-    scoring: &Scoring,
-    pod: &Pod,
-    group: &Group,
-    preference: i64,
-    cost: f64,
-    memo: &mut FxHashMap<FragKey, f64>,
-) -> (Score, Option<u16>) {
-    let Scoring { policy, workload, workload_generation, classes, largest_cpu, largest_gpu, cpu_binds } =
-        *scoring;
-    let shape = &group.key;
-    let cpu_after = shape.free.cpu_milli - pod.requests.cpu_milli;
-    let gpu_free = shape.gpus.total();
-    let gpu_after = gpu_free - pod.gpu.milli();
-    // For a fraction, each distinct free amount that fits is a choice of device (devices come
-    // sorted, so equal amounts are neighbours).
-    let mut distinct = [None; MAX_GPUS];
-    let choices: &[Option<u16>] = match pod.gpu {
-        GpuRequest::Fraction(milli) => {
-            let mut count = 0;
-            for &free in shape.gpus.devices().iter().filter(|&&free| free >= milli) {
-                if count == 0 || distinct[count - 1] != Some(free) {
-                    distinct[count] = Some(free);
-                    count += 1;
-                }
-            }
-            &distinct[..count]
-        }
-        _ => &[None],
-    };
-    let after = |device: Option<u16>| -> GpuFree {
-        let mut gpus = shape.gpus;
-        match (pod.gpu, device) {
-            (GpuRequest::Fraction(milli), Some(free)) => {
-                if let Some(d) = gpus.device_with(free) {
-                    gpus.take(&[(d, milli)]);
-                }
-            }
-            (GpuRequest::Whole(count), _) => {
-                // Sorted largest first: the idle devices lead.
-                let taken: Vec<(u8, u16)> = (0..count).map(|d| (d, 1000)).collect();
-                gpus.take(&taken);
-            }
-            _ => {}
-        }
-        gpus.sorted()
-    };
-    match policy {
-        Policy::FirstFit => {
-            let first = group.members.first().map_or(u64::MAX, |(rank, _)| *rank);
-            // The tightest device, as a packing device plugin would.
-            ([-(first as f64), 0.0, 0.0, 0.0], choices.last().copied().flatten())
-        }
-        Policy::BestFit => {
-            let left =
-                0.5 * cpu_after as f64 / largest_cpu as f64 + 0.5 * gpu_after as f64 / largest_gpu as f64;
-            ([((1.0 - left) * 100.0).trunc(), 0.0, 0.0, 0.0], choices.last().copied().flatten())
-        }
-        Policy::Spread => {
-            let cpu = cpu_after as f64 / shape.allocatable_cpu.max(1) as f64;
-            let memory = (shape.free.memory_bytes - pod.requests.memory_bytes) as f64
-                / shape.allocatable_memory.max(1) as f64;
-            ([((cpu + memory) / 2.0 * 100.0).trunc(), 0.0, 0.0, 0.0], choices.first().copied().flatten())
-        }
-        Policy::Fgd | Policy::Yiyun => {
-            let model = classes[shape.class as usize].gpu_model.as_deref();
-            let yiyun = policy == Policy::Yiyun;
-            // Looking ahead for CPU-only pods left more GPUs beside exhausted CPU (measured on
-            // the CPU-heavy mixes); the CPU-to-GPU term below speaks for the GPUs they strand.
-            let lookahead = yiyun && pod.gpu.milli() > 0;
-            // GPUs a pod of two or more leaves without CPU are left to the fragmentation measure:
-            // counting them too turned more such pods away (measured on the multi-GPU mixes).
-            // Nor are a pod without GPUs when CPU runs out first: GPUs are left beside it anyway,
-            // and steering it off them broke up CPU that GPU pods needed (measured on the
-            // CPU-heavy mixes).
-            let strands = yiyun
-                && !matches!(pod.gpu, GpuRequest::Whole(count) if count > 1)
-                && !(cpu_binds && pod.gpu == GpuRequest::None);
-            let cpu_per_gpu = workload.cpu_per_gpu().filter(|_| strands);
-            let stranded_before =
-                cpu_per_gpu.map_or(0.0, |ratio| stranded(ratio, shape.free.cpu_milli, gpu_free));
-            let mut measured = group.fragmentation.get();
-            let before = match measured[usize::from(lookahead)] {
-                (generation, value) if generation == workload_generation => value,
-                _ => {
-                    let key = frag_key(lookahead, workload, group, shape.free.cpu_milli, shape.gpus);
-                    let value = memo_fragmentation(memo, workload, key, model);
-                    measured[usize::from(lookahead)] = (workload_generation, value);
-                    group.fragmentation.set(measured);
-                    value
-                }
-            };
-            let mut best: Option<(f64, Option<u16>)> = None;
-            for &device in choices {
-                let gpus = after(device);
-                let mut grown = memo_fragmentation(
-                    memo,
-                    workload,
-                    frag_key(lookahead, workload, group, cpu_after, gpus),
-                    model,
-                ) - before;
-                if let Some(ratio) = cpu_per_gpu {
-                    grown += stranded(ratio, cpu_after, gpus.total()) - stranded_before;
-                }
-                let value = if policy == Policy::Fgd {
-                    // As published: sigmoid of the drop in fragmentation (in GPUs), scaled to 0–100
-                    // and truncated to an integer; the first device wins a tie.
-                    (sigmoid(-grown / 1000.0) * 100.0).trunc()
-                } else {
-                    // Whole steps, zero without a sign: a decision lowers scores by whole steps
-                    // per model (`displaced_steps`), which must keep each model's order.
-                    0.0 - (grown / FRAGMENTATION_STEP_MILLI).round()
-                };
-                // Choices come largest free first: FGD keeps the first of equals, yiyun the
-                // tightest device.
-                let better = |score: f64| if policy == Policy::Fgd { value > score } else { value >= score };
-                if best.is_none_or(|(score, _)| better(score)) {
-                    best = Some((value, device));
-                }
-            }
-            let (value, device) = best.unwrap_or((0.0, None));
-            if policy == Policy::Fgd {
-                return ([value, 0.0, 0.0, 0.0], device);
-            }
-            let left = cpu_after as f64 / largest_cpu as f64 + gpu_after as f64 / largest_gpu as f64;
-            // Costs in whole fen, so a rounding error never outweighs fragmentation.
-            ([preference as f64, -(cost * 100.0).round(), value, -left], device)
-        }
     }
 }
 
@@ -1433,9 +1232,6 @@ fn uniform(verdicts: &[Verdict]) -> bool {
     feasible.all(|terms| Some(terms) == first)
 }
 
-fn sigmoid(x: f64) -> f64 {
-    1.0 / (1.0 + (-x).exp())
-}
-
+mod scoring;
 #[cfg(test)]
 mod scoring_tests;

@@ -138,6 +138,8 @@ pub struct Workload {
     memory_steps: Vec<u64>,
     /// CPU milli the GPU shapes ask for per GPU milli, weighted by popularity.
     cpu_per_gpu: Option<f64>,
+    /// CPU milli all the shapes ask for per GPU milli, weighted by popularity.
+    cpu_asked_per_gpu: Option<f64>,
 }
 
 /// Which typical pods can use a node's GPUs, for nodes of one GPU model: measuring a node only
@@ -238,18 +240,21 @@ impl Workload {
             steps
         };
         let (cpu_steps, memory_steps) = (steps(|shape| shape.cpu_milli), steps(|shape| shape.memory_bytes));
-        let gpu_shapes = shapes.iter().filter(|shape| shape.gpu.milli() > 0);
-        let (cpu, gpu) = gpu_shapes.fold((0.0, 0.0), |(cpu, gpu), shape| {
-            (cpu + shape.weight * shape.cpu_milli as f64, gpu + shape.weight * shape.gpu.milli() as f64)
-        });
-        let cpu_per_gpu = (cpu > 0.0 && gpu > 0.0).then_some(cpu / gpu);
-        Workload { shapes, views, cpu_steps, memory_steps, cpu_per_gpu }
+        let cpu_per_gpu = cpu_per_gpu_of(shapes.iter().filter(|shape| shape.gpu.milli() > 0));
+        let cpu_asked_per_gpu = cpu_per_gpu_of(shapes.iter());
+        Workload { shapes, views, cpu_steps, memory_steps, cpu_per_gpu, cpu_asked_per_gpu }
     }
 
     /// CPU milli the typical GPU pods bring per GPU milli (None without GPU pods that ask for
     /// CPU): a node's GPUs beyond what its free CPU serves at that ratio are likely stranded.
     pub fn cpu_per_gpu(&self) -> Option<f64> {
         self.cpu_per_gpu
+    }
+
+    /// CPU milli the typical pods, with and without GPUs, ask for per GPU milli (None without
+    /// pods asking for both).
+    pub fn cpu_asked_per_gpu(&self) -> Option<f64> {
+        self.cpu_asked_per_gpu
     }
 
     /// The least free CPU and memory the measures answer alike for as for `cpu` and `memory`:
@@ -277,6 +282,15 @@ impl Workload {
             .find(|view| view.model.as_deref() == model)
             .or_else(|| self.views.iter().find(|view| view.model.is_none()))
     }
+}
+
+/// CPU milli per GPU milli that `shapes` ask for, weighted by popularity (None unless they ask
+/// for both).
+fn cpu_per_gpu_of<'a>(shapes: impl Iterator<Item = &'a WorkloadShape>) -> Option<f64> {
+    let (cpu, gpu) = shapes.fold((0.0, 0.0), |(cpu, gpu), shape| {
+        (cpu + shape.weight * shape.cpu_milli as f64, gpu + shape.weight * shape.gpu.milli() as f64)
+    });
+    (cpu > 0.0 && gpu > 0.0).then_some(cpu / gpu)
 }
 
 /// What tells typical pods apart: CPU and GPU request and the GPU models allowed, as the FGD

@@ -15,10 +15,9 @@ pub(crate) fn stranded(cpu_per_gpu: f64, free_cpu_milli: u64, free_gpu_milli: u6
 /// it wherever pods without GPUs go, so steering them away from free GPUs only breaks up CPU that
 /// GPU pods would need.
 pub(crate) fn cpu_binds(workload: &Workload, cpu_milli: u64, gpu_milli: u64) -> bool {
-    let (cpu, gpu) = workload.shapes().iter().fold((0.0, 0.0), |(cpu, gpu), shape| {
-        (cpu + shape.weight * shape.cpu_milli as f64, gpu + shape.weight * shape.gpu.milli() as f64)
-    });
-    gpu > 0.0 && gpu_milli > 0 && cpu / gpu > cpu_milli as f64 / gpu_milli as f64
+    workload
+        .cpu_asked_per_gpu()
+        .is_some_and(|asked| gpu_milli > 0 && asked > cpu_milli as f64 / gpu_milli as f64)
 }
 
 /// For each GPU model (`models`, with the GPU milli each has free), the share of its free GPUs

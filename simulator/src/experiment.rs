@@ -138,32 +138,15 @@ mod tests {
     use yiyun_engine::model::GpuRequest;
 
     use super::*;
-    use crate::trace::Qos;
+    use crate::trace::fixtures::{node, pod};
 
     #[test]
     fn losses_at_full_account_for_every_unallocated_gpu_and_the_demand_turned_away() {
-        let nodes: Vec<TraceNode> = (0..3)
-            .map(|index| TraceNode {
-                name: format!("n{index}"),
-                cpu_milli: 16_000,
-                memory_mib: 64 << 10,
-                gpus: 2,
-                model: Some("T4".into()),
-            })
-            .collect();
+        let nodes: Vec<TraceNode> = (0..3).map(|index| node(&format!("n{index}"), 16_000, 2, "T4")).collect();
         let pods: Vec<TracePod> = [GpuRequest::Fraction(600), GpuRequest::Whole(1), GpuRequest::Whole(2)]
             .into_iter()
             .enumerate()
-            .map(|(index, gpu)| TracePod {
-                name: format!("p{index}"),
-                cpu_milli: 2_000,
-                memory_mib: 1024,
-                gpu,
-                gpu_models: Vec::new(),
-                qos: Qos::LatencySensitive,
-                created: 0,
-                deleted: None,
-            })
+            .map(|(index, gpu)| pod(&format!("p{index}"), 2_000, gpu))
             .collect();
         for seed in 1..6 {
             let curve = run(&nodes, &pods, Policy::Yiyun, &ExperimentConfig { inflation: 1.3, seed });

@@ -64,7 +64,7 @@ impl Losses {
     pub fn add_failed(&mut self, gpu: GpuRequest) {
         match gpu {
             GpuRequest::None => {}
-            GpuRequest::Fraction(milli) => self.failed_fraction_milli += u64::from(milli),
+            GpuRequest::Fraction(_) => self.failed_fraction_milli += gpu.milli(),
             GpuRequest::Whole(1) => self.failed_one_milli += gpu.milli(),
             GpuRequest::Whole(_) => self.failed_several_milli += gpu.milli(),
         }

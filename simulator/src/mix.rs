@@ -171,30 +171,7 @@ fn pinned_model(pod: &TracePod, nodes: &[TraceNode], rng: &mut Rng) -> Option<St
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::trace::Qos;
-
-    fn pod(name: &str, cpu_milli: u64, gpu: GpuRequest) -> TracePod {
-        TracePod {
-            name: name.into(),
-            cpu_milli,
-            memory_mib: 1024,
-            gpu,
-            gpu_models: Vec::new(),
-            qos: Qos::LatencySensitive,
-            created: 0,
-            deleted: None,
-        }
-    }
-
-    fn node(name: &str, gpus: u8, model: &str) -> TraceNode {
-        TraceNode {
-            name: name.into(),
-            cpu_milli: 64_000,
-            memory_mib: 256 << 10,
-            gpus,
-            model: Some(model.into()),
-        }
-    }
+    use crate::trace::fixtures::{node, pod};
 
     fn base() -> Vec<TracePod> {
         let mut pods = Vec::new();
@@ -225,7 +202,7 @@ mod tests {
 
     #[test]
     fn each_family_hits_its_share_and_repeats_with_its_seed() {
-        let (base, nodes) = (base(), vec![node("a", 8, "G2"), node("b", 2, "T4")]);
+        let (base, nodes) = (base(), vec![node("a", 64_000, 8, "G2"), node("b", 64_000, 2, "T4")]);
         let generate =
             |text: &str, seed: u64| Mix::parse(text, seed).and_then(|mix| mix.generate(&base, &nodes));
         let shared = generate("gpushare-70", 1).expect("gpushare");

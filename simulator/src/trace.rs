@@ -230,6 +230,37 @@ pub fn parse_pods(text: &str, file: &str) -> Result<Vec<TracePod>, Error> {
         .collect()
 }
 
+/// Trace rows for the simulator's tests.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::*;
+
+    /// A latency-sensitive pod of 1 GiB, from the start of the trace.
+    pub(crate) fn pod(name: &str, cpu_milli: u64, gpu: GpuRequest) -> TracePod {
+        TracePod {
+            name: name.into(),
+            cpu_milli,
+            memory_mib: 1024,
+            gpu,
+            gpu_models: Vec::new(),
+            qos: Qos::LatencySensitive,
+            created: 0,
+            deleted: None,
+        }
+    }
+
+    /// A node of GPU `model` with 4 GiB of memory per CPU.
+    pub(crate) fn node(name: &str, cpu_milli: u64, gpus: u8, model: &str) -> TraceNode {
+        TraceNode {
+            name: name.into(),
+            cpu_milli,
+            memory_mib: cpu_milli * 4096 / 1000,
+            gpus,
+            model: Some(model.into()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
