@@ -150,8 +150,7 @@ struct ModelView {
     model: Option<String>,
     /// GPU shapes allowed on the model, by the GPUs they ask for.
     usable: Vec<RequestGroup>,
-    /// Shapes without GPUs: they use none of the GPUs, but take CPU and memory.
-    cpu_only: Vec<usize>,
+    /// Weight of the shapes without GPUs: they use none of the GPUs, but take CPU and memory.
     cpu_only_weight: f64,
     /// Weight of the GPU shapes pinned to other models, which can never use these GPUs.
     pinned_elsewhere: f64,
@@ -162,28 +161,36 @@ struct ModelView {
 #[derive(Clone, Debug, Default, PartialEq)]
 struct RequestGroup {
     gpu: GpuRequest,
-    /// Indices of the shapes, by CPU ascending.
-    shapes: Vec<usize>,
+    /// The CPU and memory the shapes ask for, by CPU ascending, with their weights: shapes that
+    /// differ only in the models they name are measured alike on one model, so they are one
+    /// entry (pinned pods repeat unpinned shapes).
+    needs: Vec<Need>,
     cpus: Vec<u64>,
-    /// Weight of the first `i + 1` shapes.
+    /// Weight of the first `i + 1` needs.
     cumulative: Vec<f64>,
     weight: f64,
     /// Most memory any of them asks for: a node with that much free is answered by CPU alone.
     memory: u64,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Need {
+    cpu_milli: u64,
+    memory_bytes: u64,
+    weight: f64,
+}
+
 impl RequestGroup {
     /// Weight of the shapes that `cpu_free` and `memory_free` hold.
-    fn fitting(&self, shapes: &[WorkloadShape], cpu_free: u64, memory_free: u64) -> f64 {
+    fn fitting(&self, cpu_free: u64, memory_free: u64) -> f64 {
         let held = self.cpus.partition_point(|&cpu| cpu <= cpu_free);
         if memory_free >= self.memory {
             return held.checked_sub(1).map_or(0.0, |last| self.cumulative[last]);
         }
-        self.shapes[..held]
+        self.needs[..held]
             .iter()
-            .map(|&index| &shapes[index])
-            .filter(|shape| shape.memory_bytes <= memory_free)
-            .map(|shape| shape.weight)
+            .filter(|need| need.memory_bytes <= memory_free)
+            .map(|need| need.weight)
             .sum()
     }
 }
@@ -199,31 +206,41 @@ impl Workload {
             .into_iter()
             .map(|model| {
                 let mut view = ModelView { model: model.clone(), ..ModelView::default() };
-                let mut usable: Vec<usize> = Vec::new();
-                for (index, shape) in shapes.iter().enumerate() {
+                let mut usable: Vec<&WorkloadShape> = Vec::new();
+                for shape in &shapes {
                     if shape.gpu.milli() == 0 {
-                        view.cpu_only.push(index);
                         view.cpu_only_weight += shape.weight;
-                    } else if shape.gpu_models.is_empty()
-                        || model.as_ref().is_some_and(|model| shape.gpu_models.contains(model))
-                    {
-                        usable.push(index);
+                    } else if view.allows(shape) {
+                        usable.push(shape);
                     } else {
                         view.pinned_elsewhere += shape.weight;
                     }
                 }
-                usable.sort_by_key(|&index| (shapes[index].gpu, shapes[index].cpu_milli));
-                for index in usable {
-                    let shape = &shapes[index];
+                usable.sort_by_key(|shape| (shape.gpu, shape.cpu_milli, shape.memory_bytes));
+                for shape in usable {
                     if view.usable.last().is_none_or(|group| group.gpu != shape.gpu) {
                         view.usable.push(RequestGroup { gpu: shape.gpu, ..RequestGroup::default() });
                     }
                     if let Some(group) = view.usable.last_mut() {
-                        group.shapes.push(index);
-                        group.cpus.push(shape.cpu_milli);
                         group.weight += shape.weight;
-                        group.cumulative.push(group.weight);
                         group.memory = group.memory.max(shape.memory_bytes);
+                        match group.needs.last_mut() {
+                            Some(need)
+                                if (need.cpu_milli, need.memory_bytes)
+                                    == (shape.cpu_milli, shape.memory_bytes) =>
+                            {
+                                need.weight += shape.weight;
+                                if let Some(last) = group.cumulative.last_mut() {
+                                    *last = group.weight;
+                                }
+                            }
+                            _ => {
+                                let (cpu_milli, memory_bytes) = (shape.cpu_milli, shape.memory_bytes);
+                                group.needs.push(Need { cpu_milli, memory_bytes, weight: shape.weight });
+                                group.cpus.push(cpu_milli);
+                                group.cumulative.push(group.weight);
+                            }
+                        }
                     }
                 }
                 view
@@ -406,7 +423,7 @@ impl Workload {
             fragmented += match lost {
                 None => group.weight * total,
                 Some(lost) => {
-                    let held = group.fitting(&self.shapes, cpu_free, memory_free);
+                    let held = group.fitting(cpu_free, memory_free);
                     held * lost + (group.weight - held) * total
                 }
             };
@@ -416,6 +433,12 @@ impl Workload {
 }
 
 impl ModelView {
+    /// Whether a GPU shape may use this view's model.
+    fn allows(&self, shape: &WorkloadShape) -> bool {
+        shape.gpu_models.is_empty()
+            || self.model.as_ref().is_some_and(|model| shape.gpu_models.contains(model))
+    }
+
     /// For each request group, the free milli of devices too small for it on `gpus`; None when
     /// the request does not fit them at all.
     fn losses(&self, gpus: &GpuFree) -> Vec<Option<f64>> {
@@ -455,7 +478,7 @@ impl Workload {
     ) -> f64 {
         let Some((view, total)) = self.measured(gpus, model) else { return 0.0 };
         let mut fragmented = (view.pinned_elsewhere + view.cpu_only_weight) * total;
-        for shape in view.usable.iter().flat_map(|group| &group.shapes).map(|&index| &self.shapes[index]) {
+        for shape in self.shapes.iter().filter(|shape| shape.gpu.milli() > 0 && view.allows(shape)) {
             let (_, milli) = shape.gpu.per_device();
             let usable =
                 cpu_free >= shape.cpu_milli && memory_free >= shape.memory_bytes && gpus.fits(shape.gpu);
@@ -487,20 +510,20 @@ impl Workload {
         let mut expected = view.pinned_elsewhere * total;
         // Adds to `sum`, in order, each of `shapes` that fits the node's CPU and memory measured
         // with `losses` out of `free` after it; one that does not strands every free GPU.
-        let add_after = |mut sum: f64, shapes: &[usize], losses: &[Option<f64>], free: f64| {
-            for shape in shapes.iter().map(|&index| &self.shapes[index]) {
-                let after = if cpu_free >= shape.cpu_milli && memory_free >= shape.memory_bytes {
+        let add_after = |mut sum: f64, needs: &[Need], losses: &[Option<f64>], free: f64| {
+            for need in needs {
+                let after = if cpu_free >= need.cpu_milli && memory_free >= need.memory_bytes {
                     self.fragmentation_of(
                         view,
                         losses,
                         free,
-                        cpu_free - shape.cpu_milli,
-                        memory_free - shape.memory_bytes,
+                        cpu_free - need.cpu_milli,
+                        memory_free - need.memory_bytes,
                     )
                 } else {
                     total
                 };
-                sum += shape.weight * after;
+                sum += need.weight * after;
             }
             sum
         };
@@ -517,7 +540,7 @@ impl Workload {
                 next.take(&allocation);
             }
             view.losses_into(&next, &mut losses);
-            expected = add_after(expected, &group.shapes, &losses, next.total() as f64);
+            expected = add_after(expected, &group.needs, &losses, next.total() as f64);
         }
         expected
     }
