@@ -154,6 +154,56 @@ struct ModelView {
     cpu_only_weight: f64,
     /// Weight of the GPU shapes pinned to other models, which can never use these GPUs.
     pinned_elsewhere: f64,
+    /// Weight of all shapes (1 but for rounding).
+    weight: f64,
+    /// For each two request groups (`first * usable.len() + second`), a need of the first and
+    /// one of the second after it: the CPU both take and the product of their weights. The
+    /// lookahead asks, for every group, which pairs a node's CPU holds.
+    pairs: Vec<ByCpu>,
+}
+
+/// Weights of CPU amounts, ascending, with the weight of all amounts up to each: how much of
+/// them a node's free CPU holds is one binary search.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct ByCpu {
+    cpus: Vec<u64>,
+    cumulative: Vec<f64>,
+}
+
+impl ByCpu {
+    /// Adds `weight` at `cpu`, which must not be below the amounts added before.
+    fn push(&mut self, cpu: u64, weight: f64) {
+        let total = self.cumulative.last().copied().unwrap_or(0.0) + weight;
+        if self.cpus.last() == Some(&cpu) {
+            if let Some(last) = self.cumulative.last_mut() {
+                *last = total;
+            }
+        } else {
+            self.cpus.push(cpu);
+            self.cumulative.push(total);
+        }
+    }
+
+    /// How many amounts `cpu_free` holds, and their weight.
+    fn held(&self, cpu_free: u64) -> (usize, f64) {
+        let held = self.cpus.partition_point(|&cpu| cpu <= cpu_free);
+        (held, held.checked_sub(1).map_or(0.0, |last| self.cumulative[last]))
+    }
+
+    /// The needs of `first` followed by those of `second`.
+    fn of_pairs(first: &RequestGroup, second: &RequestGroup) -> ByCpu {
+        let mut pairs: Vec<(u64, f64)> = first
+            .needs
+            .iter()
+            .flat_map(|a| second.needs.iter().map(move |b| (a.cpu_milli + b.cpu_milli, a.weight * b.weight)))
+            .collect();
+        pairs.sort_by_key(|&(cpu, _)| cpu);
+        let mut by_cpu = ByCpu::default();
+        for (cpu, weight) in pairs {
+            by_cpu.push(cpu, weight);
+        }
+        by_cpu
+    }
 }
 
 /// The usable shapes that ask for one GPU request: which devices they cannot use is the same
@@ -165,9 +215,8 @@ struct RequestGroup {
     /// differ only in the models they name are measured alike on one model, so they are one
     /// entry (pinned pods repeat unpinned shapes).
     needs: Vec<Need>,
-    cpus: Vec<u64>,
-    /// Weight of the first `i + 1` needs.
-    cumulative: Vec<f64>,
+    /// The needs' weights by CPU, one entry per need.
+    by_cpu: ByCpu,
     weight: f64,
     /// Most memory any of them asks for: a node with that much free is answered by CPU alone.
     memory: u64,
@@ -183,9 +232,9 @@ struct Need {
 impl RequestGroup {
     /// Weight of the shapes that `cpu_free` and `memory_free` hold.
     fn fitting(&self, cpu_free: u64, memory_free: u64) -> f64 {
-        let held = self.cpus.partition_point(|&cpu| cpu <= cpu_free);
+        let (held, weight) = self.by_cpu.held(cpu_free);
         if memory_free >= self.memory {
-            return held.checked_sub(1).map_or(0.0, |last| self.cumulative[last]);
+            return weight;
         }
         self.needs[..held]
             .iter()
@@ -230,19 +279,32 @@ impl Workload {
                                     == (shape.cpu_milli, shape.memory_bytes) =>
                             {
                                 need.weight += shape.weight;
-                                if let Some(last) = group.cumulative.last_mut() {
-                                    *last = group.weight;
-                                }
                             }
                             _ => {
                                 let (cpu_milli, memory_bytes) = (shape.cpu_milli, shape.memory_bytes);
                                 group.needs.push(Need { cpu_milli, memory_bytes, weight: shape.weight });
-                                group.cpus.push(cpu_milli);
-                                group.cumulative.push(group.weight);
                             }
                         }
                     }
                 }
+                for group in &mut view.usable {
+                    // One entry per need (not merged by CPU): `fitting` reads the needs a node's
+                    // CPU holds as a prefix of them.
+                    let mut sum = 0.0;
+                    for need in &group.needs {
+                        sum += need.weight;
+                        group.by_cpu.cpus.push(need.cpu_milli);
+                        group.by_cpu.cumulative.push(sum);
+                    }
+                }
+                view.weight = view.pinned_elsewhere
+                    + view.cpu_only_weight
+                    + view.usable.iter().map(|group| group.weight).sum::<f64>();
+                view.pairs = view
+                    .usable
+                    .iter()
+                    .flat_map(|first| view.usable.iter().map(move |second| ByCpu::of_pairs(first, second)))
+                    .collect();
                 view
             })
             .collect();
@@ -418,15 +480,12 @@ impl Workload {
         if total == 0.0 {
             return 0.0;
         }
-        let mut fragmented = (view.pinned_elsewhere + view.cpu_only_weight) * total;
+        // Every shape loses all free GPUs, but those the node holds: only the devices too small.
+        let mut fragmented = view.weight * total;
         for (group, lost) in view.usable.iter().zip(losses) {
-            fragmented += match lost {
-                None => group.weight * total,
-                Some(lost) => {
-                    let held = group.fitting(cpu_free, memory_free);
-                    held * lost + (group.weight - held) * total
-                }
-            };
+            if let Some(lost) = lost {
+                fragmented += group.fitting(cpu_free, memory_free) * (lost - total);
+            }
         }
         fragmented
     }
@@ -491,6 +550,34 @@ impl Workload {
         }
         fragmented
     }
+
+    /// [`fragmentation_ahead`](Self::fragmentation_ahead) as it reads, shape by shape.
+    fn fragmentation_ahead_by_shape(
+        &self,
+        cpu_free: u64,
+        memory_free: u64,
+        gpus: &GpuFree,
+        model: Option<&str>,
+    ) -> f64 {
+        let Some((view, total)) = self.measured(gpus, model) else { return 0.0 };
+        let mut expected = 0.0;
+        for shape in &self.shapes {
+            let fits =
+                cpu_free >= shape.cpu_milli && memory_free >= shape.memory_bytes && gpus.fits(shape.gpu);
+            let after = if shape.gpu.milli() == 0 {
+                self.fragmentation_by_shape(cpu_free, memory_free, gpus, model)
+            } else if view.allows(shape) && fits {
+                let mut next = *gpus;
+                next.take(&next.tightest_allocation(shape.gpu).expect("it fits"));
+                let (cpu, memory) = (cpu_free - shape.cpu_milli, memory_free - shape.memory_bytes);
+                self.fragmentation_by_shape(cpu, memory, &next, model)
+            } else {
+                total
+            };
+            expected += shape.weight * after;
+        }
+        expected
+    }
 }
 
 impl Workload {
@@ -508,39 +595,46 @@ impl Workload {
     ) -> f64 {
         let Some((view, total)) = self.measured(gpus, model) else { return 0.0 };
         let mut expected = view.pinned_elsewhere * total;
-        // Adds to `sum`, in order, each of `shapes` that fits the node's CPU and memory measured
-        // with `losses` out of `free` after it; one that does not strands every free GPU.
-        let add_after = |mut sum: f64, needs: &[Need], losses: &[Option<f64>], free: f64| {
-            for need in needs {
-                let after = if cpu_free >= need.cpu_milli && memory_free >= need.memory_bytes {
-                    self.fragmentation_of(
-                        view,
-                        losses,
-                        free,
-                        cpu_free - need.cpu_milli,
-                        memory_free - need.memory_bytes,
-                    )
-                } else {
-                    total
-                };
-                sum += need.weight * after;
-            }
-            sum
-        };
         let mut losses = view.losses(gpus);
         expected += view.cpu_only_weight * self.fragmentation_of(view, &losses, total, cpu_free, memory_free);
-        for group in &view.usable {
-            if !gpus.fits(group.gpu) {
-                expected += group.weight * total;
+        let groups = view.usable.len();
+        for (first, group) in view.usable.iter().enumerate() {
+            // A pod of the group the node cannot hold strands every free GPU.
+            let held = if gpus.fits(group.gpu) { group.fitting(cpu_free, memory_free) } else { 0.0 };
+            expected += (group.weight - held) * total;
+            if held == 0.0 {
                 continue;
             }
-            // Shapes of one request leave the same devices.
+            // Shapes of one request leave the same devices, `free` of them; after one, as in
+            // `fragmentation_of`, every shape loses all of them but those the node still holds.
             let mut next = *gpus;
             if let Some(allocation) = next.tightest_allocation(group.gpu) {
                 next.take(&allocation);
             }
+            let free = next.total() as f64;
+            if free == 0.0 {
+                continue;
+            }
             view.losses_into(&next, &mut losses);
-            expected = add_after(expected, &group.needs, &losses, next.total() as f64);
+            expected += held * view.weight * free;
+            for (second, (other, lost)) in view.usable.iter().zip(&losses).enumerate() {
+                let Some(lost) = lost else { continue };
+                // Weight of the pairs (a pod of the group, then one of the other) that fit.
+                let pairs = if memory_free >= group.memory + other.memory {
+                    view.pairs[first * groups + second].held(cpu_free).1
+                } else {
+                    group
+                        .needs
+                        .iter()
+                        .filter(|need| need.cpu_milli <= cpu_free && need.memory_bytes <= memory_free)
+                        .map(|need| {
+                            need.weight
+                                * other.fitting(cpu_free - need.cpu_milli, memory_free - need.memory_bytes)
+                        })
+                        .sum()
+                };
+                expected += pairs * (lost - free);
+            }
         }
         expected
     }
@@ -620,6 +714,71 @@ mod tests {
                 workload.fragmentation_by_shape(12_000, memory, &gpus, None),
             );
             assert!((grouped - by_shape).abs() < 1e-9, "memory {memory}: {grouped} != {by_shape}");
+        }
+    }
+
+    #[test]
+    fn looking_ahead_by_request_pairs_is_looking_ahead_by_shape() {
+        let mut shapes: Vec<WorkloadShape> = [
+            (4000, GpuRequest::Fraction(500), 0.15),
+            (9000, GpuRequest::Fraction(500), 0.1),
+            (3000, GpuRequest::Fraction(300), 0.05),
+            (7000, GpuRequest::Whole(1), 0.15),
+            (1000, GpuRequest::Whole(1), 0.1),
+            (16000, GpuRequest::Whole(2), 0.1),
+            (2500, GpuRequest::None, 0.2),
+        ]
+        .into_iter()
+        .map(|(cpu_milli, gpu, weight)| WorkloadShape {
+            cpu_milli,
+            memory_bytes: 0,
+            gpu,
+            gpu_models: Vec::new(),
+            weight,
+        })
+        .collect();
+        // The same request pinned to a model (one need with the unpinned shape on it) and to
+        // another model (lost on it).
+        for (model, weight) in [("A10", 0.1), ("T4", 0.05)] {
+            shapes.push(WorkloadShape {
+                cpu_milli: 7000,
+                memory_bytes: 0,
+                gpu: GpuRequest::Whole(1),
+                gpu_models: vec![model.to_string()],
+                weight,
+            });
+        }
+        let devices =
+            [free(&[500, 1000, 250]), free(&[1000, 1000]), free(&[100, 0, 600, 1000]), free(&[300])];
+        let check = |workload: &Workload, cpu: u64, memory: u64, gpus: &GpuFree, model: Option<&str>| {
+            let (by_pairs, by_shape) = (
+                workload.fragmentation_ahead(cpu, memory, gpus, model),
+                workload.fragmentation_ahead_by_shape(cpu, memory, gpus, model),
+            );
+            assert!(
+                (by_pairs - by_shape).abs() < 1e-9,
+                "{gpus:?} {model:?} at {cpu} milli, {memory} bytes: {by_pairs} != {by_shape}"
+            );
+        };
+        let workload = Workload::new(shapes.clone());
+        for gpus in &devices {
+            for model in [None, Some("A10"), Some("T4")] {
+                for cpu in (0..40_000).step_by(500) {
+                    check(&workload, cpu, 0, gpus, model);
+                }
+            }
+        }
+        // Shapes that ask for memory are held by memory as well, one after the other too.
+        for (index, shape) in shapes.iter_mut().enumerate() {
+            shape.memory_bytes = (index as u64 % 3) << 30;
+        }
+        let workload = Workload::new(shapes);
+        for gpus in &devices {
+            for memory in [0, 1 << 30, 2 << 30, 3 << 30, 4 << 30] {
+                for cpu in (0..40_000).step_by(1000) {
+                    check(&workload, cpu, memory, gpus, Some("A10"));
+                }
+            }
         }
     }
 
