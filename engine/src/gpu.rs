@@ -464,7 +464,7 @@ impl Workload {
     /// free than the shape needs of one device; weighted by the shape's popularity.
     pub fn fragmentation(&self, cpu_free: u64, memory_free: u64, gpus: &GpuFree, model: Option<&str>) -> f64 {
         let Some((view, total)) = self.measured(gpus, model) else { return 0.0 };
-        self.fragmentation_of(view, &view.losses(gpus), total, cpu_free, memory_free)
+        self.fragmentation_of(view, &view.rooms(gpus), total, cpu_free, memory_free)
     }
 
     /// [`fragmentation`](Self::fragmentation) of a node whose GPUs deny the view's request
@@ -472,7 +472,7 @@ impl Workload {
     fn fragmentation_of(
         &self,
         view: &ModelView,
-        losses: &[Option<f64>],
+        rooms: &[Room],
         total: f64,
         cpu_free: u64,
         memory_free: u64,
@@ -482,8 +482,8 @@ impl Workload {
         }
         // Every shape loses all free GPUs, but those the node holds: only the devices too small.
         let mut fragmented = view.weight * total;
-        for (group, lost) in view.usable.iter().zip(losses) {
-            if let Some(lost) = lost {
+        for (group, room) in view.usable.iter().zip(rooms) {
+            if let Some(lost) = room.lost(group.gpu) {
                 fragmented += group.fitting(cpu_free, memory_free) * (lost - total);
             }
         }
@@ -498,30 +498,45 @@ impl ModelView {
             || self.model.as_ref().is_some_and(|model| shape.gpu_models.contains(model))
     }
 
-    /// For each request group, the free milli of devices too small for it on `gpus`; None when
-    /// the request does not fit them at all.
-    fn losses(&self, gpus: &GpuFree) -> Vec<Option<f64>> {
-        let mut losses = Vec::with_capacity(self.usable.len());
-        self.losses_into(gpus, &mut losses);
-        losses
+    /// For each request group, the room `gpus` have for one of its pods.
+    fn rooms(&self, gpus: &GpuFree) -> Vec<Room> {
+        self.usable
+            .iter()
+            .map(|group| {
+                let (_, milli) = group.gpu.per_device();
+                let mut room = Room::default();
+                for &free in gpus.devices() {
+                    room.count(milli, free, 1);
+                }
+                room
+            })
+            .collect()
+    }
+}
+
+/// What a node's devices hold of one request: how many have room for a device's share of it,
+/// and the free milli of the others, which it cannot use.
+#[derive(Clone, Copy, Debug, Default)]
+struct Room {
+    devices: i32,
+    lost: f64,
+}
+
+impl Room {
+    /// Counts a device with `free` milli, `sign` 1 to add it and -1 to take it out, for a
+    /// request of `milli` per device.
+    fn count(&mut self, milli: u16, free: u16, sign: i32) {
+        if free >= milli {
+            self.devices += sign;
+        } else {
+            self.lost += f64::from(sign) * f64::from(free);
+        }
     }
 
-    /// [`losses`](Self::losses) into `losses`, so measuring many nodes reuses one buffer.
-    fn losses_into(&self, gpus: &GpuFree, losses: &mut Vec<Option<f64>>) {
-        losses.clear();
-        losses.extend(self.usable.iter().map(|group| {
-            let (count, milli) = group.gpu.per_device();
-            // One pass: devices with room count towards fitting, the others are lost.
-            let (mut roomy, mut lost) = (0, 0.0);
-            for &free in gpus.devices() {
-                if free >= milli {
-                    roomy += 1;
-                } else {
-                    lost += f64::from(free);
-                }
-            }
-            (roomy >= count).then_some(lost)
-        }));
+    /// The milli `request` cannot use; None when it does not fit at all.
+    fn lost(&self, request: GpuRequest) -> Option<f64> {
+        let (count, _) = request.per_device();
+        (self.devices >= i32::from(count)).then_some(self.lost)
     }
 }
 
@@ -595,8 +610,8 @@ impl Workload {
     ) -> f64 {
         let Some((view, total)) = self.measured(gpus, model) else { return 0.0 };
         let mut expected = view.pinned_elsewhere * total;
-        let mut losses = view.losses(gpus);
-        expected += view.cpu_only_weight * self.fragmentation_of(view, &losses, total, cpu_free, memory_free);
+        let rooms = view.rooms(gpus);
+        expected += view.cpu_only_weight * self.fragmentation_of(view, &rooms, total, cpu_free, memory_free);
         let groups = view.usable.len();
         for (first, group) in view.usable.iter().enumerate() {
             // A pod of the group the node cannot hold strands every free GPU.
@@ -605,20 +620,28 @@ impl Workload {
             if held == 0.0 {
                 continue;
             }
-            // Shapes of one request leave the same devices, `free` of them; after one, as in
+            // Shapes of one request leave the same devices, `free` milli of them; after one, as in
             // `fragmentation_of`, every shape loses all of them but those the node still holds.
-            let mut next = *gpus;
-            if let Some(allocation) = next.tightest_allocation(group.gpu) {
-                next.take(&allocation);
-            }
-            let free = next.total() as f64;
-            if free == 0.0 {
+            let free = total - group.gpu.milli() as f64;
+            if free <= 0.0 {
                 continue;
             }
-            view.losses_into(&next, &mut losses);
+            // Whole GPUs take idle devices; a fraction the tightest device with room.
+            let (taken_from, taken, times) = match group.gpu {
+                GpuRequest::Fraction(milli) => {
+                    let tightest = gpus.devices().iter().copied().filter(|&free| free >= milli).min();
+                    (tightest.unwrap_or(milli), milli, 1)
+                }
+                GpuRequest::Whole(count) => (GPU_MILLI as u16, GPU_MILLI as u16, i32::from(count)),
+                GpuRequest::None => continue,
+            };
             expected += held * view.weight * free;
-            for (second, (other, lost)) in view.usable.iter().zip(&losses).enumerate() {
-                let Some(lost) = lost else { continue };
+            for (second, (other, room)) in view.usable.iter().zip(&rooms).enumerate() {
+                let (_, milli) = other.gpu.per_device();
+                let mut after = *room;
+                after.count(milli, taken_from, -times);
+                after.count(milli, taken_from - taken, times);
+                let Some(lost) = after.lost(other.gpu) else { continue };
                 // Weight of the pairs (a pod of the group, then one of the other) that fit.
                 let pairs = if memory_free >= group.memory + other.memory {
                     view.pairs[first * groups + second].held(cpu_free).1
