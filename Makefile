@@ -96,7 +96,7 @@ simulate:
 	cargo build --release -p yiyun --locked
 	$(CARGO_TARGET_DIR)/release/yiyun simulate fgd --traces ../shared/traces/openb
 
-## bench-engine: the placement engine alone on one core (5,000 and 10,000 nodes; ~10 s)
+## bench-engine: the placement engine alone on one core against a full scan, fastest of 3 runs each (5,000 and 10,000 nodes; ~3 min)
 bench-engine:
 	cargo build --release -p yiyun --locked
 	$(CARGO_TARGET_DIR)/release/yiyun bench engine --traces ../shared/traces/openb
