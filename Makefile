@@ -18,14 +18,15 @@ unit:
 ## e2e: brings up a local cluster, two more for disaster recovery (a primary, and a standby
 ## with Secrets encrypted at rest; both with kube-scheduler), one for the chart's install,
 ## upgrade and uninstall (with kube-scheduler), and a PostgreSQL server of its own (for the
-## billing ledger), runs the e2e tests, and always takes them all down
+## billing ledger), runs the e2e tests (the fault and node-pool tests beside the others, on
+## clusters of their own: e2e/run-tests), and always takes them all down
 e2e: cluster-binaries
 	cargo build -p yiyun --locked
 	e2e/with-postgres e2e-$$$$ \
 	  e2e/with-named-cluster YIYUN_DR_PRIMARY e2e-drp-$$$$ --scheduler -- \
 	  e2e/with-named-cluster YIYUN_DR_STANDBY e2e-drs-$$$$ --scheduler --encrypt-secrets -- \
 	  e2e/with-named-cluster YIYUN_HELM_CLUSTER e2e-helm-$$$$ --scheduler -- \
-	  e2e/with-cluster e2e-$$$$ cargo test -p yiyun-e2e --locked -- --test-threads 2
+	  e2e/with-cluster e2e-$$$$ e2e/run-tests e2e-$$$$
 
 cluster-binaries:
 	e2e/build-binaries.sh
