@@ -2,8 +2,8 @@
 //! and restarted while yiyun-scheduler binds pods and the controller reconciles. Nothing may be
 //! bound twice, no node or GPU over-committed, no pod lost, and both resume by themselves.
 //!
-//! These tests stop parts of the shared local cluster, so they take turns, and this test binary
-//! holds nothing else (binaries run one after another).
+//! These tests stop parts of their local cluster, so they take turns, and this test binary
+//! holds nothing else: `e2e/run-tests` gives it a cluster of its own.
 
 use std::{
     collections::{BTreeMap, HashMap},
