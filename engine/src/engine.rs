@@ -1016,8 +1016,12 @@ impl Engine {
     }
 
     /// Records `pod` as placed (decided here, or bound by someone else and observed). A pod
-    /// already placed is moved.
+    /// already placed is moved. A pod bound by someone else, or before a restart, counts into
+    /// the measured workload too: the pods running are a sample of what arrives, so a scheduler
+    /// starting in a busy cluster does not decide its first pods against an empty workload (a
+    /// pod decided here was counted when it was asked about, and counts once).
     pub fn assume(&mut self, pod: &Pod, placement: &Placement) {
+        self.observe(pod);
         self.forget(&pod.key);
         let Some(slot) = self.nodes.get_mut(placement.node as usize).and_then(Option::as_mut) else { return };
         slot.allocated.add(&pod.requests);

@@ -56,6 +56,18 @@ fn a_node_overcommitted_by_pods_bound_elsewhere_gets_back_exactly_what_leaves() 
 }
 
 #[test]
+fn pods_bound_before_the_engine_started_are_the_workload_it_measures() {
+    // A restarted scheduler learns the pods already bound; it never asked about them.
+    let mut engine = Engine::new(Policy::Yiyun, 1);
+    let a = engine.upsert_node(node("a", 16_000, 2));
+    assert_eq!(engine.fragmentation(), 0.0, "nothing measured yet");
+    let placement = crate::Placement { node: a, gpus: vec![(0, 1000)] };
+    engine.assume(&pod("bound", 14_000, GpuRequest::Whole(1)), &placement);
+    // Against pods like the bound one, the GPU left beside 2,000 milli of CPU is stranded.
+    assert_eq!(engine.fragmentation(), 1000.0);
+}
+
+#[test]
 fn absurd_requests_neither_wrap_nor_fit_and_are_explained() {
     let mut engine = Engine::new(Policy::Yiyun, 1);
     engine.upsert_node(node("a", 8_000, 0));
