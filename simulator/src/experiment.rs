@@ -5,7 +5,9 @@
 
 use std::time::Instant;
 
-use yiyun_engine::{Engine, Policy, gpu::Workload, model::Pod, observed::TYPICAL_POD_COVERAGE, rng::Rng};
+use yiyun_engine::{
+    Engine, Placement, Policy, gpu::Workload, model::Pod, observed::TYPICAL_POD_COVERAGE, rng::Rng,
+};
 
 use crate::{
     losses::{Losses, SmallestGpuPod},
@@ -17,6 +19,9 @@ pub struct ExperimentConfig {
     /// Arrived GPU demand to stop at, as a multiple of capacity (1.3 in the paper).
     pub inflation: f64,
     pub seed: u64,
+    /// Percent of capacity arrived at which the engine is restarted: a new one learns the
+    /// nodes and the pods placed so far, as the scheduler does after a restart or a failover.
+    pub restart_at: Option<u64>,
 }
 
 /// One run of one policy on one seed.
@@ -61,19 +66,29 @@ pub fn arrivals(pods: &[TracePod], capacity_milli: u64, config: &ExperimentConfi
     list
 }
 
-/// Runs one policy on one seed.
-pub fn run(nodes: &[TraceNode], pods: &[TracePod], policy: Policy, config: &ExperimentConfig) -> Curve {
-    let mut engine = Engine::new(policy, config.seed);
+/// An engine of `policy` on `nodes`.
+fn engine_on(nodes: &[TraceNode], policy: Policy, seed: u64) -> Engine {
+    let mut engine = Engine::new(policy, seed);
     for node in nodes {
         engine.upsert_node(node.to_node());
     }
+    engine
+}
+
+/// Runs one policy on one seed.
+pub fn run(nodes: &[TraceNode], pods: &[TracePod], policy: Policy, config: &ExperimentConfig) -> Curve {
+    let mut engine = engine_on(nodes, policy, config.seed);
     let (capacity, _) = engine.gpu_milli();
     let list = arrivals(pods, capacity, config);
     let pods: Vec<Pod> = list.iter().enumerate().map(|(index, pod)| pod.to_pod(format!("{index}"))).collect();
     // FGD as published knows the list's typical pods in advance; yiyun measures what arrives.
-    if policy != Policy::Yiyun {
-        engine.set_workload(Workload::from_pods(&pods, TYPICAL_POD_COVERAGE));
+    let known = (policy != Policy::Yiyun).then(|| Workload::from_pods(&pods, TYPICAL_POD_COVERAGE));
+    if let Some(workload) = &known {
+        engine.set_workload(workload.clone());
     }
+    // Where each pod went, kept only to tell a restarted engine.
+    let mut placements: Vec<(&Pod, Placement)> = Vec::new();
+    let mut restart_at = config.restart_at;
     let smallest = SmallestGpuPod::of(
         pods.iter().map(|pod| (pod.requests.cpu_milli, pod.requests.memory_bytes, pod.gpu)),
     )
@@ -88,8 +103,25 @@ pub fn run(nodes: &[TraceNode], pods: &[TracePod], policy: Policy, config: &Expe
         if allocated.len() >= marks {
             break;
         }
+        if let Some(percent) = restart_at
+            && arrived * 100 >= capacity * percent
+        {
+            restart_at = None;
+            engine = engine_on(nodes, policy, config.seed);
+            if let Some(workload) = &known {
+                engine.set_workload(workload.clone());
+            }
+            for (pod, placement) in placements.drain(..) {
+                engine.assume(pod, &placement);
+            }
+        }
         match engine.try_schedule(pod) {
-            Some(_) => placed += 1,
+            Some(placement) => {
+                placed += 1;
+                if restart_at.is_some() {
+                    placements.push((pod, placement));
+                }
+            }
             None => {
                 failed += 1;
                 if losses_at_full.is_none() {
@@ -149,7 +181,8 @@ mod tests {
             .map(|(index, gpu)| pod(&format!("p{index}"), 2_000, gpu))
             .collect();
         for seed in 1..6 {
-            let curve = run(&nodes, &pods, Policy::Yiyun, &ExperimentConfig { inflation: 1.3, seed });
+            let config = ExperimentConfig { inflation: 1.3, seed, restart_at: None };
+            let curve = run(&nodes, &pods, Policy::Yiyun, &config);
             let losses = curve.losses_at_full.expect("100% arrived");
             let used = curve.at(100).expect("a 100% mark") * curve.capacity_milli as f64;
             let unallocated = curve.capacity_milli as f64 - used;
@@ -158,6 +191,43 @@ mod tests {
             // least what is unallocated.
             let away = losses.failed_fraction_milli + losses.failed_one_milli + losses.failed_several_milli;
             assert!(away as f64 >= unallocated, "seed {seed}: {losses:?}");
+        }
+    }
+
+    #[test]
+    fn a_restarted_engine_keeps_every_pod_placed_before_it_and_goes_on_placing() {
+        let nodes: Vec<TraceNode> = (0..8).map(|index| node(&format!("n{index}"), 32_000, 4, "T4")).collect();
+        let pods: Vec<TracePod> = [GpuRequest::Fraction(500), GpuRequest::Whole(1), GpuRequest::Whole(2)]
+            .into_iter()
+            .enumerate()
+            .map(|(index, gpu)| pod(&format!("p{index}"), 4_000, gpu))
+            .collect();
+        for policy in [Policy::Yiyun, Policy::Fgd] {
+            for seed in 1..4 {
+                let through =
+                    run(&nodes, &pods, policy, &ExperimentConfig { inflation: 1.3, seed, restart_at: None });
+                let config = ExperimentConfig { inflation: 1.3, seed, restart_at: Some(50) };
+                let restarted = run(&nodes, &pods, policy, &config);
+                // Up to the restart both runs are the same run.
+                assert_eq!(restarted.allocated[..49], through.allocated[..49], "{policy:?} seed {seed}");
+                // The new engine holds what was placed and adds to it.
+                assert!(
+                    restarted.allocated.windows(2).all(|pair| pair[1] >= pair[0]),
+                    "{policy:?} seed {seed}"
+                );
+                assert!(
+                    restarted.at(100) > restarted.at(50),
+                    "{policy:?} seed {seed}: {:?}",
+                    restarted.allocated
+                );
+                let losses = restarted.losses_at_full.expect("100% arrived");
+                let used = restarted.at(100).expect("a 100% mark") * restarted.capacity_milli as f64;
+                assert!(
+                    (losses.unallocated_milli() as f64 - (restarted.capacity_milli as f64 - used)).abs()
+                        < 0.5,
+                    "{policy:?} seed {seed}: {losses:?}"
+                );
+            }
         }
     }
 }

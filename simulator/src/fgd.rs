@@ -41,6 +41,8 @@ pub struct FgdConfig {
     pub policies: Vec<Policy>,
     pub seeds: Vec<u64>,
     pub inflation: f64,
+    /// Percent of capacity arrived at which each run restarts its engine.
+    pub restart_at: Option<u64>,
     /// Worker threads (runs are independent).
     pub threads: usize,
 }
@@ -129,7 +131,13 @@ fn run_seeds(nodes: &[TraceNode], pods: &[TracePod], policy: Policy, config: &Fg
                 .iter()
                 .map(|&seed| {
                     scope.spawn(move || {
-                        run(nodes, pods, policy, &ExperimentConfig { inflation: config.inflation, seed })
+                        let restart_at = config.restart_at;
+                        run(
+                            nodes,
+                            pods,
+                            policy,
+                            &ExperimentConfig { inflation: config.inflation, seed, restart_at },
+                        )
                     })
                 })
                 .collect();

@@ -90,6 +90,11 @@ pub struct FgdArgs {
     /// Also write every point of every curve to this CSV file.
     #[arg(long)]
     pub curves_csv: Option<String>,
+    /// Restarts the engine once this percentage of capacity has arrived: a new engine learns
+    /// the nodes and the pods placed so far, as yiyun-scheduler does after a restart or a
+    /// failover, and places the rest. None by default.
+    #[arg(long)]
+    pub restart_at: Option<u64>,
 }
 
 /// Runs `yiyun simulate …` and returns the report to print.
@@ -115,6 +120,15 @@ pub fn simulate(command: Command) -> Result<String, Error> {
                     args.inflation
                 )));
             }
+            let arrived_percent = (args.inflation * 100.0).round() as u64;
+            if let Some(percent) = args.restart_at
+                && !(1..arrived_percent).contains(&percent)
+            {
+                return Err(Error::Config(format!(
+                    "--restart-at must be a percentage of capacity from 1 to {}, below where the run stops (--inflation), found {percent}",
+                    arrived_percent - 1
+                )));
+            }
             let mixes = args
                 .mixes
                 .iter()
@@ -129,6 +143,7 @@ pub fn simulate(command: Command) -> Result<String, Error> {
                 policies,
                 seeds: (args.seed..args.seed + args.seeds).collect(),
                 inflation: args.inflation,
+                restart_at: args.restart_at,
                 threads: std::thread::available_parallelism().map_or(1, usize::from),
             };
             let summaries = fgd::run_all(&config)?;
@@ -136,7 +151,14 @@ pub fn simulate(command: Command) -> Result<String, Error> {
                 std::fs::write(path, fgd::curves_csv(&summaries))
                     .map_err(|source| Error::Read { path: path.clone(), source })?;
             }
-            Ok(fgd::table(&summaries, &config.seeds))
+            let mut report = String::new();
+            if let Some(percent) = config.restart_at {
+                report.push_str(&format!(
+                    "Each run restarts its engine when {percent}% of capacity has arrived (a new engine learns the nodes and the pods placed so far)\n"
+                ));
+            }
+            report.push_str(&fgd::table(&summaries, &config.seeds));
+            Ok(report)
         }
     }
 }
