@@ -1,7 +1,7 @@
 //! What the scan and the rankings rely on in a group's score, and the fragmentation a group
 //! keeps for itself.
 
-use super::*;
+use super::{scoring::NOT_MEASURED, *};
 
 /// What a decision of `engine` scores groups with.
 fn scoring(engine: &Engine) -> Scoring<'_> {
