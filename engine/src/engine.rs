@@ -214,8 +214,8 @@ pub struct Engine {
     class_ids: HashMap<NodeClass, u32>,
     groups: Vec<Group>,
     group_ids: FxHashMap<ShapeKey, u32>,
-    /// Non-empty groups, by GPU model and what their GPUs can still take (see [`groups::gpu_bucket`]):
-    /// `GPU_BUCKETS` buckets for each entry of `gpu_models`.
+    /// Non-empty groups, by GPU model and what their GPUs can still take (see
+    /// [`groups::gpu_bucket`]): `GPU_BUCKETS` buckets for each entry of `gpu_models`.
     buckets: Vec<Vec<u32>>,
     /// GPU models of the nodes, in the order first seen (None: nodes without a model).
     gpu_models: Vec<Option<String>>,
