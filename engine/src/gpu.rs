@@ -89,16 +89,21 @@ impl GpuFree {
     /// devices for whole GPUs, the tightest device that fits for a fraction.
     pub fn tightest_allocation(&self, request: GpuRequest) -> Option<Vec<(u8, u16)>> {
         let device = match request {
-            GpuRequest::Fraction(milli) => self
-                .devices()
-                .iter()
-                .enumerate()
-                .filter(|(_, free)| **free >= milli)
-                .min_by_key(|(_, free)| **free)
-                .and_then(|(device, _)| u8::try_from(device).ok()),
+            GpuRequest::Fraction(milli) => self.tightest_with_room(milli).map(|(device, _)| device),
             _ => None,
         };
         self.allocation(request, device)
+    }
+
+    /// Of the devices with at least `milli` free, the one with the least (the first of equals),
+    /// and its free milli.
+    pub fn tightest_with_room(&self, milli: u16) -> Option<(u8, u16)> {
+        self.devices()
+            .iter()
+            .enumerate()
+            .filter(|(_, free)| **free >= milli)
+            .min_by_key(|(_, free)| **free)
+            .and_then(|(device, &free)| Some((u8::try_from(device).ok()?, free)))
     }
 
     /// The lowest-numbered device with exactly `free` milli free.
@@ -574,8 +579,7 @@ impl Workload {
             // Whole GPUs take idle devices; a fraction the tightest device with room.
             let (taken_from, taken, times) = match group.gpu {
                 GpuRequest::Fraction(milli) => {
-                    let tightest = gpus.devices().iter().copied().filter(|&free| free >= milli).min();
-                    (tightest.unwrap_or(milli), milli, 1)
+                    (gpus.tightest_with_room(milli).map_or(milli, |(_, free)| free), milli, 1)
                 }
                 GpuRequest::Whole(count) => (GPU_MILLI as u16, GPU_MILLI as u16, i32::from(count)),
                 GpuRequest::None => continue,

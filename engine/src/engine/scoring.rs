@@ -128,8 +128,9 @@ pub(super) fn score_group(
             }
             (GpuRequest::Whole(count), _) => {
                 // Sorted largest first: the idle devices lead.
-                let taken: Vec<(u8, u16)> = (0..count).map(|d| (d, 1000)).collect();
-                gpus.take(&taken);
+                for device in 0..count {
+                    gpus.take(&[(device, 1000)]);
+                }
             }
             _ => {}
         }
