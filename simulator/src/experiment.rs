@@ -40,6 +40,8 @@ pub struct Curve {
     /// Where the unallocated GPUs were, and the pods turned away until then, when 100% of
     /// capacity had arrived (None for runs stopping earlier).
     pub losses_at_full: Option<Losses>,
+    /// Whether the engine was restarted (`ExperimentConfig::restart_at`) before the run ended.
+    pub restarted: bool,
 }
 
 impl Curve {
@@ -149,6 +151,7 @@ pub fn run(nodes: &[TraceNode], pods: &[TracePod], policy: Policy, config: &Expe
         capacity_milli: capacity,
         decisions_per_second: (placed + failed) as f64 / seconds.max(1e-9),
         losses_at_full,
+        restarted: config.restart_at.is_some() && restart_at.is_none(),
     }
 }
 
@@ -208,6 +211,7 @@ mod tests {
                     run(&nodes, &pods, policy, &ExperimentConfig { inflation: 1.3, seed, restart_at: None });
                 let config = ExperimentConfig { inflation: 1.3, seed, restart_at: Some(50) };
                 let restarted = run(&nodes, &pods, policy, &config);
+                assert!(restarted.restarted && !through.restarted, "{policy:?} seed {seed}");
                 // Up to the restart both runs are the same run.
                 assert_eq!(restarted.allocated[..49], through.allocated[..49], "{policy:?} seed {seed}");
                 // The new engine holds what was placed and adds to it.
