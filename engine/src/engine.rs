@@ -45,8 +45,8 @@ pub enum Policy {
     /// yiyun's default: preferred affinity, then the cheapest site, then the least expected
     /// loss of GPU (FGD's fragmentation, plus half of it one typical pod later for GPU pods,
     /// plus GPUs left without the CPU GPU pods bring unless CPU runs out first, plus GPUs of a
-    /// model pinned pods will ask for; in steps of 60 milli-GPU), then the tightest fit; ties
-    /// to the node added first.
+    /// model pinned pods will ask for; in steps of 60 milli-GPU), then for pods of several GPUs
+    /// or none the tightest fit; ties to the node added first.
     Yiyun,
 }
 

@@ -25,7 +25,7 @@ const FRAG_MEMO_LIMIT: usize = 1 << 20;
 const LOOKAHEAD_WEIGHT: f64 = 0.5;
 
 /// Growth of fragmentation (GPU milli) that yiyun treats as equal: among nodes that close, the
-/// tightest fit, then the node added first, wins. Chasing smaller differences spreads pods over
+/// tightest fit (for pods of several GPUs or none), then the node added first, wins. Chasing smaller differences spreads pods over
 /// many nodes and leaves none empty for the large pods that come later (measured on the trace:
 /// exact differences allocate 1.4 points less).
 const FRAGMENTATION_STEP_MILLI: f64 = 60.0;
@@ -213,9 +213,16 @@ pub(super) fn score_group(
             if policy == Policy::Fgd {
                 return ([value, 0.0, 0.0, 0.0], device);
             }
-            let left = cpu_after as f64 / largest_cpu as f64 + gpu_after as f64 / largest_gpu as f64;
+            // Among nodes alike in expected loss, a pod of one GPU or less goes to the node added
+            // first, so such pods keep filling the same nodes; the tightest fit sent them to the
+            // nodes with least CPU, often four-GPU nodes the four-GPU pods then missed. Pods of
+            // several GPUs or none take the tightest fit, which keeps large nodes whole.
+            let tightness = match pod.gpu {
+                GpuRequest::Whole(1) | GpuRequest::Fraction(_) => 0.0,
+                _ => -(cpu_after as f64 / largest_cpu as f64 + gpu_after as f64 / largest_gpu as f64),
+            };
             // Costs in whole fen, so a rounding error never outweighs fragmentation.
-            ([preference as f64, -(cost * 100.0).round(), value, -left], device)
+            ([preference as f64, -(cost * 100.0).round(), value, tightness], device)
         }
     }
 }
