@@ -123,7 +123,13 @@ impl Engine {
                 for entry in &by_model[model] {
                     let mut score = entry.score;
                     score[2] -= displaced;
-                    if best.as_ref().is_some_and(|(top, ..)| compare(&score, top).is_lt()) {
+                    // Entries come best first, equal scores by rank: past the best so far, or
+                    // level with it but ranked after, none of this model's groups can win.
+                    if best.as_ref().is_some_and(|(top, (rank, _), _)| match compare(&score, top) {
+                        Ordering::Less => true,
+                        Ordering::Equal => entry.rank >= *rank,
+                        Ordering::Greater => false,
+                    }) {
                         break;
                     }
                     let group = &groups[entry.group as usize];
