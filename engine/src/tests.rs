@@ -583,3 +583,30 @@ fn yiyun_keeps_a_pod_without_gpus_off_free_gpus_only_while_gpus_run_out_first() 
         [(4_000, GpuRequest::Whole(1), &[][..], 0.2), (16_000, GpuRequest::None, &[][..], 0.8)];
     assert_eq!(place(&cpu_runs_out), "tight");
 }
+
+#[test]
+fn among_nodes_alike_yiyun_sends_small_gpu_pods_to_the_node_added_first_and_larger_ones_to_the_tightest() {
+    // Every shape fits either node before and after any one of them lands: the nodes differ
+    // only in CPU, which no shape runs short of.
+    let shapes = [
+        (2_000, GpuRequest::Whole(1), &[][..], 1.0),
+        (2_000, GpuRequest::Whole(2), &[][..], 1.0),
+        (2_000, GpuRequest::Fraction(500), &[][..], 1.0),
+    ];
+    let (tight, roomy) = (node("tight", 32_000, 4), node("roomy", 64_000, 4));
+    for order in [[&tight, &roomy], [&roomy, &tight]] {
+        let place = |gpu: GpuRequest| {
+            let mut engine = Engine::new(Policy::Yiyun, 1);
+            for node in order {
+                engine.upsert_node(node.clone());
+            }
+            engine.set_workload(workload(&shapes));
+            let placement = engine.schedule(&pod("p", 2_000, gpu)).expect("fits");
+            engine.node(placement.node).map(|node| node.name.clone()).unwrap_or_default()
+        };
+        let added = order.map(|node| node.name.as_str());
+        assert_eq!(place(GpuRequest::Whole(1)), added[0], "one GPU, nodes added {added:?}");
+        assert_eq!(place(GpuRequest::Fraction(500)), added[0], "a fraction, nodes added {added:?}");
+        assert_eq!(place(GpuRequest::Whole(2)), "tight", "two GPUs, nodes added {added:?}");
+    }
+}

@@ -25,9 +25,9 @@ const FRAG_MEMO_LIMIT: usize = 1 << 20;
 const LOOKAHEAD_WEIGHT: f64 = 0.5;
 
 /// Growth of fragmentation (GPU milli) that yiyun treats as equal: among nodes that close, the
-/// tightest fit (for pods of several GPUs or none), then the node added first, wins. Chasing smaller differences spreads pods over
-/// many nodes and leaves none empty for the large pods that come later (measured on the trace:
-/// exact differences allocate 1.4 points less).
+/// tightest fit (for pods of several GPUs or none), then the node added first, wins. Chasing
+/// smaller differences spreads pods over many nodes and leaves none empty for the large pods that
+/// come later (measured on the trace: exact differences allocate 1.4 points less).
 const FRAGMENTATION_STEP_MILLI: f64 = 60.0;
 
 pub(super) fn frag_key(
