@@ -186,9 +186,9 @@ impl Rankings {
             }
         }
         let ranking = self.rankings.entry(*ask).or_default();
-        let behind = (end - ranking.seen) as usize;
-        if ranking.used == 0 || behind > ranking.by_group.len().max(64) {
-            // New, or so far behind that scoring everything is cheaper than catching up.
+        // Catching up rescores each group changed since once, never more than scoring them all
+        // would; walking the log (at most `LOG_LIMIT` entries) costs little beside.
+        if ranking.used == 0 {
             ranking.clear();
         } else {
             for number in ranking.seen..end {
