@@ -175,6 +175,16 @@ mod tests {
     use super::*;
     use crate::trace::fixtures::{node, pod};
 
+    /// The losses `curve` broke down when 100% had arrived and the GPU milli unallocated then,
+    /// checked to be the same amount.
+    fn losses_at_full(curve: &Curve, run: &str) -> (Losses, f64) {
+        let losses = curve.losses_at_full.expect("100% arrived");
+        let used = curve.at(100).expect("a 100% mark") * curve.capacity_milli as f64;
+        let unallocated = curve.capacity_milli as f64 - used;
+        assert!((losses.unallocated_milli() as f64 - unallocated).abs() < 0.5, "{run}: {losses:?}");
+        (losses, unallocated)
+    }
+
     #[test]
     fn losses_at_full_account_for_every_unallocated_gpu_and_the_demand_turned_away() {
         let nodes: Vec<TraceNode> = (0..3).map(|index| node(&format!("n{index}"), 16_000, 2, "T4")).collect();
@@ -186,10 +196,7 @@ mod tests {
         for seed in 1..6 {
             let config = ExperimentConfig { inflation: 1.3, seed, restart_at: None };
             let curve = run(&nodes, &pods, Policy::Yiyun, &config);
-            let losses = curve.losses_at_full.expect("100% arrived");
-            let used = curve.at(100).expect("a 100% mark") * curve.capacity_milli as f64;
-            let unallocated = curve.capacity_milli as f64 - used;
-            assert!((losses.unallocated_milli() as f64 - unallocated).abs() < 0.5, "seed {seed}: {losses:?}");
+            let (losses, unallocated) = losses_at_full(&curve, &format!("seed {seed}"));
             // What had arrived by then was at least the capacity: what was turned away is at
             // least what is unallocated.
             let away = losses.failed_fraction_milli + losses.failed_one_milli + losses.failed_several_milli;
@@ -224,13 +231,7 @@ mod tests {
                     "{policy:?} seed {seed}: {:?}",
                     restarted.allocated
                 );
-                let losses = restarted.losses_at_full.expect("100% arrived");
-                let used = restarted.at(100).expect("a 100% mark") * restarted.capacity_milli as f64;
-                assert!(
-                    (losses.unallocated_milli() as f64 - (restarted.capacity_milli as f64 - used)).abs()
-                        < 0.5,
-                    "{policy:?} seed {seed}: {losses:?}"
-                );
+                losses_at_full(&restarted, &format!("{policy:?} seed {seed}"));
             }
         }
     }
