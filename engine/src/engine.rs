@@ -20,7 +20,7 @@ use crate::{
     gpu::{GpuFree, MAX_GPUS, Shape, Workload},
     model::{Attachment, GpuRequest, HostPort, Node, Pod, Resources},
     observed::Observed,
-    pressure::{self, stranded},
+    pressure::{self, stranded, stranding_ratio},
     ranking::{Entry, Rankings, Score, compare},
     rng::Rng,
     tenants::{Tenant, Tenants, Usage},

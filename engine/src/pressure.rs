@@ -2,12 +2,25 @@
 //! free resources: GPUs a placement leaves without the CPU that GPU pods bring with them, whether
 //! CPU runs out before GPUs at all, and GPUs of a model that pods pinned to it will ask for.
 
-use crate::gpu::Workload;
+use crate::{gpu::Workload, model::GPU_MILLI};
 
 /// GPU milli (of `free_gpu_milli`) that the workload's GPU pods could not use for want of CPU,
 /// if they arrived in the measured mix: each brings `cpu_per_gpu` CPU milli per GPU milli.
 pub(crate) fn stranded(cpu_per_gpu: f64, free_cpu_milli: u64, free_gpu_milli: u64) -> f64 {
     (free_gpu_milli as f64 - free_cpu_milli as f64 / cpu_per_gpu).max(0.0)
+}
+
+/// The CPU milli per GPU milli a node's free GPUs are judged against: what the measured GPU pods
+/// bring (`cpu_per_gpu`), or what the node was built with when that is less. A node with less CPU
+/// per GPU than the average pod brings is there for the pods that bring less (four-GPU nodes
+/// with 32 CPUs hold four-GPU pods asking 32): its GPUs are not stranded while its free CPU keeps
+/// the node's own ratio, so a small pod earns nothing for taking them.
+pub(crate) fn stranding_ratio(cpu_per_gpu: f64, allocatable_cpu_milli: u64, devices: usize) -> f64 {
+    if devices == 0 || allocatable_cpu_milli == 0 {
+        return cpu_per_gpu;
+    }
+    let built = allocatable_cpu_milli as f64 / (devices as f64 * f64::from(GPU_MILLI));
+    cpu_per_gpu.min(built)
 }
 
 /// Whether the workload's pods, in the measured mix, ask for more CPU per GPU than the cluster
@@ -87,6 +100,22 @@ mod tests {
         assert_eq!(stranded(10.0, 40_000, 8_000), 4_000.0);
         assert_eq!(stranded(10.0, 96_000, 8_000), 0.0);
         assert_eq!(stranded(10.0, 0, 0), 0.0);
+    }
+
+    #[test]
+    fn a_node_built_with_less_cpu_per_gpu_than_the_pods_bring_is_judged_by_its_own() {
+        // 32 CPUs beside 4 GPUs: 8 CPUs per GPU, less than the 10 the pods bring.
+        assert_eq!(stranding_ratio(10.0, 32_000, 4), 8.0);
+        // The empty node strands nothing, and a pod of one GPU and 3 CPUs leaves it within its
+        // own ratio (29 CPUs for 3 GPUs); against the pods' 10 it would have taken back 0.7 of a
+        // stranded GPU.
+        assert_eq!(stranded(stranding_ratio(10.0, 32_000, 4), 32_000, 4_000), 0.0);
+        assert_eq!(stranded(stranding_ratio(10.0, 32_000, 4), 29_000, 3_000), 0.0);
+        assert_eq!(stranded(10.0, 32_000, 4_000) - stranded(10.0, 29_000, 3_000), 700.0);
+        // A node with more CPU per GPU, or without GPUs or CPU, is judged by the pods' ratio.
+        assert_eq!(stranding_ratio(10.0, 96_000, 8), 10.0);
+        assert_eq!(stranding_ratio(10.0, 96_000, 0), 10.0);
+        assert_eq!(stranding_ratio(10.0, 0, 8), 10.0);
     }
 
     #[test]

@@ -610,3 +610,19 @@ fn among_nodes_alike_yiyun_sends_small_gpu_pods_to_the_node_added_first_and_larg
         assert_eq!(place(GpuRequest::Whole(2)), "tight", "two GPUs, nodes added {added:?}");
     }
 }
+
+#[test]
+fn yiyun_does_not_reward_a_small_pod_for_taking_gpus_of_a_node_built_lean_on_cpu() {
+    // The pods bring 10.7 CPUs per GPU; the lean node has 8 per GPU, which four-GPU pods asking
+    // 32 CPUs use whole. Judged by the pods' ratio, a GPU of the empty lean node would count as
+    // stranded, and a one-GPU pod asking 3 CPUs would earn 0.7 GPU for taking it there.
+    let shapes = [(16_000, GpuRequest::Whole(1), &[][..], 2.0), (32_000, GpuRequest::Whole(4), &[][..], 1.0)];
+    let mut engine = Engine::new(Policy::Yiyun, 1);
+    // Added first, so it would win a tie: the roomy node must win on the measure.
+    engine.upsert_node(node("lean", 32_000, 4));
+    engine.upsert_node(node("roomy", 64_000, 4));
+    engine.set_workload(workload(&shapes));
+    let placement = engine.schedule(&pod("small", 3_000, GpuRequest::Whole(1))).expect("fits");
+    let chosen = engine.node(placement.node).map(|node| node.name.as_str());
+    assert_eq!(chosen, Some("roomy"), "the next one-GPU pod asking 16 CPUs still fits beside it there");
+}

@@ -163,11 +163,15 @@ pub(super) fn score_group(
             // counting them too turned more such pods away (measured on the multi-GPU mixes).
             // Nor are a pod without GPUs when CPU runs out first: GPUs are left beside it anyway,
             // and steering it off them broke up CPU that GPU pods needed (measured on the
-            // CPU-heavy mixes).
+            // CPU-heavy mixes). A node built with less CPU per GPU than the pods bring is judged
+            // by its own ratio (`stranding_ratio`).
             let strands = yiyun
                 && !matches!(pod.gpu, GpuRequest::Whole(count) if count > 1)
                 && !(cpu_binds && pod.gpu == GpuRequest::None);
-            let cpu_per_gpu = workload.cpu_per_gpu().filter(|_| strands);
+            let cpu_per_gpu = workload
+                .cpu_per_gpu()
+                .filter(|_| strands)
+                .map(|ratio| stranding_ratio(ratio, shape.allocatable_cpu, shape.gpus.devices().len()));
             let stranded_before =
                 cpu_per_gpu.map_or(0.0, |ratio| stranded(ratio, shape.free.cpu_milli, gpu_free));
             let mut measured = group.fragmentation.get();
