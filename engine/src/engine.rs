@@ -44,9 +44,10 @@ pub enum Policy {
     Fgd,
     /// yiyun's default: preferred affinity, then the cheapest site, then the least expected
     /// loss of GPU (FGD's fragmentation, plus half of it one typical pod later for GPU pods,
-    /// plus GPUs left without the CPU GPU pods bring unless CPU runs out first, plus GPUs of a
-    /// model pinned pods will ask for; in steps of 60 milli-GPU), then for pods of several GPUs
-    /// or none the tightest fit; ties to the node added first.
+    /// plus, for pods of one GPU or less, GPUs left without the CPU GPU pods bring, or the
+    /// node's own CPU per GPU when less (for pods without GPUs only while CPU does not run out
+    /// first), plus GPUs of a model pinned pods will ask for; in steps of 60 milli-GPU), then
+    /// for pods of several GPUs or none the tightest fit; ties to the node added first.
     Yiyun,
 }
 
