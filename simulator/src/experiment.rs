@@ -6,10 +6,15 @@
 use std::time::Instant;
 
 use yiyun_engine::{
-    Engine, Placement, Policy, gpu::Workload, model::Pod, observed::TYPICAL_POD_COVERAGE, rng::Rng,
+    Engine, Placement, Policy,
+    gpu::Workload,
+    model::{Node, Pod},
+    observed::TYPICAL_POD_COVERAGE,
+    rng::Rng,
 };
 
 use crate::{
+    forced::forced_away_milli,
     losses::{Losses, SmallestGpuPod},
     trace::{TraceNode, TracePod},
 };
@@ -101,7 +106,7 @@ pub fn run(nodes: &[TraceNode], pods: &[TracePod], policy: Policy, config: &Expe
     let mut allocated = Vec::with_capacity(marks);
     let (mut arrived, mut placed, mut failed) = (0u64, 0, 0);
     let started = Instant::now();
-    for pod in &pods {
+    for (index, pod) in pods.iter().enumerate() {
         if allocated.len() >= marks {
             break;
         }
@@ -136,7 +141,10 @@ pub fn run(nodes: &[TraceNode], pods: &[TracePod], policy: Policy, config: &Expe
             let (_, used) = engine.gpu_milli();
             allocated.push(used as f64 / capacity as f64);
             if allocated.len() == FULL {
-                losses_at_full = Some(where_unallocated(&engine, losses, smallest));
+                let mut at_full = where_unallocated(&engine, losses, smallest);
+                let cluster: Vec<Node> = nodes.iter().map(TraceNode::to_node).collect();
+                at_full.forced_away_milli = forced_away_milli(&cluster, &pods[..=index]);
+                losses_at_full = Some(at_full);
             }
         }
     }
@@ -199,9 +207,37 @@ mod tests {
             let (losses, unallocated) = losses_at_full(&curve, &format!("seed {seed}"));
             // What had arrived by then was at least the capacity: what was turned away is at
             // least what is unallocated.
-            let away = losses.failed_fraction_milli + losses.failed_one_milli + losses.failed_several_milli;
-            assert!(away as f64 >= unallocated, "seed {seed}: {losses:?}");
+            assert!(losses.away_milli() as f64 >= unallocated, "seed {seed}: {losses:?}");
         }
+    }
+
+    #[test]
+    fn no_policy_turns_away_less_than_what_was_forced_away() {
+        // Eight-GPU pods asking 120 CPUs fit only the one large node.
+        let mut nodes = vec![node("large", 128_000, 8, "G3")];
+        nodes.extend((0..3).map(|index| node(&format!("eight{index}"), 96_000, 8, "G2")));
+        nodes.extend((0..4).map(|index| node(&format!("two{index}"), 32_000, 2, "T4")));
+        let pods = vec![
+            pod("large", 120_000, GpuRequest::Whole(8)),
+            pod("eight", 64_000, GpuRequest::Whole(8)),
+            pod("one", 8_000, GpuRequest::Whole(1)),
+            pod("half", 4_000, GpuRequest::Fraction(500)),
+            pod("two", 8_000, GpuRequest::Whole(2)),
+        ];
+        let mut forced_somewhere = false;
+        for policy in [Policy::Yiyun, Policy::Fgd, Policy::BestFit, Policy::FirstFit, Policy::Spread] {
+            for seed in 1..6 {
+                let config = ExperimentConfig { inflation: 1.3, seed, restart_at: None };
+                let curve = run(&nodes, &pods, policy, &config);
+                let (losses, _) = losses_at_full(&curve, &format!("{policy:?} seed {seed}"));
+                assert!(
+                    losses.forced_away_milli <= losses.away_milli(),
+                    "{policy:?} seed {seed}: {losses:?}"
+                );
+                forced_somewhere |= losses.forced_away_milli > 0;
+            }
+        }
+        assert!(forced_somewhere, "no seed brought more large pods than there are large nodes");
     }
 
     #[test]

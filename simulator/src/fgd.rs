@@ -209,7 +209,7 @@ fn losses_table(summaries: &[Summary]) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<12} {:<10} {:>11} {:>13} {:>14} {:>11} {:>10} {:>8} {:>8}",
+        "{:<12} {:<10} {:>11} {:>13} {:>14} {:>11} {:>10} {:>8} {:>8} {:>10}",
         "pod list",
         "policy",
         "unallocated",
@@ -218,13 +218,14 @@ fn losses_table(summaries: &[Summary]) -> String {
         "idle, else",
         "away frac",
         "away 1",
-        "away 2+"
+        "away 2+",
+        "forced**"
     );
     let gpus = |milli: u64| milli as f64 / 1000.0;
     for (summary, losses) in rows {
         let _ = writeln!(
             out,
-            "{:<12} {:<10} {:>11.1} {:>13.1} {:>14.1} {:>11.1} {:>10.1} {:>8.1} {:>8.1}",
+            "{:<12} {:<10} {:>11.1} {:>13.1} {:>14.1} {:>11.1} {:>10.1} {:>8.1} {:>8.1} {:>10.1}",
             summary.list,
             summary.policy.name(),
             gpus(losses.unallocated_milli()),
@@ -233,12 +234,18 @@ fn losses_table(summaries: &[Summary]) -> String {
             gpus(losses.idle_milli),
             gpus(losses.failed_fraction_milli),
             gpus(losses.failed_one_milli),
-            gpus(losses.failed_several_milli)
+            gpus(losses.failed_several_milli),
+            gpus(losses.forced_away_milli)
         );
     }
     let _ = writeln!(
         out,
         "* idle GPUs on nodes whose free CPU or memory is below the least any GPU pod of the list asks"
+    );
+    let _ = writeln!(
+        out,
+        "** of the GPUs turned away, those no policy could place: pods that fit no node, and pods \
+         taking over half the GPUs of every node they fit, beyond the nodes there are for them"
     );
     out
 }

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod experiment;
 pub mod fgd;
+pub mod forced;
 pub mod losses;
 pub mod mix;
 pub mod scenario;

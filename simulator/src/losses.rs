@@ -42,6 +42,9 @@ pub struct Losses {
     pub failed_one_milli: u64,
     /// Asked for by pods of two GPUs or more that fit nowhere.
     pub failed_several_milli: u64,
+    /// Of all the pods turned away, what no placement could have held
+    /// ([`crate::forced::forced_away_milli`]).
+    pub forced_away_milli: u64,
 }
 
 impl Losses {
@@ -75,6 +78,11 @@ impl Losses {
         self.partial_milli + self.idle_starved_milli + self.idle_milli
     }
 
+    /// GPU milli of all the pods turned away.
+    pub fn away_milli(&self) -> u64 {
+        self.failed_fraction_milli + self.failed_one_milli + self.failed_several_milli
+    }
+
     /// The mean of several runs' losses (to the milli below).
     pub fn mean(runs: &[Losses]) -> Losses {
         let count = runs.len().max(1) as u64;
@@ -86,6 +94,7 @@ impl Losses {
             failed_fraction_milli: mean(|run| run.failed_fraction_milli),
             failed_one_milli: mean(|run| run.failed_one_milli),
             failed_several_milli: mean(|run| run.failed_several_milli),
+            forced_away_milli: mean(|run| run.forced_away_milli),
         }
     }
 }
