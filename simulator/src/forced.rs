@@ -101,21 +101,22 @@ fn turned_away(group: &[FillingKind], node_counts: &[u64]) -> u64 {
         let smallest = set.iter().map(|kind| kind.gpu_milli).min().unwrap_or(0);
         arrived.saturating_sub(room) * smallest
     };
-    let sets: Vec<Vec<&FillingKind>> = if group.len() <= KINDS_TRIED_IN_FULL {
-        (1..1usize << group.len())
-            .map(|members| {
-                group
-                    .iter()
-                    .enumerate()
-                    .filter(|(index, _)| members >> index & 1 == 1)
-                    .map(|(_, kind)| kind)
-                    .collect()
-            })
-            .collect()
-    } else {
-        group.iter().map(|kind| vec![kind]).chain(std::iter::once(group.iter().collect())).collect()
-    };
-    sets.iter().map(|set| beyond(set)).max().unwrap_or(0)
+    if group.len() > KINDS_TRIED_IN_FULL {
+        let all: Vec<&FillingKind> = group.iter().collect();
+        return group.iter().map(|kind| beyond(&[kind])).chain([beyond(&all)]).max().unwrap_or(0);
+    }
+    (1..1usize << group.len())
+        .map(|members| {
+            let set: Vec<&FillingKind> = group
+                .iter()
+                .enumerate()
+                .filter(|(index, _)| members >> index & 1 == 1)
+                .map(|(_, kind)| kind)
+                .collect();
+            beyond(&set)
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -176,6 +177,14 @@ mod tests {
             pod.gpu_models = vec!["G3".to_string()];
         }
         assert_eq!(forced_away_milli(&eight_gpu_nodes(), &list), 8_000);
+    }
+
+    #[test]
+    fn many_kinds_sharing_nodes_are_still_bounded_all_together() {
+        // More kinds than are tried set by set: one pod of each, asking 8 GPUs and 1–17 CPUs.
+        let list: Vec<Pod> =
+            (1..=KINDS_TRIED_IN_FULL as u64 + 1).flat_map(|cpu| pods(1, cpu, GpuRequest::Whole(8))).collect();
+        assert_eq!(forced_away_milli(&eight_gpu_nodes(), &list), (list.len() as u64 - 3) * 8_000);
     }
 
     #[test]
