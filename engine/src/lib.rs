@@ -32,3 +32,5 @@ mod ranking_tests;
 mod tests;
 #[cfg(test)]
 mod topology_tests;
+#[cfg(test)]
+mod yiyun_tests;

@@ -2,29 +2,25 @@
 //! pod list on a node list, so that what a policy loses can be told apart from what the list
 //! loses on those nodes whatever places it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
-use yiyun_engine::model::{GpuRequest, Node, Pod};
+use yiyun_engine::{
+    filter::{NodeClass, TenantScope},
+    gpu::GpuFree,
+    model::{GpuRequest, Node, Pod, Resources},
+};
 
 /// Kinds of node-filling pods that share nodes, beyond which not every set of them is tried:
 /// then each kind alone and all of them together are (still a bound, perhaps a looser one).
 const KINDS_TRIED_IN_FULL: usize = 16;
 
-/// Whether `pod` fits `node` with nothing else on it. What it leaves out (taints, pod counts)
-/// only lets more pods fit, which keeps the bound below what is possible.
-fn fits_empty(node: &Node, pod: &Pod) -> bool {
-    let devices = match pod.gpu {
-        GpuRequest::None => true,
-        GpuRequest::Fraction(_) => node.gpus >= 1,
-        GpuRequest::Whole(count) => node.gpus >= count,
-    };
-    let model = pod.gpu.milli() == 0
-        || pod.gpu_models.is_empty()
-        || node.gpu_model.as_ref().is_some_and(|model| pod.gpu_models.contains(model));
-    devices
-        && model
-        && pod.requests.cpu_milli <= node.allocatable.cpu_milli
-        && pod.requests.memory_bytes <= node.allocatable.memory_bytes
+/// Whether `pod` fits `node` (of `class`) with nothing else on it, by the engine's own filters.
+/// Tenant rules and what names single nodes are left out: they only keep pods off more nodes,
+/// which keeps the bound below what is possible.
+fn fits_empty(class: &NodeClass, node: &Node, pod: &Pod) -> bool {
+    class.reject(pod, &TenantScope::default()).is_none()
+        && node.allocatable.first_shortage(&pod.requests).is_none()
+        && GpuFree::idle(node.gpus).fits(pod.gpu)
 }
 
 /// Pods of one kind that each need more than half the GPUs of every node they fit on, so no two
@@ -44,33 +40,33 @@ struct FillingKind {
 /// whatever the policy and whatever else arrives.
 pub fn forced_away_milli(nodes: &[Node], pods: &[Pod]) -> u64 {
     // Nodes alike for fitting, with how many of each.
-    let mut kind_of: BTreeMap<(u64, u64, u8, Option<&str>), usize> = BTreeMap::new();
-    let mut node_kinds: Vec<(&Node, u64)> = Vec::new();
+    let mut kind_of: HashMap<(NodeClass, &Resources, u8), usize> = HashMap::new();
+    let mut node_kinds: Vec<(NodeClass, &Node, u64)> = Vec::new();
     for node in nodes {
-        let key =
-            (node.allocatable.cpu_milli, node.allocatable.memory_bytes, node.gpus, node.gpu_model.as_deref());
-        let kind = *kind_of.entry(key).or_insert_with(|| {
-            node_kinds.push((node, 0));
+        let class = NodeClass::of(node);
+        let kind = *kind_of.entry((class.clone(), &node.allocatable, node.gpus)).or_insert_with(|| {
+            node_kinds.push((class, node, 0));
             node_kinds.len() - 1
         });
-        node_kinds[kind].1 += 1;
+        node_kinds[kind].2 += 1;
     }
     let mut forced = 0;
     let mut filling: BTreeMap<(Vec<usize>, u64), u64> = BTreeMap::new();
     for pod in pods.iter().filter(|pod| pod.gpu.milli() > 0) {
-        let fits: Vec<usize> =
-            (0..node_kinds.len()).filter(|&kind| fits_empty(node_kinds[kind].0, pod)).collect();
+        let fits: Vec<usize> = (0..node_kinds.len())
+            .filter(|&kind| fits_empty(&node_kinds[kind].0, node_kinds[kind].1, pod))
+            .collect();
         if fits.is_empty() {
             forced += pod.gpu.milli();
         } else if let GpuRequest::Whole(count) = pod.gpu
-            && fits.iter().all(|&kind| 2 * u16::from(count) > u16::from(node_kinds[kind].0.gpus))
+            && fits.iter().all(|&kind| 2 * u16::from(count) > u16::from(node_kinds[kind].1.gpus))
         {
             *filling.entry((fits, pod.gpu.milli())).or_insert(0) += 1;
         }
     }
     let kinds =
         filling.into_iter().map(|((fits, gpu_milli), arrived)| FillingKind { fits, gpu_milli, arrived });
-    let counts: Vec<u64> = node_kinds.iter().map(|(_, count)| *count).collect();
+    let counts: Vec<u64> = node_kinds.iter().map(|(_, _, count)| *count).collect();
     forced + sharing_nodes(kinds.collect()).iter().map(|group| turned_away(group, &counts)).sum::<u64>()
 }
 
@@ -121,8 +117,6 @@ fn turned_away(group: &[FillingKind], node_counts: &[u64]) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use yiyun_engine::model::Resources;
-
     use super::*;
 
     fn node(cpu: u64, gpus: u8, model: &str) -> Node {
