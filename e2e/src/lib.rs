@@ -413,9 +413,13 @@ pub struct YiyunProcess {
 pub type SchedulerProcess = YiyunProcess;
 
 impl YiyunProcess {
-    /// Starts a scheduler named `name` on a free admin port with `extra` arguments.
+    /// Starts a scheduler named `name` on a free admin port with `extra` arguments; its Lease
+    /// (and the workload measure kept beside it) is named after it unless `extra` names one, so
+    /// schedulers of tests running side by side keep apart what they measure.
     pub fn start(name: &str, extra: &[&str]) -> Self {
-        Self::scheduler(name, extra, None)
+        let lease = ["--lease-name", name];
+        let lease: &[&str] = if extra.contains(&"--lease-name") { &[] } else { &lease };
+        Self::scheduler(name, &[extra, lease].concat(), None)
     }
 
     /// Like [`start`](Self::start), with the credentials of another kubeconfig.

@@ -57,6 +57,15 @@ const SCHEDULER: &[Use] = &[
         "api.evict(&name,&EvictParams::default())",
     ),
     uses("", &["pods/status"], &["patch"], "scheduler/src/report.rs", "pods.patch_status(&name"),
+    uses("", &["configmaps"], &["get"], "scheduler/src/edge.rs", "store.api.get_opt(&store.name)"),
+    // Server-side apply of an object not there yet is authorized as `create` as well.
+    uses(
+        "",
+        &["configmaps"],
+        &["patch", "create"],
+        "scheduler/src/edge.rs",
+        "api.patch(&name,&params,&Patch::Apply(&kept))",
+    ),
     uses(
         "",
         &["events"],

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::{
     batch::v1::Job,
-    core::v1::{Node, Pod},
+    core::v1::{ConfigMap, Node, Pod},
 };
 use kube::{
     Api, Client,
@@ -305,6 +305,90 @@ async fn a_standby_takes_over_when_the_leader_is_killed() {
     assert!(logs.contains("became the leader"), "{logs}");
     assert!(!logs.contains("binding failed"), "no binding was refused (none bound twice): {logs}");
     second.kill();
+    delete_nodes(&client, &names).await;
+}
+
+/// Pods of the test's own shape (1.25 CPUs and one GPU, which no other test asks for) in the
+/// workload measure kept in `kept`, if it holds any.
+fn own_shape_pods(kept: &ConfigMap) -> Option<u64> {
+    let text = kept.data.as_ref()?.get("measure.json")?;
+    let saved: serde_json::Value = serde_json::from_str(text).ok()?;
+    saved["shapes"]
+        .as_array()?
+        .iter()
+        .find(|shape| shape["cpuMilli"] == 1250 && shape["gpus"] == 1 && shape["gpuMilli"] == 1000)
+        .and_then(|shape| shape["pods"].as_u64())
+}
+
+#[tokio::test]
+async fn a_restarted_scheduler_recalls_the_workload_it_measured_and_mends_a_broken_one() {
+    let client = client().await;
+    let ns = TestNamespace::create(&client, "measure").await;
+    let cell = unique("cell");
+    let names = nodes(&client, &cell, 2, 2, 8).await;
+    let scheduler = unique("yiyun-e2e");
+    let lease = unique("lease");
+    let args = [
+        "--leader-elect=false",
+        "--lease-namespace",
+        "default",
+        "--lease-name",
+        lease.as_str(),
+        "--workload-save-seconds",
+        "1",
+    ];
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let place = |name: String| {
+        let pods = pods.clone();
+        let (scheduler, cell) = (scheduler.clone(), cell.clone());
+        async move {
+            pods.create(&PostParams::default(), &pod(&name, &scheduler, &cell, "1250m", 1))
+                .await
+                .expect("pod");
+            eventually(WAIT, &format!("{name} bound"), || node_of(&pods, &name)).await;
+        }
+    };
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let kept_name = format!("{lease}-workload");
+    let saved_with = |pods: u64| {
+        let (configmaps, kept_name) = (configmaps.clone(), kept_name.clone());
+        async move {
+            eventually(WAIT, &format!("{pods} pods of the shape saved"), || async {
+                let kept = configmaps.get_opt(&kept_name).await.ok()??;
+                (own_shape_pods(&kept) == Some(pods)).then_some(())
+            })
+            .await;
+        }
+    };
+
+    let mut first = SchedulerProcess::start(&scheduler, &args);
+    for index in 0..5 {
+        place(format!("first-{index}")).await;
+    }
+    saved_with(5).await;
+    first.kill();
+
+    // A new scheduler scores its first pod by what the first one measured, and does not count
+    // the pods still running a second time.
+    let mut second = SchedulerProcess::start(&scheduler, &args);
+    place("second".to_string()).await;
+    let logs = second.logs();
+    assert!(logs.contains("recalled the workload measured before"), "{logs}");
+    saved_with(6).await;
+    second.kill();
+
+    // A measure that cannot be read is reported by its field and scheduling goes on, measuring
+    // afresh from the pods running; the next save writes a readable measure over it.
+    let broken = serde_json::json!({"data": {"measure.json":
+        r#"{"version": 1, "shapes": [{"cpuMilli": 1250, "gpus": 1, "gpuMilli": 1500, "pods": 5}]}"#}});
+    configmaps.patch(&kept_name, &PatchParams::default(), &Patch::Merge(&broken)).await.expect("break it");
+    let mut third = SchedulerProcess::start(&scheduler, &args);
+    place("third".to_string()).await;
+    let logs = third.logs();
+    assert!(logs.contains("shapes[0].gpuMilli: 1500 is more than a GPU (1000)"), "{logs}");
+    saved_with(7).await;
+    third.kill();
+    let _ = configmaps.delete(&kept_name, &DeleteParams::default()).await;
     delete_nodes(&client, &names).await;
 }
 

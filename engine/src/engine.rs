@@ -361,12 +361,31 @@ impl Engine {
         if let Some(measured) =
             self.observed.as_mut().and_then(|observed| observed.record(pod, &self.workload))
         {
-            self.workload = measured;
-            self.workload_generation += 1;
-            self.frag_memo.clear();
-            self.rankings.reset(&self.workload);
-            self.since_pressure = PRESSURE_EVERY;
+            self.adopt(measured);
         }
+    }
+
+    /// The workload measured so far, as many pods of each shape as the measure holds (empty
+    /// when the workload was set instead): what a scheduler keeps, so that after a restart it
+    /// places its first pods knowing the workload ([`recall_measure`](Self::recall_measure)).
+    pub fn measure(&self) -> Vec<(Shape, u32)> {
+        self.observed.as_ref().map(Observed::counts).unwrap_or_default()
+    }
+
+    /// Takes an earlier measure ([`measure`](Self::measure)) as older than the pods measured
+    /// since, and scores by it from the next decision on. Ignored when the workload was set.
+    pub fn recall_measure(&mut self, counts: &[(Shape, u32)]) {
+        if let Some(measured) = self.observed.as_mut().map(|observed| observed.recall(counts)) {
+            self.adopt(measured);
+        }
+    }
+
+    fn adopt(&mut self, measured: Workload) {
+        self.workload = measured;
+        self.workload_generation += 1;
+        self.frag_memo.clear();
+        self.rankings.reset(&self.workload);
+        self.since_pressure = PRESSURE_EVERY;
     }
 
     /// Measures again, every [`PRESSURE_EVERY`] decisions, how much of each GPU model's free
@@ -636,6 +655,12 @@ impl Engine {
     /// pod decided here was counted when it was asked about, and counts once).
     pub fn assume(&mut self, pod: &Pod, placement: &Placement) {
         self.observe(pod);
+        self.assume_measured(pod, placement);
+    }
+
+    /// [`assume`](Self::assume) for a pod the measure counts already: one placed before a
+    /// restart, which the measure recalled then holds ([`recall_measure`](Self::recall_measure)).
+    pub fn assume_measured(&mut self, pod: &Pod, placement: &Placement) {
         self.forget(&pod.key);
         let Some(slot) = self.nodes.get_mut(placement.node as usize).and_then(Option::as_mut) else { return };
         slot.allocated.add(&pod.requests);

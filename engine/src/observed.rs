@@ -3,13 +3,12 @@
 //! knows the pod list in advance; it learns what arrives, and follows it when it changes.
 
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::{HashMap, HashSet, VecDeque, hash_map::DefaultHasher},
     hash::{Hash, Hasher},
 };
 
 use crate::{
-    fxhash::FxHasher,
-    gpu::{Shape, Workload},
+    gpu::{Shape, Workload, WorkloadShape},
     model::Pod,
 };
 
@@ -29,8 +28,9 @@ const REBUILD_DISTANCE: f64 = 0.05;
 
 #[derive(Debug, Default)]
 pub(crate) struct Observed {
-    /// Pods in arrival order: a hash of the pod's key and its shape.
-    window: VecDeque<(u64, Shape)>,
+    /// Pods in arrival order: a hash of the pod's key (None for a pod recalled from an earlier
+    /// measure) and its shape.
+    window: VecDeque<(Option<u64>, Shape)>,
     /// Keys in the window, so a pod asked about again (retried) counts once.
     keys: HashSet<u64>,
     counts: HashMap<Shape, u32>,
@@ -41,7 +41,9 @@ impl Observed {
     /// Counts `pod` (unless it is in the window already); returns the typical pods to use from
     /// now on when they moved away from `current`.
     pub(crate) fn record(&mut self, pod: &Pod, current: &Workload) -> Option<Workload> {
-        let mut hasher = FxHasher::default();
+        // Pod names are input, and names alike in all but a few bytes collide under the Fx hash
+        // (16 of 800 in a test): SipHash counts every pod.
+        let mut hasher = DefaultHasher::new();
         pod.key.hash(&mut hasher);
         let key = hasher.finish();
         if !self.keys.insert(key) {
@@ -49,17 +51,9 @@ impl Observed {
         }
         let shape = Shape::of(pod);
         *self.counts.entry(shape.clone()).or_insert(0) += 1;
-        self.window.push_back((key, shape));
-        if self.window.len() > WINDOW
-            && let Some((old_key, old_shape)) = self.window.pop_front()
-        {
-            self.keys.remove(&old_key);
-            if let Some(count) = self.counts.get_mut(&old_shape) {
-                *count -= 1;
-                if *count == 0 {
-                    self.counts.remove(&old_shape);
-                }
-            }
+        self.window.push_back((Some(key), shape));
+        if self.window.len() > WINDOW {
+            self.forget_oldest();
         }
         self.since_check += 1;
         // Early on every few pods, so the first decisions already see a workload.
@@ -68,13 +62,61 @@ impl Observed {
             return None;
         }
         self.since_check = 0;
-        let measured = Workload::typical(
-            self.counts.iter().map(|(shape, &count)| (shape.clone(), f64::from(count))),
-            TYPICAL_POD_COVERAGE,
-        );
+        let measured = self.typical();
         // Only a workload that moved is built for measuring.
         (Workload::distance_of(&measured, current.shapes()) > REBUILD_DISTANCE)
             .then(|| Workload::new(measured))
+    }
+
+    /// How many pods of each shape the window holds, by shape.
+    pub(crate) fn counts(&self) -> Vec<(Shape, u32)> {
+        let mut counts: Vec<(Shape, u32)> =
+            self.counts.iter().map(|(shape, &count)| (shape.clone(), count)).collect();
+        counts.sort();
+        counts
+    }
+
+    /// Takes an earlier measure (`counts`, as [`counts`](Self::counts) gave them) as older than
+    /// every pod measured since, and returns the workload to use from now on. Each shape's pods
+    /// are spread evenly through the recalled part, so as they leave the window the shapes keep
+    /// their proportions.
+    pub(crate) fn recall(&mut self, counts: &[(Shape, u32)]) -> Workload {
+        let mut recalled: Vec<(f64, &Shape)> = counts
+            .iter()
+            .flat_map(|(shape, count)| {
+                (0..*count).map(move |index| ((f64::from(index) + 0.5) / f64::from(*count), shape))
+            })
+            .collect();
+        recalled.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(b.1)));
+        for (_, shape) in recalled.into_iter().rev() {
+            *self.counts.entry(shape.clone()).or_insert(0) += 1;
+            self.window.push_front((None, shape.clone()));
+        }
+        while self.window.len() > WINDOW {
+            self.forget_oldest();
+        }
+        self.since_check = 0;
+        Workload::new(self.typical())
+    }
+
+    fn typical(&self) -> Vec<WorkloadShape> {
+        Workload::typical(
+            self.counts.iter().map(|(shape, &count)| (shape.clone(), f64::from(count))),
+            TYPICAL_POD_COVERAGE,
+        )
+    }
+
+    fn forget_oldest(&mut self) {
+        let Some((old_key, old_shape)) = self.window.pop_front() else { return };
+        if let Some(old_key) = old_key {
+            self.keys.remove(&old_key);
+        }
+        if let Some(count) = self.counts.get_mut(&old_shape) {
+            *count -= 1;
+            if *count == 0 {
+                self.counts.remove(&old_shape);
+            }
+        }
     }
 }
 
@@ -119,6 +161,43 @@ mod tests {
         feed(&mut observed, &mut workload, wholes);
         let whole = weight_of(&workload, GpuRequest::Whole(1));
         assert!((0.4..=0.5).contains(&whole), "{whole}");
+    }
+
+    #[test]
+    fn a_recalled_measure_scores_from_the_first_pod_and_gives_way_to_what_arrives() {
+        let (mut earlier, mut workload) = (Observed::default(), Workload::default());
+        let wholes = (0..600).map(|index| pod(&format!("whole-{index}"), GpuRequest::Whole(8)));
+        let halves = (0..200).map(|index| pod(&format!("half-{index}"), GpuRequest::Fraction(500)));
+        feed(&mut earlier, &mut workload, wholes.chain(halves));
+        let counts = earlier.counts();
+        assert_eq!(counts.iter().map(|(_, count)| count).sum::<u32>(), 800);
+
+        let mut recalled = Observed::default();
+        let workload = recalled.recall(&counts);
+        assert_eq!(weight_of(&workload, GpuRequest::Whole(8)), 0.75);
+        assert_eq!(recalled.counts(), counts);
+        // Recalled pods are no real pods: the same keys arriving now count.
+        let mut workload = workload;
+        let again = (0..WINDOW).map(|index| pod(&format!("half-{index}"), GpuRequest::Fraction(500)));
+        feed(&mut recalled, &mut workload, again);
+        assert_eq!(weight_of(&workload, GpuRequest::Fraction(500)), 1.0);
+        assert_eq!(recalled.window.len(), WINDOW);
+        assert_eq!(recalled.keys.len(), WINDOW);
+    }
+
+    #[test]
+    fn recalled_shapes_leave_the_window_in_proportion() {
+        let counts = vec![
+            (Shape { cpu_milli: 4000, gpu: GpuRequest::Whole(1), gpu_models: Vec::new() }, 9_000),
+            (Shape { cpu_milli: 4000, gpu: GpuRequest::Whole(8), gpu_models: Vec::new() }, 1_000),
+        ];
+        let (mut observed, _) = (Observed::default(), Workload::default());
+        let mut workload = observed.recall(&counts);
+        // Half the window replaced by new pods: half of each recalled shape is left.
+        let new = (0..WINDOW / 2).map(|index| pod(&format!("new-{index}"), GpuRequest::Fraction(250)));
+        feed(&mut observed, &mut workload, new);
+        let left: Vec<u32> = observed.counts().iter().map(|(_, count)| *count).collect();
+        assert_eq!(left, vec![4_500, 500, 5_000]);
     }
 
     #[test]

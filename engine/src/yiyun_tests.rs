@@ -128,3 +128,31 @@ fn yiyun_does_not_reward_a_small_pod_for_taking_gpus_of_a_node_built_lean_on_cpu
     let chosen = engine.node(placement.node).map(|node| node.name.as_str());
     assert_eq!(chosen, Some("roomy"), "the next one-GPU pod asking 16 CPUs still fits beside it there");
 }
+
+#[test]
+fn a_restarted_engine_recalls_the_measure_and_places_its_first_pod_by_it() {
+    let cluster = || {
+        let mut engine = Engine::new(Policy::Yiyun, 1);
+        // Added first, so a pod with nothing measured yet goes there.
+        engine.upsert_node(node("eight", 96_000, 8));
+        engine.upsert_node(node("two", 16_000, 2));
+        engine
+    };
+    let small = pod("small", 1_000, GpuRequest::Whole(1));
+    let placed_on = |engine: &mut Engine| {
+        let placement = engine.decide(&small).expect("fits");
+        engine.node(placement.node).map(|node| node.name.clone()).unwrap_or_default()
+    };
+    let mut measured = cluster();
+    for index in 0..200 {
+        measured.decide(&pod(&format!("eight-gpu-{index}"), 8_000, GpuRequest::Whole(8))).expect("fits");
+    }
+    // Eight-GPU pods are all it has seen: the small pod keeps the eight-GPU node whole.
+    assert_eq!(placed_on(&mut measured), "two");
+    assert_eq!(placed_on(&mut cluster()), "eight");
+
+    let mut restarted = cluster();
+    restarted.recall_measure(&measured.measure());
+    assert_eq!(restarted.measure(), measured.measure());
+    assert_eq!(placed_on(&mut restarted), "two");
+}

@@ -83,9 +83,15 @@ impl Args {
             retry_period: Duration::from_secs(self.retry_period_seconds),
         }
         .validated()?;
-        let name = self.lease_name.clone().unwrap_or_else(|| component.to_string());
+        let name = self.lease_name(component);
         let election = Election::new(client, &self.lease_namespace, &name, &self.identity(), timing);
         Ok(Some(election.reporting_to(leading)))
+    }
+
+    /// The Lease's name: `--lease-name`, or the component's. It names the group of replicas
+    /// that take over from one another, so what they hand over is kept under it too.
+    pub fn lease_name(&self, component: &str) -> String {
+        self.lease_name.clone().unwrap_or_else(|| component.to_string())
     }
 
     /// This replica's identity: `--identity`, or the host name and process id.

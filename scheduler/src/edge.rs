@@ -2,14 +2,20 @@
 //! sent to the apiserver (each through the leadership, so nothing is sent once the lease is
 //! lost), their outcomes fed back as [`Done`]s.
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use futures::{Stream, StreamExt, stream::BoxStream};
 use k8s_openapi::{
     api::{
         core::v1::{
-            Binding, Namespace, Node as KubeNode, ObjectReference, PersistentVolume, PersistentVolumeClaim,
-            Pod as KubePod,
+            Binding, ConfigMap, Namespace, Node as KubeNode, ObjectReference, PersistentVolume,
+            PersistentVolumeClaim, Pod as KubePod,
         },
         policy::v1::PodDisruptionBudget,
         resource::v1::{DeviceClass, ResourceClaim, ResourceSlice},
@@ -24,13 +30,15 @@ use kube::{
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::{debug, info, warn};
 use yiyun_crds::{ComputeSite, PodGroup, Tenant, labels};
+use yiyun_engine::gpu::Shape;
 use yiyun_kube::leader::Leadership;
 
 use crate::{
-    Config, Error,
+    COMPONENT, Config, Error,
     devices::{ClaimWrite, claim_status},
+    measure,
     metrics::Metrics,
     report::Reporter,
     state::{Done, Effect, State, Update},
@@ -48,6 +56,20 @@ pub struct Scheduler {
     done_rx: mpsc::UnboundedReceiver<Done>,
     /// Every write goes through it: nothing is sent once the lease is lost.
     leadership: Leadership,
+    /// Where the measured workload is kept; None with `--workload-save-seconds 0`.
+    workload: Option<WorkloadStore>,
+}
+
+/// The ConfigMap the measured workload is kept in, beside the Lease.
+struct WorkloadStore {
+    api: Api<ConfigMap>,
+    namespace: String,
+    name: String,
+    every: Duration,
+    /// What was last sent, so an unchanged measure is not written again.
+    sent: Vec<(Shape, u32)>,
+    /// Set when a save failed, so the next one writes even an unchanged measure.
+    failed: Arc<AtomicBool>,
 }
 
 /// The events of one kind, tagged; `kind` names it when the watch fails.
@@ -72,7 +94,17 @@ where
 impl Scheduler {
     pub fn new(config: Config, client: Client, metrics: Metrics, leadership: Leadership) -> Self {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let namespace = config.election.lease_namespace.clone();
+        let workload = (config.workload_save_seconds > 0).then(|| WorkloadStore {
+            api: Api::namespaced(client.clone(), &namespace),
+            name: format!("{}-workload", config.election.lease_name(COMPONENT)),
+            namespace,
+            every: Duration::from_secs(config.workload_save_seconds),
+            sent: Vec::new(),
+            failed: Arc::default(),
+        });
         Scheduler {
+            workload,
             reporter: Reporter::new(client.clone(), config.scheduler_name.clone(), leadership.clone()),
             state: State::new(config, metrics),
             client,
@@ -165,8 +197,12 @@ impl Scheduler {
 
     /// Runs until `shutdown`.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), Error> {
+        self.recall_measure().await;
         let mut updates = self.updates();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        // Without a store the branch below never runs; the hour only keeps the timer finite.
+        let every = self.workload.as_ref().map_or(Duration::from_secs(3_600), |store| store.every);
+        let mut save = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
@@ -184,6 +220,7 @@ impl Scheduler {
                 }
                 Some(done) = self.done_rx.recv() => self.state.done(done),
                 _ = tick.tick() => self.state.housekeeping(),
+                _ = save.tick(), if self.workload.is_some() => self.save_measure(),
             }
             while let Ok(done) = self.done_rx.try_recv() {
                 self.state.done(done);
@@ -195,6 +232,53 @@ impl Scheduler {
                 self.carry_out(effect);
             }
         }
+    }
+
+    /// Scores by the measure saved before, if there is one: a restart or a takeover then places
+    /// its first pods knowing the workload. One that cannot be read is left to be overwritten.
+    async fn recall_measure(&mut self) {
+        let Some(store) = self.workload.as_mut() else { return };
+        let configmap = format!("{}/{}", store.namespace, store.name);
+        match store.api.get_opt(&store.name).await {
+            Ok(Some(kept)) => match measure::counts(&kept) {
+                Ok(counts) => {
+                    let pods: u32 = counts.iter().map(|(_, pods)| pods).sum();
+                    self.state.recall_measure(&counts);
+                    store.sent = self.state.measure();
+                    info!(%configmap, pods, "recalled the workload measured before");
+                }
+                Err(err) => {
+                    warn!(%configmap, error = %err, label = err.label(), "measuring the workload afresh");
+                }
+            },
+            Ok(None) => info!(%configmap, "no workload measured before: measuring from the first pod"),
+            Err(err) => {
+                warn!(%configmap, error = %err, "cannot read the workload measured before; measuring afresh")
+            }
+        }
+    }
+
+    /// Writes the measure to its ConfigMap when it changed since the last write (or that failed).
+    fn save_measure(&mut self) {
+        let Some(store) = self.workload.as_mut() else { return };
+        let counts = self.state.measure();
+        let failed = store.failed.swap(false, Ordering::Relaxed);
+        if counts.is_empty() || (counts == store.sent && !failed) {
+            return;
+        }
+        let kept = measure::config_map(&store.namespace, &store.name, &counts);
+        store.sent = counts;
+        let (api, name, failed) = (store.api.clone(), store.name.clone(), store.failed.clone());
+        let leadership = self.leadership.clone();
+        tokio::spawn(async move {
+            let params = PatchParams::apply(COMPONENT).force();
+            if let Some(Err(err)) =
+                leadership.while_leading(api.patch(&name, &params, &Patch::Apply(&kept))).await
+            {
+                failed.store(true, Ordering::Relaxed);
+                warn!(configmap = %name, error = %err, "cannot save the workload measure; trying again at the next save");
+            }
+        });
     }
 
     /// Sends one effect on its way; what comes of a binding or an eviction returns as a [`Done`].

@@ -5,6 +5,7 @@
 mod convert;
 mod devices;
 mod edge;
+mod measure;
 mod metrics;
 mod report;
 mod sites;
@@ -20,6 +21,9 @@ use tracing::info;
 use yiyun_kube::leader::Leadership;
 
 const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The component's name: its Lease's by default, and the field manager of what it applies.
+const COMPONENT: &str = "yiyun-scheduler";
 
 /// Configuration of `yiyun scheduler`. The apiserver comes from `KUBECONFIG` or the in-cluster
 /// service account.
@@ -41,6 +45,12 @@ pub struct Config {
     /// back and is tried again.
     #[arg(long, env = "YIYUN_SCHEDULER_NOMINATION_TIMEOUT_SECONDS", default_value_t = 120)]
     pub nomination_timeout_seconds: u64,
+    /// Seconds between two saves of the workload the engine measured, kept in the ConfigMap
+    /// `<lease name>-workload` beside the Lease, so a restarted scheduler or a standby taking over
+    /// places its first pods knowing the workload. 0 neither saves nor recalls it; at most a day.
+    #[arg(long, env = "YIYUN_SCHEDULER_WORKLOAD_SAVE_SECONDS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    pub workload_save_seconds: u64,
     /// A kubeconfig to use instead of `KUBECONFIG` or the in-cluster service account.
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
@@ -61,6 +71,8 @@ pub enum Error {
     LostLease,
     #[error(transparent)]
     Election(#[from] yiyun_kube::leader::Error),
+    #[error("the saved workload measure is not readable: {field}: {message}")]
+    SavedMeasure { field: String, message: String },
 }
 
 impl Error {
@@ -72,6 +84,7 @@ impl Error {
             Error::WatchEnded => "watch_ended",
             Error::LostLease => "lost_lease",
             Error::Election(_) => "election_config",
+            Error::SavedMeasure { .. } => "saved_measure",
         }
     }
 }
@@ -88,7 +101,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         {
             return Ok(());
         }
-        let election = config.election.election(client.clone(), "yiyun-scheduler", leading)?;
+        let election = config.election.election(client.clone(), COMPONENT, leading)?;
         if let Some(election) = &election
             && !election.acquire(&shutdown).await
         {

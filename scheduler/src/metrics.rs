@@ -31,6 +31,8 @@ pub struct Metrics {
     pub pending: Family<Vec<(&'static str, &'static str)>, Gauge>,
     /// PodGroups not yet placed as a whole.
     pub gangs_waiting: Gauge,
+    /// Pods in the workload measure the engine scores by (recalled ones included).
+    pub pods_measured: Gauge,
     /// From sending a binding (with its volumes and device claims) to the apiserver's answer.
     pub bind_seconds: Histogram,
     pub site_gpus: Family<Labels, Gauge<f64, AtomicU64>>,
@@ -49,6 +51,7 @@ impl Default for Metrics {
             placements: Family::default(),
             pending: Family::default(),
             gangs_waiting: Gauge::default(),
+            pods_measured: Gauge::default(),
             // 0.5 ms to about 8 s.
             bind_seconds: Histogram::new(exponential_buckets(0.000_5, 2.0, 15)),
             site_gpus: Family::default(),
@@ -104,6 +107,11 @@ impl Metrics {
             "gangs_waiting",
             "PodGroups not yet placed as a whole",
             metrics.gangs_waiting.clone(),
+        );
+        registry.register(
+            "workload_pods_measured",
+            "Pods in the workload measure placement scores by, recalled ones included",
+            metrics.pods_measured.clone(),
         );
         registry.register("site_gpus", "GPUs of each site's nodes", metrics.site_gpus.clone());
         registry.register(

@@ -19,6 +19,7 @@ use yiyun_crds::{ComputeSite, PodGroup, PodGroupPhase, Tenant, TopologyLevel, To
 use yiyun_engine::{
     Engine, Placement, Policy,
     gang::{Gang, Level, Mode},
+    gpu::Shape,
     model::{Node, Pod},
 };
 use yiyun_kube::{
@@ -291,6 +292,8 @@ pub struct State {
     /// Resource claims a binding in flight allocates, by pod.
     claim_writes: HashMap<String, Vec<String>>,
     synced: Synced,
+    /// Whether the measure was recalled from the saved one (which counts the pods bound then).
+    recalled: bool,
     /// Keys seen while a watch relists, to drop what is gone afterwards.
     relisting_nodes: Relist,
     relisting_pods: Relist,
@@ -340,6 +343,7 @@ impl State {
             device_claims: HashMap::new(),
             claim_writes: HashMap::new(),
             synced: Synced::default(),
+            recalled: false,
             relisting_nodes: Relist::default(),
             relisting_pods: Relist::default(),
             relisting_tenants: Relist::default(),
@@ -352,6 +356,21 @@ impl State {
             started: Instant::now(),
             gauges_at: None,
         }
+    }
+
+    /// The workload the engine measured, as many pods of each shape as the measure holds.
+    pub fn measure(&self) -> Vec<(Shape, u32)> {
+        let counts = self.engine.measure();
+        self.metrics.pods_measured.set(counts.iter().map(|(_, pods)| i64::from(*pods)).sum());
+        counts
+    }
+
+    /// Takes a measure saved before (by this scheduler or the leader it takes over from) as
+    /// older than the pods measured since.
+    pub fn recall_measure(&mut self, counts: &[(Shape, u32)]) {
+        self.engine.recall_measure(counts);
+        self.recalled = true;
+        let _ = self.measure();
     }
 
     /// Whether every watch has listed once: only then are decisions made.
@@ -633,7 +652,14 @@ impl State {
         pod.attachments = self.volumes.attachments(&pod.namespace, &bound.claims);
         // Without a recorded assignment (bound by someone else), devices as the engine would pick.
         let gpus = bound.gpus.clone().or_else(|| self.engine.free(node)?.1.tightest_allocation(pod.gpu));
-        self.engine.assume(&pod, &Placement { node, gpus: gpus.unwrap_or_default() });
+        let placement = Placement { node, gpus: gpus.unwrap_or_default() };
+        // Pods bound before this scheduler started count into the measure, unless it recalled
+        // one: that measure counts them already.
+        if self.recalled && !self.synced() {
+            self.engine.assume_measured(&pod, &placement);
+        } else {
+            self.engine.assume(&pod, &placement);
+        }
     }
 
     fn pod_event(&mut self, event: watcher::Event<KubePod>) {
@@ -1431,11 +1457,22 @@ mod tests {
 
     /// A state whose watches have all listed, with one node of 8 CPUs.
     fn synced_state() -> State {
+        let mut state = listing_state();
+        finish_listing(&mut state);
+        state
+    }
+
+    /// A state whose watches are listing, one node of 8 CPUs listed so far.
+    fn listing_state() -> State {
         let config = <SchedulerFlags as clap::Parser>::parse_from(["yiyun-scheduler"]).config;
         let mut state = State::new(config, Metrics::default());
         state.apply(Update::Node(watcher::Event::InitApply(json(
             r#"{"metadata": {"name": "n1"}, "status": {"allocatable": {"cpu": "8", "memory": "64Gi", "pods": "110"}}}"#,
         ))));
+        state
+    }
+
+    fn finish_listing(state: &mut State) {
         for done in [
             Update::Node(watcher::Event::InitDone),
             Update::Pod(watcher::Event::InitDone),
@@ -1455,7 +1492,6 @@ mod tests {
             state.apply(done);
         }
         assert!(state.synced());
-        state
     }
 
     fn json<T: serde::de::DeserializeOwned>(text: &str) -> T {
@@ -1467,6 +1503,35 @@ mod tests {
             r#"{{"metadata": {{"name": "{name}", "namespace": "ns", "uid": "u-{name}"}},
                 "spec": {{"schedulerName": "yiyun-scheduler", "containers": [{{"name": "c", "resources": {{"requests": {{"cpu": "2"}}}}}}]}}}}"#
         ))
+    }
+
+    fn bound_pod(name: &str) -> KubePod {
+        json(&format!(
+            r#"{{"metadata": {{"name": "{name}", "namespace": "ns", "uid": "u-{name}"}},
+                "spec": {{"nodeName": "n1", "containers": [{{"name": "c", "resources": {{"requests": {{"cpu": "2"}}}}}}]}},
+                "status": {{"phase": "Running"}}}}"#
+        ))
+    }
+
+    #[test]
+    fn pods_running_at_a_restart_count_once_whether_the_measure_is_recalled_or_not() {
+        let two_cpus =
+            Shape { cpu_milli: 2_000, gpu: yiyun_engine::model::GpuRequest::None, gpu_models: Vec::new() };
+        // Without a saved measure, the pods running are what the workload is measured from.
+        let mut cold = listing_state();
+        cold.apply(Update::Pod(watcher::Event::InitApply(bound_pod("old"))));
+        finish_listing(&mut cold);
+        assert_eq!(cold.measure(), vec![(two_cpus.clone(), 1)]);
+        // A recalled measure counts them already (the scheduler that saved it measured them).
+        let mut warm = listing_state();
+        warm.recall_measure(&[(two_cpus.clone(), 3)]);
+        warm.apply(Update::Pod(watcher::Event::InitApply(bound_pod("old"))));
+        finish_listing(&mut warm);
+        assert_eq!(warm.measure(), vec![(two_cpus.clone(), 3)]);
+        assert_eq!(warm.metrics.pods_measured.get(), 3);
+        // Pods bound by others from then on are new to it.
+        warm.apply(Update::Pod(watcher::Event::Apply(bound_pod("new"))));
+        assert_eq!(warm.measure(), vec![(two_cpus, 4)]);
     }
 
     #[test]

@@ -252,7 +252,11 @@ fn peak_rss_mib() -> Option<f64> {
 }
 
 fn arrivals(pods: &[TracePod], capacity_milli: u64, seed: u64) -> Vec<TracePod> {
-    experiment::arrivals(pods, capacity_milli, &ExperimentConfig { inflation: 1.0, seed, restart_at: None })
+    experiment::arrivals(
+        pods,
+        capacity_milli,
+        &ExperimentConfig { inflation: 1.0, seed, restart_at: None, history: 0 },
+    )
 }
 
 /// Decisions per second of the engine and of a full scan on `nodes`, for pods of `list` arriving
@@ -344,7 +348,7 @@ pub fn run(args: &BenchArgs) -> Result<String, Error> {
     let list = experiment::arrivals(
         &trace_pods,
         engine.gpu_milli().0,
-        &ExperimentConfig { inflation: GANG_FILL, seed: args.seed, restart_at: None },
+        &ExperimentConfig { inflation: GANG_FILL, seed: args.seed, restart_at: None, history: 0 },
     );
     eprintln!("[bench] filling {} nodes to half their GPUs", large.len());
     for (index, pod) in list.iter().enumerate() {

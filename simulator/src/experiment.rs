@@ -3,13 +3,13 @@
 //! (130%), placed one by one and never leaving; at every 1% of capacity arrived, the share of
 //! GPU capacity allocated. A pod that fits nowhere is skipped.
 
-use std::time::Instant;
+use std::{collections::HashMap, time::Instant};
 
 use yiyun_engine::{
     Engine, Placement, Policy,
-    gpu::Workload,
+    gpu::{Shape, Workload},
     model::{Node, Pod},
-    observed::TYPICAL_POD_COVERAGE,
+    observed::{TYPICAL_POD_COVERAGE, WINDOW},
     rng::Rng,
 };
 
@@ -25,9 +25,24 @@ pub struct ExperimentConfig {
     pub inflation: f64,
     pub seed: u64,
     /// Percent of capacity arrived at which the engine is restarted: a new one learns the
-    /// nodes and the pods placed so far, as the scheduler does after a restart or a failover.
+    /// nodes and the pods placed so far, and recalls the workload measured, as the scheduler
+    /// does after a restart or a failover.
     pub restart_at: Option<u64>,
+    /// Pods yiyun has measured before the run: the list's pods in another order, as a scheduler
+    /// that ran on earlier days recalls them (0: it starts measuring from the run's first pod).
+    pub history: usize,
 }
+
+impl ExperimentConfig {
+    /// The paper's experiment on one seed: up to 130% of capacity, no restart, yiyun starting
+    /// from as much history as its measure holds.
+    pub fn paper(seed: u64) -> ExperimentConfig {
+        ExperimentConfig { inflation: 1.3, seed, restart_at: None, history: WINDOW }
+    }
+}
+
+/// Offset of the seed that orders the history from the run's: another day's arrivals.
+const HISTORY_SEED_OFFSET: u64 = 1 << 32;
 
 /// One run of one policy on one seed.
 #[derive(Clone, Debug, PartialEq)]
@@ -73,6 +88,17 @@ pub fn arrivals(pods: &[TracePod], capacity_milli: u64, config: &ExperimentConfi
     list
 }
 
+/// The measure a scheduler would recall from earlier days: the shapes of the first
+/// `config.history` pods of another seed's arrivals.
+fn history(pods: &[TracePod], capacity_milli: u64, config: &ExperimentConfig) -> Vec<(Shape, u32)> {
+    let earlier = ExperimentConfig { seed: config.seed.wrapping_add(HISTORY_SEED_OFFSET), ..config.clone() };
+    let mut counts: HashMap<Shape, u32> = HashMap::new();
+    for pod in arrivals(pods, capacity_milli, &earlier).iter().take(config.history) {
+        *counts.entry(Shape::of(&pod.to_pod(String::new()))).or_insert(0) += 1;
+    }
+    counts.into_iter().collect()
+}
+
 /// An engine of `policy` on `nodes`.
 fn engine_on(nodes: &[TraceNode], policy: Policy, seed: u64) -> Engine {
     let mut engine = Engine::new(policy, seed);
@@ -83,15 +109,18 @@ fn engine_on(nodes: &[TraceNode], policy: Policy, seed: u64) -> Engine {
 }
 
 /// Runs one policy on one seed.
-pub fn run(nodes: &[TraceNode], pods: &[TracePod], policy: Policy, config: &ExperimentConfig) -> Curve {
+pub fn run(nodes: &[TraceNode], list_pods: &[TracePod], policy: Policy, config: &ExperimentConfig) -> Curve {
     let mut engine = engine_on(nodes, policy, config.seed);
     let (capacity, _) = engine.gpu_milli();
-    let list = arrivals(pods, capacity, config);
+    let list = arrivals(list_pods, capacity, config);
     let pods: Vec<Pod> = list.iter().enumerate().map(|(index, pod)| pod.to_pod(format!("{index}"))).collect();
-    // FGD as published knows the list's typical pods in advance; yiyun measures what arrives.
+    // FGD as published knows the list's typical pods in advance; yiyun measures what arrives,
+    // from what it measured on earlier days.
     let known = (policy != Policy::Yiyun).then(|| Workload::from_pods(&pods, TYPICAL_POD_COVERAGE));
-    if let Some(workload) = &known {
-        engine.set_workload(workload.clone());
+    match &known {
+        Some(workload) => engine.set_workload(workload.clone()),
+        None if config.history > 0 => engine.recall_measure(&history(list_pods, capacity, config)),
+        None => {}
     }
     // Where each pod went, kept only to tell a restarted engine.
     let mut placements: Vec<(&Pod, Placement)> = Vec::new();
@@ -114,12 +143,18 @@ pub fn run(nodes: &[TraceNode], pods: &[TracePod], policy: Policy, config: &Expe
             && arrived * 100 >= capacity * percent
         {
             restart_at = None;
+            let measure = engine.measure();
             engine = engine_on(nodes, policy, config.seed);
-            if let Some(workload) = &known {
-                engine.set_workload(workload.clone());
+            match &known {
+                Some(workload) => engine.set_workload(workload.clone()),
+                None => engine.recall_measure(&measure),
             }
             for (pod, placement) in placements.drain(..) {
-                engine.assume(pod, &placement);
+                // Yiyun's recalled measure counts them already.
+                match known {
+                    Some(_) => engine.assume(pod, &placement),
+                    None => engine.assume_measured(pod, &placement),
+                }
             }
         }
         match engine.try_schedule(pod) {
@@ -194,6 +229,31 @@ mod tests {
     }
 
     #[test]
+    fn the_history_is_the_lists_pods_arriving_on_another_day() {
+        let pods: Vec<TracePod> = (0..40)
+            .map(|index| {
+                let gpu = if index % 4 == 0 { GpuRequest::Whole(8) } else { GpuRequest::Fraction(500) };
+                pod(&format!("p{index}"), 4_000, gpu)
+            })
+            .collect();
+        let config = ExperimentConfig { history: 30, ..ExperimentConfig::paper(7) };
+        let capacity = 20_000;
+        let counts = history(&pods, capacity, &config);
+        assert_eq!(counts.iter().map(|(_, count)| count).sum::<u32>(), 30);
+        assert_eq!(counts.len(), 2, "{counts:?}");
+        // Another order than the run's: the first 30 arrivals of the run hold other pods.
+        let shapes_of = |list: &[TracePod]| -> Vec<GpuRequest> { list.iter().map(|pod| pod.gpu).collect() };
+        let earlier =
+            ExperimentConfig { seed: config.seed.wrapping_add(HISTORY_SEED_OFFSET), ..config.clone() };
+        assert_ne!(
+            shapes_of(&arrivals(&pods, capacity, &config)[..30]),
+            shapes_of(&arrivals(&pods, capacity, &earlier)[..30])
+        );
+        let cold = ExperimentConfig { history: 0, ..config };
+        assert!(history(&pods, capacity, &cold).is_empty());
+    }
+
+    #[test]
     fn losses_at_full_account_for_every_unallocated_gpu_and_the_demand_turned_away() {
         let nodes: Vec<TraceNode> = (0..3).map(|index| node(&format!("n{index}"), 16_000, 2, "T4")).collect();
         let pods: Vec<TracePod> = [GpuRequest::Fraction(600), GpuRequest::Whole(1), GpuRequest::Whole(2)]
@@ -202,7 +262,7 @@ mod tests {
             .map(|(index, gpu)| pod(&format!("p{index}"), 2_000, gpu))
             .collect();
         for seed in 1..6 {
-            let config = ExperimentConfig { inflation: 1.3, seed, restart_at: None };
+            let config = ExperimentConfig::paper(seed);
             let curve = run(&nodes, &pods, Policy::Yiyun, &config);
             let (losses, unallocated) = losses_at_full(&curve, &format!("seed {seed}"));
             // What had arrived by then was at least the capacity: what was turned away is at
@@ -227,7 +287,7 @@ mod tests {
         let mut forced_somewhere = false;
         for policy in [Policy::Yiyun, Policy::Fgd, Policy::BestFit, Policy::FirstFit, Policy::Spread] {
             for seed in 1..6 {
-                let config = ExperimentConfig { inflation: 1.3, seed, restart_at: None };
+                let config = ExperimentConfig::paper(seed);
                 let curve = run(&nodes, &pods, policy, &config);
                 let (losses, _) = losses_at_full(&curve, &format!("{policy:?} seed {seed}"));
                 assert!(
@@ -250,9 +310,8 @@ mod tests {
             .collect();
         for policy in [Policy::Yiyun, Policy::Fgd] {
             for seed in 1..4 {
-                let through =
-                    run(&nodes, &pods, policy, &ExperimentConfig { inflation: 1.3, seed, restart_at: None });
-                let config = ExperimentConfig { inflation: 1.3, seed, restart_at: Some(50) };
+                let through = run(&nodes, &pods, policy, &ExperimentConfig::paper(seed));
+                let config = ExperimentConfig { restart_at: Some(50), ..ExperimentConfig::paper(seed) };
                 let restarted = run(&nodes, &pods, policy, &config);
                 assert!(restarted.restarted && !through.restarted, "{policy:?} seed {seed}");
                 // Up to the restart both runs are the same run.

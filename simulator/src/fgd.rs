@@ -43,6 +43,8 @@ pub struct FgdConfig {
     pub inflation: f64,
     /// Percent of capacity arrived at which each run restarts its engine.
     pub restart_at: Option<u64>,
+    /// Pods of the list yiyun measured before each run (`ExperimentConfig::history`).
+    pub history: usize,
     /// Worker threads (runs are independent).
     pub threads: usize,
 }
@@ -131,12 +133,12 @@ fn run_seeds(nodes: &[TraceNode], pods: &[TracePod], policy: Policy, config: &Fg
                 .iter()
                 .map(|&seed| {
                     scope.spawn(move || {
-                        let restart_at = config.restart_at;
+                        let (restart_at, history) = (config.restart_at, config.history);
                         run(
                             nodes,
                             pods,
                             policy,
-                            &ExperimentConfig { inflation: config.inflation, seed, restart_at },
+                            &ExperimentConfig { inflation: config.inflation, seed, restart_at, history },
                         )
                     })
                 })

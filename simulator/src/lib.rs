@@ -96,6 +96,10 @@ pub struct FgdArgs {
     /// failover, and places the rest. None by default.
     #[arg(long)]
     pub restart_at: Option<u64>,
+    /// Pods yiyun measured before each run, as a scheduler that ran on earlier days recalls its
+    /// measure: the list's pods in another order. 0 starts it measuring from the first pod.
+    #[arg(long, default_value_t = yiyun_engine::observed::WINDOW)]
+    pub history: usize,
 }
 
 /// Runs `yiyun simulate …` and returns the report to print.
@@ -145,6 +149,7 @@ pub fn simulate(command: Command) -> Result<String, Error> {
                 seeds: (args.seed..args.seed + args.seeds).collect(),
                 inflation: args.inflation,
                 restart_at: args.restart_at,
+                history: args.history,
                 threads: std::thread::available_parallelism().map_or(1, usize::from),
             };
             let summaries = fgd::run_all(&config)?;
@@ -153,6 +158,14 @@ pub fn simulate(command: Command) -> Result<String, Error> {
                     .map_err(|source| Error::Read { path: path.clone(), source })?;
             }
             let mut report = String::new();
+            if config.policies.contains(&yiyun_engine::Policy::Yiyun) {
+                report.push_str(&match config.history {
+                    0 => "yiyun measures the workload from each run's first pod (no history)\n".to_string(),
+                    pods => format!(
+                        "yiyun starts each run recalling {pods} pods measured on earlier days (the list in another order); FGD is given the list's typical pods\n"
+                    ),
+                });
+            }
             if let Some(percent) = config.restart_at {
                 report.push_str(&format!(
                     "Each run restarts its engine when {percent}% of capacity has arrived (a new engine learns the nodes and the pods placed so far)\n"
