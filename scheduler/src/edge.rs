@@ -48,6 +48,9 @@ use crate::{
 /// Watch events applied before the next scheduling round.
 const EVENT_BATCH: usize = 2_000;
 
+/// How long a starting scheduler waits for the measure saved before it measures afresh.
+const RECALL_DEADLINE: Duration = Duration::from_secs(10);
+
 pub struct Scheduler {
     state: State,
     client: Client,
@@ -239,7 +242,9 @@ impl Scheduler {
     async fn recall_measure(&mut self) {
         let Some(store) = self.workload.as_mut() else { return };
         let configmap = format!("{}/{}", store.namespace, store.name);
-        match store.api.get_opt(&store.name).await {
+        // Scheduling waits for this read, so not for long.
+        let read = tokio::time::timeout(RECALL_DEADLINE, store.api.get_opt(&store.name)).await;
+        match read.unwrap_or_else(|_| Err(kube::Error::Service("no answer within the deadline".into()))) {
             Ok(Some(kept)) => match measure::counts(&kept) {
                 Ok(counts) => {
                     let pods: u32 = counts.iter().map(|(_, pods)| pods).sum();
