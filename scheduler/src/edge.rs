@@ -248,8 +248,7 @@ impl Scheduler {
             Ok(Some(kept)) => match measure::counts(&kept) {
                 Ok(counts) => {
                     let pods: u32 = counts.iter().map(|(_, pods)| pods).sum();
-                    self.state.recall_measure(&counts);
-                    store.sent = self.state.measure();
+                    store.sent = self.state.recall_measure(&counts);
                     info!(%configmap, pods, "recalled the workload measured before");
                 }
                 Err(err) => {

@@ -358,7 +358,8 @@ impl State {
         }
     }
 
-    /// The workload the engine measured, as many pods of each shape as the measure holds.
+    /// The workload the engine measured, as many pods of each shape as the measure holds; the
+    /// gauge of pods measured is brought up to date with it.
     pub fn measure(&self) -> Vec<(Shape, u32)> {
         let counts = self.engine.measure();
         self.metrics.pods_measured.set(counts.iter().map(|(_, pods)| i64::from(*pods)).sum());
@@ -366,11 +367,11 @@ impl State {
     }
 
     /// Takes a measure saved before (by this scheduler or the leader it takes over from) as
-    /// older than the pods measured since.
-    pub fn recall_measure(&mut self, counts: &[(Shape, u32)]) {
+    /// older than the pods measured since; returns the measure held now.
+    pub fn recall_measure(&mut self, counts: &[(Shape, u32)]) -> Vec<(Shape, u32)> {
         self.engine.recall_measure(counts);
         self.recalled = true;
-        let _ = self.measure();
+        self.measure()
     }
 
     /// Whether every watch has listed once: only then are decisions made.

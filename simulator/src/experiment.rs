@@ -44,6 +44,13 @@ impl ExperimentConfig {
 /// Offset of the seed that orders the history from the run's: another day's arrivals.
 const HISTORY_SEED_OFFSET: u64 = 1 << 32;
 
+impl ExperimentConfig {
+    /// The same experiment on an earlier day: the list's pods in another order.
+    fn earlier_day(&self) -> ExperimentConfig {
+        ExperimentConfig { seed: self.seed.wrapping_add(HISTORY_SEED_OFFSET), ..self.clone() }
+    }
+}
+
 /// One run of one policy on one seed.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Curve {
@@ -91,9 +98,8 @@ pub fn arrivals(pods: &[TracePod], capacity_milli: u64, config: &ExperimentConfi
 /// The measure a scheduler would recall from earlier days: the shapes of the first
 /// `config.history` pods of another seed's arrivals.
 fn history(pods: &[TracePod], capacity_milli: u64, config: &ExperimentConfig) -> Vec<(Shape, u32)> {
-    let earlier = ExperimentConfig { seed: config.seed.wrapping_add(HISTORY_SEED_OFFSET), ..config.clone() };
     let mut counts: HashMap<Shape, u32> = HashMap::new();
-    for pod in arrivals(pods, capacity_milli, &earlier).iter().take(config.history) {
+    for pod in arrivals(pods, capacity_milli, &config.earlier_day()).iter().take(config.history) {
         *counts.entry(Shape::of(&pod.to_pod(String::new()))).or_insert(0) += 1;
     }
     counts.into_iter().collect()
@@ -145,16 +151,14 @@ pub fn run(nodes: &[TraceNode], list_pods: &[TracePod], policy: Policy, config: 
             restart_at = None;
             let measure = engine.measure();
             engine = engine_on(nodes, policy, config.seed);
-            match &known {
-                Some(workload) => engine.set_workload(workload.clone()),
-                None => engine.recall_measure(&measure),
+            if let Some(workload) = &known {
+                engine.set_workload(workload.clone());
             }
+            // Yiyun's recalled measure counts the pods placed so far already; a policy given its
+            // workload measures nothing (both calls are no-ops for its measure).
+            engine.recall_measure(&measure);
             for (pod, placement) in placements.drain(..) {
-                // Yiyun's recalled measure counts them already.
-                match known {
-                    Some(_) => engine.assume(pod, &placement),
-                    None => engine.assume_measured(pod, &placement),
-                }
+                engine.assume_measured(pod, &placement);
             }
         }
         match engine.try_schedule(pod) {
@@ -243,11 +247,9 @@ mod tests {
         assert_eq!(counts.len(), 2, "{counts:?}");
         // Another order than the run's: the first 30 arrivals of the run hold other pods.
         let shapes_of = |list: &[TracePod]| -> Vec<GpuRequest> { list.iter().map(|pod| pod.gpu).collect() };
-        let earlier =
-            ExperimentConfig { seed: config.seed.wrapping_add(HISTORY_SEED_OFFSET), ..config.clone() };
         assert_ne!(
             shapes_of(&arrivals(&pods, capacity, &config)[..30]),
-            shapes_of(&arrivals(&pods, capacity, &earlier)[..30])
+            shapes_of(&arrivals(&pods, capacity, &config.earlier_day())[..30])
         );
         let cold = ExperimentConfig { history: 0, ..config };
         assert!(history(&pods, capacity, &cold).is_empty());

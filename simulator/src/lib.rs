@@ -168,7 +168,7 @@ pub fn simulate(command: Command) -> Result<String, Error> {
             }
             if let Some(percent) = config.restart_at {
                 report.push_str(&format!(
-                    "Each run restarts its engine when {percent}% of capacity has arrived (a new engine learns the nodes and the pods placed so far)\n"
+                    "Each run restarts its engine when {percent}% of capacity has arrived (a new engine learns the nodes and the pods placed so far, and recalls the workload measured)\n"
                 ));
             }
             report.push_str(&fgd::table(&summaries, &config.seeds));
